@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs halong's whole test suite on a fresh machine: installs the real peer clients the
+# tests talk to, then runs every Rust test (unit, integration, interop, conformance).
+# Needs no standard input; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# python-hl7: a second, independent MLLP client for the interop tests.
+if ! python3 -c 'import hl7.client' 2>/dev/null; then
+    log "installing python-hl7 (PyPI: hl7)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore hl7
+fi
+
+log "building and running the tests"
+cargo test --locked --all-targets -- --test-threads=2 "$@"
+log "all tests passed"

@@ -1,0 +1,334 @@
+//! `halong.toml`: the engine's configuration.
+//!
+//! Every key is documented on its field (this struct is the reference), every key has a
+//! default that works on one machine, unknown keys are errors, and every error names
+//! `file:line:column`. Scalars can be overridden from the environment with
+//! `HALONG_SECTION__KEY` (for a listener: `HALONG_LISTENER__<NAME>__KEY`).
+//! `routes/` and `mappings/` are read from the directory that holds the config file, and a
+//! relative `[data] dir` is taken relative to it too.
+
+mod env;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::diag::{did_you_mean, Diagnostic};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where halong keeps its journal, outbox and record store.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// Network listeners that take messages in (`[[listener]]`, one table each).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Where mapped records go on their way to the record store.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// The HTTP API (FHIR search, health).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Directory holding the config file; `routes/` and `mappings/` are read from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Data directory (journal, outbox, record store). Relative paths are relative to the
+    /// config file's directory. Default `data`.
+    #[serde(default = "default_data_dir")]
+    pub dir: PathBuf,
+    /// Size at which the journal starts a new segment file, in MiB. Default 128.
+    #[serde(default = "default_segment_mib")]
+    pub journal_segment_mib: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { dir: default_data_dir(), journal_segment_mib: default_segment_mib() }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_segment_mib() -> u64 {
+    128
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// HL7 v2 over MLLP (minimal lower layer protocol).
+    Mllp,
+    /// DICOM upper layer (C-ECHO, C-STORE).
+    Dicom,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name; routes refer to it and the journal records it.
+    pub name: String,
+    /// `"mllp"` or `"dicom"`.
+    pub kind: ListenerKind,
+    /// Address and port to listen on, e.g. `"0.0.0.0:2575"`.
+    pub bind: SocketAddr,
+    /// MLLP: largest message accepted, in bytes; a larger one gets AR and the connection
+    /// is closed. Default 10 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Most connections (MLLP) or associations (DICOM) open at once; further ones wait
+    /// in the kernel's backlog. Default 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may stay silent before it is closed. Default 300.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// DICOM: this listener's AE title. Default `HALONG`.
+    #[serde(default)]
+    pub ae_title: Option<String>,
+    /// DICOM: calling AE titles allowed to connect; empty means any.
+    #[serde(default)]
+    pub allowed_callers: Option<Vec<String>>,
+}
+
+fn default_max_message_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// In-process outbox (sled) feeding the local record store. Needs nothing else.
+    #[default]
+    Embedded,
+    /// RabbitMQ (AMQP 0-9-1).
+    Amqp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// `"embedded"` (default) or `"amqp"`.
+    #[serde(default)]
+    pub kind: QueueKind,
+    /// AMQP broker URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (amqp only).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix for every exchange and queue halong declares. Default `halong`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { kind: QueueKind::Embedded, url: None, prefix: default_prefix() }
+    }
+}
+
+fn default_prefix() -> String {
+    "halong".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API. Default `127.0.0.1:8080`.
+    #[serde(default = "default_http_bind")]
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { bind: default_http_bind() }
+    }
+}
+
+fn default_http_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log filter, e.g. `"info"` or `"halong=debug"`; `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Put patient data (names, identifiers, message contents) in log lines. Off by
+    /// default: turn on only on a machine whose logs are handled as patient records.
+    #[serde(default)]
+    pub log_phi: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_log_level(), log_phi: false }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+impl Config {
+    /// Reads and validates `path`, applying `HALONG_*` overrides from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (pass --config FILE, or run from the directory holding halong.toml)"
+            } else {
+                ""
+            };
+            vec![Diagnostic::whole_file(path, format!("cannot read config: {e}{hint}"))]
+        })?;
+        Config::from_text(path, &text, std::env::vars())
+    }
+
+    /// Parses config text; `env` supplies the `HALONG_*` overrides.
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Vec<Diagnostic>> {
+        let mut config: Config = toml::from_str(text).map_err(|e| vec![toml_diagnostic(path, text, &e)])?;
+        let overrides = env::collect(env);
+        if !overrides.is_empty() {
+            config = env::apply(path, text, &overrides)?;
+        }
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if config.base_dir.as_os_str().is_empty() {
+            config.base_dir = PathBuf::from(".");
+        }
+        if config.data.dir.is_relative() {
+            config.data.dir = config.base_dir.join(&config.data.dir);
+        }
+        let problems = config.validate(path, text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Cross-field checks serde cannot express.
+    fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        let at = |needle: &str, nth: usize| locate(text, needle, nth);
+        let mut seen = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let (line, col) = at("[[listener]]", i);
+            if l.name.trim().is_empty() {
+                out.push(Diagnostic::new(path, line, col, "listener name must not be empty"));
+            } else if !seen.insert(l.name.clone()) {
+                out.push(Diagnostic::new(path, line, col, format!("duplicate listener name \"{}\"", l.name)));
+            }
+            if l.kind == ListenerKind::Mllp && (l.ae_title.is_some() || l.allowed_callers.is_some()) {
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    format!("listener \"{}\": ae_title and allowed_callers apply to kind = \"dicom\" only", l.name),
+                ));
+            }
+            if l.max_message_bytes < 1024 {
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    format!("listener \"{}\": max_message_bytes must be at least 1024", l.name),
+                ));
+            }
+            if l.max_connections == 0 {
+                out.push(Diagnostic::new(path, line, col, format!("listener \"{}\": max_connections must be at least 1", l.name)));
+            }
+        }
+        let mut binds = std::collections::HashMap::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.bind.port() == 0 {
+                continue; // the system picks a free port for each
+            }
+            if let Some(other) = binds.insert(l.bind, &l.name) {
+                let (line, col) = at("[[listener]]", i);
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    format!("listener \"{}\" binds {} like listener \"{}\"", l.name, l.bind, other),
+                ));
+            }
+        }
+        if self.queue.kind == QueueKind::Amqp && self.queue.url.is_none() {
+            let (line, col) = at("[queue]", 0);
+            out.push(Diagnostic::new(path, line, col, "queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\""));
+        }
+        if self.data.journal_segment_mib == 0 {
+            let (line, col) = at("journal_segment_mib", 0);
+            out.push(Diagnostic::new(path, line, col, "journal_segment_mib must be at least 1"));
+        }
+        out
+    }
+
+    pub fn routes_dir(&self) -> PathBuf {
+        self.base_dir.join("routes")
+    }
+
+    pub fn mappings_dir(&self) -> PathBuf {
+        self.base_dir.join("mappings")
+    }
+
+    pub fn listener_names(&self) -> Vec<String> {
+        self.listeners.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+/// Line and column of the `nth` occurrence of `needle` in `text`, or (0, 0).
+fn locate(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    text.match_indices(needle).nth(nth).map_or((0, 0), |(i, _)| crate::diag::line_col(text, i))
+}
+
+/// Turns a toml error into a diagnostic with position, adding a suggestion for an
+/// unknown key when one is close.
+pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
+    let message = e.message().trim().to_string();
+    let message = suggest_unknown_field(&message).unwrap_or(message);
+    match e.span() {
+        Some(span) => Diagnostic::at_offset(path, text, span.start, message),
+        None => Diagnostic::whole_file(path, message),
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" gains "(did you mean `a`?)".
+fn suggest_unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let suggestion = did_you_mean(field, expected.iter().copied());
+    Some(match suggestion {
+        Some(s) => format!("unknown key `{field}` (did you mean `{s}`?)"),
+        None => {
+            let list: Vec<String> = expected.iter().map(|e| format!("`{e}`")).collect();
+            format!("unknown key `{field}`; expected one of {}", list.join(", "))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

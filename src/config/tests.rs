@@ -1,0 +1,110 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    Config::from_text(Path::new("conf/halong.toml"), text, Vec::new())
+}
+
+fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<Diagnostic>> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_text(Path::new("conf/halong.toml"), text, env)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    parse(text).unwrap_err().iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn empty_file_gives_working_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.data.dir, PathBuf::from("conf/data"));
+    assert_eq!(c.http.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.queue.kind, QueueKind::Embedded);
+    assert!(c.listeners.is_empty());
+    assert_eq!(c.routes_dir(), PathBuf::from("conf/routes"));
+}
+
+#[test]
+fn shipped_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("halong.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::from_text(&path, &text, Vec::new()).unwrap();
+    assert!(c.listeners.iter().any(|l| l.kind == ListenerKind::Mllp));
+}
+
+#[test]
+fn unknown_key_names_line_column_and_suggests() {
+    let text = "[http]\nbnd = \"127.0.0.1:1\"\n";
+    assert_eq!(errors(text), vec!["conf/halong.toml:2:1: unknown key `bnd` (did you mean `bind`?)"]);
+}
+
+#[test]
+fn bad_values_name_their_position() {
+    let text = "[[listener]]\nname = \"lab\"\nkind = \"mlp\"\nbind = \"0.0.0.0:2575\"\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("conf/halong.toml:3:8: unknown variant `mlp`"), "{}", e[0]);
+
+    let text = "[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"localhost\"\n";
+    let e = errors(text);
+    assert!(e[0].starts_with("conf/halong.toml:4:8: invalid socket address"), "{}", e[0]);
+}
+
+#[test]
+fn cross_field_problems_are_all_reported() {
+    let text = r#"
+[[listener]]
+name = "lab"
+kind = "mllp"
+bind = "127.0.0.1:2575"
+ae_title = "X"
+
+[[listener]]
+name = "lab"
+kind = "mllp"
+bind = "127.0.0.1:2575"
+
+[queue]
+kind = "amqp"
+"#;
+    let e = errors(text);
+    assert_eq!(
+        e,
+        vec![
+            "conf/halong.toml:2:1: listener \"lab\": ae_title and allowed_callers apply to kind = \"dicom\" only",
+            "conf/halong.toml:8:1: duplicate listener name \"lab\"",
+            "conf/halong.toml:8:1: listener \"lab\" binds 127.0.0.1:2575 like listener \"lab\"",
+            "conf/halong.toml:13:1: queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\"",
+        ]
+    );
+}
+
+#[test]
+fn environment_overrides_scalars() {
+    let text = "[http]\nbind = \"127.0.0.1:8080\"\n[[listener]]\nname = \"lab-1\"\nkind = \"mllp\"\nbind = \"127.0.0.1:2575\"\n";
+    let c = parse_env(
+        text,
+        &[
+            ("HALONG_HTTP__BIND", "127.0.0.1:9999"),
+            ("HALONG_LISTENER__LAB_1__MAX_CONNECTIONS", "7"),
+            ("HALONG_LOG__LOG_PHI", "true"),
+            ("HALONG_DATA__DIR", "/var/lib/halong"),
+            ("PATH", "/bin"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.http.bind.to_string(), "127.0.0.1:9999");
+    assert_eq!(c.listeners[0].max_connections, 7);
+    assert!(c.log.log_phi);
+    assert_eq!(c.data.dir, PathBuf::from("/var/lib/halong"));
+}
+
+#[test]
+fn environment_typos_are_errors() {
+    let e = parse_env("", &[("HALONG_HTTP__BINDD", "x")]).unwrap_err();
+    assert_eq!(e.len(), 1);
+    let text = e[0].to_string();
+    assert!(text.contains("HALONG_HTTP__BINDD") && text.contains("unknown field `bindd`"), "{text}");
+
+    let e = parse_env("", &[("HALONG_LISTENER__NOPE__BIND", "x")]).unwrap_err();
+    assert_eq!(e[0].to_string(), "conf/halong.toml: environment HALONG_LISTENER__NOPE__BIND: the config has no [[listener]]");
+}

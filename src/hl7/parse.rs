@@ -1,0 +1,888 @@
+//! Bytes → [`Message`]: input tolerance, MSH-1/MSH-2, MSH-18 character set, segment
+//! and field offset tables, and value access.
+
+use std::borrow::Cow;
+
+use super::charset::Charset;
+use super::escape::unescape;
+use super::path::{FieldPath, Path, Repetition};
+
+/// The message's delimiters, from MSH-1 and MSH-2. All are ASCII punctuation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delimiters {
+    pub field: char,
+    pub component: char,
+    pub repetition: char,
+    pub escape: Option<char>,
+    pub subcomponent: Option<char>,
+    /// HL7 2.7+ truncation character (fifth character of MSH-2).
+    pub truncation: Option<char>,
+}
+
+impl Delimiters {
+    /// `|^~\&`.
+    pub fn standard() -> Delimiters {
+        Delimiters {
+            field: '|',
+            component: '^',
+            repetition: '~',
+            escape: Some('\\'),
+            subcomponent: Some('&'),
+            truncation: None,
+        }
+    }
+
+    /// From MSH-1 and the raw MSH-2 text (2 to 5 characters).
+    fn from_msh(field: u8, enc: &[u8]) -> Result<Delimiters, ParseError> {
+        let shown = || String::from_utf8_lossy(enc).into_owned();
+        let ok = |b: u8| b.is_ascii_punctuation() || b == b' ';
+        if !(2..=5).contains(&enc.len()) || !enc.iter().all(|&b| ok(b)) || !ok(field) {
+            return Err(ParseError::BadEncodingCharacters { value: shown() });
+        }
+        let mut all = vec![field];
+        all.extend_from_slice(enc);
+        let distinct = all.iter().enumerate().all(|(i, b)| !all[..i].contains(b));
+        if !distinct {
+            return Err(ParseError::BadEncodingCharacters { value: shown() });
+        }
+        let at = |i: usize| enc.get(i).map(|&b| char::from(b));
+        Ok(Delimiters {
+            field: char::from(field),
+            component: char::from(enc[0]),
+            repetition: char::from(enc[1]),
+            escape: at(2),
+            subcomponent: at(3),
+            truncation: at(4),
+        })
+    }
+}
+
+/// The MSH fields the engine routes and acknowledges on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// MSH-1.
+    pub field_sep: char,
+    /// MSH-2 exactly as sent (2.7+ may have 5 characters including truncation `#`).
+    pub encoding_chars: String,
+    /// MSH-3, raw (still escaped), "" when absent.
+    pub sending_application: String,
+    /// MSH-4, raw.
+    pub sending_facility: String,
+    /// MSH-5, raw.
+    pub receiving_application: String,
+    /// MSH-6, raw.
+    pub receiving_facility: String,
+    /// MSH-9 raw, e.g. "ORU^R01^ORU_R01".
+    pub message_type: String,
+    /// MSH-9.1 decoded.
+    pub message_code: String,
+    /// MSH-9.2 decoded.
+    pub trigger_event: String,
+    /// MSH-9.3 decoded.
+    pub message_structure: String,
+    /// MSH-10 decoded.
+    pub control_id: String,
+    /// MSH-11 raw.
+    pub processing_id: String,
+    /// MSH-12 raw.
+    pub version: String,
+    /// MSH-15 raw.
+    pub accept_ack_type: String,
+    /// MSH-16 raw.
+    pub application_ack_type: String,
+    /// MSH-18 raw, first repetition.
+    pub charset: String,
+}
+
+impl Header {
+    /// Enhanced acknowledgement mode: MSH-15 or MSH-16 is valued.
+    pub fn enhanced_mode(&self) -> bool {
+        !self.accept_ack_type.is_empty() || !self.application_ack_type.is_empty()
+    }
+
+    /// "ORU^R01"; just the message code when the trigger is empty.
+    pub fn type_trigger(&self) -> String {
+        if self.trigger_event.is_empty() {
+            self.message_code.clone()
+        } else {
+            format!("{}^{}", self.message_code, self.trigger_event)
+        }
+    }
+
+    /// The delimiters this header declares (standard ones for missing characters).
+    pub fn delimiters(&self) -> Delimiters {
+        Delimiters::from_msh(
+            u8::try_from(self.field_sep).unwrap_or(b'|'),
+            self.encoding_chars.as_bytes(),
+        )
+        .unwrap_or_else(|_| Delimiters::standard())
+    }
+
+    /// From the text of an MSH segment whose delimiters are known; `fields[i]` is MSH-(i+1).
+    fn from_fields(fields: &[&str], d: &Delimiters, cs: Charset) -> Header {
+        let raw = |n: usize| fields.get(n - 1).copied().unwrap_or("").to_string();
+        let first_rep = |n: usize| {
+            fields
+                .get(n - 1)
+                .and_then(|f| f.split(d.repetition).next())
+                .unwrap_or("")
+        };
+        let comp = |n: usize, c: usize| {
+            let rep = first_rep(n);
+            unescape(rep.split(d.component).nth(c - 1).unwrap_or(""), d, cs).into_owned()
+        };
+        Header {
+            field_sep: d.field,
+            encoding_chars: raw(2),
+            sending_application: raw(3),
+            sending_facility: raw(4),
+            receiving_application: raw(5),
+            receiving_facility: raw(6),
+            message_type: raw(9),
+            message_code: comp(9, 1),
+            trigger_event: comp(9, 2),
+            message_structure: comp(9, 3),
+            control_id: unescape(first_rep(10), d, cs).into_owned(),
+            processing_id: raw(11),
+            version: raw(12),
+            accept_ack_type: raw(15),
+            application_ack_type: raw(16),
+            charset: first_rep(18).to_string(),
+        }
+    }
+}
+
+/// Why a message could not be parsed. Messages name positions and segment names, never
+/// field contents (they may hold patient data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty message")]
+    Empty,
+    #[error("no MSH segment at start of message")]
+    NoMsh,
+    #[error("batch messages (FHS/BHS) are not supported yet")]
+    Batch,
+    #[error("MSH segment is too short to hold MSH-1 and MSH-2")]
+    MshTooShort,
+    #[error(
+        "MSH-2 encoding characters {value:?} are invalid (want 2 to 5 distinct punctuation characters, e.g. ^~\\&)"
+    )]
+    BadEncodingCharacters { value: String },
+    #[error("unsupported character set {name:?} in MSH-18")]
+    UnsupportedCharset { name: String },
+    #[error("invalid UTF-8 at byte {offset} (MSH-18 {})", if msh18.is_empty() { "is empty, so UTF-8 is assumed".to_string() } else { format!("says {msh18}") })]
+    InvalidUtf8 { offset: usize, msh18: String },
+    #[error("byte 0x{byte:02X} at offset {offset} is not ASCII (MSH-18 says ASCII)")]
+    NotAscii { offset: usize, byte: u8 },
+    #[error("segment {index} has an invalid name {name:?}")]
+    InvalidSegmentName { index: usize, name: String },
+    #[error("segment {index} ({name}) does not continue with the field separator {sep:?}")]
+    MissingFieldSeparator {
+        index: usize,
+        name: String,
+        sep: char,
+    },
+    #[error("message of {len} bytes is too large (limit 4 GiB)")]
+    TooLarge { len: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    start: u32,
+    end: u32,
+    /// Index of its first field in `Message::fields`.
+    first_field: u32,
+    field_count: u32,
+}
+
+/// A parsed message: the decoded text plus offset tables. Owned; `Send + Sync + 'static`.
+#[derive(Clone, Debug)]
+pub struct Message {
+    text: String,
+    segments: Vec<Segment>,
+    fields: Vec<Span>,
+    delimiters: Delimiters,
+    charset: Charset,
+    header: Header,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Offset of the first MSH byte (after a BOM and leading whitespace), and checks that
+/// the message starts with MSH.
+fn message_start(raw: &[u8]) -> Result<usize, ParseError> {
+    let mut start = if raw.starts_with(BOM) { BOM.len() } else { 0 };
+    while raw.get(start).is_some_and(u8::is_ascii_whitespace) {
+        start += 1;
+    }
+    let body = &raw[start..];
+    if body.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if body.starts_with(b"FHS") || body.starts_with(b"BHS") {
+        return Err(ParseError::Batch);
+    }
+    if !body.starts_with(b"MSH") {
+        return Err(ParseError::NoMsh);
+    }
+    Ok(start)
+}
+
+/// Delimiters, the raw MSH-18 text and the charset, from the bytes of the MSH line.
+fn msh_basics(body: &[u8]) -> Result<(Delimiters, String, Charset), ParseError> {
+    let line_end = body
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(body.len());
+    let line = &body[..line_end];
+    let sep = *line.get(3).ok_or(ParseError::MshTooShort)?;
+    let rest = &line[4..];
+    let enc_len = rest.iter().position(|&b| b == sep).unwrap_or(rest.len());
+    let delims = Delimiters::from_msh(sep, &rest[..enc_len])?;
+    // MSH-18 is piece 17 when the line is split on the field separator (piece 0 is "MSH").
+    let msh18 = line.split(|&b| b == sep).nth(17).unwrap_or(b"");
+    let rep = u8::try_from(delims.repetition).unwrap_or(b'~');
+    let msh18 = msh18.split(|&b| b == rep).next().unwrap_or(b"");
+    let msh18 = String::from_utf8_lossy(msh18).into_owned();
+    let charset = Charset::from_msh18(&msh18)?;
+    Ok((delims, msh18, charset))
+}
+
+/// Reads only the MSH segment: fast routing and ACK decisions without a full parse.
+pub fn read_header(raw: &[u8]) -> Result<Header, ParseError> {
+    let start = message_start(raw)?;
+    let body = &raw[start..];
+    let (delims, msh18, charset) = msh_basics(body)?;
+    let line_end = body
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(body.len());
+    let line = charset.decode(&body[..line_end], start, &msh18)?;
+    let fields = msh_fields(&line, delims.field);
+    Ok(Header::from_fields(&fields, &delims, charset))
+}
+
+/// MSH fields as slices: index 0 is MSH-1.
+fn msh_fields(line: &str, sep: char) -> Vec<&str> {
+    let mut fields = vec![line.get(3..3 + sep.len_utf8()).unwrap_or("")];
+    fields.extend(line.get(4..).unwrap_or("").split(sep));
+    fields
+}
+
+/// Parses a whole message. See the module documentation for what is tolerated.
+pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
+    let start = message_start(raw)?;
+    let body = &raw[start..];
+    if body.len() >= u32::MAX as usize {
+        return Err(ParseError::TooLarge { len: raw.len() });
+    }
+    let (delimiters, msh18, charset) = msh_basics(body)?;
+    let text = charset.decode(body, start, &msh18)?.into_owned();
+    let sep = u8::try_from(delimiters.field).unwrap_or(b'|');
+    let bytes = text.as_bytes();
+    let mut segments = Vec::with_capacity(16);
+    let mut fields = Vec::with_capacity(bytes.len() / 8);
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let end = bytes[pos..]
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .map_or(bytes.len(), |i| pos + i);
+        let line = &bytes[pos..end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            let index = segments.len() + 1;
+            let name_ok = line.len() >= 3
+                && line[0].is_ascii_uppercase()
+                && line[1..3]
+                    .iter()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            if !name_ok {
+                let name: String = text[pos..end].chars().take(3).collect();
+                return Err(ParseError::InvalidSegmentName { index, name });
+            }
+            let name = || String::from_utf8_lossy(&line[..3]).into_owned();
+            if line.len() > 3 && line[3] != sep {
+                return Err(ParseError::MissingFieldSeparator {
+                    index,
+                    name: name(),
+                    sep: delimiters.field,
+                });
+            }
+            let first_field = fields.len();
+            if line.len() > 3 {
+                let is_msh = index == 1;
+                if is_msh {
+                    fields.push(Span {
+                        start: (pos + 3) as u32,
+                        end: (pos + 4) as u32,
+                    });
+                }
+                let mut fstart = pos + 4;
+                for (i, &b) in line.iter().enumerate().skip(4) {
+                    if b == sep {
+                        fields.push(Span {
+                            start: fstart as u32,
+                            end: (pos + i) as u32,
+                        });
+                        fstart = pos + i + 1;
+                    }
+                }
+                fields.push(Span {
+                    start: fstart as u32,
+                    end: end as u32,
+                });
+            }
+            segments.push(Segment {
+                start: pos as u32,
+                end: end as u32,
+                first_field: first_field as u32,
+                field_count: (fields.len() - first_field) as u32,
+            });
+        }
+        pos = end + 1;
+    }
+    let header = {
+        let msh = segments
+            .first()
+            .map_or("", |s| &text[s.start as usize..s.end as usize]);
+        Header::from_fields(&msh_fields(msh, delimiters.field), &delimiters, charset)
+    };
+    Ok(Message {
+        text,
+        segments,
+        fields,
+        delimiters,
+        charset,
+        header,
+    })
+}
+
+/// The `n`th (1-based) piece of `s` split on `sep`; with no separator only piece 1 exists.
+fn piece(s: &str, sep: Option<char>, n: usize) -> Option<&str> {
+    match sep {
+        Some(c) => s.split(c).nth(n.checked_sub(1)?),
+        None => (n == 1).then_some(s),
+    }
+}
+
+impl Message {
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn delimiters(&self) -> &Delimiters {
+        &self.delimiters
+    }
+
+    pub fn charset(&self) -> Charset {
+        self.charset
+    }
+
+    /// The whole decoded message, from "MSH" on (a BOM and leading whitespace removed).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Name of segment `i` (0-based); "" when out of range.
+    pub fn segment_name(&self, i: usize) -> &str {
+        self.segments
+            .get(i)
+            .map_or("", |s| &self.text[s.start as usize..s.start as usize + 3])
+    }
+
+    /// Raw text of segment `i`, without its terminator.
+    pub fn segment_text(&self, i: usize) -> &str {
+        self.segments
+            .get(i)
+            .map_or("", |s| &self.text[s.start as usize..s.end as usize])
+    }
+
+    /// Indices (0-based, in message order) of every segment named `name`.
+    pub fn segments<'a>(&'a self, name: &'a str) -> impl Iterator<Item = usize> + 'a {
+        (0..self.segments.len()).filter(move |&i| self.segment_name(i) == name)
+    }
+
+    /// Index of the `instance`th (1-based) segment named `name`.
+    pub fn segment_index(&self, name: &str, instance: usize) -> Option<usize> {
+        self.segments(name).nth(instance.checked_sub(1)?)
+    }
+
+    /// Number of fields of segment `seg` (for MSH, counting MSH-1 and MSH-2).
+    pub fn field_count(&self, seg: usize) -> usize {
+        self.segments.get(seg).map_or(0, |s| s.field_count as usize)
+    }
+
+    /// Raw text of field `field` (1-based) of segment `seg`; `None` when absent,
+    /// `Some("")` when present but empty.
+    pub fn field_raw(&self, seg: usize, field: usize) -> Option<&str> {
+        let s = self.segments.get(seg)?;
+        if field == 0 || field > s.field_count as usize {
+            return None;
+        }
+        let span = self.fields.get(s.first_field as usize + field - 1)?;
+        self.text.get(span.start as usize..span.end as usize)
+    }
+
+    /// Number of repetitions of a field (0 when absent; 1 for an empty field).
+    pub fn repetition_count(&self, seg: usize, field: usize) -> usize {
+        match self.field_raw(seg, field) {
+            None => 0,
+            Some(_) if self.is_msh_special(seg, field) => 1,
+            Some(f) => f.split(self.delimiters.repetition).count(),
+        }
+    }
+
+    fn is_msh_special(&self, seg: usize, field: usize) -> bool {
+        seg == 0 && field <= 2
+    }
+
+    /// Raw text of every selected piece (one per selected repetition); absent pieces are
+    /// left out, empty ones kept as "".
+    pub fn raws_in(&self, seg: usize, fp: &FieldPath) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.for_each_raw(seg, fp, |s| out.push(s));
+        out
+    }
+
+    /// Raw text of the first selected piece: `None` when absent, `Some("")` when present
+    /// but empty, `Some("\"\"")` for HL7's null marker.
+    pub fn raw_in(&self, seg: usize, fp: &FieldPath) -> Option<&str> {
+        let mut first = None;
+        self.for_each_raw(seg, fp, |s| {
+            if first.is_none() {
+                first = Some(s)
+            }
+        });
+        first
+    }
+
+    fn for_each_raw<'a>(&'a self, seg: usize, fp: &FieldPath, mut f: impl FnMut(&'a str)) {
+        let Some(field) = self.field_raw(seg, fp.field) else {
+            return;
+        };
+        if self.is_msh_special(seg, fp.field) {
+            // MSH-1 and MSH-2 hold delimiters: never split or decoded.
+            let first = |o: Option<usize>| o.is_none_or(|n| n == 1);
+            let rep_ok = matches!(fp.repetition, Repetition::Index(1) | Repetition::All);
+            if rep_ok && first(fp.component) && first(fp.subcomponent) {
+                f(field);
+            }
+            return;
+        }
+        let d = &self.delimiters;
+        let pick = |rep: &'a str| -> Option<&'a str> {
+            let comp = match fp.component {
+                Some(c) => piece(rep, Some(d.component), c)?,
+                None => rep,
+            };
+            match fp.subcomponent {
+                Some(s) => piece(comp, d.subcomponent, s),
+                None => Some(comp),
+            }
+        };
+        match fp.repetition {
+            Repetition::Index(n) => {
+                if let Some(v) = piece(field, Some(d.repetition), n).and_then(pick) {
+                    f(v)
+                }
+            }
+            Repetition::All => {
+                for rep in field.split(d.repetition) {
+                    if let Some(v) = pick(rep) {
+                        f(v)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decoded value of the first selected piece; `None` when absent or empty.
+    pub fn value_in(&self, seg: usize, fp: &FieldPath) -> Option<Cow<'_, str>> {
+        let raw = self.raw_in(seg, fp)?;
+        self.decode(seg, fp.field, raw)
+    }
+
+    /// Decoded values of every selected piece (all repetitions for `[*]`); empty ones
+    /// are left out.
+    pub fn values_in(&self, seg: usize, fp: &FieldPath) -> Vec<Cow<'_, str>> {
+        let mut out = Vec::new();
+        self.for_each_raw(seg, fp, |raw| {
+            if let Some(v) = self.decode(seg, fp.field, raw) {
+                out.push(v)
+            }
+        });
+        out
+    }
+
+    fn decode<'a>(&'a self, seg: usize, field: usize, raw: &'a str) -> Option<Cow<'a, str>> {
+        if raw.is_empty() {
+            return None;
+        }
+        if self.is_msh_special(seg, field) {
+            return Some(Cow::Borrowed(raw));
+        }
+        Some(unescape(raw, &self.delimiters, self.charset))
+    }
+
+    /// Decodes raw text taken from this message (escapes, in its charset).
+    pub fn unescape<'a>(&self, raw: &'a str) -> Cow<'a, str> {
+        unescape(raw, &self.delimiters, self.charset)
+    }
+
+    /// The segment a path names on its own: `path.instance` (1-based), else the first.
+    pub fn segment_for(&self, path: &Path) -> Option<usize> {
+        self.segment_index(&path.segment, path.instance.unwrap_or(1))
+    }
+
+    /// First match of `path`, decoded; `None` when absent or empty. A bare segment name
+    /// yields the raw segment text.
+    pub fn get(&self, path: &Path) -> Option<Cow<'_, str>> {
+        let seg = self.segment_for(path)?;
+        match &path.field {
+            None => Some(Cow::Borrowed(self.segment_text(seg))),
+            Some(fp) => self.value_in(seg, fp),
+        }
+    }
+
+    /// Every match of `path` (all repetitions for `[*]`), decoded, empty ones left out.
+    pub fn get_all(&self, path: &Path) -> Vec<Cow<'_, str>> {
+        let Some(seg) = self.segment_for(path) else {
+            return Vec::new();
+        };
+        match &path.field {
+            None => vec![Cow::Borrowed(self.segment_text(seg))],
+            Some(fp) => self.values_in(seg, fp),
+        }
+    }
+
+    /// Raw first match: `None` when absent, `Some("")` when present but empty.
+    pub fn raw(&self, path: &Path) -> Option<&str> {
+        let seg = self.segment_for(path)?;
+        match &path.field {
+            None => Some(self.segment_text(seg)),
+            Some(fp) => self.raw_in(seg, fp),
+        }
+    }
+
+    /// True when the raw value is exactly `""`, HL7's "delete this value" null.
+    pub fn is_null_marker(&self, path: &Path) -> bool {
+        self.raw(path) == Some("\"\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Path {
+        match Path::parse(s) {
+            Ok(p) => p,
+            Err(e) => panic!("bad test path {s}: {e}"),
+        }
+    }
+
+    fn msg(raw: &str) -> Message {
+        match parse(raw.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => panic!("parse failed: {e}"),
+        }
+    }
+
+    fn get(m: &Message, path: &str) -> Option<String> {
+        m.get(&p(path)).map(Cow::into_owned)
+    }
+
+    const ADT: &str = "MSH|^~\\&|HIS|BV_BACHMAI|HALONG|LAB|20240131083000+0700||ADT^A01^ADT_A01|MSG0001|P|2.5|||AL|NE||UNICODE UTF-8\r\
+        EVN|A01|20240131083000\r\
+        PID|1||12345^^^BV^MR~079123456789^^^CCCD^NI||NGUYỄN^Thị Ngọc^Ánh||19850412|F|||12 Phố Huế^^Hà Nội^^100000^VN\r\
+        PV1|1|I|W1^R2^B3\r";
+
+    #[test]
+    fn separator_styles() {
+        let table = [
+            ("cr", ADT.to_string()),
+            ("lf", ADT.replace('\r', "\n")),
+            ("crlf", ADT.replace('\r', "\r\n")),
+            (
+                "mixed",
+                ADT.replacen('\r', "\n", 1).replacen('\r', "\r\n", 1),
+            ),
+            ("blank lines", ADT.replace('\r', "\r\n\r\n")),
+            ("bom", format!("\u{feff}{ADT}")),
+            ("leading whitespace", format!("\r\n  \n{ADT}")),
+            ("no final terminator", ADT.trim_end().to_string()),
+            ("trailing blank lines", format!("{ADT}\n\n  \n")),
+        ];
+        for (name, text) in table {
+            let m = msg(&text);
+            assert_eq!(m.segment_count(), 4, "{name}");
+            assert_eq!(m.segment_name(3), "PV1", "{name}");
+            assert_eq!(get(&m, "PV1-2").as_deref(), Some("I"), "{name}");
+            assert_eq!(get(&m, "PID-5.1").as_deref(), Some("NGUYỄN"), "{name}");
+        }
+    }
+
+    #[test]
+    fn header_fields() {
+        let h = msg(ADT).header().clone();
+        assert_eq!(h.field_sep, '|');
+        assert_eq!(h.encoding_chars, "^~\\&");
+        assert_eq!(h.sending_application, "HIS");
+        assert_eq!(h.sending_facility, "BV_BACHMAI");
+        assert_eq!(h.receiving_application, "HALONG");
+        assert_eq!(h.receiving_facility, "LAB");
+        assert_eq!(h.message_type, "ADT^A01^ADT_A01");
+        assert_eq!(
+            (h.message_code.as_str(), h.trigger_event.as_str()),
+            ("ADT", "A01")
+        );
+        assert_eq!(h.message_structure, "ADT_A01");
+        assert_eq!(h.control_id, "MSG0001");
+        assert_eq!((h.processing_id.as_str(), h.version.as_str()), ("P", "2.5"));
+        assert_eq!(
+            (h.accept_ack_type.as_str(), h.application_ack_type.as_str()),
+            ("AL", "NE")
+        );
+        assert_eq!(h.charset, "UNICODE UTF-8");
+        assert!(h.enhanced_mode());
+        assert_eq!(h.type_trigger(), "ADT^A01");
+        let fast = read_header(ADT.as_bytes()).ok();
+        assert_eq!(fast, Some(h));
+    }
+
+    #[test]
+    fn access_paths() {
+        let m = msg(ADT);
+        let table = [
+            ("MSH-1", Some("|")),
+            ("MSH-2", Some("^~\\&")),
+            ("MSH-3", Some("HIS")),
+            ("MSH-9.2", Some("A01")),
+            ("MSH-10", Some("MSG0001")),
+            ("PID-3", Some("12345^^^BV^MR")),
+            ("PID-3.1", Some("12345")),
+            ("PID-3[2].1", Some("079123456789")),
+            ("PID-3[2].4", Some("CCCD")),
+            ("PID-3[2].4.1", Some("CCCD")),
+            ("PID-3[3].1", None),
+            ("PID-5.2", Some("Thị Ngọc")),
+            ("PID-5.3", Some("Ánh")),
+            ("PID-5.9", None),
+            ("PID-4", None),
+            ("PID-99", None),
+            ("PID-11.3", Some("Hà Nội")),
+            ("ZZZ-1", None),
+            ("PID.8", Some("F")),
+        ];
+        for (path, want) in table {
+            assert_eq!(get(&m, path).as_deref(), want, "{path}");
+        }
+        let all: Vec<String> = m
+            .get_all(&p("PID-3[*].1"))
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect();
+        assert_eq!(all, ["12345", "079123456789"]);
+        assert_eq!(m.repetition_count(2, 3), 2);
+        assert_eq!(m.field_count(0), 18);
+        assert_eq!(m.segments("PID").collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn empty_absent_and_null() {
+        let m = msg("MSH|^~\\&|A\rPID|1||\"\"|x^^z\r");
+        assert_eq!(m.raw(&p("PID-2")), Some(""));
+        assert_eq!(m.raw(&p("PID-7")), None);
+        assert_eq!(m.get(&p("PID-2")), None);
+        assert!(m.is_null_marker(&p("PID-3")));
+        assert!(!m.is_null_marker(&p("PID-4")));
+        assert_eq!(m.raw(&p("PID-4.2")), Some(""));
+        assert_eq!(m.raw(&p("PID-4.4")), None);
+        assert_eq!(get(&m, "PID-4.3").as_deref(), Some("z"));
+    }
+
+    #[test]
+    fn segment_instances_and_subcomponents() {
+        let m = msg("MSH|^~\\&|A\rOBR|1\rOBX|1|NM|a&b&c^d\rOBX|2|ST|x\rOBX|3|ST|y\r");
+        assert_eq!(get(&m, "OBX[2]-3").as_deref(), Some("x"));
+        assert_eq!(get(&m, "OBX[3]-1").as_deref(), Some("3"));
+        assert_eq!(get(&m, "OBX[4]-1"), None);
+        assert_eq!(get(&m, "OBX-3.1.2").as_deref(), Some("b"));
+        assert_eq!(get(&m, "OBX-3.1.4"), None);
+        assert_eq!(get(&m, "OBX-3.2.1").as_deref(), Some("d"));
+        assert_eq!(get(&m, "OBX").as_deref(), Some("OBX|1|NM|a&b&c^d"));
+    }
+
+    #[test]
+    fn custom_delimiters_and_truncation() {
+        let m = msg("MSH#$*!@%#A#B\rPID#1##a$b*c$d@e#x!F!y\r");
+        assert_eq!(m.header().encoding_chars, "$*!@%");
+        assert_eq!(m.delimiters().truncation, Some('%'));
+        assert_eq!(get(&m, "MSH-1").as_deref(), Some("#"));
+        assert_eq!(get(&m, "MSH-3").as_deref(), Some("A"));
+        assert_eq!(get(&m, "PID-3.2").as_deref(), Some("b"));
+        assert_eq!(get(&m, "PID-3[2].2.2").as_deref(), Some("e"));
+        assert_eq!(get(&m, "PID-4").as_deref(), Some("x#y"));
+        let m = msg("MSH|^~\\&#|A|B|C|D|||ORU^R01|1|P|2.7\r");
+        assert_eq!(m.header().encoding_chars, "^~\\&#");
+        assert_eq!(m.header().sending_application, "A");
+        assert_eq!(m.header().trigger_event, "R01");
+        assert_eq!(m.header().version, "2.7");
+    }
+
+    #[test]
+    fn escapes_in_values() {
+        let m = msg("MSH|^~\\&|A\rNTE|1||a\\T\\b\\.br\\Nguy\\XE1BB85\\n\\F\\\r");
+        assert_eq!(get(&m, "NTE-3").as_deref(), Some("a&b\nNguyễn|"));
+    }
+
+    #[test]
+    fn latin1_message() {
+        let mut raw =
+            b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||||M\xfcller^Ren\xe9\r".to_vec();
+        let m = parse(&raw).ok();
+        let name = m.as_ref().and_then(|m| get(m, "PID-5.2"));
+        assert_eq!(name.as_deref(), Some("René"));
+        assert_eq!(
+            m.and_then(|m| get(&m, "PID-5.1")).as_deref(),
+            Some("Müller")
+        );
+        raw.extend_from_slice(b"NTE|1||\\XE9\\\r");
+        assert_eq!(
+            parse(&raw).ok().and_then(|m| get(&m, "NTE-3")).as_deref(),
+            Some("é")
+        );
+    }
+
+    #[test]
+    fn very_long_field() {
+        let long = "x".repeat(1_000_000);
+        let m = msg(&format!("MSH|^~\\&|A\rOBX|1|ED|{long}^end\r"));
+        assert_eq!(get(&m, "OBX-3.2").as_deref(), Some("end"));
+        assert_eq!(get(&m, "OBX-3.1").map(|s| s.len()), Some(1_000_000));
+    }
+
+    #[test]
+    fn msh_only() {
+        let m = msg("MSH|^~\\&|A|B");
+        assert_eq!(m.segment_count(), 1);
+        assert_eq!(m.header().sending_facility, "B");
+        assert_eq!(m.header().control_id, "");
+        let m = msg("MSH|^~\\&");
+        assert_eq!(m.header().encoding_chars, "^~\\&");
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        let bad_utf8 =
+            b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||\xff\r".to_vec();
+        let table: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", b"".to_vec(), "empty message"),
+            ("whitespace only", b" \r\n ".to_vec(), "empty message"),
+            ("bom only", BOM.to_vec(), "empty message"),
+            ("no msh", b"PID|1\r".to_vec(), "no MSH segment at start of message"),
+            (
+                "batch",
+                b"FHS|^~\\&\rBHS|^~\\&\r".to_vec(),
+                "batch messages (FHS/BHS) are not supported yet",
+            ),
+            (
+                "msh too short",
+                b"MSH".to_vec(),
+                "MSH segment is too short to hold MSH-1 and MSH-2",
+            ),
+            (
+                "bad encoding chars",
+                b"MSH|^|A".to_vec(),
+                "MSH-2 encoding characters \"^\" are invalid (want 2 to 5 distinct punctuation characters, e.g. ^~\\&)",
+            ),
+            (
+                "invalid utf8",
+                bad_utf8,
+                "invalid UTF-8 at byte 58 (MSH-18 says UNICODE UTF-8)",
+            ),
+            (
+                "invalid utf8 no msh18",
+                b"MSH|^~\\&|\xc3(\r".to_vec(),
+                "invalid UTF-8 at byte 9 (MSH-18 is empty, so UTF-8 is assumed)",
+            ),
+            (
+                "unsupported charset",
+                b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||ISO IR87\r".to_vec(),
+                "unsupported character set \"ISO IR87\" in MSH-18",
+            ),
+            (
+                "garbage line",
+                b"MSH|^~\\&|A\rPID|1\rO B|x\r".to_vec(),
+                "segment 3 has an invalid name \"O B\"",
+            ),
+            (
+                "trailing garbage",
+                b"MSH|^~\\&|A\rPID|1\r\x1c".to_vec(),
+                "segment 3 has an invalid name \"\\u{1c}\"",
+            ),
+            (
+                "lowercase",
+                b"MSH|^~\\&|A\rpid|1\r".to_vec(),
+                "segment 2 has an invalid name \"pid\"",
+            ),
+            (
+                "no separator",
+                b"MSH|^~\\&|A\rPIDX|1\r".to_vec(),
+                "segment 2 (PID) does not continue with the field separator '|'",
+            ),
+        ];
+        for (name, raw, want) in table {
+            let e = parse(&raw).err().map(|e| e.to_string());
+            assert_eq!(e.as_deref(), Some(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn vietnamese_text_untouched() {
+        let m = msg(ADT);
+        assert_eq!(get(&m, "PID-5").as_deref(), Some("NGUYỄN^Thị Ngọc^Ánh"));
+        assert!(matches!(m.get(&p("PID-5.2")), Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn message_is_send_sync_static() {
+        fn assert_bounds<T: Send + Sync + 'static>() {}
+        assert_bounds::<Message>();
+    }
+
+    #[test]
+    fn corpus_messages_parse() {
+        let dir = std::path::Path::new("/work/shared/corpus/fhir-converter/messages");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            println!("note: {} is missing; corpus test skipped", dir.display());
+            return;
+        };
+        let mut total = 0;
+        let mut failures = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "hl7") {
+                continue;
+            }
+            total += 1;
+            let raw = std::fs::read(&path).unwrap_or_default();
+            match parse(&raw) {
+                Ok(m) => assert!(m.segment_count() >= 1),
+                Err(e) => failures.push(format!("{}: {e}", path.display())),
+            }
+        }
+        println!("corpus: {total} messages, {} failed", failures.len());
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}

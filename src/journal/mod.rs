@@ -1,0 +1,691 @@
+//! The journal: the durable, append-only log of every message halong receives.
+//!
+//! Invariants:
+//! 1. [`Journal::append`] resolves `Ok(id)` only after the entry's bytes were written and
+//!    `fdatasync`ed. Listeners send their ACK (or C-STORE success) only after that.
+//! 2. Group commit: one committer thread takes every append waiting at that moment,
+//!    writes them with one `write` and one `fdatasync`, then answers each. Concurrent
+//!    connections share a flush; an append never waits for more than the flush that
+//!    covers it and the one before it.
+//! 3. When a write or sync fails, every append of that batch gets an error (so the
+//!    listener NAKs), the segment is cut back to the last durable length, and ids are
+//!    not consumed. Nothing in a failed batch is ever reported durable.
+//! 4. Ids are dense, start at 1 and follow commit order, so "every id up to the
+//!    durable watermark is on disk" holds, and the pipeline's cursor is just an id.
+//! 5. Status changes are appended as small frames that ride along with the next batch;
+//!    they are not waited for. Losing the last few on a crash only means a message is
+//!    processed again, which is idempotent downstream.
+//!
+//! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
+//! [`frame`]). A new segment starts when the current one passes the configured size.
+//! At open every segment is scanned: a torn frame at the end of the last segment is cut
+//! off; damage anywhere else stops the open with an error naming segment and offset.
+
+mod frame;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+/// Processing status of a journal entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Status {
+    /// Durable, not processed yet.
+    Received = 1,
+    /// A route matched.
+    Routed = 2,
+    /// Mapped to records.
+    Mapped = 3,
+    /// Records are in the outbox.
+    Queued = 4,
+    /// Records are in the record store.
+    Stored = 5,
+    /// Parsing or mapping failed; `error` says why.
+    Error = 6,
+    /// No route matched.
+    Unrouted = 7,
+}
+
+impl Status {
+    pub fn from_u8(v: u8) -> Option<Status> {
+        Some(match v {
+            1 => Status::Received,
+            2 => Status::Routed,
+            3 => Status::Mapped,
+            4 => Status::Queued,
+            5 => Status::Stored,
+            6 => Status::Error,
+            7 => Status::Unrouted,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Routed => "routed",
+            Status::Mapped => "mapped",
+            Status::Queued => "queued",
+            Status::Stored => "stored",
+            Status::Error => "error",
+            Status::Unrouted => "unrouted",
+        }
+    }
+
+    /// Still has to go through routing and mapping.
+    pub fn needs_processing(self) -> bool {
+        matches!(self, Status::Received | Status::Routed | Status::Mapped)
+    }
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub listener: String,
+    pub peer: String,
+    pub received_ms: i64,
+    /// `MSH-9` type and trigger as received, e.g. `ORU^R01` (empty when unreadable).
+    pub message_type: String,
+    /// `MSH-10`.
+    pub control_id: String,
+    pub status: Status,
+    pub error: Option<String>,
+    pub raw: Vec<u8>,
+}
+
+/// What the journal remembers about an entry (the raw bytes stay on disk).
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryMeta {
+    pub id: u64,
+    pub received_ms: i64,
+    pub listener: Arc<str>,
+    pub peer: Arc<str>,
+    pub message_type: Box<str>,
+    pub control_id: Box<str>,
+    pub status: Status,
+    pub error: Option<Box<str>>,
+    pub size: u32,
+    #[serde(skip)]
+    segment: u32,
+    #[serde(skip)]
+    raw_offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("journal segment {path} is damaged at byte {offset}: {what}; move the file aside to start without it")]
+    Corrupt { path: PathBuf, offset: u64, what: &'static str },
+    #[error("journal write failed, message not stored: {0}")]
+    CommitFailed(String),
+    #[error("journal is closed")]
+    Closed,
+    #[error("no journal entry {0}")]
+    NoSuchEntry(u64),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io { path: path.to_path_buf(), source }
+}
+
+/// Options for [`Journal::open`].
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// A segment is closed once it grows past this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions { segment_bytes: 128 << 20 }
+    }
+}
+
+/// Deliberate failures, for tests that prove no ACK follows a failed commit.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_sync: AtomicBool,
+}
+
+impl Faults {
+    /// While set, every commit fails as if `fdatasync` had returned EIO.
+    pub fn fail_sync(&self, on: bool) {
+        self.fail_sync.store(on, Ordering::SeqCst);
+    }
+}
+
+enum Cmd {
+    Append(NewEntry, oneshot::Sender<Result<u64, JournalError>>),
+    Status(u64, Status, Option<String>),
+    /// Resolves once everything sent before it is durable.
+    Sync(oneshot::Sender<Result<(), JournalError>>),
+}
+
+struct Shared {
+    dir: PathBuf,
+    index: RwLock<Index>,
+    /// Highest id known durable, with a condvar for the pipeline to wait on.
+    durable: Mutex<u64>,
+    durable_cv: Condvar,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+    faults: Faults,
+    /// Bumped on every status change, for [`Journal::wait_settled`].
+    changes: Mutex<u64>,
+    changes_cv: Condvar,
+    /// Set when a commit failed and nothing has succeeded since.
+    failing: AtomicBool,
+}
+
+#[derive(Default)]
+struct Index {
+    /// `entries[i]` has id `i + 1`.
+    entries: Vec<EntryMeta>,
+    listeners: HashMap<String, Arc<str>>,
+}
+
+impl Index {
+    fn get_mut(&mut self, id: u64) -> Option<&mut EntryMeta> {
+        id.checked_sub(1).and_then(|i| self.entries.get_mut(i as usize))
+    }
+
+    fn intern(&mut self, listener: &str) -> Arc<str> {
+        if let Some(a) = self.listeners.get(listener) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(listener);
+        self.listeners.insert(listener.to_string(), a.clone());
+        a
+    }
+}
+
+/// Handle to the journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, recovering what is on disk.
+    pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut index = Index::default();
+        let mut segments = list_segments(dir)?;
+        let last = segments.last().copied();
+        for &n in &segments {
+            recover_segment(dir, n, Some(n) == last, &mut index)?;
+        }
+        if segments.is_empty() {
+            segments.push(1);
+        }
+        let current = *segments.last().expect("one segment");
+        let path = segment_path(dir, current);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        if last.is_none() {
+            sync_dir(dir)?;
+        }
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let durable = index.entries.len() as u64;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            index: RwLock::new(index),
+            durable: Mutex::new(durable),
+            durable_cv: Condvar::new(),
+            readers: Mutex::new(HashMap::new()),
+            faults: Faults::default(),
+            changes: Mutex::new(0),
+            changes_cv: Condvar::new(),
+            failing: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer { shared: shared.clone(), segment: current, file, len, next_id: durable + 1, options };
+        std::thread::Builder::new()
+            .name("journal-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(io_err(dir))?;
+        Ok(Journal { shared, tx })
+    }
+
+    /// Appends a message and resolves with its id once it is durable.
+    pub async fn append(&self, entry: NewEntry) -> Result<u64, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Append(entry, tx)).map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Blocking form of [`Journal::append`], for threads outside the async runtime.
+    pub fn append_blocking(&self, entry: NewEntry) -> Result<u64, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Append(entry, tx)).map_err(|_| JournalError::Closed)?;
+        rx.blocking_recv().map_err(|_| JournalError::Closed)?
+    }
+
+    /// Records a status change (in memory now, on disk with the next commit).
+    pub fn set_status(&self, id: u64, status: Status, error: Option<String>) {
+        self.set_statuses(vec![(id, status, error)]);
+    }
+
+    /// Records several status changes under one lock.
+    pub fn set_statuses(&self, changes: Vec<(u64, Status, Option<String>)>) {
+        {
+            let mut index = self.shared.index.write().expect("journal index lock");
+            for (id, status, error) in &changes {
+                if let Some(e) = index.get_mut(*id) {
+                    e.status = *status;
+                    e.error = error.as_deref().map(Box::from);
+                }
+            }
+        }
+        for (id, status, error) in changes {
+            let _ = self.tx.send(Cmd::Status(id, status, error));
+        }
+        *self.shared.changes.lock().expect("journal changes lock") += 1;
+        self.shared.changes_cv.notify_all();
+    }
+
+    /// Waits until entry `id` has a final status (stored, error or unrouted) and returns
+    /// it, or `None` after `timeout`.
+    pub fn wait_settled(&self, id: u64, timeout: Duration) -> Option<Status> {
+        let settled = |j: &Journal| {
+            j.entry(id).map(|e| e.status).filter(|s| matches!(s, Status::Stored | Status::Error | Status::Unrouted))
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = self.shared.changes.lock().expect("journal changes lock");
+        loop {
+            if let Some(s) = settled(self) {
+                return Some(s);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            guard = self.shared.changes_cv.wait_timeout(guard, left).expect("journal changes lock").0;
+        }
+    }
+
+    /// Waits until everything appended or status-changed before this call is on disk.
+    pub fn sync_blocking(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Sync(tx)).map_err(|_| JournalError::Closed)?;
+        rx.blocking_recv().map_err(|_| JournalError::Closed)?
+    }
+
+    pub fn entry(&self, id: u64) -> Option<EntryMeta> {
+        let index = self.shared.index.read().expect("journal index lock");
+        id.checked_sub(1).and_then(|i| index.entries.get(i as usize)).cloned()
+    }
+
+    /// The newest entries first, at most `limit`, optionally of one status.
+    pub fn recent(&self, limit: usize, status: Option<Status>) -> Vec<EntryMeta> {
+        let index = self.shared.index.read().expect("journal index lock");
+        index.entries.iter().rev().filter(|e| status.is_none_or(|s| e.status == s)).take(limit).cloned().collect()
+    }
+
+    /// Number of entries per status.
+    pub fn status_counts(&self) -> Vec<(Status, usize)> {
+        let index = self.shared.index.read().expect("journal index lock");
+        let mut counts = [0usize; 8];
+        for e in &index.entries {
+            counts[e.status as usize] += 1;
+        }
+        (1..=7u8).filter_map(|s| Some((Status::from_u8(s)?, counts[s as usize]))).collect()
+    }
+
+    /// Reads the raw message bytes of entry `id` from disk.
+    pub fn read_raw(&self, id: u64) -> Result<Vec<u8>, JournalError> {
+        let meta = self.entry(id).ok_or(JournalError::NoSuchEntry(id))?;
+        let file = self.reader(meta.segment)?;
+        let mut buf = vec![0u8; meta.size as usize];
+        let path = segment_path(&self.shared.dir, meta.segment);
+        file.read_exact_at(&mut buf, meta.raw_offset).map_err(io_err(&path))?;
+        Ok(buf)
+    }
+
+    fn reader(&self, segment: u32) -> Result<Arc<File>, JournalError> {
+        let mut readers = self.shared.readers.lock().expect("journal readers lock");
+        if let Some(f) = readers.get(&segment) {
+            return Ok(f.clone());
+        }
+        let path = segment_path(&self.shared.dir, segment);
+        let f = Arc::new(File::open(&path).map_err(io_err(&path))?);
+        readers.insert(segment, f.clone());
+        Ok(f)
+    }
+
+    /// Highest id that is durable.
+    pub fn durable_id(&self) -> u64 {
+        *self.shared.durable.lock().expect("journal durable lock")
+    }
+
+    /// Blocks until an id above `after` is durable or `timeout` passes; returns the
+    /// durable watermark.
+    pub fn wait_durable_beyond(&self, after: u64, timeout: Duration) -> u64 {
+        let guard = self.shared.durable.lock().expect("journal durable lock");
+        let (guard, _) = self
+            .shared
+            .durable_cv
+            .wait_timeout_while(guard, timeout, |d| *d <= after)
+            .expect("journal durable lock");
+        *guard
+    }
+
+    /// The first id that still needs routing and mapping (the cursor after a restart),
+    /// or the next id to be written when everything is processed.
+    pub fn first_unprocessed(&self) -> u64 {
+        let index = self.shared.index.read().expect("journal index lock");
+        index
+            .entries
+            .iter()
+            .find(|e| e.status.needs_processing())
+            .map_or(index.entries.len() as u64 + 1, |e| e.id)
+    }
+
+    /// Ids whose records sit in the outbox (status `queued`).
+    pub fn ids_with_status(&self, status: Status) -> Vec<u64> {
+        let index = self.shared.index.read().expect("journal index lock");
+        index.entries.iter().filter(|e| e.status == status).map(|e| e.id).collect()
+    }
+
+    /// True while the last commit failed (the disk is refusing writes).
+    pub fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::SeqCst)
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+struct Committer {
+    shared: Arc<Shared>,
+    segment: u32,
+    file: File,
+    len: u64,
+    next_id: u64,
+    options: JournalOptions,
+}
+
+/// Bounds one batch so a flood of appends still gets answered in slices.
+const MAX_BATCH_CMDS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+struct Pending {
+    meta: EntryMeta,
+    reply: oneshot::Sender<Result<u64, JournalError>>,
+}
+
+impl Committer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            let mut bytes = 0usize;
+            while batch.len() < MAX_BATCH_CMDS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if let Cmd::Append(e, _) = &cmd {
+                            bytes += e.raw.len();
+                        }
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch, &mut buf);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Cmd>, buf: &mut Vec<u8>) {
+        buf.clear();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut syncs = Vec::new();
+        let mut id = self.next_id;
+        let mut listeners = Vec::new();
+        {
+            let mut index = self.shared.index.write().expect("journal index lock");
+            for cmd in &batch {
+                if let Cmd::Append(e, _) = cmd {
+                    listeners.push(index.intern(&e.listener));
+                }
+            }
+        }
+        let mut listeners = listeners.into_iter();
+        for cmd in batch {
+            match cmd {
+                Cmd::Append(e, reply) => {
+                    let raw_at = frame::encode_entry(
+                        buf,
+                        &frame::EntryFields {
+                            id,
+                            received_ms: e.received_ms,
+                            status: e.status,
+                            listener: &e.listener,
+                            peer: &e.peer,
+                            message_type: &e.message_type,
+                            control_id: &e.control_id,
+                            error: e.error.as_deref().unwrap_or(""),
+                            raw: &e.raw,
+                        },
+                    );
+                    pending.push(Pending {
+                        meta: EntryMeta {
+                            id,
+                            received_ms: e.received_ms,
+                            listener: listeners.next().expect("interned"),
+                            peer: Arc::from(e.peer.as_str()),
+                            message_type: e.message_type.into_boxed_str(),
+                            control_id: e.control_id.into_boxed_str(),
+                            status: e.status,
+                            error: e.error.map(String::into_boxed_str),
+                            size: e.raw.len() as u32,
+                            segment: self.segment,
+                            raw_offset: self.len + raw_at as u64,
+                        },
+                        reply,
+                    });
+                    id += 1;
+                }
+                Cmd::Status(sid, status, error) => {
+                    frame::encode_status(buf, sid, status, error.as_deref().unwrap_or(""));
+                }
+                Cmd::Sync(reply) => syncs.push(reply),
+            }
+        }
+        let must_sync = !pending.is_empty() || !syncs.is_empty();
+        match self.write_out(buf, must_sync) {
+            Ok(()) => {
+                self.shared.failing.store(false, Ordering::SeqCst);
+                self.len += buf.len() as u64;
+                self.next_id = id;
+                let last = id - 1;
+                let replies: Vec<(u64, oneshot::Sender<_>)> = {
+                    let mut index = self.shared.index.write().expect("journal index lock");
+                    pending
+                        .into_iter()
+                        .map(|p| {
+                            let pid = p.meta.id;
+                            index.entries.push(p.meta);
+                            (pid, p.reply)
+                        })
+                        .collect()
+                };
+                {
+                    let mut d = self.shared.durable.lock().expect("journal durable lock");
+                    *d = last;
+                }
+                self.shared.durable_cv.notify_all();
+                for (pid, reply) in replies {
+                    let _ = reply.send(Ok(pid));
+                }
+                for s in syncs {
+                    let _ = s.send(Ok(()));
+                }
+                if self.len >= self.options.segment_bytes {
+                    if let Err(e) = self.rotate() {
+                        tracing::error!(error = %e, "journal could not start a new segment; continuing in the current one");
+                    }
+                }
+            }
+            Err(e) => {
+                self.shared.failing.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, batch = pending.len(), "journal commit failed; NAKing the batch");
+                // Cut back to the last durable length so no half-written frame stays.
+                if let Err(te) = self.file.set_len(self.len) {
+                    tracing::error!(error = %te, "journal could not truncate after a failed write");
+                }
+                let msg = e.to_string();
+                for p in pending {
+                    let _ = p.reply.send(Err(JournalError::CommitFailed(msg.clone())));
+                }
+                for s in syncs {
+                    let _ = s.send(Err(JournalError::CommitFailed(msg.clone())));
+                }
+            }
+        }
+    }
+
+    fn write_out(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        if sync {
+            if self.shared.faults.fail_sync.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected fdatasync failure"));
+            }
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        let next = self.segment + 1;
+        let path = segment_path(&self.shared.dir, next);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        sync_dir(&self.shared.dir)?;
+        self.file = file;
+        self.segment = next;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("{n:08}.seg"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u32>, JournalError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_suffix(".seg").and_then(|s| s.parse::<u32>().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Scans one segment into the index; cuts a torn tail off the last segment.
+fn recover_segment(dir: &Path, n: u32, is_last: bool, index: &mut Index) -> Result<(), JournalError> {
+    let path = segment_path(dir, n);
+    let data = std::fs::read(&path).map_err(io_err(&path))?;
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let decoded = frame::decode(rest);
+        let f = match decoded {
+            Ok(f) => f,
+            Err(frame::FrameError::Truncated) if is_last => break,
+            Err(frame::FrameError::Corrupt(_)) if is_last && is_zero_tail(rest) => break,
+            Err(frame::FrameError::Truncated) => {
+                return Err(JournalError::Corrupt { path, offset: pos as u64, what: "truncated frame" });
+            }
+            Err(frame::FrameError::Corrupt(what)) => {
+                // A damaged frame in the last segment that is followed by nothing valid
+                // is a torn write; anywhere else it is damage the operator must see.
+                if is_last && !has_valid_frame_after(&data, pos + 1) {
+                    break;
+                }
+                return Err(JournalError::Corrupt { path, offset: pos as u64, what });
+            }
+        };
+        let len = frame::HEADER_LEN + frame::payload_len(rest).expect("decoded");
+        match f {
+            frame::Frame::Entry {
+                id,
+                received_ms,
+                status,
+                listener,
+                peer,
+                message_type,
+                control_id,
+                error,
+                raw_offset_in_payload,
+                raw_len,
+            } => {
+                let expected = index.entries.len() as u64 + 1;
+                if id != expected {
+                    return Err(JournalError::Corrupt { path, offset: pos as u64, what: "entry ids out of sequence" });
+                }
+                let listener = index.intern(listener);
+                index.entries.push(EntryMeta {
+                    id,
+                    received_ms,
+                    listener,
+                    peer: Arc::from(peer),
+                    message_type: Box::from(message_type),
+                    control_id: Box::from(control_id),
+                    status,
+                    error: (!error.is_empty()).then(|| Box::from(error)),
+                    size: raw_len as u32,
+                    segment: n,
+                    raw_offset: (pos + frame::HEADER_LEN + raw_offset_in_payload) as u64,
+                });
+            }
+            frame::Frame::Status { id, status, error } => {
+                if let Some(e) = index.get_mut(id) {
+                    e.status = status;
+                    e.error = (!error.is_empty()).then(|| Box::from(error));
+                }
+            }
+        }
+        pos += len;
+    }
+    if pos < data.len() {
+        tracing::warn!(segment = %path.display(), offset = pos, dropped = data.len() - pos, "journal: cutting off a torn write at the end");
+        let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+        f.set_len(pos as u64).map_err(io_err(&path))?;
+        f.sync_all().map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+fn is_zero_tail(rest: &[u8]) -> bool {
+    rest.iter().all(|b| *b == 0)
+}
+
+/// True when some offset at or after `from` starts a valid frame (so the damage is not
+/// just a torn tail).
+fn has_valid_frame_after(data: &[u8], from: usize) -> bool {
+    (from..data.len()).any(|p| frame::decode(&data[p..]).is_ok())
+}
+
+#[cfg(test)]
+mod tests;

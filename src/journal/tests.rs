@@ -1,0 +1,169 @@
+use super::*;
+
+fn entry(n: usize) -> NewEntry {
+    NewEntry {
+        listener: "lab".into(),
+        peer: "127.0.0.1:1".into(),
+        received_ms: 1_700_000_000_000 + n as i64,
+        message_type: "ORU^R01".into(),
+        control_id: format!("C{n}"),
+        status: Status::Received,
+        error: None,
+        raw: format!("MSH|^~\\&|message {n}").into_bytes(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn appends_are_durable_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        for n in 1..=3 {
+            assert_eq!(j.append_blocking(entry(n)).unwrap(), n as u64);
+        }
+        j.set_status(2, Status::Error, Some("bad date in PID-7".into()));
+        j.sync_blocking().unwrap();
+    }
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(j.durable_id(), 3);
+    assert_eq!(j.read_raw(3).unwrap(), b"MSH|^~\\&|message 3");
+    let e = j.entry(2).unwrap();
+    assert_eq!(e.status, Status::Error);
+    assert_eq!(e.error.as_deref(), Some("bad date in PID-7"));
+    assert_eq!(&*e.control_id, "C2");
+    assert_eq!(j.first_unprocessed(), 1);
+    assert_eq!(j.append_blocking(entry(4)).unwrap(), 4, "ids continue after reopen");
+}
+
+#[test]
+fn concurrent_appends_share_commits_and_all_get_distinct_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    let rt = runtime();
+    let ids = rt.block_on(async {
+        let tasks: Vec<_> = (0..200)
+            .map(|n| {
+                let j = j.clone();
+                tokio::spawn(async move { j.append(entry(n)).await.unwrap() })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids
+    });
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=200).collect::<Vec<u64>>());
+    assert_eq!(j.durable_id(), 200);
+}
+
+#[test]
+fn failed_sync_fails_the_batch_and_consumes_no_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(j.append_blocking(entry(1)).unwrap(), 1);
+    j.faults().fail_sync(true);
+    let err = j.append_blocking(entry(2)).unwrap_err();
+    assert!(matches!(err, JournalError::CommitFailed(_)), "{err}");
+    assert!(j.is_failing());
+    assert_eq!(j.durable_id(), 1);
+    assert!(j.entry(2).is_none());
+    j.faults().fail_sync(false);
+    assert_eq!(j.append_blocking(entry(3)).unwrap(), 2);
+    assert!(!j.is_failing());
+    drop(j);
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(j.durable_id(), 2);
+    assert_eq!(&*j.entry(2).unwrap().control_id, "C3", "the failed append left nothing behind");
+}
+
+#[test]
+fn torn_tail_is_cut_off_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        j.append_blocking(entry(1)).unwrap();
+        j.append_blocking(entry(2)).unwrap();
+    }
+    let seg = segment_path(dir.path(), 1);
+    let full = std::fs::metadata(&seg).unwrap().len();
+    // A torn write: half of a third frame.
+    let mut third = Vec::new();
+    frame::encode_entry(
+        &mut third,
+        &frame::EntryFields {
+            id: 3,
+            received_ms: 0,
+            status: Status::Received,
+            listener: "lab",
+            peer: "",
+            message_type: "",
+            control_id: "",
+            error: "",
+            raw: b"MSH|torn",
+        },
+    );
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&third[..third.len() / 2]).unwrap();
+    drop(f);
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(j.durable_id(), 2);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), full);
+    assert_eq!(j.append_blocking(entry(3)).unwrap(), 3);
+}
+
+#[test]
+fn damage_in_the_middle_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        for n in 1..=3 {
+            j.append_blocking(entry(n)).unwrap();
+        }
+    }
+    let seg = segment_path(dir.path(), 1);
+    let mut data = std::fs::read(&seg).unwrap();
+    data[frame::HEADER_LEN + 3] ^= 0x55; // inside the first frame's payload
+    std::fs::write(&seg, &data).unwrap();
+    let err = Journal::open(dir.path(), JournalOptions::default()).err().expect("must refuse");
+    let text = err.to_string();
+    assert!(text.contains("00000001.seg is damaged at byte 0: checksum mismatch"), "{text}");
+}
+
+#[test]
+fn segments_rotate_and_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(dir.path(), JournalOptions { segment_bytes: 200 }).unwrap();
+        for n in 1..=10 {
+            j.append_blocking(entry(n)).unwrap();
+        }
+        assert_eq!(j.read_raw(1).unwrap(), b"MSH|^~\\&|message 1");
+    }
+    assert!(list_segments(dir.path()).unwrap().len() > 1);
+    let j = Journal::open(dir.path(), JournalOptions { segment_bytes: 200 }).unwrap();
+    assert_eq!(j.durable_id(), 10);
+    for n in 1..=10u64 {
+        assert_eq!(j.read_raw(n).unwrap(), format!("MSH|^~\\&|message {n}").into_bytes());
+    }
+}
+
+#[test]
+fn cursor_points_at_the_first_unprocessed_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    for n in 1..=4 {
+        j.append_blocking(entry(n)).unwrap();
+    }
+    j.set_statuses(vec![(1, Status::Stored, None), (2, Status::Unrouted, None)]);
+    assert_eq!(j.first_unprocessed(), 3);
+    j.set_statuses(vec![(3, Status::Queued, None), (4, Status::Stored, None)]);
+    assert_eq!(j.first_unprocessed(), 5);
+    assert_eq!(j.ids_with_status(Status::Queued), vec![3]);
+}

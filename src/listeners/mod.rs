@@ -1,0 +1,4 @@
+//! Network listeners. They know the journal and the protocols, never routes, mapping,
+//! queue or store.
+
+pub mod mllp;

@@ -1,0 +1,285 @@
+//! The `halong` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use halong::config::Config;
+use halong::diag;
+use halong::pipeline::Rules;
+
+/// halong: an integration engine for hospitals. HL7 v2 over MLLP in, durable before
+/// every ACK, mapped to FHIR R4 records, searchable over HTTP.
+#[derive(Parser)]
+#[command(name = "halong", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: listeners, journal, mapping, record store and HTTP API.
+    Serve {
+        /// The configuration file; routes/ and mappings/ are read beside it.
+        #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check halong.toml, every route and every mapping; print all problems, exit 1 on any.
+    Check {
+        #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
+        config: PathBuf,
+    },
+    /// Map message files to FHIR resources and print them as a JSON array (no engine needed).
+    Map {
+        #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
+        config: PathBuf,
+        /// Use this route's mapping.
+        #[arg(long, conflicts_with_all = ["mapping"])]
+        route: Option<String>,
+        /// Use this mapping (mappings/NAME.toml) directly.
+        #[arg(long)]
+        mapping: Option<String>,
+        /// Route as if the message came in on this listener (default: the first route whose
+        /// message pattern fits, whatever its listener).
+        #[arg(long, conflicts_with_all = ["route", "mapping"])]
+        listener: Option<String>,
+        /// HL7 v2 message files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Send HL7 v2 files over MLLP and print each ACK code; with --repeat or
+    /// --concurrency, a load generator that reports messages/s and ACK latency.
+    Send {
+        /// Message files or directories of them (*.hl7, *.txt, *.msg).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// HOST:PORT of the MLLP listener.
+        #[arg(long)]
+        to: String,
+        /// Send the whole set this many times.
+        #[arg(long, default_value_t = 1)]
+        repeat: u64,
+        /// Connections to send over in parallel.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Give each sent message its own MSH-10 (control id), so repeats are new messages.
+        #[arg(long)]
+        unique_ids: bool,
+        /// Seconds to wait for each ACK.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(&config),
+        Command::Map { config, route, mapping, listener, files } => map(&config, route, mapping, listener, &files),
+        Command::Send { files, to, repeat, concurrency, unique_ids, timeout } => {
+            send(&files, to, repeat, concurrency, unique_ids, timeout)
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|problems| {
+        eprint!("{}", diag::render(&problems));
+        ExitCode::from(1)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    halong::telemetry::init(&config.log.level, config.log.log_phi);
+    runtime().block_on(async move {
+        let engine = match halong::engine::Engine::start(config).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("halong: cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!("halong is running; Ctrl-C or SIGTERM stops it");
+        wait_for_stop().await;
+        tracing::info!("stopping");
+        engine.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match Rules::load(&config) {
+        Ok(rules) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} mappings)",
+                path.display(),
+                config.listeners.len(),
+                rules.routes.routes().len(),
+                rules.mappings.names().count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprint!("{}", diag::render(&problems));
+            eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn map(
+    path: &std::path::Path,
+    route: Option<String>,
+    mapping: Option<String>,
+    listener: Option<String>,
+    files: &[PathBuf],
+) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rules = match Rules::load(&config) {
+        Ok(r) => r,
+        Err(problems) => {
+            eprint!("{}", diag::render(&problems));
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(r) = &route {
+        if rules.routes.get(r).is_none() {
+            eprintln!("halong map: no route named \"{r}\"");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(m) = &mapping {
+        if rules.mappings.get(m).is_none() {
+            eprintln!("halong map: no mapping named \"{m}\" in {}", config.mappings_dir().display());
+            return ExitCode::from(2);
+        }
+    }
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for file in files {
+        match map_one(&rules, file, route.as_deref(), mapping.as_deref(), listener.as_deref()) {
+            Ok(mut records) => all.append(&mut records),
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                failed += 1;
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&all).expect("records serialize"));
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn map_one(
+    rules: &Rules,
+    file: &std::path::Path,
+    route: Option<&str>,
+    mapping: Option<&str>,
+    listener: Option<&str>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let raw = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let msg = halong::hl7::parse(&raw).map_err(|e| format!("cannot parse: {e}"))?;
+    let mapping_name = match (route, mapping) {
+        (_, Some(m)) => m.to_string(),
+        (Some(r), None) => rules.routes.get(r).expect("checked").mapping.clone(),
+        (None, None) => {
+            let h = msg.header();
+            let found = match listener {
+                Some(l) => rules.routes.find(l, h),
+                None => rules.routes.routes().iter().find(|r| r.message.iter().any(|p| p.matches(h))),
+            };
+            found.ok_or_else(|| format!("no route takes {}", h.message_type))?.mapping.clone()
+        }
+    };
+    let m = rules.mappings.get(&mapping_name).ok_or_else(|| format!("no mapping \"{mapping_name}\""))?;
+    let ctx = halong::mapping::RunContext { source: format!("file:{}", file.display()) };
+    m.run(&msg, &ctx).map_err(|e| e.to_string())
+}
+
+fn send(files: &[PathBuf], to: String, repeat: u64, concurrency: usize, unique_ids: bool, timeout: u64) -> ExitCode {
+    let messages = match halong::send::load_messages(files) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("halong send: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let load = repeat > 1 || concurrency > 1;
+    let count = messages.len() as u64 * repeat;
+    if load {
+        eprintln!("sending {count} messages over {concurrency} connection(s) to {to}");
+    }
+    let opts = halong::send::SendOptions {
+        to,
+        repeat: repeat.max(1),
+        concurrency: concurrency.max(1),
+        unique_ids,
+        timeout: Duration::from_secs(timeout),
+        load,
+    };
+    let summary = match runtime().block_on(halong::send::run(messages, opts)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("halong send: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if load {
+        println!(
+            "{} messages in {:.2} s: {:.0} msg/s; ACK latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} AA/CA, {} other",
+            summary.sent,
+            summary.elapsed.as_secs_f64(),
+            summary.rate(),
+            summary.percentile_ms(0.50),
+            summary.percentile_ms(0.99),
+            summary.percentile_ms(1.0),
+            summary.accepted,
+            summary.other
+        );
+    }
+    if summary.other > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

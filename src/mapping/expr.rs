@@ -1,0 +1,345 @@
+//! The expression language of mapping files.
+//!
+//! ```text
+//! expr    = path | string | number | call | name
+//! path    = an hl7::Path, e.g. PID-3[*].4.1, OBX[2]-5, PID
+//! string  = "'" { char | "\'" | "\\" } "'"
+//! number  = ["-"] digits ["." digits]
+//! call    = name "(" [expr {"," expr}] ")"
+//! name    = [A-Za-z_][A-Za-z0-9_]*     (only as a table name or resource type argument)
+//! ```
+//! Every node keeps its byte offset in the expression text, so load errors can point at
+//! the exact character.
+
+use crate::hl7::Path;
+
+#[derive(Clone, Debug)]
+pub enum Expr {
+    /// `offset` is kept for diagnostics about paths.
+    #[allow(dead_code)]
+    Path {
+        path: Path,
+        offset: usize,
+    },
+    Str(String),
+    Num(String),
+    /// A bare name: a lookup table or a resource type.
+    Name {
+        name: String,
+        offset: usize,
+    },
+    Call(Box<Call>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub name: String,
+    pub args: Vec<Expr>,
+    /// Offset of the function name.
+    pub offset: usize,
+    /// Source text of the whole call, for runtime error messages.
+    pub text: String,
+}
+
+/// A syntax error at byte `offset` of the expression text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExprError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// Parses a whole expression.
+pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    let mut p = Parser {
+        src,
+        pos: 0,
+        depth: 0,
+    };
+    p.ws();
+    let e = p.expr()?;
+    p.ws();
+    if p.pos < src.len() {
+        return Err(p.err(format!("unexpected {} after expression", p.found())));
+    }
+    Ok(e)
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    pos: usize,
+    depth: usize,
+}
+
+fn is_word_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_'
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.pos).copied()
+    }
+
+    fn ws(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            self.pos += 1;
+        }
+    }
+
+    fn found(&self) -> String {
+        match self.src[self.pos..].chars().next() {
+            None => "end of expression".to_string(),
+            Some(c) => format!("{c:?}"),
+        }
+    }
+
+    fn err(&self, message: String) -> ExprError {
+        ExprError {
+            offset: self.pos,
+            message,
+        }
+    }
+
+    fn expr(&mut self) -> Result<Expr, ExprError> {
+        self.depth += 1;
+        if self.depth > 64 {
+            return Err(self.err("expression is nested too deeply".to_string()));
+        }
+        let e = self.primary();
+        self.depth -= 1;
+        e
+    }
+
+    fn primary(&mut self) -> Result<Expr, ExprError> {
+        let start = self.pos;
+        match self.peek() {
+            Some(b'\'') => self.string(),
+            Some(c) if c.is_ascii_digit() || c == b'-' => self.number(),
+            Some(c) if is_word_start(c) => {
+                let len = self.src[start..]
+                    .bytes()
+                    .take_while(|&c| is_word(c))
+                    .count();
+                let word = &self.src[start..start + len];
+                self.pos = start + len;
+                self.ws();
+                if self.peek() == Some(b'(') {
+                    self.pos += 1;
+                    return self.call(word, start);
+                }
+                self.pos = start + len;
+                let b = word.as_bytes();
+                let segment_like = len == 3
+                    && b[0].is_ascii_uppercase()
+                    && b[1..]
+                        .iter()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+                if segment_like {
+                    let (path, used) =
+                        Path::parse_prefix(&self.src[start..]).map_err(|e| ExprError {
+                            offset: start + e.offset,
+                            message: e.message,
+                        })?;
+                    self.pos = start + used;
+                    if self.peek().is_some_and(is_word) {
+                        return Err(self.err(format!("unexpected {} after path", self.found())));
+                    }
+                    Ok(Expr::Path {
+                        path,
+                        offset: start,
+                    })
+                } else {
+                    Ok(Expr::Name {
+                        name: word.to_string(),
+                        offset: start,
+                    })
+                }
+            }
+            _ => Err(self.err(format!(
+                "expected a path, a 'string', a number or a function call, found {}",
+                self.found()
+            ))),
+        }
+    }
+
+    fn string(&mut self) -> Result<Expr, ExprError> {
+        let start = self.pos;
+        self.pos += 1;
+        let mut out = String::new();
+        let mut chars = self.src[self.pos..].char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\'' => {
+                    self.pos += i + 1;
+                    return Ok(Expr::Str(out));
+                }
+                '\\' => match chars.next() {
+                    Some((_, e @ ('\'' | '\\'))) => out.push(e),
+                    Some((j, e)) => {
+                        return Err(ExprError {
+                            offset: self.pos + j,
+                            message: format!("unknown escape \\{e} in string (only \\' and \\\\)"),
+                        })
+                    }
+                    None => break,
+                },
+                c => out.push(c),
+            }
+        }
+        Err(ExprError {
+            offset: start,
+            message: "unterminated string".to_string(),
+        })
+    }
+
+    fn number(&mut self) -> Result<Expr, ExprError> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        let digits = |p: &mut Self| {
+            let n = p.src[p.pos..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            p.pos += n;
+            n
+        };
+        if digits(self) == 0 {
+            return Err(self.err(format!("expected a digit, found {}", self.found())));
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if digits(self) == 0 {
+                return Err(self.err(format!(
+                    "expected a digit after '.', found {}",
+                    self.found()
+                )));
+            }
+        }
+        if self.peek().is_some_and(is_word) {
+            return Err(self.err(format!("unexpected {} in number", self.found())));
+        }
+        Ok(Expr::Num(self.src[start..self.pos].to_string()))
+    }
+
+    fn call(&mut self, name: &str, start: usize) -> Result<Expr, ExprError> {
+        let mut args = Vec::new();
+        self.ws();
+        if self.peek() == Some(b')') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.ws();
+                args.push(self.expr()?);
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b')') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => {
+                        return Err(self.err(format!("expected ',' or ')', found {}", self.found())))
+                    }
+                }
+            }
+        }
+        Ok(Expr::Call(Box::new(Call {
+            name: name.to_string(),
+            args,
+            offset: start,
+            text: self.src[start..self.pos].to_string(),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(e: &Expr) -> String {
+        match e {
+            Expr::Path { path, .. } => format!("path:{path}"),
+            Expr::Str(s) => format!("str:{s}"),
+            Expr::Num(n) => format!("num:{n}"),
+            Expr::Name { name, .. } => format!("name:{name}"),
+            Expr::Call(c) => format!(
+                "{}({})",
+                c.name,
+                c.args.iter().map(shape).collect::<Vec<_>>().join(",")
+            ),
+        }
+    }
+
+    #[test]
+    fn parses_expressions() {
+        let table = [
+            ("PID-3.1", "path:PID-3.1"),
+            ("  PID-3[*].4.1 ", "path:PID-3[*].4.1"),
+            ("'it\\'s'", "str:it's"),
+            ("-5.10", "num:-5.10"),
+            (
+                "hash(PID-3.4.1, PID-3.1)",
+                "hash(path:PID-3.4.1,path:PID-3.1)",
+            ),
+            (
+                "lookup(v2_gender, PID-8, 'unknown')",
+                "lookup(name:v2_gender,path:PID-8,str:unknown)",
+            ),
+            (
+                "if(eq(OBX-2, 'NM'), decimal(OBX-5))",
+                "if(eq(path:OBX-2,str:NM),decimal(path:OBX-5))",
+            ),
+            ("exists(PID)", "exists(path:PID)"),
+            ("ref(Patient)", "ref(name:Patient)"),
+            ("concat()", "concat()"),
+            ("OBX[2]-5", "path:OBX[2]-5"),
+        ];
+        for (src, want) in table {
+            let got = parse(src).map(|e| shape(&e));
+            assert_eq!(got.as_deref(), Ok(want), "{src}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_char() {
+        let table = [
+            (
+                "hash(PID-3.1",
+                12,
+                "expected ',' or ')', found end of expression",
+            ),
+            ("date(PID-x)", 9, "expected a field number, found 'x'"),
+            ("'open", 0, "unterminated string"),
+            ("PID-3 PID-4", 6, "unexpected 'P' after expression"),
+            (
+                "eq(PID-8,,)",
+                9,
+                "expected a path, a 'string', a number or a function call, found ','",
+            ),
+            ("1.x", 2, "expected a digit after '.', found 'x'"),
+            (
+                "",
+                0,
+                "expected a path, a 'string', a number or a function call, found end of expression",
+            ),
+            ("PID-3.1x", 7, "unexpected 'x' after path"),
+        ];
+        for (src, offset, msg) in table {
+            let e = parse(src).err();
+            assert_eq!(
+                e,
+                Some(ExprError {
+                    offset,
+                    message: msg.to_string()
+                }),
+                "{src}"
+            );
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Mapping files (`mappings/<name>.toml`): the TOML model, read with spans, validated
+//! and compiled into rules. Every problem becomes a [`Diagnostic`] pointing at the
+//! offending key, value, or the exact character inside an expression string.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::expr::{self, Expr};
+use super::fhir_types::R4_RESOURCE_TYPES;
+use super::functions::{self, FUNCTIONS};
+use super::output::{parse_out_path, Step};
+use super::tables::Table;
+use crate::diag::{did_you_mean, Diagnostic};
+
+/// One `[[resource]]`, compiled.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub resource_type: String,
+    pub each: Option<String>,
+    pub id: Expr,
+    pub when: Option<Expr>,
+    pub sets: Vec<SetRule>,
+}
+
+/// One `[resource.set]` entry.
+#[derive(Clone, Debug)]
+pub struct SetRule {
+    pub key: String,
+    pub steps: Vec<Step>,
+    pub expr: Expr,
+}
+
+const TOP_KEYS: &[&str] = &["description", "resource"];
+const RESOURCE_KEYS: &[&str] = &["type", "id", "each", "when", "set", "description"];
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn at(&mut self, offset: usize, msg: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::at_offset(self.file, self.text, offset, msg));
+    }
+
+    /// Length of the opening quote of the TOML string or key starting at `offset`.
+    fn quote_len(&self, offset: usize) -> usize {
+        let rest = self.text.get(offset..).unwrap_or("");
+        if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
+            3
+        } else if rest.starts_with('"') || rest.starts_with('\'') {
+            1
+        } else {
+            0
+        }
+    }
+
+    fn unknown_key(&mut self, key: &Spanned<std::borrow::Cow<'_, str>>, known: &[&str]) {
+        let name = key.get_ref().as_ref();
+        let hint = did_you_mean(name, known.iter().copied())
+            .map_or(String::new(), |s| format!(" (did you mean {s:?}?)"));
+        self.at(key.span().start, format!("unknown key {name:?}{hint}"));
+    }
+}
+
+struct RawRule<'i> {
+    span: Range<usize>,
+    resource_type: Option<(String, Range<usize>)>,
+    each: Option<(String, Range<usize>)>,
+    id: Option<(String, Range<usize>)>,
+    when: Option<(String, Range<usize>)>,
+    sets: Vec<(Spanned<std::borrow::Cow<'i, str>>, String, Range<usize>)>,
+}
+
+/// Loads one mapping file: its description and rules, or `None` when it has errors
+/// (which are pushed to `diags`).
+pub fn load(
+    file: &Path,
+    text: &str,
+    tables: &BTreeMap<String, Table>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(String, Vec<Rule>)> {
+    let before = diags.len();
+    let mut cx = Ctx { file, text, diags };
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for e in errors {
+            let msg = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => cx.at(span.start, format!("TOML syntax: {msg}")),
+                None => cx
+                    .diags
+                    .push(Diagnostic::whole_file(file, format!("TOML syntax: {msg}"))),
+            }
+        }
+        return None;
+    }
+    let mut description = String::new();
+    let mut raws = Vec::new();
+    for (key, value) in doc.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "description" => match value.get_ref() {
+                DeValue::String(s) => description = s.to_string(),
+                _ => cx.at(value.span().start, "description must be a string"),
+            },
+            "resource" => match value.get_ref() {
+                DeValue::Array(items) => {
+                    for item in items.iter() {
+                        match item.get_ref() {
+                            DeValue::Table(t) => raws.push(raw_rule(&mut cx, t, item.span())),
+                            _ => cx.at(
+                                item.span().start,
+                                "each resource must be a table ([[resource]])",
+                            ),
+                        }
+                    }
+                }
+                _ => cx.at(
+                    key.span().start,
+                    "resource must be an array of tables: write [[resource]]",
+                ),
+            },
+            _ => cx.unknown_key(key, TOP_KEYS),
+        }
+    }
+    if raws.is_empty() && cx.diags.len() == before {
+        cx.diags
+            .push(Diagnostic::whole_file(file, "no [[resource]] in mapping"));
+    }
+    let produced: BTreeSet<String> = raws
+        .iter()
+        .filter_map(|r| r.resource_type.as_ref().map(|t| t.0.clone()))
+        .collect();
+    let mut rules = Vec::new();
+    for (n, raw) in raws.into_iter().enumerate() {
+        let (Some((rtype, _)), Some((id_text, id_span))) =
+            (raw.resource_type.clone(), raw.id.clone())
+        else {
+            let missing = if raw.resource_type.is_none() {
+                "type"
+            } else {
+                "id"
+            };
+            cx.at(
+                raw.span.start,
+                format!("resource #{} has no {missing:?}", n + 1),
+            );
+            continue;
+        };
+        let checker = |cx: &mut Ctx<'_>, src: &str, span: &Range<usize>, allow_ref: bool| {
+            let base = span.start + cx.quote_len(span.start);
+            compile_expr(cx, src, base, tables, &produced, allow_ref)
+        };
+        let id = checker(&mut cx, &id_text, &id_span, false);
+        let when = raw
+            .when
+            .as_ref()
+            .map(|(src, span)| checker(&mut cx, src, span, false));
+        let mut sets = Vec::new();
+        for (key, src, span) in &raw.sets {
+            let key_text = key.get_ref().as_ref();
+            let key_base = key.span().start + cx.quote_len(key.span().start);
+            let steps = match parse_out_path(key_text) {
+                Ok(steps) => Some(steps),
+                Err(e) => {
+                    cx.at(
+                        key_base + e.offset,
+                        format!("bad output path: {}", e.message),
+                    );
+                    None
+                }
+            };
+            if matches!(steps.as_deref().and_then(<[Step]>::first), Some(Step::Key(k)) if k == "resourceType" || k == "id")
+            {
+                cx.at(
+                    key.span().start,
+                    format!("{key_text:?} is set by the engine"),
+                );
+                continue;
+            }
+            let expr = checker(&mut cx, src, span, true);
+            if let (Some(steps), Some(expr)) = (steps, expr) {
+                sets.push(SetRule {
+                    key: key_text.to_string(),
+                    steps,
+                    expr,
+                });
+            }
+        }
+        let when_ok = when.as_ref().is_none_or(Option::is_some);
+        if let (Some(id), true) = (id, when_ok) {
+            rules.push(Rule {
+                resource_type: rtype,
+                each: raw.each.map(|e| e.0),
+                id,
+                when: when.flatten(),
+                sets,
+            });
+        }
+    }
+    (cx.diags.len() == before).then_some((description, rules))
+}
+
+fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRule<'i> {
+    let mut raw = RawRule {
+        span,
+        resource_type: None,
+        each: None,
+        id: None,
+        when: None,
+        sets: Vec::new(),
+    };
+    for (key, value) in t.iter() {
+        let name = key.get_ref().as_ref();
+        if !RESOURCE_KEYS.contains(&name) {
+            cx.unknown_key(key, RESOURCE_KEYS);
+            continue;
+        }
+        if name == "set" {
+            match value.get_ref() {
+                DeValue::Table(set) => {
+                    let mut entries: Vec<_> = set.iter().collect();
+                    // Keep file order (tables iterate sorted by key).
+                    entries.sort_by_key(|(k, _)| k.span().start);
+                    for (k, v) in entries {
+                        match v.get_ref() {
+                            DeValue::String(s) => raw.sets.push((k.clone(), s.to_string(), v.span())),
+                            DeValue::Table(_) => cx.at(
+                                k.span().start,
+                                format!(
+                                    "{:?} is a table; quote dotted output paths: \"a.b\" = \"...\"",
+                                    k.get_ref().as_ref()
+                                ),
+                            ),
+                            _ => cx.at(
+                                v.span().start,
+                                "expected an expression in a string, e.g. \"PID-5.1\" or \"'text'\"",
+                            ),
+                        }
+                    }
+                }
+                _ => cx.at(value.span().start, "set must be a table: [resource.set]"),
+            }
+            continue;
+        }
+        let DeValue::String(s) = value.get_ref() else {
+            cx.at(value.span().start, format!("{name} must be a string"));
+            continue;
+        };
+        let s = s.to_string();
+        let vspan = value.span();
+        match name {
+            "type" => {
+                if R4_RESOURCE_TYPES.contains(&s.as_str()) {
+                    raw.resource_type = Some((s, vspan));
+                } else {
+                    let hint = did_you_mean(&s, R4_RESOURCE_TYPES.iter().copied())
+                        .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+                    cx.at(vspan.start, format!("unknown resource type {s:?}{hint}"));
+                }
+            }
+            "each" => {
+                let b = s.as_bytes();
+                let ok = b.len() == 3
+                    && b[0].is_ascii_uppercase()
+                    && b[1..]
+                        .iter()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+                if ok {
+                    raw.each = Some((s, vspan));
+                } else {
+                    cx.at(
+                        vspan.start,
+                        format!("each must be a segment name like \"OBX\", found {s:?}"),
+                    );
+                }
+            }
+            "id" => raw.id = Some((s, vspan)),
+            "when" => raw.when = Some((s, vspan)),
+            _ => {}
+        }
+    }
+    raw
+}
+
+/// Parses and validates one expression; `base` is the file offset of its first char.
+fn compile_expr(
+    cx: &mut Ctx<'_>,
+    src: &str,
+    base: usize,
+    tables: &BTreeMap<String, Table>,
+    produced: &BTreeSet<String>,
+    allow_ref: bool,
+) -> Option<Expr> {
+    match expr::parse(src) {
+        Ok(e) => {
+            let before = cx.diags.len();
+            check(cx, &e, base, tables, produced, allow_ref);
+            (cx.diags.len() == before).then_some(e)
+        }
+        Err(e) => {
+            cx.at(base + e.offset, e.message);
+            None
+        }
+    }
+}
+
+fn check(
+    cx: &mut Ctx<'_>,
+    e: &Expr,
+    base: usize,
+    tables: &BTreeMap<String, Table>,
+    produced: &BTreeSet<String>,
+    allow_ref: bool,
+) {
+    match e {
+        Expr::Name { name, offset } => {
+            cx.at(
+                base + offset,
+                format!("unexpected name {name:?} (write text in quotes: '{name}')"),
+            );
+        }
+        Expr::Call(c) => {
+            let at = base + c.offset;
+            let Some(spec) = functions::spec(&c.name) else {
+                let hint = did_you_mean(&c.name, FUNCTIONS.iter().map(|f| f.name))
+                    .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+                cx.at(at, format!("unknown function {:?}{hint}", c.name));
+                return;
+            };
+            let n = c.args.len();
+            if n < spec.min || spec.max.is_some_and(|m| n > m) {
+                cx.at(at, format!("{}() {}, got {n}", c.name, spec.arity_text()));
+                return;
+            }
+            let mut args: &[Expr] = &c.args;
+            if matches!(c.name.as_str(), "lookup" | "ref" | "refs") {
+                let first = &c.args[0];
+                let (name, off) = match first {
+                    Expr::Name { name, offset } => (name.as_str(), base + offset),
+                    Expr::Str(s) => (s.as_str(), at),
+                    _ => {
+                        let what = if c.name == "lookup" {
+                            "a table name"
+                        } else {
+                            "a resource type"
+                        };
+                        cx.at(
+                            at,
+                            format!("the first argument of {}() must be {what}", c.name),
+                        );
+                        return;
+                    }
+                };
+                if c.name == "lookup" {
+                    if !tables.contains_key(name) {
+                        let hint = did_you_mean(name, tables.keys().map(String::as_str))
+                            .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+                        cx.at(
+                            off,
+                            format!("unknown table {name:?}{hint} (tables are mappings/tables/<name>.csv)"),
+                        );
+                    }
+                } else if !allow_ref {
+                    cx.at(
+                        at,
+                        format!(
+                            "{}() cannot be used in id or when (ids are computed before references)",
+                            c.name
+                        ),
+                    );
+                } else if !produced.contains(name) {
+                    let hint = did_you_mean(name, produced.iter().map(String::as_str))
+                        .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+                    cx.at(
+                        off,
+                        format!(
+                            "{}() to {name:?}, which this mapping does not produce{hint}",
+                            c.name
+                        ),
+                    );
+                }
+                args = &c.args[1..];
+            }
+            for a in args {
+                check(cx, a, base, tables, produced, allow_ref);
+            }
+        }
+        Expr::Path { .. } | Expr::Str(_) | Expr::Num(_) => {}
+    }
+}

@@ -1,0 +1,390 @@
+//! The fixed function library: names, arities, and the pure value functions (dates,
+//! numbers, text). Functions that need the message or the run (paths, `ref`, `refs`,
+//! `lookup`) are evaluated in `eval`.
+
+use sha2::{Digest, Sha256};
+
+use super::eval::Value;
+
+/// A function of the library and how many arguments it takes.
+pub struct FunctionSpec {
+    pub name: &'static str,
+    pub min: usize,
+    /// `None`: no upper limit.
+    pub max: Option<usize>,
+}
+
+const fn f(name: &'static str, min: usize, max: Option<usize>) -> FunctionSpec {
+    FunctionSpec { name, min, max }
+}
+
+pub const FUNCTIONS: &[FunctionSpec] = &[
+    f("exists", 1, Some(1)),
+    f("eq", 2, Some(2)),
+    f("in", 2, None),
+    f("not", 1, Some(1)),
+    f("if", 2, Some(3)),
+    f("coalesce", 1, None),
+    f("date", 1, Some(1)),
+    f("datetime", 1, Some(2)),
+    f("decimal", 1, Some(1)),
+    f("integer", 1, Some(1)),
+    f("trim", 1, Some(1)),
+    f("upper", 1, Some(1)),
+    f("lower", 1, Some(1)),
+    f("concat", 1, None),
+    f("split", 2, Some(2)),
+    f("join", 2, Some(2)),
+    f("lookup", 2, Some(3)),
+    f("hash", 1, None),
+    f("ref", 1, Some(1)),
+    f("refs", 1, Some(1)),
+];
+
+pub fn spec(name: &str) -> Option<&'static FunctionSpec> {
+    FUNCTIONS.iter().find(|s| s.name == name)
+}
+
+impl FunctionSpec {
+    /// "takes 1 argument", "takes 2 or 3 arguments", "takes at least 1 argument".
+    pub fn arity_text(&self) -> String {
+        let plural = |n: usize| if n == 1 { "argument" } else { "arguments" };
+        match self.max {
+            Some(max) if max == self.min => format!("takes {} {}", max, plural(max)),
+            Some(max) if max == self.min + 1 => format!("takes {} or {} arguments", self.min, max),
+            Some(max) => format!("takes {} to {} arguments", self.min, max),
+            None => format!("takes at least {} {}", self.min, plural(self.min)),
+        }
+    }
+}
+
+fn digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn num(s: &str) -> u32 {
+    s.parse().unwrap_or(0)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+/// An HL7 DT/DTM split into checked parts.
+struct Dtm<'a> {
+    date: &'a str,
+    time: &'a str,
+    fraction: &'a str,
+    zone: &'a str,
+}
+
+fn split_dtm(v: &str) -> Option<Dtm<'_>> {
+    let (body, zone) = match v.find(['+', '-']) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, ""),
+    };
+    let (main, fraction) = match body.find('.') {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, ""),
+    };
+    if !digits(main) || !matches!(main.len(), 4 | 6 | 8 | 10 | 12 | 14) {
+        return None;
+    }
+    if !fraction.is_empty() && (main.len() != 14 || !digits(fraction) || fraction.len() > 4) {
+        return None;
+    }
+    if body.ends_with('.') {
+        return None;
+    }
+    if !zone.is_empty() {
+        let z = &zone[1..];
+        if z.len() != 4 || !digits(z) || num(&z[..2]) > 14 || num(&z[2..]) > 59 {
+            return None;
+        }
+    }
+    let (date, time) = main.split_at(main.len().min(8));
+    let year = num(&date[..4]);
+    if date.len() >= 6 {
+        let month = num(&date[4..6]);
+        if !(1..=12).contains(&month) {
+            return None;
+        }
+        if date.len() == 8 {
+            let day = num(&date[6..8]);
+            if day == 0 || day > days_in_month(year, month) {
+                return None;
+            }
+        }
+    }
+    let t: Vec<u32> = (0..time.len())
+        .step_by(2)
+        .map(|i| num(&time[i..i + 2]))
+        .collect();
+    let limits = [23, 59, 59];
+    if t.iter().zip(limits).any(|(v, max)| *v > max) {
+        return None;
+    }
+    Some(Dtm {
+        date,
+        time,
+        fraction,
+        zone,
+    })
+}
+
+fn fhir_date(date: &str) -> String {
+    match date.len() {
+        4 => date.to_string(),
+        6 => format!("{}-{}", &date[..4], &date[4..]),
+        _ => format!("{}-{}-{}", &date[..4], &date[4..6], &date[6..8]),
+    }
+}
+
+/// HL7 DT/DTM → FHIR date, keeping the precision given (time and zone dropped).
+pub fn date(v: &str) -> Result<String, String> {
+    let d = split_dtm(v.trim()).ok_or_else(|| format!("{v:?} is not a valid HL7 date"))?;
+    Ok(fhir_date(d.date))
+}
+
+/// HL7 DTM → FHIR dateTime. Dates alone keep their precision; a time is completed to
+/// seconds and needs a zone: the value's own, else `default_zone` (`+07:00` or `+0700`).
+pub fn datetime(v: &str, default_zone: Option<&str>) -> Result<String, String> {
+    let d = split_dtm(v.trim()).ok_or_else(|| format!("{v:?} is not a valid HL7 date/time"))?;
+    let mut out = fhir_date(d.date);
+    if d.time.is_empty() {
+        return Ok(out);
+    }
+    if d.date.len() < 8 {
+        return Err(format!("{v:?} has a time but no day"));
+    }
+    let zone = if !d.zone.is_empty() {
+        format!("{}:{}", &d.zone[..3], &d.zone[3..])
+    } else {
+        match default_zone.map(normalise_zone) {
+            Some(Some(z)) => z,
+            Some(None) => {
+                return Err(format!(
+                    "default zone {:?} is not like +07:00",
+                    default_zone.unwrap_or("")
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{v:?} has a time but no zone; give a default zone, e.g. datetime(x, '+07:00')"
+                ))
+            }
+        }
+    };
+    let part = |i: usize| d.time.get(i..i + 2).unwrap_or("00");
+    out.push_str(&format!("T{}:{}:{}", part(0), part(2), part(4)));
+    if !d.fraction.is_empty() {
+        out.push('.');
+        out.push_str(d.fraction);
+    }
+    out.push_str(&zone);
+    Ok(out)
+}
+
+/// "+07:00" or "+0700" → "+07:00".
+pub fn normalise_zone(z: &str) -> Option<String> {
+    let z = z.trim();
+    let sign = z.get(..1).filter(|s| *s == "+" || *s == "-")?;
+    let rest = z[1..].replace(':', "");
+    (rest.len() == 4 && digits(&rest) && num(&rest[..2]) <= 14 && num(&rest[2..]) <= 59)
+        .then(|| format!("{sign}{}:{}", &rest[..2], &rest[2..]))
+}
+
+/// HL7 NM → JSON number text, keeping the digits given ("5.10" stays "5.10").
+pub fn decimal(v: &str) -> Result<String, String> {
+    let t = v.trim();
+    let (neg, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = match body.find('.') {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let int_ok = int.is_empty() || digits(int);
+    let frac_ok = frac.is_none_or(|f| f.is_empty() || digits(f));
+    if !int_ok || !frac_ok || (int.is_empty() && frac.is_none_or(str::is_empty)) {
+        return Err(format!("{v:?} is not a decimal"));
+    }
+    let int = int.trim_start_matches('0');
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if let Some(f) = frac.filter(|f| !f.is_empty()) {
+        out.push('.');
+        out.push_str(f);
+    }
+    if out == "-0" || out.starts_with("-0.") && out[3..].bytes().all(|b| b == b'0') {
+        out.remove(0);
+    }
+    Ok(out)
+}
+
+/// An integer (optional sign, digits) → JSON number text.
+pub fn integer(v: &str) -> Result<String, String> {
+    let t = v.trim();
+    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if !digits(body) {
+        return Err(format!("{v:?} is not an integer"));
+    }
+    decimal(t)
+}
+
+/// Lowercase hex SHA-256 of the parts joined with U+001F, first 32 characters.
+pub fn hash(parts: &[String]) -> String {
+    let mut h = Sha256::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update([0x1f]);
+        }
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in digest.iter().take(16) {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// `split(x, sep)`: non-empty pieces.
+pub fn split(v: &str, sep: &str) -> Value {
+    let pieces: Vec<Value> = if sep.is_empty() {
+        vec![Value::Str(v.to_string())]
+    } else {
+        v.split(sep)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::Str(s.to_string()))
+            .collect()
+    };
+    if pieces.is_empty() {
+        Value::Absent
+    } else {
+        Value::List(pieces)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_keep_precision() {
+        let table = [
+            ("2024", "2024"),
+            ("202401", "2024-01"),
+            ("20240131", "2024-01-31"),
+            ("20240131083000+0700", "2024-01-31"),
+            ("20240229", "2024-02-29"),
+        ];
+        for (v, want) in table {
+            assert_eq!(date(v).as_deref(), Ok(want), "{v}");
+        }
+        for bad in [
+            "20241301",
+            "20230229",
+            "2024013",
+            "abcd",
+            "20240131083000+07",
+            "",
+            "20240132",
+        ] {
+            assert_eq!(
+                date(bad),
+                Err(format!("{bad:?} is not a valid HL7 date")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn datetimes_keep_precision_and_zone() {
+        let table = [
+            ("20240131083000+0700", None, "2024-01-31T08:30:00+07:00"),
+            ("202401310830-0500", None, "2024-01-31T08:30:00-05:00"),
+            ("2024013108", Some("+07:00"), "2024-01-31T08:00:00+07:00"),
+            (
+                "20240131083000.1234+0000",
+                None,
+                "2024-01-31T08:30:00.1234+00:00",
+            ),
+            ("20240131083000", Some("+0700"), "2024-01-31T08:30:00+07:00"),
+            ("20240131", None, "2024-01-31"),
+            ("202401", None, "2024-01"),
+        ];
+        for (v, zone, want) in table {
+            assert_eq!(datetime(v, zone).as_deref(), Ok(want), "{v}");
+        }
+        assert_eq!(
+            datetime("20240131083000", None),
+            Err(
+                "\"20240131083000\" has a time but no zone; give a default zone, e.g. datetime(x, '+07:00')"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            datetime("20240131250000+0700", None),
+            Err("\"20240131250000+0700\" is not a valid HL7 date/time".to_string())
+        );
+        assert!(datetime("20240131", Some("bad")).is_ok());
+        assert!(datetime("2024013108", Some("bad")).is_err());
+    }
+
+    #[test]
+    fn decimals_keep_text() {
+        let table = [
+            ("5.10", "5.10"),
+            ("+3", "3"),
+            (" 007.50 ", "7.50"),
+            (".5", "0.5"),
+            ("-0.0", "0.0"),
+            ("-2.", "-2"),
+            ("12", "12"),
+        ];
+        for (v, want) in table {
+            assert_eq!(decimal(v).as_deref(), Ok(want), "{v}");
+        }
+        for bad in ["12,5", "", ".", "1e5", "abc", "--1"] {
+            assert_eq!(
+                decimal(bad),
+                Err(format!("{bad:?} is not a decimal")),
+                "{bad}"
+            );
+        }
+        assert_eq!(integer("42").as_deref(), Ok("42"));
+        assert!(integer("4.2").is_err());
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        let h = hash(&["BV".to_string(), "12345".to_string()]);
+        assert_eq!(h.len(), 32);
+        assert_eq!(h, hash(&["BV".to_string(), "12345".to_string()]));
+        assert_ne!(h, hash(&["BV1".to_string(), "2345".to_string()]));
+        // Pinned: ids must not change between releases.
+        assert_eq!(hash(&["a".to_string()]), "ca978112ca1bbdcafac231b39a23dc4d");
+    }
+
+    #[test]
+    fn arity_texts() {
+        let t = |n: &str| spec(n).map(FunctionSpec::arity_text);
+        assert_eq!(t("date").as_deref(), Some("takes 1 argument"));
+        assert_eq!(t("if").as_deref(), Some("takes 2 or 3 arguments"));
+        assert_eq!(t("concat").as_deref(), Some("takes at least 1 argument"));
+        assert_eq!(t("in").as_deref(), Some("takes at least 2 arguments"));
+    }
+}

@@ -1,0 +1,290 @@
+//! Declarative mappings: `mappings/<name>.toml` turns one HL7 v2 message into a list of
+//! FHIR R4 resources (`serde_json::Value`), with lookup tables from
+//! `mappings/tables/<name>.csv`. No scripting: HL7 paths, literals and a fixed function
+//! library (see `mappings/README.md`).
+//!
+//! Layout:
+//! - `file`      — the TOML model, read with spans; validation with file:line:column.
+//! - `expr`      — the expression parser.
+//! - `eval`      — values, the context rule for `each`, and function evaluation.
+//! - `functions` — the function catalogue and pure functions (dates, numbers, hash).
+//! - `tables`    — lookup tables.
+//! - `output`    — output paths and building the JSON resource.
+//!
+//! A run is two passes: first every resource instance and its id (so `ref` sees
+//! resources declared later), then their fields. Resources come out in file order, and
+//! for `each` in segment order; each gets `resourceType`, `id` and `meta.source`.
+//! Depends on `hl7` and `diag` only; logs nothing.
+
+mod eval;
+mod expr;
+mod fhir_types;
+mod file;
+mod functions;
+mod output;
+mod tables;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::diag::Diagnostic;
+use crate::hl7::Message;
+
+pub use eval::Value;
+pub use fhir_types::R4_RESOURCE_TYPES;
+pub use functions::FUNCTIONS;
+pub use tables::Table;
+
+use eval::{Instance, Scope};
+use file::Rule;
+use output::Step;
+
+/// Every mapping of one directory (`*.toml`) with its lookup tables (`tables/*.csv`).
+#[derive(Clone, Debug)]
+pub struct MappingSet {
+    mappings: BTreeMap<String, Mapping>,
+}
+
+/// One compiled mapping file.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    name: String,
+    description: String,
+    rules: Vec<Rule>,
+    tables: Arc<BTreeMap<String, Table>>,
+}
+
+/// Facts about one run that go into every resource.
+#[derive(Clone, Debug, Default)]
+pub struct RunContext {
+    /// Goes to `meta.source` (listener and journal id).
+    pub source: String,
+}
+
+/// A mapping failure at run time, naming the resource instance and the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{resource} {field}: {message}")]
+pub struct MapError {
+    /// e.g. "Observation #3 (OBX 3)".
+    pub resource: String,
+    /// The output path or `id` / `when`.
+    pub field: String,
+    pub message: String,
+}
+
+impl MappingSet {
+    /// Loads every mapping of `dir`; all problems at once, each with file:line:column.
+    pub fn load(dir: &std::path::Path) -> Result<MappingSet, Vec<Diagnostic>> {
+        let mut diags = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(vec![Diagnostic::whole_file(
+                    dir,
+                    format!("cannot read mapping directory: {e}"),
+                )])
+            }
+        };
+        let tables = Arc::new(tables::load_dir(&dir.join("tables"), &mut diags));
+        let mut paths: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        let mut mappings = BTreeMap::new();
+        for path in paths {
+            let Some(name) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    diags.push(Diagnostic::whole_file(
+                        &path,
+                        format!("cannot read mapping: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            if let Some((description, rules)) = file::load(&path, &text, &tables, &mut diags) {
+                let m = Mapping {
+                    name: name.clone(),
+                    description,
+                    rules,
+                    tables: Arc::clone(&tables),
+                };
+                mappings.insert(name, m);
+            }
+        }
+        if diags.is_empty() {
+            Ok(MappingSet { mappings })
+        } else {
+            diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+            Err(diags)
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Mapping> {
+        self.mappings.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.mappings.keys().map(String::as_str)
+    }
+}
+
+/// A FHIR id: `[A-Za-z0-9\-\.]{1,64}`.
+fn valid_fhir_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+impl Mapping {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Maps one message to its resources.
+    pub fn run(&self, msg: &Message, ctx: &RunContext) -> Result<Vec<Json>, MapError> {
+        // Pass 1: instances and ids.
+        let mut instances: Vec<Instance> = Vec::new();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (ri, rule) in self.rules.iter().enumerate() {
+            let contexts: Vec<Option<usize>> = match &rule.each {
+                Some(seg) => msg.segments(seg).map(Some).collect(),
+                None => vec![None],
+            };
+            for (k, seg) in contexts.into_iter().enumerate() {
+                let n = counts
+                    .get(rule.resource_type.as_str())
+                    .copied()
+                    .unwrap_or(0)
+                    + 1;
+                let label = match &rule.each {
+                    Some(name) => format!("{} #{n} ({name} {})", rule.resource_type, k + 1),
+                    None => format!("{} #{n}", rule.resource_type),
+                };
+                let scope = Scope {
+                    msg,
+                    seg,
+                    instances: &[],
+                    tables: &self.tables,
+                };
+                let err = |field: &str, message: String| MapError {
+                    resource: label.clone(),
+                    field: field.to_string(),
+                    message,
+                };
+                if let Some(when) = &rule.when {
+                    if !scope.eval(when).map_err(|m| err("when", m))?.truthy() {
+                        continue;
+                    }
+                }
+                let id = scope.eval(&rule.id).map_err(|m| err("id", m))?;
+                let id = match id {
+                    Value::Str(s) | Value::Num(s) => s,
+                    Value::Absent => {
+                        return Err(err("id", "the id expression gave no value".to_string()))
+                    }
+                    other => {
+                        return Err(err(
+                            "id",
+                            format!("the id expression gave {other:?}, not text"),
+                        ))
+                    }
+                };
+                if !valid_fhir_id(&id) {
+                    return Err(err(
+                        "id",
+                        format!("{id:?} is not a valid FHIR id (A-Z a-z 0-9 - . and at most 64)"),
+                    ));
+                }
+                counts.insert(&rule.resource_type, n);
+                instances.push(Instance {
+                    rule: ri,
+                    resource_type: rule.resource_type.clone(),
+                    seg,
+                    id,
+                    label,
+                });
+            }
+        }
+        // Pass 2: fields.
+        let mut out = Vec::with_capacity(instances.len());
+        for inst in &instances {
+            let rule = &self.rules[inst.rule];
+            let scope = Scope {
+                msg,
+                seg: inst.seg,
+                instances: &instances,
+                tables: &self.tables,
+            };
+            let mut root = Map::new();
+            root.insert("resourceType".to_string(), json!(inst.resource_type));
+            root.insert("id".to_string(), json!(inst.id));
+            if !ctx.source.is_empty() {
+                root.insert("meta".to_string(), json!({ "source": ctx.source }));
+            }
+            for set in &rule.sets {
+                let err = |message: String| MapError {
+                    resource: inst.label.clone(),
+                    field: set.key.clone(),
+                    message,
+                };
+                let value = scope.eval(&set.expr).map_err(err)?;
+                set_value(&mut root, &set.steps, value).map_err(err)?;
+            }
+            let mut resource = Json::Object(root);
+            output::compact(&mut resource);
+            out.push(resource);
+        }
+        Ok(out)
+    }
+}
+
+/// Sets a value at an output path; lists spread over `[*]` by index.
+fn set_value(root: &mut Map<String, Json>, steps: &[Step], value: Value) -> Result<(), String> {
+    let star = steps.iter().position(|s| *s == Step::All);
+    let at = |i: usize| -> Vec<Step> {
+        steps
+            .iter()
+            .map(|s| {
+                if *s == Step::All {
+                    Step::Index(i)
+                } else {
+                    s.clone()
+                }
+            })
+            .collect()
+    };
+    match (star, value) {
+        (_, Value::Absent) => Ok(()),
+        (Some(_), Value::List(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(j) = item.to_json() {
+                    output::set(root, &at(i), j)?;
+                }
+            }
+            Ok(())
+        }
+        (Some(_), v) => v.to_json().map_or(Ok(()), |j| output::set(root, &at(0), j)),
+        (None, v) => v.to_json().map_or(Ok(()), |j| output::set(root, steps, j)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

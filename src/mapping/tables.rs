@@ -1,0 +1,175 @@
+//! Lookup tables: `mappings/tables/<name>.csv` with the header `code,value`.
+//!
+//! One row per line, `code,value`; the value is everything after the first comma (so
+//! URIs and texts may contain commas); either side may be wrapped in double quotes.
+//! Blank lines and lines starting with `#` are skipped. Matching is exact first, then
+//! case-insensitive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::diag::Diagnostic;
+
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    exact: HashMap<String, String>,
+    folded: HashMap<String, String>,
+}
+
+impl Table {
+    pub fn get(&self, code: &str) -> Option<&str> {
+        self.exact
+            .get(code)
+            .or_else(|| self.folded.get(&code.to_lowercase()))
+            .map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+    }
+
+    /// Parses a table's text; problems go to `diags` with their line and column.
+    pub fn parse(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Table {
+        let mut table = Table::default();
+        let mut header_seen = false;
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let start = offset;
+            offset += line.len();
+            let content = line.trim_end_matches(['\r', '\n']);
+            let trimmed = content.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let content = content.strip_prefix('\u{feff}').unwrap_or(content);
+            if !header_seen {
+                header_seen = true;
+                if content.trim() != "code,value" {
+                    diags.push(Diagnostic::at_offset(
+                        file,
+                        text,
+                        start,
+                        "the first line must be the header \"code,value\"",
+                    ));
+                }
+                continue;
+            }
+            let Some(comma) = content.find(',') else {
+                diags.push(Diagnostic::at_offset(
+                    file,
+                    text,
+                    start,
+                    "expected \"code,value\" (no comma on this line)",
+                ));
+                continue;
+            };
+            let unquote = |s: &str| {
+                let s = s.trim();
+                s.strip_prefix('"')
+                    .and_then(|s| s.strip_suffix('"'))
+                    .unwrap_or(s)
+                    .to_string()
+            };
+            let code = unquote(&content[..comma]);
+            let value = unquote(&content[comma + 1..]);
+            if table.exact.contains_key(&code) {
+                diags.push(Diagnostic::at_offset(
+                    file,
+                    text,
+                    start,
+                    format!("duplicate code {code:?}"),
+                ));
+                continue;
+            }
+            table
+                .folded
+                .entry(code.to_lowercase())
+                .or_insert_with(|| value.clone());
+            table.exact.insert(code, value);
+        }
+        if !header_seen {
+            diags.push(Diagnostic::whole_file(
+                file,
+                "empty table: expected the header \"code,value\"",
+            ));
+        }
+        table
+    }
+}
+
+/// Every `*.csv` of `dir`, by file stem. A missing directory is no tables.
+pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Table> {
+    let mut tables = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return tables;
+    };
+    let mut paths: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                tables.insert(name, Table::parse(&path, &text, diags));
+            }
+            Err(e) => diags.push(Diagnostic::whole_file(
+                &path,
+                format!("cannot read table: {e}"),
+            )),
+        }
+    }
+    tables
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_matches() {
+        let mut diags = Vec::new();
+        let t = Table::parse(
+            Path::new("t.csv"),
+            "code,value\n# comment\nM,male\n\"F\",\"female\"\nX,a,b\n",
+            &mut diags,
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(t.get("M"), Some("male"));
+        assert_eq!(t.get("m"), Some("male"));
+        assert_eq!(t.get("F"), Some("female"));
+        assert_eq!(t.get("X"), Some("a,b"));
+        assert_eq!(t.get("Z"), None);
+    }
+
+    #[test]
+    fn reports_bad_lines() {
+        let mut diags = Vec::new();
+        Table::parse(
+            Path::new("t.csv"),
+            "code,val\nM,male\nbad\nM,again\n",
+            &mut diags,
+        );
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "t.csv:1:1: the first line must be the header \"code,value\"",
+                "t.csv:3:1: expected \"code,value\" (no comma on this line)",
+                "t.csv:4:1: duplicate code \"M\"",
+            ]
+        );
+    }
+}

@@ -1,0 +1,457 @@
+//! Tests of the mapping engine and of the shipped mappings.
+
+use serde_json::Value as Json;
+
+use super::*;
+use crate::hl7;
+
+fn msg(text: &str) -> Message {
+    match hl7::parse(text.as_bytes()) {
+        Ok(m) => m,
+        Err(e) => panic!("test message does not parse: {e}"),
+    }
+}
+
+fn shipped() -> MappingSet {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"));
+    match MappingSet::load(dir) {
+        Ok(s) => s,
+        Err(d) => panic!("shipped mappings do not load:\n{}", crate::diag::render(&d)),
+    }
+}
+
+/// A mapping directory holding `name.toml` and the given tables.
+fn dir_with(toml_text: &str, tables: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let write = |p: std::path::PathBuf, t: &str| {
+        std::fs::write(&p, t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    write(dir.path().join("m.toml"), toml_text);
+    std::fs::create_dir(dir.path().join("tables")).unwrap_or_else(|e| panic!("{e}"));
+    for (name, text) in tables {
+        write(dir.path().join("tables").join(format!("{name}.csv")), text);
+    }
+    dir
+}
+
+fn run_inline(toml_text: &str, message: &str) -> Result<Vec<Json>, MapError> {
+    let dir = dir_with(
+        toml_text,
+        &[("v2_gender", "code,value\nM,male\nF,female\n")],
+    );
+    let set =
+        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let m = set.get("m").unwrap_or_else(|| panic!("no mapping m"));
+    m.run(
+        &msg(message),
+        &RunContext {
+            source: "test".to_string(),
+        },
+    )
+}
+
+fn load_errors(toml_text: &str) -> Vec<String> {
+    let dir = dir_with(toml_text, &[("v2_gender", "code,value\nM,male\n")]);
+    match MappingSet::load(dir.path()) {
+        Ok(_) => Vec::new(),
+        Err(d) => d
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+            .collect(),
+    }
+}
+
+const ADT_VI: &str = "MSH|^~\\&|HIS|BVBM|HALONG|HALONG|20240131083000+0700||ADT^A01^ADT_A01|MSG0001|P|2.5||||||UNICODE UTF-8\r\
+EVN|A01|20240131083000+0700\r\
+PID|1||079123456789^^^CCCD^NI~HS4010123456789^^^BHYT^HC||NGUYỄN^Thị Ngọc^Ánh||19850412|F|||12 Phố Huế^^Hà Nội^^100000^VN||0912345678\r\
+PV1|1|I|NOI1^P203^G02||||||||||||||||VN2024-0001|||||||||||||||||||||||||20240131080000+0700\r";
+
+#[test]
+fn shipped_mappings_load() {
+    let set = shipped();
+    let names: Vec<&str> = set.names().collect();
+    assert_eq!(names, ["adt", "oru_r01"]);
+}
+
+#[test]
+fn adt_a01_vietnamese_patient_and_encounter() {
+    let set = shipped();
+    let m = set.get("adt").unwrap_or_else(|| panic!("no adt"));
+    let out = m.run(
+        &msg(ADT_VI),
+        &RunContext {
+            source: "mllp:his/42".to_string(),
+        },
+    );
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.len(), 2);
+    let p = &out[0];
+    assert_eq!(p["resourceType"], "Patient");
+    assert_eq!(p["meta"]["source"], "mllp:his/42");
+    assert_eq!(p["identifier"][0]["value"], "079123456789");
+    assert_eq!(
+        p["identifier"][0]["system"],
+        "https://moh.gov.vn/fhir/sid/cccd"
+    );
+    assert_eq!(p["identifier"][0]["type"]["coding"][0]["code"], "NI");
+    assert_eq!(
+        p["identifier"][1]["system"],
+        "https://moh.gov.vn/fhir/sid/bhyt"
+    );
+    assert_eq!(p["name"][0]["family"], "NGUYỄN");
+    assert_eq!(
+        p["name"][0]["given"],
+        serde_json::json!(["Thị Ngọc", "Ánh"])
+    );
+    assert_eq!(p["name"][0]["text"], "NGUYỄN Thị Ngọc Ánh");
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["birthDate"], "1985-04-12");
+    assert_eq!(p["address"][0]["city"], "Hà Nội");
+    assert_eq!(p["telecom"][0]["value"], "0912345678");
+    let id = p["id"].as_str().unwrap_or("");
+    assert_eq!(
+        id,
+        functions::hash(&["CCCD".to_string(), "079123456789".to_string()])
+    );
+    let e = &out[1];
+    assert_eq!(e["resourceType"], "Encounter");
+    assert_eq!(e["status"], "in-progress");
+    assert_eq!(e["class"]["code"], "IMP");
+    assert_eq!(e["period"]["start"], "2024-01-31T08:00:00+07:00");
+    assert_eq!(e["location"][0]["location"]["display"], "NOI1 P203 G02");
+    assert_eq!(e["subject"]["reference"], format!("Patient/{id}"));
+}
+
+const ORU: &str = "MSH|^~\\&|LIS|LAB|HALONG|BVBM|20240131090000+0700||ORU^R01^ORU_R01|LAB42|P|2.5.1\r\
+PID|1||12345^^^BV^MR||TRẦN^Văn^Bình||19700101|M\r\
+OBR|1|ORD1|FIL1|24331-1^Lipid panel^LN|||20240131073000+0700|||||||||||||||20240131085959+0700|||F\r\
+OBX|1|NM|2093-3^Cholesterol^LN||5.10|mmol/L^millimole per liter^UCUM|3.0-5.0|H|||F|||20240131080000+0700\r\
+OBX|2|ST|8251-1^Note^LN||Mẫu máu đục||||||F\r\
+OBX|3|CWE|600-7^Culture^LN||27268008^Salmonella^SCT^^^^^^Salmonella species||||||P\r";
+
+#[test]
+fn oru_r01_report_and_observations() {
+    let set = shipped();
+    let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
+    let out = m
+        .run(&msg(ORU), &RunContext::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let types: Vec<&str> = out
+        .iter()
+        .map(|r| r["resourceType"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Patient",
+            "DiagnosticReport",
+            "Observation",
+            "Observation",
+            "Observation"
+        ]
+    );
+    let dr = &out[1];
+    assert_eq!(dr["status"], "final");
+    assert_eq!(dr["code"]["coding"][0]["system"], "http://loinc.org");
+    assert_eq!(dr["effectiveDateTime"], "2024-01-31T07:30:00+07:00");
+    assert_eq!(dr["issued"], "2024-01-31T08:59:59+07:00");
+    let refs: Vec<String> = out[2..]
+        .iter()
+        .map(|o| format!("Observation/{}", o["id"].as_str().unwrap_or("")))
+        .collect();
+    let got: Vec<String> = dr["result"].as_array().map_or(Vec::new(), |a| {
+        a.iter()
+            .map(|r| r["reference"].as_str().unwrap_or("").to_string())
+            .collect()
+    });
+    assert_eq!(got, refs);
+    let nm = &out[2];
+    assert_eq!(
+        serde_json::to_string(&nm["valueQuantity"]["value"])
+            .ok()
+            .as_deref(),
+        Some("5.10")
+    );
+    assert_eq!(nm["valueQuantity"]["unit"], "millimole per liter");
+    assert_eq!(nm["valueQuantity"]["code"], "mmol/L");
+    assert_eq!(nm["valueQuantity"]["system"], "http://unitsofmeasure.org");
+    assert_eq!(nm["interpretation"][0]["coding"][0]["code"], "H");
+    assert_eq!(nm["referenceRange"][0]["text"], "3.0-5.0");
+    assert_eq!(nm["effectiveDateTime"], "2024-01-31T08:00:00+07:00");
+    assert_eq!(nm["status"], "final");
+    assert_eq!(
+        nm["subject"]["reference"],
+        format!("Patient/{}", out[0]["id"].as_str().unwrap_or(""))
+    );
+    assert!(
+        nm.get("encounter").is_none(),
+        "no PV1, so no Encounter to refer to"
+    );
+    let st = &out[3];
+    assert_eq!(st["valueString"], "Mẫu máu đục");
+    assert_eq!(
+        st["effectiveDateTime"], "2024-01-31T07:30:00+07:00",
+        "falls back to OBR-7"
+    );
+    let cwe = &out[4];
+    assert_eq!(cwe["status"], "preliminary");
+    assert_eq!(cwe["valueCodeableConcept"]["coding"][0]["code"], "27268008");
+    assert_eq!(
+        cwe["valueCodeableConcept"]["coding"][0]["system"],
+        "http://snomed.info/sct"
+    );
+    assert_eq!(cwe["valueCodeableConcept"]["text"], "Salmonella species");
+    assert!(cwe.get("valueQuantity").is_none() && cwe.get("valueString").is_none());
+}
+
+const GROUPS: &str = "MSH|^~\\&|LIS|LAB|||20240131||ORU^R01|G1|P|2.5\r\
+PID|1||P1\r\
+OBR|1||F1|A\r\
+OBX|1|NM|x||1\r\
+OBX|2|NM|y||2\r\
+OBR|2||F2|B\r\
+OBX|1|NM|z||3\r";
+
+const GROUP_MAPPING: &str = r#"
+[[resource]]
+type = "DiagnosticReport"
+each = "OBR"
+id = "hash(OBR-3)"
+[resource.set]
+"code.text" = "OBR-4"
+"result[*]" = "refs(Observation)"
+
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBR-3, OBX-1)"
+[resource.set]
+"code.text" = "concat(OBR-4, '/', OBX-3)"
+"derivedFrom[0]" = "ref(DiagnosticReport)"
+"subject.display" = "PID-3"
+"#;
+
+#[test]
+fn each_uses_nearest_preceding_context_and_refs_group() {
+    let out = run_inline(GROUP_MAPPING, GROUPS).unwrap_or_else(|e| panic!("{e}"));
+    let texts: Vec<&str> = out
+        .iter()
+        .map(|r| r["code"]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(texts, ["A", "B", "A/x", "A/y", "B/z"]);
+    let id = |i: usize| out[i]["id"].as_str().unwrap_or("").to_string();
+    let refs = |i: usize| -> Vec<String> {
+        out[i]["result"].as_array().map_or(Vec::new(), |a| {
+            a.iter()
+                .map(|r| r["reference"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+    };
+    assert_eq!(
+        refs(0),
+        [
+            format!("Observation/{}", id(2)),
+            format!("Observation/{}", id(3))
+        ]
+    );
+    assert_eq!(refs(1), [format!("Observation/{}", id(4))]);
+    assert_eq!(
+        out[4]["derivedFrom"][0]["reference"],
+        format!("DiagnosticReport/{}", id(1))
+    );
+    assert_eq!(out[2]["subject"]["display"], "P1");
+}
+
+#[test]
+fn when_skips_and_ref_is_absent_when_nothing_was_produced() {
+    let mapping = r#"
+[[resource]]
+type = "Encounter"
+when = "exists(PV1)"
+id = "'enc'"
+
+[[resource]]
+type = "Patient"
+id = "'p1'"
+[resource.set]
+"link[0].other" = "ref(Encounter)"
+"active" = "not(exists(PV1))"
+"#;
+    let out = run_inline(mapping, "MSH|^~\\&|A\rPID|1\r").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out,
+        [
+            serde_json::json!({"resourceType": "Patient", "id": "p1", "meta": {"source": "test"}, "active": true})
+        ]
+    );
+}
+
+#[test]
+fn functions_table() {
+    let message = "MSH|^~\\&|A||||||ADT^A01|C1|P|2.5\r\
+PID|1||ID1^^^AUTH||Doe^John Paul^Q||20240131083000+0700|X|||\"\"|| a b \r";
+    let table = [
+        ("lookup(v2_gender, PID-8, 'unknown')", Some("\"unknown\"")),
+        ("lookup(v2_gender, PID-8)", None),
+        ("lookup(v2_gender, 'm')", Some("\"male\"")),
+        ("lookup(v2_gender, PID-99, 'unknown')", None),
+        ("date(PID-7)", Some("\"2024-01-31\"")),
+        ("datetime(PID-7)", Some("\"2024-01-31T08:30:00+07:00\"")),
+        ("decimal('5.10')", Some("5.10")),
+        ("integer('042')", Some("42")),
+        ("split(PID-5.2, ' ')", Some("[\"John\",\"Paul\"]")),
+        ("join(split(PID-5.2, ' '), '+')", Some("\"John+Paul\"")),
+        ("concat(PID-5.1, PID-99, '-', PID-5.3)", Some("\"Doe-Q\"")),
+        ("coalesce(PID-99, PID-5.3)", Some("\"Q\"")),
+        ("trim(PID-13)", Some("\"a b\"")),
+        ("upper(PID-5.1)", Some("\"DOE\"")),
+        ("lower(PID-5.1)", Some("\"doe\"")),
+        ("eq(PID-5.1, 'Doe')", Some("true")),
+        ("in(PID-8, 'M', 'X')", Some("true")),
+        ("if(eq(PID-8, 'M'), 'man', 'other')", Some("\"other\"")),
+        ("if(eq(PID-8, 'M'), 'man')", None),
+        ("exists(PID-11)", Some("false")),
+        ("exists(PID-3.4)", Some("true")),
+        ("exists(PV1)", Some("false")),
+        ("PID-11", None),
+        ("PID-4", None),
+        ("hash(PID-98, PID-99)", None),
+        ("hash('a')", Some("\"ca978112ca1bbdcafac231b39a23dc4d\"")),
+    ];
+    for (expr, want) in table {
+        let mapping = format!(
+            "[[resource]]\ntype = \"Basic\"\nid = \"'b'\"\n[resource.set]\n\"x\" = \"{}\"\n",
+            expr.replace('"', "\\\"")
+        );
+        let out = run_inline(&mapping, message).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let got = out[0]
+            .get("x")
+            .map(|v| serde_json::to_string(v).unwrap_or_default());
+        assert_eq!(got.as_deref(), want, "{expr}");
+    }
+}
+
+#[test]
+fn runtime_errors_name_resource_field_and_value() {
+    let mapping = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueQuantity.value" = "if(eq(OBX-2, 'NM'), decimal(OBX-5))"
+"#;
+    let message = "MSH|^~\\&|A\rOBX|1|NM|x||1\rOBX|2|ST|x||a\rOBX|3|NM|x||12,5\r";
+    let e = run_inline(mapping, message).err().map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some(
+            "Observation #3 (OBX 3) valueQuantity.value: decimal(OBX-5): \"12,5\" is not a decimal"
+        )
+    );
+
+    let dates = r#"
+[[resource]]
+type = "Patient"
+id = "'p'"
+[resource.set]
+"birthDate" = "date(PID-7)"
+"#;
+    let e = run_inline(dates, "MSH|^~\\&|A\rPID|1||||||20241301\r")
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some("Patient #1 birthDate: date(PID-7): \"20241301\" is not a valid HL7 date")
+    );
+
+    let ids = "[[resource]]\ntype = \"Patient\"\nid = \"hash(PID-3.4.1, PID-3.1)\"\n";
+    let e = run_inline(ids, "MSH|^~\\&|A\rPID|1\r")
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some("Patient #1 id: the id expression gave no value")
+    );
+
+    let zone =
+        "[[resource]]\ntype = \"Encounter\"\nid = \"'e'\"\n[resource.set]\n\"period.start\" = \"datetime(PV1-3)\"\n";
+    let e = run_inline(zone, "MSH|^~\\&|A\rPV1|1|I|20240131083000\r")
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some("Encounter #1 period.start: datetime(PV1-3): \"20240131083000\" has a time but no zone; give a default zone, e.g. datetime(x, '+07:00')")
+    );
+}
+
+#[test]
+fn load_errors_point_at_file_line_column() {
+    let text = r#"description = "bad"
+
+[[resource]]
+type = "Patient"
+id = "hash(PID-3.1)"
+[resource.set]
+"birthDate" = "dat(PID-7)"
+"gender" = "lookup(v2_gendr, PID-8)"
+"name[0].family" = "PID-5.x"
+"name[0.given" = "PID-5.2"
+"active" = "exists(PID, PID)"
+"link[0].other" = "ref(Encounter)"
+"telecom[0].value" = "PID-13 'x'"
+
+[[resource]]
+type = "Patinet"
+id = "'x'"
+colour = "red"
+"#;
+    let errors = load_errors(text);
+    assert_eq!(
+        errors,
+        [
+            "7:16: unknown function \"dat\" (did you mean \"date\"?)",
+            "8:20: unknown table \"v2_gendr\" (did you mean \"v2_gender\"?) (tables are mappings/tables/<name>.csv)",
+            "9:27: expected a component number, found 'x'",
+            "10:8: bad output path: expected ']', found '.'",
+            "11:13: exists() takes 1 argument, got 2",
+            "12:24: ref() to \"Encounter\", which this mapping does not produce",
+            "13:30: unexpected '\\'' after expression",
+            "15:1: resource #2 has no \"type\"",
+            "16:8: unknown resource type \"Patinet\" (did you mean \"Patient\"?)",
+            "18:1: unknown key \"colour\"",
+        ]
+    );
+    let dir = dir_with(text, &[]);
+    let full = MappingSet::load(dir.path()).err().map(|d| d[0].to_string());
+    let want = format!(
+        "{}:7:16: unknown function \"dat\" (did you mean \"date\"?)",
+        dir.path().join("m.toml").display()
+    );
+    assert_eq!(full, Some(want));
+}
+
+#[test]
+fn toml_syntax_and_structure_errors() {
+    let errors = load_errors("[[resource]]\ntype = \"Patient\"\nid = \n");
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with("3:") && errors[0].contains("TOML syntax"),
+        "{errors:?}"
+    );
+    let errors = load_errors("[[resorce]]\ntype = \"Patient\"\n");
+    assert_eq!(
+        errors,
+        ["1:3: unknown key \"resorce\" (did you mean \"resource\"?)"]
+    );
+    let errors = load_errors("[[resource]]\ntype = \"Patient\"\nid = \"ref(Patient)\"\n");
+    assert_eq!(
+        errors,
+        ["3:7: ref() cannot be used in id or when (ids are computed before references)"]
+    );
+    let errors = load_errors("[[resource]]\ntype = \"Patient\"\neach = \"obx\"\nid = \"'x'\"\n");
+    assert_eq!(
+        errors,
+        ["3:8: each must be a segment name like \"OBX\", found \"obx\""]
+    );
+}

@@ -1,0 +1,98 @@
+use super::*;
+
+fn header(msh9: &str) -> Header {
+    crate::hl7::read_header(format!("MSH|^~\\&|LIS|H1|EMR|H1|20240101||{msh9}|C1|P|2.5\r").as_bytes()).unwrap()
+}
+
+fn load(text: &str) -> Result<RouteSet, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lab.toml"), text).unwrap();
+    let mappings = vec!["oru_r01".to_string(), "adt".to_string()];
+    let listeners = vec!["lab".to_string(), "his".to_string()];
+    RouteSet::load(dir.path(), &mappings, &listeners).map_err(|ds| {
+        ds.iter().map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), "")).collect()
+    })
+}
+
+#[test]
+fn patterns_match_type_trigger_and_structure() {
+    let p = MessagePattern::parse("ORU^R01").unwrap();
+    assert!(p.matches(&header("ORU^R01^ORU_R01")));
+    assert!(p.matches(&header("oru^r01")));
+    assert!(!p.matches(&header("ORU^R30")));
+    assert!(MessagePattern::parse("ADT^*").unwrap().matches(&header("ADT^A08")));
+    assert!(MessagePattern::parse("*").unwrap().matches(&header("SIU^S12")));
+    assert!(!MessagePattern::parse("ORU^R01^OUL_R22").unwrap().matches(&header("ORU^R01^ORU_R01")));
+    assert_eq!(
+        MessagePattern::parse("ORU R01").unwrap_err(),
+        "message pattern \"ORU R01\": part 1 \"ORU R01\" must be letters, digits, _ or *"
+    );
+}
+
+#[test]
+fn first_match_wins_and_listeners_filter() {
+    let routes = load(
+        r#"
+[[route]]
+name = "lab-results"
+from = ["lab"]
+message = ["ORU^R01"]
+mapping = "oru_r01"
+
+[[route]]
+name = "adt-any"
+message = ["ADT^*"]
+mapping = "adt"
+
+[[route]]
+name = "shadowed"
+message = ["ADT^A01"]
+mapping = "adt"
+"#,
+    )
+    .unwrap();
+    assert_eq!(routes.find("lab", &header("ORU^R01")).unwrap().name, "lab-results");
+    assert!(routes.find("his", &header("ORU^R01")).is_none());
+    assert_eq!(routes.find("his", &header("ADT^A01")).unwrap().name, "adt-any");
+    assert!(routes.find("lab", &header("SIU^S12")).is_none());
+}
+
+#[test]
+fn errors_name_position_and_suggest() {
+    let errors = load(
+        r#"[[route]]
+name = "lab-results"
+from = ["labb"]
+message = ["ORU^R01", "ORU R01"]
+mapping = "oru_r1"
+colour = "red"
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(errors, vec!["lab.toml:6:1: unknown key `colour`; expected one of `name`, `description`, `from`, `message`, `mapping`"]);
+
+    let errors = load(
+        r#"[[route]]
+name = "lab-results"
+from = ["labb"]
+message = ["ORU^R01", "ORU R01"]
+mapping = "oru_r1"
+
+[[route]]
+name = "lab-results"
+message = ["ADT^A01"]
+mapping = "nothing_like_it"
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        vec![
+            "lab.toml:5:11: unknown mapping \"oru_r1\" (did you mean \"oru_r01\"?)",
+            "lab.toml:3:9: unknown listener \"labb\" (did you mean \"lab\"?)",
+            "lab.toml:4:23: message pattern \"ORU R01\": part 1 \"ORU R01\" must be letters, digits, _ or *",
+            "lab.toml:8:8: duplicate route name \"lab-results\" (first defined in lab.toml)",
+            "lab.toml:10:11: unknown mapping \"nothing_like_it\" (no mappings/nothing_like_it.toml)",
+        ]
+    );
+}

@@ -1,0 +1,194 @@
+//! Helpers shared by the integration tests: an engine on ephemeral ports, an MLLP
+//! client, and a tiny HTTP client (no extra dependencies).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use halong::config::Config;
+use halong::engine::Engine;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Config text for an engine with listeners `his` and `lab` on ephemeral ports and its
+/// data in `data`; routes and mappings are the shipped ones.
+pub fn config_text(data: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[data]
+dir = "{}"
+
+[[listener]]
+name = "his"
+kind = "mllp"
+bind = "127.0.0.1:0"
+{extra}
+
+[[listener]]
+name = "lab"
+kind = "mllp"
+bind = "127.0.0.1:0"
+{extra}
+
+[http]
+bind = "127.0.0.1:0"
+
+[log]
+level = "warn"
+"#,
+        data.display()
+    )
+}
+
+pub fn config(data: &Path, extra: &str) -> Config {
+    let path = Path::new(REPO).join("halong.toml");
+    Config::from_text(&path, &config_text(data, extra), Vec::new()).expect("test config is valid")
+}
+
+pub async fn start(data: &Path) -> Engine {
+    Engine::start(config(data, "")).await.expect("engine starts")
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(REPO).join("samples").join(name)).expect("sample exists")
+}
+
+pub fn samples_dir() -> PathBuf {
+    Path::new(REPO).join("samples")
+}
+
+/// A blocking MLLP connection.
+pub struct Mllp {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Mllp {
+    pub fn connect(addr: SocketAddr) -> Mllp {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Mllp { stream, buf: Vec::new() }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends one framed message and returns the ACK content (unframed, as text).
+    pub fn send(&mut self, msg: &[u8]) -> String {
+        self.send_raw(&halong::listeners::mllp::frame(msg));
+        self.read_frame().expect("an ACK")
+    }
+
+    /// Next frame from the server, or None when it closed the connection.
+    pub fn read_frame(&mut self) -> Option<String> {
+        loop {
+            if let Some(start) = self.buf.iter().position(|b| *b == 0x0B) {
+                if let Some(end) = self.buf[start..].windows(2).position(|w| w == [0x1C, 0x0D]) {
+                    let content = self.buf[start + 1..start + end].to_vec();
+                    self.buf.drain(..start + end + 2);
+                    return Some(String::from_utf8(content).expect("ACK is UTF-8"));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// True when the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        self.read_frame().is_none()
+    }
+}
+
+/// Segments of an ACK, with the MSH timestamp (MSH-7) and ACK control id (MSH-10) blanked
+/// so exact comparisons are possible.
+pub fn ack_segments(ack: &str) -> Vec<String> {
+    ack.split('\r')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.starts_with("MSH") {
+                let mut f: Vec<&str> = s.split('|').collect();
+                if f.len() > 9 {
+                    f[6] = "<now>";
+                    f[9] = "<id>";
+                }
+                f.join("|")
+            } else {
+                s.to_string()
+            }
+        })
+        .collect()
+}
+
+pub fn msa_code(ack: &str) -> String {
+    ack.split('\r').find(|s| s.starts_with("MSA")).and_then(|s| s.split('|').nth(1)).unwrap_or("").to_string()
+}
+
+/// GET over HTTP/1.1; returns (status, body).
+pub fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8(resp).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = body.split_once("\r\n") else { break };
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+pub fn http_json(addr: SocketAddr, path_and_query: &str) -> (u16, serde_json::Value) {
+    let (code, body) = http_get(addr, path_and_query);
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {body}")))
+}
+
+/// Percent-encodes a query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Waits until `cond` holds, checking after each journal status change would be ideal;
+/// across a process boundary the HTTP API is the only signal, so it is asked every 20 ms,
+/// for at most `limit`. Panics with `what` when the limit passes.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Number of journal entries with `status`, from /health.
+pub fn count_status(http: SocketAddr, status: &str) -> u64 {
+    let (_, h) = http_json(http, "/health");
+    h["journal"]["messages"][status].as_u64().unwrap_or(0)
+}

@@ -1,0 +1,181 @@
+//! The real `halong` binary: crash safety under SIGKILL, and `halong send`/`check`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_halong");
+
+/// A running `halong serve` and the addresses it logged.
+struct Server {
+    child: Child,
+    his: SocketAddr,
+    lab: SocketAddr,
+    http: SocketAddr,
+}
+
+/// Writes a config beside links to the shipped routes/ and mappings/.
+fn setup(dir: &Path) -> std::path::PathBuf {
+    let text = config_text(&dir.join("data"), "").replace("level = \"warn\"", "level = \"info\"");
+    std::fs::write(dir.join("halong.toml"), text).unwrap();
+    for sub in ["routes", "mappings"] {
+        let link = dir.join(sub);
+        if !link.exists() {
+            std::os::unix::fs::symlink(Path::new(REPO).join(sub), link).unwrap();
+        }
+    }
+    dir.join("halong.toml")
+}
+
+fn spawn(config: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start halong");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut his, mut lab, mut http) = (None, None, None);
+    while his.is_none() || lab.is_none() || http.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("halong logs its addresses");
+        let addr = || -> SocketAddr {
+            let a = line.split("addr=").nth(1).expect("addr= in the line");
+            a.split_whitespace().next().unwrap().parse().expect("an address")
+        };
+        if line.contains("MLLP listener ready") && line.contains("listener=his") {
+            his = Some(addr());
+        } else if line.contains("MLLP listener ready") && line.contains("listener=lab") {
+            lab = Some(addr());
+        } else if line.contains("HTTP API ready") {
+            let a = line.split("http_addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+            http = Some(a.parse().unwrap());
+        }
+    }
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Server { child, his: his.unwrap(), lab: lab.unwrap(), http: http.unwrap() }
+}
+
+/// An ADT^A04 for synthetic patient `n`.
+fn admission(n: usize) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|HIS|BVDK|HALONG|SO_Y_TE|20261120081500+0700||ADT^A04^ADT_A01|CRASH{n}|P|2.5\r\
+         PID|1||CR{n:06}^^^BVDK^MR||Hoàng^Minh {n}||19800101|M\r\
+         PV1|1|O|KHAM^01|||||||||||||||||V{n:06}\r"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn every_acknowledged_message_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let mut server = spawn(&config);
+    const N: usize = 300;
+    let his = server.his;
+    let senders: Vec<_> = (0..4)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut conn = Mllp::connect(his);
+                let mut acked = Vec::new();
+                for n in (k..N).step_by(4) {
+                    let ack = conn.send(&admission(n));
+                    assert_eq!(msa_code(&ack), "AA", "message {n}");
+                    acked.push(n);
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: usize = senders.into_iter().map(|s| s.join().unwrap().len()).sum();
+    assert_eq!(acked, N);
+    // Kill at once: some messages are surely still on their way to the store.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let mut server = spawn(&config);
+    wait_until("every acknowledged message is stored after the restart", Duration::from_secs(120), || {
+        count_status(server.http, "stored") == N as u64
+    });
+    for n in 0..N {
+        let (_, b) = http_json(server.http, &format!("/fhir/Patient?identifier=CR{n:06}"));
+        assert_eq!(b["total"], 1, "patient {n} is in the store exactly once");
+    }
+    let (_, b) = http_json(server.http, &format!("/fhir/Patient?name={}", enc("hoang minh")));
+    assert_eq!(b["total"], 100, "name search is capped by the default page of 100");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[test]
+fn send_prints_each_ack_and_check_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (2 listeners, 2 routes"));
+
+    let mut server = spawn(&config);
+    let out = Command::new(BIN)
+        .args(["send", "--to", &server.lab.to_string()])
+        .arg(samples_dir().join("oru_r01_dang_van_duc_glucose.hl7"))
+        .arg(samples_dir().join("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].ends_with("oru_r01_dang_van_duc_glucose.hl7: AA"), "{stdout}");
+
+    // Load mode: a summary line with rate and latency percentiles.
+    let out = Command::new(BIN)
+        .args(["send", "--to", &server.his.to_string(), "--repeat", "20", "--concurrency", "4", "--unique-ids"])
+        .arg(samples_dir().join("adt_a04_dang_van_duc.hl7"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("20 messages in "), "{stdout}");
+    assert!(stdout.contains("msg/s; ACK latency p50") && stdout.contains("20 AA/CA, 0 other"), "{stdout}");
+
+    // A message routed to no mapping on this listener: AA (kept as unrouted), exit 0.
+    let out = Command::new(BIN)
+        .args(["send", "--to", &server.his.to_string()])
+        .arg(samples_dir().join("oru_r01_dang_van_duc_glucose.hl7"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until("the unrouted message is recorded", Duration::from_secs(30), || count_status(server.http, "unrouted") == 1);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[test]
+fn check_reports_every_problem_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("halong.toml"), "[http]\nbnd = \"x\"\n").unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("halong.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr, format!("{}:2:1: unknown key `bnd` (did you mean `bind`?)\n", dir.path().join("halong.toml").display()));
+
+    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("nope.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config: No such file or directory"));
+}
