@@ -17,7 +17,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: &Path, line: usize, column: usize, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.to_path_buf(), line, column, message: message.into() }
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// A diagnostic at byte offset `offset` of `text` (the file's contents).
@@ -37,7 +42,14 @@ impl fmt::Display for Diagnostic {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         }
     }
 }
@@ -63,7 +75,10 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a
 /// likely typo ("did you mean ...?").
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(word, c);

@@ -21,7 +21,10 @@ pub enum StartError {
     #[error("{}", crate::diag::render(.0).trim_end())]
     Config(Vec<crate::diag::Diagnostic>),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot open the record database in {path}: {source}")]
@@ -29,7 +32,11 @@ pub enum StartError {
     #[error("{0}")]
     Store(String),
     #[error("cannot listen on {addr} for {what}: {source}")]
-    Bind { what: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -56,7 +63,11 @@ impl Engine {
                 "[queue] kind = \"amqp\" is not available in this version yet; use kind = \"embedded\"".into(),
             ));
         }
-        if let Some(l) = config.listeners.iter().find(|l| l.kind == ListenerKind::Dicom) {
+        if let Some(l) = config
+            .listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Dicom)
+        {
             return Err(StartError::Unsupported(format!(
                 "listener \"{}\": kind = \"dicom\" is not available in this version yet",
                 l.name
@@ -64,32 +75,44 @@ impl Engine {
         }
         let rules = Rules::load(&config).map_err(StartError::Config)?;
         let data = &config.data.dir;
-        std::fs::create_dir_all(data)
-            .map_err(|source| StartError::DataDir { path: data.display().to_string(), source })?;
+        std::fs::create_dir_all(data).map_err(|source| StartError::DataDir {
+            path: data.display().to_string(),
+            source,
+        })?;
         let journal = Journal::open(
             &data.join("journal"),
-            JournalOptions { segment_bytes: config.data.journal_segment_mib << 20 },
+            JournalOptions {
+                segment_bytes: config.data.journal_segment_mib << 20,
+            },
         )?;
         let db_dir = data.join("db");
-        let db = sled::Config::new()
-            .path(&db_dir)
-            .cache_capacity(16 << 20)
+        let db = Store::sled_config(&db_dir)
             .open()
-            .map_err(|source| StartError::Db { path: db_dir.display().to_string(), source })?;
+            .map_err(|source| StartError::Db {
+                path: db_dir.display().to_string(),
+                source,
+            })?;
         let outbox = Arc::new(Outbox::open(&db).map_err(|e| StartError::Store(e.to_string()))?);
         let store = Store::open(db, &db_dir).map_err(|e| StartError::Store(e.to_string()))?;
         let rules = Arc::new(RwLock::new(Arc::new(rules)));
-        let pipeline = Pipeline::start(journal.clone(), outbox.clone(), store.clone(), rules.clone());
+        let pipeline = Pipeline::start(
+            journal.clone(),
+            outbox.clone(),
+            store.clone(),
+            rules.clone(),
+        );
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut listener_addrs = Vec::new();
         for l in &config.listeners {
-            let socket = TcpListener::bind(l.bind).await.map_err(|source| StartError::Bind {
-                what: format!("listener \"{}\"", l.name),
-                addr: l.bind,
-                source,
-            })?;
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: format!("listener \"{}\"", l.name),
+                    addr: l.bind,
+                    source,
+                })?;
             let addr = socket.local_addr().expect("bound socket has an address");
             listener_addrs.push((l.name.clone(), addr));
             let settings = MllpSettings {
@@ -99,30 +122,56 @@ impl Engine {
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             };
             tracing::info!(listener = %l.name, %addr, "MLLP listener ready");
-            tasks.push(tokio::spawn(mllp::serve(socket, settings, journal.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(mllp::serve(
+                socket,
+                settings,
+                journal.clone(),
+                shutdown.clone(),
+            )));
         }
 
-        let http = TcpListener::bind(config.http.bind).await.map_err(|source| StartError::Bind {
-            what: "the HTTP API".into(),
-            addr: config.http.bind,
-            source,
-        })?;
+        let http = TcpListener::bind(config.http.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "the HTTP API".into(),
+                addr: config.http.bind,
+                source,
+            })?;
         let http_addr = http.local_addr().expect("bound socket has an address");
-        let app = crate::api::app(crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone()));
+        let app = crate::api::app(crate::api::AppState::new(
+            journal.clone(),
+            store.clone(),
+            outbox,
+            rules.clone(),
+        ));
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(http, app).with_graceful_shutdown(async move { token.cancelled().await }).await;
+            let served = axum::serve(http, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         }));
         tracing::info!(%http_addr, "HTTP API ready");
-        Ok(Engine { journal, store, rules, http_addr, listener_addrs, shutdown, tasks, pipeline: Some(pipeline) })
+        Ok(Engine {
+            journal,
+            store,
+            rules,
+            http_addr,
+            listener_addrs,
+            shutdown,
+            tasks,
+            pipeline: Some(pipeline),
+        })
     }
 
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listener_addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listener_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// Stops accepting, lets connections finish their current message, stops the pipeline.

@@ -79,10 +79,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(&config),
-        Command::Map { config, route, mapping, listener, files } => map(&config, route, mapping, listener, &files),
-        Command::Send { files, to, repeat, concurrency, unique_ids, timeout } => {
-            send(&files, to, repeat, concurrency, unique_ids, timeout)
-        }
+        Command::Map {
+            config,
+            route,
+            mapping,
+            listener,
+            files,
+        } => map(&config, route, mapping, listener, &files),
+        Command::Send {
+            files,
+            to,
+            repeat,
+            concurrency,
+            unique_ids,
+            timeout,
+        } => send(&files, to, repeat, concurrency, unique_ids, timeout),
     }
 }
 
@@ -94,7 +105,10 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn serve(path: PathBuf) -> ExitCode {
@@ -146,7 +160,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(problems) => {
             eprint!("{}", diag::render(&problems));
-            eprintln!("{} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{} problem{} found",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
             ExitCode::from(1)
         }
     }
@@ -178,14 +196,23 @@ fn map(
     }
     if let Some(m) = &mapping {
         if rules.mappings.get(m).is_none() {
-            eprintln!("halong map: no mapping named \"{m}\" in {}", config.mappings_dir().display());
+            eprintln!(
+                "halong map: no mapping named \"{m}\" in {}",
+                config.mappings_dir().display()
+            );
             return ExitCode::from(2);
         }
     }
     let mut all = Vec::new();
     let mut failed = 0;
     for file in files {
-        match map_one(&rules, file, route.as_deref(), mapping.as_deref(), listener.as_deref()) {
+        match map_one(
+            &rules,
+            file,
+            route.as_deref(),
+            mapping.as_deref(),
+            listener.as_deref(),
+        ) {
             Ok(mut records) => all.append(&mut records),
             Err(e) => {
                 eprintln!("{}: {e}", file.display());
@@ -193,7 +220,10 @@ fn map(
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&all).expect("records serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&all).expect("records serialize")
+    );
     if failed > 0 {
         ExitCode::from(1)
     } else {
@@ -217,17 +247,36 @@ fn map_one(
             let h = msg.header();
             let found = match listener {
                 Some(l) => rules.routes.find(l, h),
-                None => rules.routes.routes().iter().find(|r| r.message.iter().any(|p| p.matches(h))),
+                None => rules
+                    .routes
+                    .routes()
+                    .iter()
+                    .find(|r| r.message.iter().any(|p| p.matches(h))),
             };
-            found.ok_or_else(|| format!("no route takes {}", h.message_type))?.mapping.clone()
+            found
+                .ok_or_else(|| format!("no route takes {}", h.message_type))?
+                .mapping
+                .clone()
         }
     };
-    let m = rules.mappings.get(&mapping_name).ok_or_else(|| format!("no mapping \"{mapping_name}\""))?;
-    let ctx = halong::mapping::RunContext { source: format!("file:{}", file.display()) };
+    let m = rules
+        .mappings
+        .get(&mapping_name)
+        .ok_or_else(|| format!("no mapping \"{mapping_name}\""))?;
+    let ctx = halong::mapping::RunContext {
+        source: format!("file:{}", file.display()),
+    };
     m.run(&msg, &ctx).map_err(|e| e.to_string())
 }
 
-fn send(files: &[PathBuf], to: String, repeat: u64, concurrency: usize, unique_ids: bool, timeout: u64) -> ExitCode {
+fn send(
+    files: &[PathBuf],
+    to: String,
+    repeat: u64,
+    concurrency: usize,
+    unique_ids: bool,
+    timeout: u64,
+) -> ExitCode {
     let messages = match halong::send::load_messages(files) {
         Ok(m) => m,
         Err(e) => {

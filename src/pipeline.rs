@@ -47,7 +47,11 @@ impl Rules {
             Some(m) => m.names().map(str::to_string).collect(),
             None => mapping_file_stems(&config.mappings_dir()),
         };
-        let routes = match RouteSet::load(&config.routes_dir(), &mapping_names, &config.listener_names()) {
+        let routes = match RouteSet::load(
+            &config.routes_dir(),
+            &mapping_names,
+            &config.listener_names(),
+        ) {
             Ok(r) => Some(r),
             Err(mut e) => {
                 problems.append(&mut e);
@@ -67,7 +71,8 @@ fn mapping_file_stems(dir: &Path) -> Vec<String> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let p = e.path();
-                    (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(str::to_string))?
+                    (p.extension()? == "toml")
+                        .then(|| p.file_stem()?.to_str().map(str::to_string))?
                 })
                 .collect()
         })
@@ -76,7 +81,10 @@ fn mapping_file_stems(dir: &Path) -> Vec<String> {
 
 /// What processing one journal entry produced.
 pub enum Outcome {
-    Records { route: String, records: Vec<serde_json::Value> },
+    Records {
+        route: String,
+        records: Vec<serde_json::Value>,
+    },
     Unrouted(String),
     Failed(String),
 }
@@ -96,12 +104,23 @@ pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
         ));
     };
     let Some(mapping) = rules.mappings.get(&route.mapping) else {
-        return Outcome::Failed(format!("route \"{}\" names mapping \"{}\", which is not loaded", route.name, route.mapping));
+        return Outcome::Failed(format!(
+            "route \"{}\" names mapping \"{}\", which is not loaded",
+            route.name, route.mapping
+        ));
     };
-    let ctx = RunContext { source: format!("urn:halong:{}:{}", meta.listener, meta.id) };
+    let ctx = RunContext {
+        source: format!("urn:halong:{}:{}", meta.listener, meta.id),
+    };
     match mapping.run(&msg, &ctx) {
-        Ok(records) => Outcome::Records { route: route.name.clone(), records },
-        Err(e) => Outcome::Failed(format!("route \"{}\", mapping \"{}\": {e}", route.name, route.mapping)),
+        Ok(records) => Outcome::Records {
+            route: route.name.clone(),
+            records,
+        },
+        Err(e) => Outcome::Failed(format!(
+            "route \"{}\", mapping \"{}\": {e}",
+            route.name, route.mapping
+        )),
     }
 }
 
@@ -125,10 +144,16 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn start(journal: Journal, outbox: Arc<Outbox>, store: Store, rules: Arc<RwLock<Arc<Rules>>>) -> Pipeline {
+    pub fn start(
+        journal: Journal,
+        outbox: Arc<Outbox>,
+        store: Store,
+        rules: Arc<RwLock<Arc<Rules>>>,
+    ) -> Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let mapper = {
-            let (journal, outbox, store, stop) = (journal.clone(), outbox.clone(), store.clone(), stop.clone());
+            let (journal, outbox, store, stop) =
+                (journal.clone(), outbox.clone(), store.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("mapper".into())
                 .spawn(move || run_mapper(&journal, &outbox, &store, &rules, &stop))
@@ -141,7 +166,10 @@ impl Pipeline {
                 .spawn(move || run_store(&journal, &outbox, &store, &stop))
                 .expect("spawn store thread")
         };
-        Pipeline { stop, threads: vec![mapper, storer] }
+        Pipeline {
+            stop,
+            threads: vec![mapper, storer],
+        }
     }
 
     /// Stops both threads after their current batch.
@@ -153,7 +181,13 @@ impl Pipeline {
     }
 }
 
-fn run_mapper(journal: &Journal, outbox: &Outbox, store: &Store, rules: &RwLock<Arc<Rules>>, stop: &AtomicBool) {
+fn run_mapper(
+    journal: &Journal,
+    outbox: &Outbox,
+    store: &Store,
+    rules: &RwLock<Arc<Rules>>,
+    stop: &AtomicBool,
+) {
     let mut cursor = journal.first_unprocessed();
     tracing::info!(cursor, "mapper starts");
     while !stop.load(Ordering::SeqCst) {
@@ -166,21 +200,30 @@ fn run_mapper(journal: &Journal, outbox: &Outbox, store: &Store, rules: &RwLock<
         let mut entries = Vec::new();
         let mut statuses = Vec::new();
         for id in cursor..=end {
-            let Some(meta) = journal.entry(id) else { continue };
+            let Some(meta) = journal.entry(id) else {
+                continue;
+            };
             if !meta.status.needs_processing() {
                 continue;
             }
             let raw = match journal.read_raw(id) {
                 Ok(r) => r,
                 Err(e) => {
-                    statuses.push((id, Status::Error, Some(format!("cannot read from journal: {e}"))));
+                    statuses.push((
+                        id,
+                        Status::Error,
+                        Some(format!("cannot read from journal: {e}")),
+                    ));
                     continue;
                 }
             };
             match process(&rules, &meta, &raw) {
                 Outcome::Records { route, records } => {
                     tracing::debug!(id, %route, records = records.len(), "mapped");
-                    entries.push(OutboxEntry { journal_id: id, records });
+                    entries.push(OutboxEntry {
+                        journal_id: id,
+                        records,
+                    });
                 }
                 Outcome::Unrouted(why) => {
                     tracing::info!(id, listener = %meta.listener, message_type = %meta.message_type, "unrouted");
@@ -195,16 +238,19 @@ fn run_mapper(journal: &Journal, outbox: &Outbox, store: &Store, rules: &RwLock<
         if !entries.is_empty() {
             // The outbox must be durable before `queued` is recorded, or a power cut
             // could leave queued entries with no records anywhere.
-            let written = outbox.put(&entries).map_err(|e| e.to_string()).and_then(|()| store.sync().map_err(|e| e.to_string()));
+            let written = outbox
+                .put(&entries)
+                .map_err(|e| e.to_string())
+                .and_then(|()| store.sync().map_err(|e| e.to_string()));
             if let Err(e) = written {
                 tracing::error!(error = %e, "outbox write failed; retrying this batch");
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
             statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Queued, None)));
-            outbox.notify();
         }
         journal.set_statuses(statuses);
+        outbox.notify();
         cursor = end + 1;
     }
 }
@@ -215,7 +261,11 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
             Ok(b) => b,
             Err(crate::queue::embedded::OutboxError::Corrupt { id, reason }) => {
                 tracing::error!(id, "outbox entry unreadable; marking it error");
-                journal.set_status(id, Status::Error, Some(format!("outbox entry unreadable: {reason}")));
+                journal.set_status(
+                    id,
+                    Status::Error,
+                    Some(format!("outbox entry unreadable: {reason}")),
+                );
                 let _ = outbox.remove(&[id]);
                 continue;
             }
@@ -229,7 +279,10 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
             continue;
         }
         let mut statuses = Vec::with_capacity(batch.len());
-        let all: Vec<serde_json::Value> = batch.iter().flat_map(|e| e.records.iter().cloned()).collect();
+        let all: Vec<serde_json::Value> = batch
+            .iter()
+            .flat_map(|e| e.records.iter().cloned())
+            .collect();
         if store.upsert_batch(&all).is_ok() {
             statuses.extend(batch.iter().map(|e| (e.journal_id, Status::Stored, None)));
         } else {
@@ -238,8 +291,15 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
                 match store.upsert_batch(&e.records) {
                     Ok(_) => statuses.push((e.journal_id, Status::Stored, None)),
                     Err(err) => {
-                        tracing::warn!(id = e.journal_id, "record store refused the records; kept with status error");
-                        statuses.push((e.journal_id, Status::Error, Some(format!("record store refused the records: {err}"))));
+                        tracing::warn!(
+                            id = e.journal_id,
+                            "record store refused the records; kept with status error"
+                        );
+                        statuses.push((
+                            e.journal_id,
+                            Status::Error,
+                            Some(format!("record store refused the records: {err}")),
+                        ));
                     }
                 }
             }
@@ -251,6 +311,12 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
         }
         let ids: Vec<u64> = batch.iter().map(|e| e.journal_id).collect();
         journal.set_statuses(statuses);
+        // `stored` must be on disk before the outbox forgets the entries, or a crash
+        // would leave them `queued` with nothing left to store.
+        if let Err(e) = journal.sync_blocking() {
+            tracing::error!(error = %e, "journal sync failed; outbox entries kept and stored again later");
+            continue;
+        }
         if let Err(e) = outbox.remove(&ids) {
             tracing::error!(error = %e, "outbox cleanup failed; entries will be stored again (idempotent)");
         }

@@ -29,7 +29,10 @@ pub fn load_messages(paths: &[PathBuf]) -> Result<Vec<Outgoing>, String> {
             let mut inside: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| format!("{}: {e}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "hl7" || x == "txt" || x == "msg"))
+                .filter(|f| {
+                    f.extension()
+                        .is_some_and(|x| x == "hl7" || x == "txt" || x == "msg")
+                })
                 .collect();
             inside.sort();
             files.extend(inside);
@@ -42,11 +45,18 @@ pub fn load_messages(paths: &[PathBuf]) -> Result<Vec<Outgoing>, String> {
         let data = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
         let msgs = split_messages(&data);
         if msgs.is_empty() {
-            return Err(format!("{}: no HL7 message (no line starts with MSH)", f.display()));
+            return Err(format!(
+                "{}: no HL7 message (no line starts with MSH)",
+                f.display()
+            ));
         }
         let n = msgs.len();
         for (i, m) in msgs.into_iter().enumerate() {
-            let origin = if n == 1 { f.display().to_string() } else { format!("{}#{}", f.display(), i + 1) };
+            let origin = if n == 1 {
+                f.display().to_string()
+            } else {
+                format!("{}#{}", f.display(), i + 1)
+            };
             out.push(Outgoing { origin, bytes: m });
         }
     }
@@ -82,7 +92,12 @@ pub fn with_unique_control_id(msg: &[u8], n: u64) -> Vec<u8> {
     let sep = msg[3];
     let seg_end = msg.iter().position(|b| *b == b'\r').unwrap_or(msg.len());
     // MSH-10 is the 9th separator-delimited piece after "MSH" (MSH-1 is the separator).
-    let seps: Vec<usize> = msg[..seg_end].iter().enumerate().filter(|(_, b)| **b == sep).map(|(i, _)| i).collect();
+    let seps: Vec<usize> = msg[..seg_end]
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == sep)
+        .map(|(i, _)| i)
+        .collect();
     let (Some(&start), end) = (seps.get(8), seps.get(9).copied().unwrap_or(seg_end)) else {
         return msg.to_vec();
     };
@@ -176,9 +191,16 @@ pub async fn run(messages: Vec<Outgoing>, opts: SendOptions) -> Result<Summary, 
     };
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let stream = TcpStream::connect(&opts.to).await.map_err(|e| format!("cannot connect to {}: {e}", opts.to))?;
+        let stream = TcpStream::connect(&opts.to)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", opts.to))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (messages, next, accepted, other) = (messages.clone(), next.clone(), accepted.clone(), other.clone());
+        let (messages, next, accepted, other) = (
+            messages.clone(),
+            next.clone(),
+            accepted.clone(),
+            other.clone(),
+        );
         let (unique, timeout, load) = (opts.unique_ids, opts.timeout, opts.load);
         workers.push(tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -190,13 +212,30 @@ pub async fn run(messages: Vec<Outgoing>, opts: SendOptions) -> Result<Summary, 
                     break;
                 }
                 let m = &messages[(n % messages.len() as u64) as usize];
-                let bytes = if unique { with_unique_control_id(&m.bytes, n + 1) } else { m.bytes.clone() };
+                let bytes = if unique {
+                    with_unique_control_id(&m.bytes, n + 1)
+                } else {
+                    m.bytes.clone()
+                };
                 let t0 = Instant::now();
-                write.write_all(&frame(&bytes)).await.map_err(|e| format!("send failed: {e}"))?;
+                write
+                    .write_all(&frame(&bytes))
+                    .await
+                    .map_err(|e| format!("send failed: {e}"))?;
                 let ack = match tokio::time::timeout(timeout, acks.next()).await {
-                    Err(_) => return Err(format!("no ACK within {} s for {}", timeout.as_secs(), m.origin)),
-                    Ok(None) => return Err(format!("connection closed before the ACK for {}", m.origin)),
-                    Ok(Some(Err(e))) => return Err(format!("reading the ACK for {}: {e}", m.origin)),
+                    Err(_) => {
+                        return Err(format!(
+                            "no ACK within {} s for {}",
+                            timeout.as_secs(),
+                            m.origin
+                        ))
+                    }
+                    Ok(None) => {
+                        return Err(format!("connection closed before the ACK for {}", m.origin))
+                    }
+                    Ok(Some(Err(e))) => {
+                        return Err(format!("reading the ACK for {}: {e}", m.origin))
+                    }
                     Ok(Some(Ok(a))) => a,
                 };
                 lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
@@ -242,7 +281,6 @@ pub async fn run(messages: Vec<Outgoing>, opts: SendOptions) -> Result<Summary, 
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +289,13 @@ mod tests {
     fn splits_files_into_messages_with_cr() {
         let data = b"\xEF\xBB\xBFMSH|^~\\&|A\nPID|1\r\n\nMSH|^~\\&|B\rPID|2\n";
         let msgs = split_messages(data);
-        assert_eq!(msgs, vec![b"MSH|^~\\&|A\rPID|1\r".to_vec(), b"MSH|^~\\&|B\rPID|2\r".to_vec()]);
+        assert_eq!(
+            msgs,
+            vec![
+                b"MSH|^~\\&|A\rPID|1\r".to_vec(),
+                b"MSH|^~\\&|B\rPID|2\r".to_vec()
+            ]
+        );
     }
 
     #[test]
@@ -270,7 +314,13 @@ mod tests {
 
     #[test]
     fn reads_msa() {
-        assert_eq!(ack_code(b"MSH|^~\\&|X\rMSA|AE|C1|bad thing\rERR|||"), ("AE".into(), "bad thing".into()));
-        assert_eq!(ack_code(b"MSH|^~\\&|X\rMSA|AA|C1"), ("AA".into(), String::new()));
+        assert_eq!(
+            ack_code(b"MSH|^~\\&|X\rMSA|AE|C1|bad thing\rERR|||"),
+            ("AE".into(), "bad thing".into())
+        );
+        assert_eq!(
+            ack_code(b"MSH|^~\\&|X\rMSA|AA|C1"),
+            ("AA".into(), String::new())
+        );
     }
 }

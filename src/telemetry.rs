@@ -12,7 +12,10 @@ static LOG_PHI: OnceLock<bool> = OnceLock::new();
 pub fn init(level: &str, log_phi: bool) {
     let _ = LOG_PHI.set(log_phi);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -11,16 +11,27 @@ use halong::journal::Status;
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Sends `msg` and waits until the pipeline has finished with it; returns (ACK, status).
-fn send_and_settle(engine: &halong::engine::Engine, conn: &mut Mllp, msg: &[u8]) -> (String, Status) {
+fn send_and_settle(
+    engine: &halong::engine::Engine,
+    conn: &mut Mllp,
+    msg: &[u8],
+) -> (String, Status) {
     let before = engine.journal.durable_id();
     let ack = conn.send(msg);
     let id = engine.journal.durable_id();
     assert!(id > before, "an ACK came before anything was journaled");
-    let status = engine.journal.wait_settled(id, SETTLE).expect("message settles");
+    let status = engine
+        .journal
+        .wait_settled(id, SETTLE)
+        .expect("message settles");
     (ack, status)
 }
 
@@ -33,7 +44,11 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
     let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
 
     // MSH-15/16 present: enhanced mode, commit accept.
-    let (ack, status) = send_and_settle(&engine, &mut his, &sample("adt_a01_nguyen_thi_ngoc_anh.hl7"));
+    let (ack, status) = send_and_settle(
+        &engine,
+        &mut his,
+        &sample("adt_a01_nguyen_thi_ngoc_anh.hl7"),
+    );
     assert_eq!(
         ack_segments(&ack),
         vec![
@@ -44,7 +59,11 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
     assert_eq!(status, Status::Stored);
 
     // Original mode on the same kind of path, and the connection stays open for more.
-    let (ack, status) = send_and_settle(&engine, &mut lab, &sample("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7"));
+    let (ack, status) = send_and_settle(
+        &engine,
+        &mut lab,
+        &sample("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7"),
+    );
     assert_eq!(
         ack_segments(&ack),
         vec![
@@ -57,12 +76,22 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
     assert_eq!(status, Status::Stored);
 
     let http = engine.http_addr;
-    for query in ["nguyen thi ngoc", "NGUYEN", "Nguyễn Thị Ngọc", "nguye\u{0302}\u{0303}n", "ngoc anh", "thi ng"] {
+    for query in [
+        "nguyen thi ngoc",
+        "NGUYEN",
+        "Nguyễn Thị Ngọc",
+        "nguye\u{0302}\u{0303}n",
+        "ngoc anh",
+        "thi ng",
+    ] {
         let (code, bundle) = http_json(http, &format!("/fhir/Patient?name={}", enc(query)));
         assert_eq!(code, 200, "{query}");
         assert_eq!(bundle["total"], 1, "query {query:?} finds the patient");
         let p = &bundle["entry"][0]["resource"];
-        assert_eq!(p["name"][0]["family"], "Nguyễn", "the name arrives exactly as sent");
+        assert_eq!(
+            p["name"][0]["family"], "Nguyễn",
+            "the name arrives exactly as sent"
+        );
     }
     let (_, bundle) = http_json(http, &format!("/fhir/Patient?name={}", enc("dang duc")));
     assert_eq!(bundle["total"], 1, "đ matches d");
@@ -72,17 +101,33 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
 
     let (_, bundle) = http_json(http, "/fhir/Patient?identifier=079190000001");
     assert_eq!(bundle["total"], 1);
-    let pid = bundle["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let pid = bundle["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (code, patient) = http_json(http, &format!("/fhir/Patient/{pid}"));
     assert_eq!(code, 200);
     assert_eq!(patient["birthDate"], "1990-02-15");
 
     let (code, all) = http_json(http, &format!("/fhir/Patient/{pid}/$everything"));
     assert_eq!(code, 200);
-    let types: Vec<&str> = all["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    let types: Vec<&str> = all["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
     assert_eq!(types[0], "Patient");
-    assert_eq!(types.iter().filter(|t| **t == "Observation").count(), 4, "{types:?}");
-    assert_eq!(types.iter().filter(|t| **t == "DiagnosticReport").count(), 1, "{types:?}");
+    assert_eq!(
+        types.iter().filter(|t| **t == "Observation").count(),
+        4,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == "DiagnosticReport").count(),
+        1,
+        "{types:?}"
+    );
     assert!(types.contains(&"Encounter"), "{types:?}");
     let hb = all["entry"]
         .as_array()
@@ -91,7 +136,11 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
         .map(|e| &e["resource"])
         .find(|r| r["code"]["coding"][0]["code"] == "718-7")
         .expect("hemoglobin observation");
-    assert_eq!(hb["valueQuantity"]["value"].to_string(), "13.5", "numeric values are numbers");
+    assert_eq!(
+        hb["valueQuantity"]["value"].to_string(),
+        "13.5",
+        "numeric values are numbers"
+    );
     assert_eq!(hb["valueQuantity"]["unit"], "g/dL");
 
     let obs_id = hb["id"].as_str().unwrap();
@@ -102,7 +151,10 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
     assert_eq!(missing["resourceType"], "OperationOutcome");
     let (code, bad) = http_json(http, "/fhir/Patient?nam=x");
     assert_eq!(code, 400);
-    assert!(bad["issue"][0]["diagnostics"].as_str().unwrap().contains("did you mean 'name'?"));
+    assert!(bad["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("did you mean 'name'?"));
 
     rt.block_on(engine.shutdown());
 }
@@ -114,20 +166,42 @@ fn updates_and_resends_never_duplicate() {
     let engine = rt.block_on(start(dir.path()));
     let mut his = Mllp::connect(engine.listener_addr("his").unwrap());
     let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
-    send_and_settle(&engine, &mut his, &sample("adt_a01_nguyen_thi_ngoc_anh.hl7"));
+    send_and_settle(
+        &engine,
+        &mut his,
+        &sample("adt_a01_nguyen_thi_ngoc_anh.hl7"),
+    );
     let (_, first) = http_json(engine.http_addr, "/fhir/Patient?identifier=079190000001");
-    let (ack, status) = send_and_settle(&engine, &mut his, &sample("adt_a08_nguyen_thi_ngoc_anh_update.hl7"));
+    let (ack, status) = send_and_settle(
+        &engine,
+        &mut his,
+        &sample("adt_a08_nguyen_thi_ngoc_anh_update.hl7"),
+    );
     assert_eq!(msa_code(&ack), "AA");
     assert_eq!(status, Status::Stored);
     let (_, after) = http_json(engine.http_addr, "/fhir/Patient?identifier=079190000001");
     assert_eq!(after["total"], 1, "A08 updates the same patient");
-    assert_eq!(first["entry"][0]["resource"]["id"], after["entry"][0]["resource"]["id"]);
-    assert_eq!(after["entry"][0]["resource"]["address"][0]["line"][0], "45 Đường Hai Bà Trưng");
+    assert_eq!(
+        first["entry"][0]["resource"]["id"],
+        after["entry"][0]["resource"]["id"]
+    );
+    assert_eq!(
+        after["entry"][0]["resource"]["address"][0]["line"][0],
+        "45 Đường Hai Bà Trưng"
+    );
 
     for _ in 0..2 {
-        send_and_settle(&engine, &mut lab, &sample("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7"));
+        send_and_settle(
+            &engine,
+            &mut lab,
+            &sample("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7"),
+        );
     }
-    assert_eq!(engine.store.count("Observation").unwrap(), 4, "the same results sent twice are stored once");
+    assert_eq!(
+        engine.store.count("Observation").unwrap(),
+        4,
+        "the same results sent twice are stored once"
+    );
     assert_eq!(engine.store.count("Patient").unwrap(), 1);
     rt.block_on(engine.shutdown());
 }
@@ -141,7 +215,10 @@ fn no_ack_when_the_journal_cannot_commit() {
     engine.journal.faults().fail_sync(true);
     let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
     let segs = ack_segments(&ack);
-    assert_eq!(segs[1], "MSA|AE|LAB0002|message could not be stored durably; resend it later");
+    assert_eq!(
+        segs[1],
+        "MSA|AE|LAB0002|message could not be stored durably; resend it later"
+    );
     assert_eq!(segs[2], "ERR|||207^Application internal error^HL70357|E||||message could not be stored durably; resend it later");
     assert_eq!(engine.journal.durable_id(), 0, "nothing was kept");
     let (code, health) = http_json(engine.http_addr, "/health");
@@ -149,7 +226,11 @@ fn no_ack_when_the_journal_cannot_commit() {
 
     engine.journal.faults().fail_sync(false);
     let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
-    assert_eq!(msa_code(&ack), "AA", "the same connection works once the disk does");
+    assert_eq!(
+        msa_code(&ack),
+        "AA",
+        "the same connection works once the disk does"
+    );
     assert_eq!(engine.journal.durable_id(), 1);
     rt.block_on(engine.shutdown());
 }
@@ -185,7 +266,10 @@ fn bad_input_is_answered_and_kept() {
         let ack = conn.send(&msg);
         assert_eq!(msa_code(&ack), want_code, "{name}: {ack}");
         if want_code != "AA" {
-            assert!(ack.contains("\rERR|"), "{name}: a NAK carries an ERR segment: {ack}");
+            assert!(
+                ack.contains("\rERR|"),
+                "{name}: a NAK carries an ERR segment: {ack}"
+            );
         }
         let id = engine.journal.durable_id();
         assert_eq!(id, before + 1, "{name}: journaled");
@@ -194,12 +278,25 @@ fn bad_input_is_answered_and_kept() {
         let entry = engine.journal.entry(id).unwrap();
         if want_status != Status::Stored {
             let error = entry.error.as_deref().unwrap_or("");
-            assert!(!error.is_empty() && error.contains(want_error), "{name}: error {error:?} names {want_error:?}");
+            assert!(
+                !error.is_empty() && error.contains(want_error),
+                "{name}: error {error:?} names {want_error:?}"
+            );
         }
-        assert_eq!(engine.journal.read_raw(id).unwrap(), msg, "{name}: raw bytes kept as sent");
+        assert_eq!(
+            engine.journal.read_raw(id).unwrap(),
+            msg,
+            "{name}: raw bytes kept as sent"
+        );
     }
-    let (_, found) = http_json(engine.http_addr, &format!("/fhir/Patient?name={}", enc("muller jose")));
-    assert_eq!(found["entry"][0]["resource"]["name"][0]["family"], "Müller", "8859/1 decoded to the right characters");
+    let (_, found) = http_json(
+        engine.http_addr,
+        &format!("/fhir/Patient?name={}", enc("muller jose")),
+    );
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["family"], "Müller",
+        "8859/1 decoded to the right characters"
+    );
     let (_, listed) = http_json(engine.http_addr, "/api/messages?status=error");
     assert_eq!(listed["messages"].as_array().unwrap().len(), 6);
     rt.block_on(engine.shutdown());
@@ -213,15 +310,23 @@ fn framing_tolerance_over_tcp() {
     let mut conn = Mllp::connect(engine.listener_addr("lab").unwrap());
     let a = sample("oru_r01_dang_van_duc_glucose.hl7");
     // LF separators, a BOM, junk before the start block, split over several writes.
-    let lf: Vec<u8> = a.iter().map(|b| if *b == b'\r' { b'\n' } else { *b }).collect();
+    let lf: Vec<u8> = a
+        .iter()
+        .map(|b| if *b == b'\r' { b'\n' } else { *b })
+        .collect();
     let mut wire = b"\r\n\x00junk".to_vec();
-    wire.extend(halong::listeners::mllp::frame(&[b"\xEF\xBB\xBF".as_slice(), &lf].concat()));
+    wire.extend(halong::listeners::mllp::frame(
+        &[b"\xEF\xBB\xBF".as_slice(), &lf].concat(),
+    ));
     let (first, rest) = wire.split_at(17);
     conn.send_raw(first);
     conn.send_raw(rest);
     assert_eq!(msa_code(&conn.read_frame().unwrap()), "AA");
     // Two frames in one write, CRLF separators in the second: two ACKs, in order.
-    let crlf: Vec<u8> = String::from_utf8(a.clone()).unwrap().replace('\r', "\r\n").into_bytes();
+    let crlf: Vec<u8> = String::from_utf8(a.clone())
+        .unwrap()
+        .replace('\r', "\r\n")
+        .into_bytes();
     let mut two = halong::listeners::mllp::frame(&a);
     two.extend(halong::listeners::mllp::frame(&crlf));
     conn.send_raw(&two);
@@ -235,17 +340,27 @@ fn framing_tolerance_over_tcp() {
 fn oversized_idle_and_incomplete_connections_are_bounded() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "max_message_bytes = 2048\nidle_timeout_secs = 1");
+    let config = config(
+        dir.path(),
+        "max_message_bytes = 2048\nidle_timeout_secs = 1",
+    );
     let engine = rt.block_on(halong::engine::Engine::start(config)).unwrap();
     let addr = engine.listener_addr("lab").unwrap();
 
-    let mut big = b"MSH|^~\\&|LIS|H1|HALONG|SO_Y_TE|20261120103000||ORU^R01|BIG1|P|2.5\rNTE|1||".to_vec();
+    let mut big =
+        b"MSH|^~\\&|LIS|H1|HALONG|SO_Y_TE|20261120103000||ORU^R01|BIG1|P|2.5\rNTE|1||".to_vec();
     big.extend(std::iter::repeat_n(b'x', 5000));
     let mut conn = Mllp::connect(addr);
     let ack = conn.send(&big);
     let segs = ack_segments(&ack);
-    assert_eq!(segs[1], "MSA|AR|BIG1|message exceeds the maximum size of 2048 bytes");
-    assert!(conn.is_closed(), "the connection is closed after an oversized message");
+    assert_eq!(
+        segs[1],
+        "MSA|AR|BIG1|message exceeds the maximum size of 2048 bytes"
+    );
+    assert!(
+        conn.is_closed(),
+        "the connection is closed after an oversized message"
+    );
     let kept = engine.journal.entry(1).unwrap();
     assert_eq!(kept.status, Status::Error);
     assert!(kept.error.as_deref().unwrap().contains("maximum size"));
@@ -258,7 +373,11 @@ fn oversized_idle_and_incomplete_connections_are_bounded() {
     let mut cut = Mllp::connect(addr);
     cut.send_raw(b"\x0bMSH|^~\\&|LIS|H1|HALONG|SO_Y_TE|20261120103000||ORU^R01|CUT1|P|2.5\rPID|1");
     drop(cut);
-    assert_eq!(engine.journal.wait_durable_beyond(1, SETTLE), 2, "incomplete frame is journaled");
+    assert_eq!(
+        engine.journal.wait_durable_beyond(1, SETTLE),
+        2,
+        "incomplete frame is journaled"
+    );
     let kept = engine.journal.entry(2).unwrap();
     assert_eq!(&*kept.control_id, "CUT1");
     assert!(kept.error.as_deref().unwrap().contains("no end block"));

@@ -52,23 +52,40 @@ fn spawn(config: &Path) -> Server {
     });
     let (mut his, mut lab, mut http) = (None, None, None);
     while his.is_none() || lab.is_none() || http.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("halong logs its addresses");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("halong logs its addresses");
         let addr = || -> SocketAddr {
             let a = line.split("addr=").nth(1).expect("addr= in the line");
-            a.split_whitespace().next().unwrap().parse().expect("an address")
+            a.split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .expect("an address")
         };
         if line.contains("MLLP listener ready") && line.contains("listener=his") {
             his = Some(addr());
         } else if line.contains("MLLP listener ready") && line.contains("listener=lab") {
             lab = Some(addr());
         } else if line.contains("HTTP API ready") {
-            let a = line.split("http_addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+            let a = line
+                .split("http_addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
             http = Some(a.parse().unwrap());
         }
     }
     // Keep draining the log so the child never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
-    Server { child, his: his.unwrap(), lab: lab.unwrap(), http: http.unwrap() }
+    Server {
+        child,
+        his: his.unwrap(),
+        lab: lab.unwrap(),
+        http: http.unwrap(),
+    }
 }
 
 /// An ADT^A04 for synthetic patient `n`.
@@ -109,15 +126,23 @@ fn every_acknowledged_message_survives_sigkill() {
     server.child.wait().unwrap();
 
     let mut server = spawn(&config);
-    wait_until("every acknowledged message is stored after the restart", Duration::from_secs(120), || {
-        count_status(server.http, "stored") == N as u64
-    });
+    wait_until(
+        "every acknowledged message is stored after the restart",
+        Duration::from_secs(120),
+        || count_status(server.http, "stored") == N as u64,
+    );
     for n in 0..N {
         let (_, b) = http_json(server.http, &format!("/fhir/Patient?identifier=CR{n:06}"));
         assert_eq!(b["total"], 1, "patient {n} is in the store exactly once");
     }
-    let (_, b) = http_json(server.http, &format!("/fhir/Patient?name={}", enc("hoang minh")));
-    assert_eq!(b["total"], 100, "name search is capped by the default page of 100");
+    let (_, b) = http_json(
+        server.http,
+        &format!("/fhir/Patient?name={}", enc("hoang minh")),
+    );
+    assert_eq!(
+        b["total"], 100,
+        "name search is capped by the default page of 100"
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
@@ -126,8 +151,16 @@ fn every_acknowledged_message_survives_sigkill() {
 fn send_prints_each_ack_and_check_passes() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (2 listeners, 2 routes"));
 
     let mut server = spawn(&config);
@@ -138,21 +171,40 @@ fn send_prints_each_ack_and_check_passes() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
-    assert!(lines[0].ends_with("oru_r01_dang_van_duc_glucose.hl7: AA"), "{stdout}");
+    assert!(
+        lines[0].ends_with("oru_r01_dang_van_duc_glucose.hl7: AA"),
+        "{stdout}"
+    );
 
     // Load mode: a summary line with rate and latency percentiles.
     let out = Command::new(BIN)
-        .args(["send", "--to", &server.his.to_string(), "--repeat", "20", "--concurrency", "4", "--unique-ids"])
+        .args([
+            "send",
+            "--to",
+            &server.his.to_string(),
+            "--repeat",
+            "20",
+            "--concurrency",
+            "4",
+            "--unique-ids",
+        ])
         .arg(samples_dir().join("adt_a04_dang_van_duc.hl7"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.starts_with("20 messages in "), "{stdout}");
-    assert!(stdout.contains("msg/s; ACK latency p50") && stdout.contains("20 AA/CA, 0 other"), "{stdout}");
+    assert!(
+        stdout.contains("msg/s; ACK latency p50") && stdout.contains("20 AA/CA, 0 other"),
+        "{stdout}"
+    );
 
     // A message routed to no mapping on this listener: AA (kept as unrouted), exit 0.
     let out = Command::new(BIN)
@@ -161,7 +213,11 @@ fn send_prints_each_ack_and_check_passes() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    wait_until("the unrouted message is recorded", Duration::from_secs(30), || count_status(server.http, "unrouted") == 1);
+    wait_until(
+        "the unrouted message is recorded",
+        Duration::from_secs(30),
+        || count_status(server.http, "unrouted") == 1,
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
@@ -170,12 +226,27 @@ fn send_prints_each_ack_and_check_passes() {
 fn check_reports_every_problem_with_position() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("halong.toml"), "[http]\nbnd = \"x\"\n").unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("halong.toml")).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("halong.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr, format!("{}:2:1: unknown key `bnd` (did you mean `bind`?)\n", dir.path().join("halong.toml").display()));
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:2:1: unknown key `bnd` (did you mean `bind`?)\n",
+            dir.path().join("halong.toml").display()
+        )
+    );
 
-    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("nope.toml")).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("nope.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config: No such file or directory"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot read config: No such file or directory"));
 }

@@ -40,7 +40,11 @@ fn outcome(code: StatusCode, issue_code: &str, text: &str) -> Response {
 
 fn store_error(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "record store read failed");
-    outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the record store could not be read")
+    outcome(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "exception",
+        "the record store could not be read",
+    )
 }
 
 fn bundle(kind: &str, resources: Vec<Value>) -> Value {
@@ -69,11 +73,16 @@ async fn search_patients(
 ) -> Response {
     for key in params.keys() {
         if !PATIENT_PARAMS.contains(&key.as_str()) {
-            let hint = did_you_mean(key, PATIENT_PARAMS).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default();
+            let hint = did_you_mean(key, PATIENT_PARAMS)
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
             return outcome(
                 StatusCode::BAD_REQUEST,
                 "not-supported",
-                &format!("unknown search parameter '{key}'{hint}; supported: {}", PATIENT_PARAMS.join(", ")),
+                &format!(
+                    "unknown search parameter '{key}'{hint}; supported: {}",
+                    PATIENT_PARAMS.join(", ")
+                ),
             );
         }
     }
@@ -81,14 +90,31 @@ async fn search_patients(
     let limit = match params.get("_count").map(|c| c.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return outcome(StatusCode::BAD_REQUEST, "invalid", "_count must be a whole number from 1 to 1000"),
+        Some(_) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "_count must be a whole number from 1 to 1000",
+            )
+        }
     };
     let name = params.get("name").filter(|v| !v.trim().is_empty()).cloned();
-    let identifier = params.get("identifier").filter(|v| !v.trim().is_empty()).cloned();
+    let identifier = params
+        .get("identifier")
+        .filter(|v| !v.trim().is_empty())
+        .cloned();
     if name.is_none() && identifier.is_none() {
-        return outcome(StatusCode::BAD_REQUEST, "required", "give name or identifier, e.g. /fhir/Patient?name=nguyen");
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "required",
+            "give name or identifier, e.g. /fhir/Patient?name=nguyen",
+        );
     }
-    let q = PatientQuery { name, identifier, limit };
+    let q = PatientQuery {
+        name,
+        identifier,
+        limit,
+    };
     let store = s.store.clone();
     match tokio::task::spawn_blocking(move || store.search_patients(&q)).await {
         Ok(Ok(found)) => fhir(StatusCode::OK, bundle("searchset", found)),
@@ -102,7 +128,11 @@ async fn read(State(s): State<AppState>, Path((rtype, id)): Path<(String, String
     let (t, i) = (rtype.clone(), id.clone());
     match tokio::task::spawn_blocking(move || store.get(&t, &i)).await {
         Ok(Ok(Some(r))) => fhir(StatusCode::OK, r),
-        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", &format!("{rtype}/{id} is not in the record store")),
+        Ok(Ok(None)) => outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{rtype}/{id} is not in the record store"),
+        ),
         Ok(Err(e)) => store_error(e),
         Err(e) => store_error(e),
     }
@@ -113,7 +143,11 @@ async fn everything(State(s): State<AppState>, Path(id): Path<String>) -> Respon
     let pid = id.clone();
     match tokio::task::spawn_blocking(move || store.everything(&pid)).await {
         Ok(Ok(Some(all))) => fhir(StatusCode::OK, bundle("searchset", all)),
-        Ok(Ok(None)) => outcome(StatusCode::NOT_FOUND, "not-found", &format!("Patient/{id} is not in the record store")),
+        Ok(Ok(None)) => outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("Patient/{id} is not in the record store"),
+        ),
         Ok(Err(e)) => store_error(e),
         Err(e) => store_error(e),
     }

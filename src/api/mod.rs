@@ -27,8 +27,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(journal: Journal, store: Store, outbox: Arc<Outbox>, rules: Arc<RwLock<Arc<Rules>>>) -> Self {
-        AppState { journal, store, outbox, rules }
+    pub fn new(
+        journal: Journal,
+        store: Store,
+        outbox: Arc<Outbox>,
+        rules: Arc<RwLock<Arc<Rules>>>,
+    ) -> Self {
+        AppState {
+            journal,
+            store,
+            outbox,
+            rules,
+        }
     }
 }
 
@@ -45,14 +55,22 @@ pub fn app(state: AppState) -> Router {
 
 async fn health(State(s): State<AppState>) -> Response {
     let failing = s.journal.is_failing();
-    let statuses: serde_json::Map<String, Value> =
-        s.journal.status_counts().into_iter().map(|(st, n)| (st.as_str().to_string(), json!(n))).collect();
+    let statuses: serde_json::Map<String, Value> = s
+        .journal
+        .status_counts()
+        .into_iter()
+        .map(|(st, n)| (st.as_str().to_string(), json!(n)))
+        .collect();
     let body = json!({
         "status": if failing { "failing" } else { "ok" },
         "journal": { "last_id": s.journal.durable_id(), "writable": !failing, "messages": statuses },
         "outbox": { "waiting": s.outbox.len() },
     });
-    let code = if failing { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if failing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (code, Json(body)).into_response()
 }
 
@@ -64,10 +82,18 @@ struct MessagesQuery {
 }
 
 /// The newest journal entries: ids, times, types, statuses and errors, no message content.
-async fn messages(State(s): State<AppState>, query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn messages(
+    State(s): State<AppState>,
+    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, &format!("{e}; parameters: status, limit")),
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                &format!("{e}; parameters: status, limit"),
+            )
+        }
     };
     let status = match q.status.as_deref() {
         None => None,

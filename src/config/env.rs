@@ -31,12 +31,20 @@ pub(super) fn collect(env: impl IntoIterator<Item = (String, String)>) -> Vec<Ov
 }
 
 /// Re-reads the file as a plain table, applies the overrides, and deserializes again.
-pub(super) fn apply(path: &Path, text: &str, overrides: &[Override]) -> Result<Config, Vec<Diagnostic>> {
-    let mut root: toml::Table = toml::from_str(text).map_err(|e| vec![super::toml_diagnostic(path, text, &e)])?;
+pub(super) fn apply(
+    path: &Path,
+    text: &str,
+    overrides: &[Override],
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut root: toml::Table =
+        toml::from_str(text).map_err(|e| vec![super::toml_diagnostic(path, text, &e)])?;
     let mut problems = Vec::new();
     for o in overrides {
         if let Err(msg) = set(&mut root, o) {
-            problems.push(Diagnostic::whole_file(path, format!("environment {}: {msg}", o.var)));
+            problems.push(Diagnostic::whole_file(
+                path,
+                format!("environment {}: {msg}", o.var),
+            ));
         }
     }
     if !problems.is_empty() {
@@ -46,7 +54,11 @@ pub(super) fn apply(path: &Path, text: &str, overrides: &[Override]) -> Result<C
     toml::Value::Table(root).try_into::<Config>().map_err(|e| {
         vec![Diagnostic::whole_file(
             path,
-            format!("after environment overrides ({}): {}", names.join(", "), e.message().trim()),
+            format!(
+                "after environment overrides ({}): {}",
+                names.join(", "),
+                e.message().trim()
+            ),
         )]
     })
 }
@@ -84,14 +96,24 @@ fn set(root: &mut toml::Table, o: &Override) -> Result<(), String> {
     };
     let value = match table.get(key.as_str()) {
         Some(toml::Value::String(_)) | None => typed_guess(&o.value, table.get(key.as_str())),
-        Some(toml::Value::Integer(_)) => {
-            toml::Value::Integer(o.value.trim().parse().map_err(|_| format!("\"{}\" is not an integer", o.value))?)
-        }
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            o.value
+                .trim()
+                .parse()
+                .map_err(|_| format!("\"{}\" is not an integer", o.value))?,
+        ),
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(parse_bool(&o.value)?),
-        Some(toml::Value::Float(_)) => {
-            toml::Value::Float(o.value.trim().parse().map_err(|_| format!("\"{}\" is not a number", o.value))?)
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            o.value
+                .trim()
+                .parse()
+                .map_err(|_| format!("\"{}\" is not a number", o.value))?,
+        ),
+        Some(_) => {
+            return Err(format!(
+                "`{key}` is not a scalar; only scalars can be overridden"
+            ))
         }
-        Some(_) => return Err(format!("`{key}` is not a scalar; only scalars can be overridden")),
     };
     table.insert(key.clone(), value);
     Ok(())

@@ -54,7 +54,10 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { dir: default_data_dir(), journal_segment_mib: default_segment_mib() }
+        DataConfig {
+            dir: default_data_dir(),
+            journal_segment_mib: default_segment_mib(),
+        }
     }
 }
 
@@ -139,7 +142,11 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { kind: QueueKind::Embedded, url: None, prefix: default_prefix() }
+        QueueConfig {
+            kind: QueueKind::Embedded,
+            url: None,
+            prefix: default_prefix(),
+        }
     }
 }
 
@@ -157,7 +164,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { bind: default_http_bind() }
+        HttpConfig {
+            bind: default_http_bind(),
+        }
     }
 }
 
@@ -179,7 +188,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_log_level(), log_phi: false }
+        LogConfig {
+            level: default_log_level(),
+            log_phi: false,
+        }
     }
 }
 
@@ -197,7 +209,10 @@ impl Config {
             } else {
                 ""
             };
-            vec![Diagnostic::whole_file(path, format!("cannot read config: {e}{hint}"))]
+            vec![Diagnostic::whole_file(
+                path,
+                format!("cannot read config: {e}{hint}"),
+            )]
         })?;
         Config::from_text(path, &text, std::env::vars())
     }
@@ -208,7 +223,8 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, Vec<Diagnostic>> {
-        let mut config: Config = toml::from_str(text).map_err(|e| vec![toml_diagnostic(path, text, &e)])?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| vec![toml_diagnostic(path, text, &e)])?;
         let overrides = env::collect(env);
         if !overrides.is_empty() {
             config = env::apply(path, text, &overrides)?;
@@ -236,11 +252,22 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             let (line, col) = at("[[listener]]", i);
             if l.name.trim().is_empty() {
-                out.push(Diagnostic::new(path, line, col, "listener name must not be empty"));
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    "listener name must not be empty",
+                ));
             } else if !seen.insert(l.name.clone()) {
-                out.push(Diagnostic::new(path, line, col, format!("duplicate listener name \"{}\"", l.name)));
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    format!("duplicate listener name \"{}\"", l.name),
+                ));
             }
-            if l.kind == ListenerKind::Mllp && (l.ae_title.is_some() || l.allowed_callers.is_some()) {
+            if l.kind == ListenerKind::Mllp && (l.ae_title.is_some() || l.allowed_callers.is_some())
+            {
                 out.push(Diagnostic::new(
                     path,
                     line,
@@ -253,11 +280,22 @@ impl Config {
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": max_message_bytes must be at least 1024", l.name),
+                    format!(
+                        "listener \"{}\": max_message_bytes must be at least 1024",
+                        l.name
+                    ),
                 ));
             }
             if l.max_connections == 0 {
-                out.push(Diagnostic::new(path, line, col, format!("listener \"{}\": max_connections must be at least 1", l.name)));
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    format!(
+                        "listener \"{}\": max_connections must be at least 1",
+                        l.name
+                    ),
+                ));
             }
         }
         let mut binds = std::collections::HashMap::new();
@@ -271,17 +309,30 @@ impl Config {
                     path,
                     line,
                     col,
-                    format!("listener \"{}\" binds {} like listener \"{}\"", l.name, l.bind, other),
+                    format!(
+                        "listener \"{}\" binds {} like listener \"{}\"",
+                        l.name, l.bind, other
+                    ),
                 ));
             }
         }
         if self.queue.kind == QueueKind::Amqp && self.queue.url.is_none() {
             let (line, col) = at("[queue]", 0);
-            out.push(Diagnostic::new(path, line, col, "queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\""));
+            out.push(Diagnostic::new(
+                path,
+                line,
+                col,
+                "queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\"",
+            ));
         }
         if self.data.journal_segment_mib == 0 {
             let (line, col) = at("journal_segment_mib", 0);
-            out.push(Diagnostic::new(path, line, col, "journal_segment_mib must be at least 1"));
+            out.push(Diagnostic::new(
+                path,
+                line,
+                col,
+                "journal_segment_mib must be at least 1",
+            ));
         }
         out
     }
@@ -301,7 +352,9 @@ impl Config {
 
 /// Line and column of the `nth` occurrence of `needle` in `text`, or (0, 0).
 fn locate(text: &str, needle: &str, nth: usize) -> (usize, usize) {
-    text.match_indices(needle).nth(nth).map_or((0, 0), |(i, _)| crate::diag::line_col(text, i))
+    text.match_indices(needle)
+        .nth(nth)
+        .map_or((0, 0), |(i, _)| crate::diag::line_col(text, i))
 }
 
 /// Turns a toml error into a diagnostic with position, adding a suggestion for an

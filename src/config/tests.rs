@@ -10,7 +10,11 @@ fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<Diagnostic>
 }
 
 fn errors(text: &str) -> Vec<String> {
-    parse(text).unwrap_err().iter().map(ToString::to_string).collect()
+    parse(text)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -34,7 +38,10 @@ fn shipped_config_parses() {
 #[test]
 fn unknown_key_names_line_column_and_suggests() {
     let text = "[http]\nbnd = \"127.0.0.1:1\"\n";
-    assert_eq!(errors(text), vec!["conf/halong.toml:2:1: unknown key `bnd` (did you mean `bind`?)"]);
+    assert_eq!(
+        errors(text),
+        vec!["conf/halong.toml:2:1: unknown key `bnd` (did you mean `bind`?)"]
+    );
 }
 
 #[test]
@@ -42,11 +49,19 @@ fn bad_values_name_their_position() {
     let text = "[[listener]]\nname = \"lab\"\nkind = \"mlp\"\nbind = \"0.0.0.0:2575\"\n";
     let e = errors(text);
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("conf/halong.toml:3:8: unknown variant `mlp`"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("conf/halong.toml:3:8: unknown variant `mlp`"),
+        "{}",
+        e[0]
+    );
 
     let text = "[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"localhost\"\n";
     let e = errors(text);
-    assert!(e[0].starts_with("conf/halong.toml:4:8: invalid socket address"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("conf/halong.toml:4:8: invalid socket address"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -103,8 +118,14 @@ fn environment_typos_are_errors() {
     let e = parse_env("", &[("HALONG_HTTP__BINDD", "x")]).unwrap_err();
     assert_eq!(e.len(), 1);
     let text = e[0].to_string();
-    assert!(text.contains("HALONG_HTTP__BINDD") && text.contains("unknown field `bindd`"), "{text}");
+    assert!(
+        text.contains("HALONG_HTTP__BINDD") && text.contains("unknown field `bindd`"),
+        "{text}"
+    );
 
     let e = parse_env("", &[("HALONG_LISTENER__NOPE__BIND", "x")]).unwrap_err();
-    assert_eq!(e[0].to_string(), "conf/halong.toml: environment HALONG_LISTENER__NOPE__BIND: the config has no [[listener]]");
+    assert_eq!(
+        e[0].to_string(),
+        "conf/halong.toml: environment HALONG_LISTENER__NOPE__BIND: the config has no [[listener]]"
+    );
 }

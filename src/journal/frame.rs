@@ -131,7 +131,10 @@ pub fn decode(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     if crc32fast::hash(payload) != crc {
         return Err(FrameError::Corrupt("checksum mismatch"));
     }
-    let mut r = Reader { buf: payload, pos: 1 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 1,
+    };
     match payload[0] {
         KIND_ENTRY => {
             let id = r.u64()?;
@@ -182,10 +185,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn status(&mut self) -> Result<Status, FrameError> {
         Status::from_u8(self.take(1)?[0]).ok_or(FrameError::Corrupt("unknown status"))
@@ -223,7 +230,14 @@ mod tests {
     fn entry_round_trips() {
         let buf = entry(b"MSH|^~\\&|A");
         match decode(&buf).unwrap() {
-            Frame::Entry { id, listener, raw_offset_in_payload, raw_len, status, .. } => {
+            Frame::Entry {
+                id,
+                listener,
+                raw_offset_in_payload,
+                raw_len,
+                status,
+                ..
+            } => {
                 assert_eq!((id, listener, status), (7, "lab", Status::Received));
                 let raw = &buf[HEADER_LEN + raw_offset_in_payload..][..raw_len];
                 assert_eq!(raw, b"MSH|^~\\&|A");
@@ -237,7 +251,9 @@ mod tests {
         let mut buf = Vec::new();
         encode_status(&mut buf, 9, Status::Error, "bad date");
         match decode(&buf).unwrap() {
-            Frame::Status { id, status, error } => assert_eq!((id, status, error), (9, Status::Error, "bad date")),
+            Frame::Status { id, status, error } => {
+                assert_eq!((id, status, error), (9, Status::Error, "bad date"))
+            }
             f => panic!("unexpected {f:?}"),
         }
     }
@@ -246,12 +262,22 @@ mod tests {
     fn torn_and_corrupt_frames_are_told_apart() {
         let buf = entry(b"hello");
         for cut in [0, 3, HEADER_LEN, buf.len() - 1] {
-            assert_eq!(decode(&buf[..cut]).unwrap_err(), FrameError::Truncated, "cut at {cut}");
+            assert_eq!(
+                decode(&buf[..cut]).unwrap_err(),
+                FrameError::Truncated,
+                "cut at {cut}"
+            );
         }
         let mut bad = buf.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0xFF;
-        assert_eq!(decode(&bad).unwrap_err(), FrameError::Corrupt("checksum mismatch"));
-        assert_eq!(decode(&[0u8; 16]).unwrap_err(), FrameError::Corrupt("implausible frame length"));
+        assert_eq!(
+            decode(&bad).unwrap_err(),
+            FrameError::Corrupt("checksum mismatch")
+        );
+        assert_eq!(
+            decode(&[0u8; 16]).unwrap_err(),
+            FrameError::Corrupt("implausible frame length")
+        );
     }
 }

@@ -127,7 +127,11 @@ pub enum JournalError {
     #[error("journal I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("journal segment {path} is damaged at byte {offset}: {what}; move the file aside to start without it")]
-    Corrupt { path: PathBuf, offset: u64, what: &'static str },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
     #[error("journal write failed, message not stored: {0}")]
     CommitFailed(String),
     #[error("journal is closed")]
@@ -137,7 +141,10 @@ pub enum JournalError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io { path: path.to_path_buf(), source }
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Options for [`Journal::open`].
@@ -149,7 +156,9 @@ pub struct JournalOptions {
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { segment_bytes: 128 << 20 }
+        JournalOptions {
+            segment_bytes: 128 << 20,
+        }
     }
 }
 
@@ -197,7 +206,8 @@ struct Index {
 
 impl Index {
     fn get_mut(&mut self, id: u64) -> Option<&mut EntryMeta> {
-        id.checked_sub(1).and_then(|i| self.entries.get_mut(i as usize))
+        id.checked_sub(1)
+            .and_then(|i| self.entries.get_mut(i as usize))
     }
 
     fn intern(&mut self, listener: &str) -> Arc<str> {
@@ -232,7 +242,11 @@ impl Journal {
         }
         let current = *segments.last().expect("one segment");
         let path = segment_path(dir, current);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         if last.is_none() {
             sync_dir(dir)?;
         }
@@ -250,7 +264,14 @@ impl Journal {
             failing: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
-        let committer = Committer { shared: shared.clone(), segment: current, file, len, next_id: durable + 1, options };
+        let committer = Committer {
+            shared: shared.clone(),
+            segment: current,
+            file,
+            len,
+            next_id: durable + 1,
+            options,
+        };
         std::thread::Builder::new()
             .name("journal-commit".into())
             .spawn(move || committer.run(rx))
@@ -261,14 +282,18 @@ impl Journal {
     /// Appends a message and resolves with its id once it is durable.
     pub async fn append(&self, entry: NewEntry) -> Result<u64, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Append(entry, tx)).map_err(|_| JournalError::Closed)?;
+        self.tx
+            .send(Cmd::Append(entry, tx))
+            .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Blocking form of [`Journal::append`], for threads outside the async runtime.
     pub fn append_blocking(&self, entry: NewEntry) -> Result<u64, JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Append(entry, tx)).map_err(|_| JournalError::Closed)?;
+        self.tx
+            .send(Cmd::Append(entry, tx))
+            .map_err(|_| JournalError::Closed)?;
         rx.blocking_recv().map_err(|_| JournalError::Closed)?
     }
 
@@ -277,16 +302,21 @@ impl Journal {
         self.set_statuses(vec![(id, status, error)]);
     }
 
-    /// Records several status changes under one lock.
-    pub fn set_statuses(&self, changes: Vec<(u64, Status, Option<String>)>) {
+    /// Records several status changes under one lock. A late `queued` never overwrites
+    /// `stored` (the store thread can finish an entry before the mapper records that it
+    /// queued it).
+    pub fn set_statuses(&self, mut changes: Vec<(u64, Status, Option<String>)>) {
         {
             let mut index = self.shared.index.write().expect("journal index lock");
-            for (id, status, error) in &changes {
-                if let Some(e) = index.get_mut(*id) {
+            changes.retain(|(id, status, error)| match index.get_mut(*id) {
+                Some(e) if *status == Status::Queued && e.status == Status::Stored => false,
+                Some(e) => {
                     e.status = *status;
                     e.error = error.as_deref().map(Box::from);
+                    true
                 }
-            }
+                None => false,
+            });
         }
         for (id, status, error) in changes {
             let _ = self.tx.send(Cmd::Status(id, status, error));
@@ -299,7 +329,9 @@ impl Journal {
     /// it, or `None` after `timeout`.
     pub fn wait_settled(&self, id: u64, timeout: Duration) -> Option<Status> {
         let settled = |j: &Journal| {
-            j.entry(id).map(|e| e.status).filter(|s| matches!(s, Status::Stored | Status::Error | Status::Unrouted))
+            j.entry(id)
+                .map(|e| e.status)
+                .filter(|s| matches!(s, Status::Stored | Status::Error | Status::Unrouted))
         };
         let deadline = std::time::Instant::now() + timeout;
         let mut guard = self.shared.changes.lock().expect("journal changes lock");
@@ -308,26 +340,42 @@ impl Journal {
                 return Some(s);
             }
             let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            guard = self.shared.changes_cv.wait_timeout(guard, left).expect("journal changes lock").0;
+            guard = self
+                .shared
+                .changes_cv
+                .wait_timeout(guard, left)
+                .expect("journal changes lock")
+                .0;
         }
     }
 
     /// Waits until everything appended or status-changed before this call is on disk.
     pub fn sync_blocking(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Sync(tx)).map_err(|_| JournalError::Closed)?;
+        self.tx
+            .send(Cmd::Sync(tx))
+            .map_err(|_| JournalError::Closed)?;
         rx.blocking_recv().map_err(|_| JournalError::Closed)?
     }
 
     pub fn entry(&self, id: u64) -> Option<EntryMeta> {
         let index = self.shared.index.read().expect("journal index lock");
-        id.checked_sub(1).and_then(|i| index.entries.get(i as usize)).cloned()
+        id.checked_sub(1)
+            .and_then(|i| index.entries.get(i as usize))
+            .cloned()
     }
 
     /// The newest entries first, at most `limit`, optionally of one status.
     pub fn recent(&self, limit: usize, status: Option<Status>) -> Vec<EntryMeta> {
         let index = self.shared.index.read().expect("journal index lock");
-        index.entries.iter().rev().filter(|e| status.is_none_or(|s| e.status == s)).take(limit).cloned().collect()
+        index
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| status.is_none_or(|s| e.status == s))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Number of entries per status.
@@ -337,7 +385,9 @@ impl Journal {
         for e in &index.entries {
             counts[e.status as usize] += 1;
         }
-        (1..=7u8).filter_map(|s| Some((Status::from_u8(s)?, counts[s as usize]))).collect()
+        (1..=7u8)
+            .filter_map(|s| Some((Status::from_u8(s)?, counts[s as usize])))
+            .collect()
     }
 
     /// Reads the raw message bytes of entry `id` from disk.
@@ -346,7 +396,8 @@ impl Journal {
         let file = self.reader(meta.segment)?;
         let mut buf = vec![0u8; meta.size as usize];
         let path = segment_path(&self.shared.dir, meta.segment);
-        file.read_exact_at(&mut buf, meta.raw_offset).map_err(io_err(&path))?;
+        file.read_exact_at(&mut buf, meta.raw_offset)
+            .map_err(io_err(&path))?;
         Ok(buf)
     }
 
@@ -392,7 +443,12 @@ impl Journal {
     /// Ids whose records sit in the outbox (status `queued`).
     pub fn ids_with_status(&self, status: Status) -> Vec<u64> {
         let index = self.shared.index.read().expect("journal index lock");
-        index.entries.iter().filter(|e| e.status == status).map(|e| e.id).collect()
+        index
+            .entries
+            .iter()
+            .filter(|e| e.status == status)
+            .map(|e| e.id)
+            .collect()
     }
 
     /// True while the last commit failed (the disk is refusing writes).
@@ -571,7 +627,11 @@ impl Committer {
     fn rotate(&mut self) -> Result<(), JournalError> {
         let next = self.segment + 1;
         let path = segment_path(&self.shared.dir, next);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         sync_dir(&self.shared.dir)?;
         self.file = file;
         self.segment = next;
@@ -590,7 +650,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u32>, JournalError> {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(".seg").and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u32>().ok())
+        {
             out.push(n);
         }
     }
@@ -599,11 +662,18 @@ fn list_segments(dir: &Path) -> Result<Vec<u32>, JournalError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Scans one segment into the index; cuts a torn tail off the last segment.
-fn recover_segment(dir: &Path, n: u32, is_last: bool, index: &mut Index) -> Result<(), JournalError> {
+fn recover_segment(
+    dir: &Path,
+    n: u32,
+    is_last: bool,
+    index: &mut Index,
+) -> Result<(), JournalError> {
     let path = segment_path(dir, n);
     let data = std::fs::read(&path).map_err(io_err(&path))?;
     let mut pos = 0usize;
@@ -615,7 +685,11 @@ fn recover_segment(dir: &Path, n: u32, is_last: bool, index: &mut Index) -> Resu
             Err(frame::FrameError::Truncated) if is_last => break,
             Err(frame::FrameError::Corrupt(_)) if is_last && is_zero_tail(rest) => break,
             Err(frame::FrameError::Truncated) => {
-                return Err(JournalError::Corrupt { path, offset: pos as u64, what: "truncated frame" });
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: pos as u64,
+                    what: "truncated frame",
+                });
             }
             Err(frame::FrameError::Corrupt(what)) => {
                 // A damaged frame in the last segment that is followed by nothing valid
@@ -623,7 +697,11 @@ fn recover_segment(dir: &Path, n: u32, is_last: bool, index: &mut Index) -> Resu
                 if is_last && !has_valid_frame_after(&data, pos + 1) {
                     break;
                 }
-                return Err(JournalError::Corrupt { path, offset: pos as u64, what });
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: pos as u64,
+                    what,
+                });
             }
         };
         let len = frame::HEADER_LEN + frame::payload_len(rest).expect("decoded");
@@ -642,7 +720,11 @@ fn recover_segment(dir: &Path, n: u32, is_last: bool, index: &mut Index) -> Resu
             } => {
                 let expected = index.entries.len() as u64 + 1;
                 if id != expected {
-                    return Err(JournalError::Corrupt { path, offset: pos as u64, what: "entry ids out of sequence" });
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset: pos as u64,
+                        what: "entry ids out of sequence",
+                    });
                 }
                 let listener = index.intern(listener);
                 index.entries.push(EntryMeta {
@@ -670,7 +752,10 @@ fn recover_segment(dir: &Path, n: u32, is_last: bool, index: &mut Index) -> Resu
     }
     if pos < data.len() {
         tracing::warn!(segment = %path.display(), offset = pos, dropped = data.len() - pos, "journal: cutting off a torn write at the end");
-        let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         f.set_len(pos as u64).map_err(io_err(&path))?;
         f.sync_all().map_err(io_err(&path))?;
     }

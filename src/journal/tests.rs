@@ -14,7 +14,11 @@ fn entry(n: usize) -> NewEntry {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -36,7 +40,11 @@ fn appends_are_durable_and_survive_reopen() {
     assert_eq!(e.error.as_deref(), Some("bad date in PID-7"));
     assert_eq!(&*e.control_id, "C2");
     assert_eq!(j.first_unprocessed(), 1);
-    assert_eq!(j.append_blocking(entry(4)).unwrap(), 4, "ids continue after reopen");
+    assert_eq!(
+        j.append_blocking(entry(4)).unwrap(),
+        4,
+        "ids continue after reopen"
+    );
 }
 
 #[test]
@@ -80,7 +88,11 @@ fn failed_sync_fails_the_batch_and_consumes_no_ids() {
     drop(j);
     let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
     assert_eq!(j.durable_id(), 2);
-    assert_eq!(&*j.entry(2).unwrap().control_id, "C3", "the failed append left nothing behind");
+    assert_eq!(
+        &*j.entry(2).unwrap().control_id,
+        "C3",
+        "the failed append left nothing behind"
+    );
 }
 
 #[test]
@@ -131,9 +143,14 @@ fn damage_in_the_middle_refuses_to_open() {
     let mut data = std::fs::read(&seg).unwrap();
     data[frame::HEADER_LEN + 3] ^= 0x55; // inside the first frame's payload
     std::fs::write(&seg, &data).unwrap();
-    let err = Journal::open(dir.path(), JournalOptions::default()).err().expect("must refuse");
+    let err = Journal::open(dir.path(), JournalOptions::default())
+        .err()
+        .expect("must refuse");
     let text = err.to_string();
-    assert!(text.contains("00000001.seg is damaged at byte 0: checksum mismatch"), "{text}");
+    assert!(
+        text.contains("00000001.seg is damaged at byte 0: checksum mismatch"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -150,7 +167,10 @@ fn segments_rotate_and_stay_readable() {
     let j = Journal::open(dir.path(), JournalOptions { segment_bytes: 200 }).unwrap();
     assert_eq!(j.durable_id(), 10);
     for n in 1..=10u64 {
-        assert_eq!(j.read_raw(n).unwrap(), format!("MSH|^~\\&|message {n}").into_bytes());
+        assert_eq!(
+            j.read_raw(n).unwrap(),
+            format!("MSH|^~\\&|message {n}").into_bytes()
+        );
     }
 }
 
@@ -166,4 +186,23 @@ fn cursor_points_at_the_first_unprocessed_entry() {
     j.set_statuses(vec![(3, Status::Queued, None), (4, Status::Stored, None)]);
     assert_eq!(j.first_unprocessed(), 5);
     assert_eq!(j.ids_with_status(Status::Queued), vec![3]);
+}
+
+#[test]
+fn a_late_queued_never_overwrites_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        j.append_blocking(entry(1)).unwrap();
+        j.set_status(1, Status::Stored, None);
+        j.set_status(1, Status::Queued, None);
+        assert_eq!(j.entry(1).unwrap().status, Status::Stored);
+        j.sync_blocking().unwrap();
+    }
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(
+        j.entry(1).unwrap().status,
+        Status::Stored,
+        "and on disk too"
+    );
 }

@@ -33,7 +33,11 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn open(db: &sled::Db) -> Result<Outbox, OutboxError> {
-        Ok(Outbox { tree: db.open_tree("outbox")?, signal: Mutex::new(0), cv: Condvar::new() })
+        Ok(Outbox {
+            tree: db.open_tree("outbox")?,
+            signal: Mutex::new(0),
+            cv: Condvar::new(),
+        })
     }
 
     /// Adds entries (not yet durable: the caller syncs the database).
@@ -59,7 +63,10 @@ impl Outbox {
         let mut out = self.peek(max)?;
         if out.is_empty() {
             let guard = self.signal.lock().expect("outbox signal lock");
-            let _ = self.cv.wait_timeout_while(guard, wait, |s| *s == seen).expect("outbox signal lock");
+            let _ = self
+                .cv
+                .wait_timeout_while(guard, wait, |s| *s == seen)
+                .expect("outbox signal lock");
             out = self.peek(max)?;
         }
         Ok(out)
@@ -70,9 +77,15 @@ impl Outbox {
         for item in self.tree.iter().take(max) {
             let (k, v) = item?;
             let journal_id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let records: Vec<Value> = serde_json::from_slice(&v)
-                .map_err(|e| OutboxError::Corrupt { id: journal_id, reason: e.to_string() })?;
-            out.push(OutboxEntry { journal_id, records });
+            let records: Vec<Value> =
+                serde_json::from_slice(&v).map_err(|e| OutboxError::Corrupt {
+                    id: journal_id,
+                    reason: e.to_string(),
+                })?;
+            out.push(OutboxEntry {
+                journal_id,
+                records,
+            });
         }
         Ok(out)
     }

@@ -65,20 +65,36 @@ impl MessagePattern {
         }
         let pieces: Vec<&str> = t.split('^').collect();
         if pieces.len() > 3 {
-            return Err(format!("message pattern \"{t}\" has more than 3 parts (TYPE^TRIGGER^STRUCTURE)"));
+            return Err(format!(
+                "message pattern \"{t}\" has more than 3 parts (TYPE^TRIGGER^STRUCTURE)"
+            ));
         }
         let mut parts: [Option<String>; 3] = Default::default();
         for (i, p) in pieces.iter().enumerate() {
-            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*') {
-                return Err(format!("message pattern \"{t}\": part {} \"{p}\" must be letters, digits, _ or *", i + 1));
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*')
+            {
+                return Err(format!(
+                    "message pattern \"{t}\": part {} \"{p}\" must be letters, digits, _ or *",
+                    i + 1
+                ));
             }
             parts[i] = (*p != "*").then(|| p.to_ascii_uppercase());
         }
-        Ok(MessagePattern { parts, text: t.to_string() })
+        Ok(MessagePattern {
+            parts,
+            text: t.to_string(),
+        })
     }
 
     pub fn matches(&self, header: &Header) -> bool {
-        let actual = [&header.message_code, &header.trigger_event, &header.message_structure];
+        let actual = [
+            &header.message_code,
+            &header.trigger_event,
+            &header.message_structure,
+        ];
         self.parts
             .iter()
             .zip(actual)
@@ -92,7 +108,8 @@ impl MessagePattern {
 
 impl Route {
     pub fn matches(&self, listener: &str, header: &Header) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|f| f == listener)) && self.message.iter().any(|p| p.matches(header))
+        (self.from.is_empty() || self.from.iter().any(|f| f == listener))
+            && self.message.iter().any(|p| p.matches(header))
     }
 }
 
@@ -104,21 +121,37 @@ pub struct RouteSet {
 
 impl RouteSet {
     /// Loads `dir/*.toml`. `mappings` and `listeners` are the names routes may refer to.
-    pub fn load(dir: &Path, mappings: &[String], listeners: &[String]) -> Result<RouteSet, Vec<Diagnostic>> {
+    pub fn load(
+        dir: &Path,
+        mappings: &[String],
+        listeners: &[String],
+    ) -> Result<RouteSet, Vec<Diagnostic>> {
         let mut files = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
                 .collect::<Vec<_>>(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(vec![Diagnostic::whole_file(dir, format!("cannot read routes directory: {e}"))]),
+            Err(e) => {
+                return Err(vec![Diagnostic::whole_file(
+                    dir,
+                    format!("cannot read routes directory: {e}"),
+                )])
+            }
         };
         files.sort();
         let mut routes = Vec::new();
         let mut problems = Vec::new();
         for file in files {
             match std::fs::read_to_string(&file) {
-                Ok(text) => load_file(&file, &text, mappings, listeners, &mut routes, &mut problems),
+                Ok(text) => load_file(
+                    &file,
+                    &text,
+                    mappings,
+                    listeners,
+                    &mut routes,
+                    &mut problems,
+                ),
                 Err(e) => problems.push(Diagnostic::whole_file(&file, format!("cannot read: {e}"))),
             }
         }
@@ -158,7 +191,9 @@ fn load_file(
             return;
         }
     };
-    let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at_offset(file, text, span.start, msg);
+    let at = |span: std::ops::Range<usize>, msg: String| {
+        Diagnostic::at_offset(file, text, span.start, msg)
+    };
     for def in parsed.route {
         let name = def.name.get_ref().trim().to_string();
         if name.is_empty() {
@@ -166,7 +201,10 @@ fn load_file(
         } else if let Some(other) = routes.iter().find(|r: &&Route| r.name == name) {
             problems.push(at(
                 def.name.span(),
-                format!("duplicate route name \"{name}\" (first defined in {})", other.file.display()),
+                format!(
+                    "duplicate route name \"{name}\" (first defined in {})",
+                    other.file.display()
+                ),
             ));
         }
         let mapping = def.mapping.get_ref().trim().to_string();
@@ -174,18 +212,29 @@ fn load_file(
             let hint = did_you_mean(&mapping, mappings.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_else(|| format!(" (no mappings/{mapping}.toml)"));
-            problems.push(at(def.mapping.span(), format!("unknown mapping \"{mapping}\"{hint}")));
+            problems.push(at(
+                def.mapping.span(),
+                format!("unknown mapping \"{mapping}\"{hint}"),
+            ));
         }
         for f in &def.from {
             if !listeners.iter().any(|l| l == f.get_ref()) {
                 let hint = did_you_mean(f.get_ref(), listeners.iter().map(String::as_str))
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
-                    .unwrap_or_else(|| format!("; halong.toml defines: {}", quoted_list(listeners)));
-                problems.push(at(f.span(), format!("unknown listener \"{}\"{hint}", f.get_ref())));
+                    .unwrap_or_else(|| {
+                        format!("; halong.toml defines: {}", quoted_list(listeners))
+                    });
+                problems.push(at(
+                    f.span(),
+                    format!("unknown listener \"{}\"{hint}", f.get_ref()),
+                ));
             }
         }
         if def.message.is_empty() {
-            problems.push(at(def.name.span(), format!("route \"{name}\" has an empty message list")));
+            problems.push(at(
+                def.name.span(),
+                format!("route \"{name}\" has an empty message list"),
+            ));
         }
         let mut patterns = Vec::new();
         for m in &def.message {
@@ -209,7 +258,11 @@ fn quoted_list(names: &[String]) -> String {
     if names.is_empty() {
         return "no listeners".into();
     }
-    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 use super::*;
 
 fn header(msh9: &str) -> Header {
-    crate::hl7::read_header(format!("MSH|^~\\&|LIS|H1|EMR|H1|20240101||{msh9}|C1|P|2.5\r").as_bytes()).unwrap()
+    crate::hl7::read_header(
+        format!("MSH|^~\\&|LIS|H1|EMR|H1|20240101||{msh9}|C1|P|2.5\r").as_bytes(),
+    )
+    .unwrap()
 }
 
 fn load(text: &str) -> Result<RouteSet, Vec<String>> {
@@ -10,7 +13,12 @@ fn load(text: &str) -> Result<RouteSet, Vec<String>> {
     let mappings = vec!["oru_r01".to_string(), "adt".to_string()];
     let listeners = vec!["lab".to_string(), "his".to_string()];
     RouteSet::load(dir.path(), &mappings, &listeners).map_err(|ds| {
-        ds.iter().map(|d| d.to_string().replace(&format!("{}/", dir.path().display()), "")).collect()
+        ds.iter()
+            .map(|d| {
+                d.to_string()
+                    .replace(&format!("{}/", dir.path().display()), "")
+            })
+            .collect()
     })
 }
 
@@ -20,9 +28,15 @@ fn patterns_match_type_trigger_and_structure() {
     assert!(p.matches(&header("ORU^R01^ORU_R01")));
     assert!(p.matches(&header("oru^r01")));
     assert!(!p.matches(&header("ORU^R30")));
-    assert!(MessagePattern::parse("ADT^*").unwrap().matches(&header("ADT^A08")));
-    assert!(MessagePattern::parse("*").unwrap().matches(&header("SIU^S12")));
-    assert!(!MessagePattern::parse("ORU^R01^OUL_R22").unwrap().matches(&header("ORU^R01^ORU_R01")));
+    assert!(MessagePattern::parse("ADT^*")
+        .unwrap()
+        .matches(&header("ADT^A08")));
+    assert!(MessagePattern::parse("*")
+        .unwrap()
+        .matches(&header("SIU^S12")));
+    assert!(!MessagePattern::parse("ORU^R01^OUL_R22")
+        .unwrap()
+        .matches(&header("ORU^R01^ORU_R01")));
     assert_eq!(
         MessagePattern::parse("ORU R01").unwrap_err(),
         "message pattern \"ORU R01\": part 1 \"ORU R01\" must be letters, digits, _ or *"
@@ -51,9 +65,15 @@ mapping = "adt"
 "#,
     )
     .unwrap();
-    assert_eq!(routes.find("lab", &header("ORU^R01")).unwrap().name, "lab-results");
+    assert_eq!(
+        routes.find("lab", &header("ORU^R01")).unwrap().name,
+        "lab-results"
+    );
     assert!(routes.find("his", &header("ORU^R01")).is_none());
-    assert_eq!(routes.find("his", &header("ADT^A01")).unwrap().name, "adt-any");
+    assert_eq!(
+        routes.find("his", &header("ADT^A01")).unwrap().name,
+        "adt-any"
+    );
     assert!(routes.find("lab", &header("SIU^S12")).is_none());
 }
 

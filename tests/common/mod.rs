@@ -48,7 +48,9 @@ pub fn config(data: &Path, extra: &str) -> Config {
 }
 
 pub async fn start(data: &Path) -> Engine {
-    Engine::start(config(data, "")).await.expect("engine starts")
+    Engine::start(config(data, ""))
+        .await
+        .expect("engine starts")
 }
 
 pub fn sample(name: &str) -> Vec<u8> {
@@ -68,9 +70,14 @@ pub struct Mllp {
 impl Mllp {
     pub fn connect(addr: SocketAddr) -> Mllp {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Mllp { stream, buf: Vec::new() }
+        Mllp {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -130,27 +137,48 @@ pub fn ack_segments(ack: &str) -> Vec<String> {
 }
 
 pub fn msa_code(ack: &str) -> String {
-    ack.split('\r').find(|s| s.starts_with("MSA")).and_then(|s| s.split('|').nth(1)).unwrap_or("").to_string()
+    ack.split('\r')
+        .find(|s| s.starts_with("MSA"))
+        .and_then(|s| s.split('|').nth(1))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// GET over HTTP/1.1; returns (status, body).
 pub fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let text = String::from_utf8(resp).expect("UTF-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     loop {
-        let Some((size, rest)) = body.split_once("\r\n") else { break };
+        let Some((size, rest)) = body.split_once("\r\n") else {
+            break;
+        };
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
@@ -163,14 +191,20 @@ fn dechunk(mut body: &str) -> String {
 
 pub fn http_json(addr: SocketAddr, path_and_query: &str) -> (u16, serde_json::Value) {
     let (code, body) = http_get(addr, path_and_query);
-    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {body}")))
+    (
+        code,
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path_and_query}: not JSON ({e}): {body}")),
+    )
 }
 
 /// Percent-encodes a query value.
 pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

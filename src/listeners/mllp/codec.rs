@@ -50,7 +50,12 @@ pub struct MllpCodec {
 
 impl MllpCodec {
     pub fn new(max_len: usize) -> Self {
-        MllpCodec { max_len, in_frame: false, scanned: 0, junk_skipped: 0 }
+        MllpCodec {
+            max_len,
+            in_frame: false,
+            scanned: 0,
+            junk_skipped: 0,
+        }
     }
 }
 
@@ -138,9 +143,16 @@ impl MllpCodec {
     }
 
     fn oversized(&self, content: &[u8]) -> MllpError {
-        let start = if content.starts_with(BOM) { BOM.len() } else { 0 };
+        let start = if content.starts_with(BOM) {
+            BOM.len()
+        } else {
+            0
+        };
         let end = content.len().min(start + KEEP_PREFIX);
-        MllpError::Oversized { max: self.max_len, prefix: content[start..end].to_vec() }
+        MllpError::Oversized {
+            max: self.max_len,
+            prefix: content[start..end].to_vec(),
+        }
     }
 }
 
@@ -215,22 +227,72 @@ mod tests {
     fn framing_table() {
         let msg = "MSH|^~\\&|A\rPID|1\r";
         let cases: Vec<(&str, Vec<&[u8]>, Vec<Out>, u64)> = vec![
-            ("one frame", vec![b"\x0bMSH|^~\\&|A\rPID|1\r\x1c\x0d"], vec![f(msg)], 0),
-            ("junk before start block", vec![b"garbage\r\n\x0bMSH|^~\\&|A\rPID|1\r\x1c\x0d"], vec![f(msg)], 9),
-            ("junk between frames", vec![b"\x0bA\x1c\x0d\r\n\x00\x0bB\x1c\x0d"], vec![f("A"), f("B")], 3),
-            ("BOM dropped", vec![b"\x0b\xef\xbb\xbfMSH|^~\\&|A\rPID|1\r\x1c\x0d"], vec![f(msg)], 0),
-            ("two frames in one read", vec![b"\x0bA\x1c\x0d\x0bB\x1c\x0d"], vec![f("A"), f("B")], 0),
+            (
+                "one frame",
+                vec![b"\x0bMSH|^~\\&|A\rPID|1\r\x1c\x0d"],
+                vec![f(msg)],
+                0,
+            ),
+            (
+                "junk before start block",
+                vec![b"garbage\r\n\x0bMSH|^~\\&|A\rPID|1\r\x1c\x0d"],
+                vec![f(msg)],
+                9,
+            ),
+            (
+                "junk between frames",
+                vec![b"\x0bA\x1c\x0d\r\n\x00\x0bB\x1c\x0d"],
+                vec![f("A"), f("B")],
+                3,
+            ),
+            (
+                "BOM dropped",
+                vec![b"\x0b\xef\xbb\xbfMSH|^~\\&|A\rPID|1\r\x1c\x0d"],
+                vec![f(msg)],
+                0,
+            ),
+            (
+                "two frames in one read",
+                vec![b"\x0bA\x1c\x0d\x0bB\x1c\x0d"],
+                vec![f("A"), f("B")],
+                0,
+            ),
             (
                 "one frame over many reads",
                 vec![b"\x0bMSH|^~", b"\\&|A\rPI", b"D|1\r", b"\x1c", b"\x0d"],
                 vec![f(msg)],
                 0,
             ),
-            ("LF separators kept for the parser", vec![b"\x0bMSH|^~\\&|A\nPID|1\n\x1c\x0d"], vec![f("MSH|^~\\&|A\nPID|1\n")], 0),
-            ("CRLF separators kept for the parser", vec![b"\x0bMSH|x\r\nPID|1\r\n\x1c\x0d"], vec![f("MSH|x\r\nPID|1\r\n")], 0),
-            ("stray EB inside content", vec![b"\x0bA\x1cB\x1c\x0d"], vec![f("A\x1cB")], 0),
-            ("missing end block at close", vec![b"\x0bMSH|^~\\&|A\r"], vec![Out::Incomplete(11)], 0),
-            ("EB without CR at close", vec![b"\x0bAB\x1c"], vec![Out::Incomplete(3)], 0),
+            (
+                "LF separators kept for the parser",
+                vec![b"\x0bMSH|^~\\&|A\nPID|1\n\x1c\x0d"],
+                vec![f("MSH|^~\\&|A\nPID|1\n")],
+                0,
+            ),
+            (
+                "CRLF separators kept for the parser",
+                vec![b"\x0bMSH|x\r\nPID|1\r\n\x1c\x0d"],
+                vec![f("MSH|x\r\nPID|1\r\n")],
+                0,
+            ),
+            (
+                "stray EB inside content",
+                vec![b"\x0bA\x1cB\x1c\x0d"],
+                vec![f("A\x1cB")],
+                0,
+            ),
+            (
+                "missing end block at close",
+                vec![b"\x0bMSH|^~\\&|A\r"],
+                vec![Out::Incomplete(11)],
+                0,
+            ),
+            (
+                "EB without CR at close",
+                vec![b"\x0bAB\x1c"],
+                vec![Out::Incomplete(3)],
+                0,
+            ),
             ("only junk", vec![b"hello"], vec![], 5),
             ("empty frame", vec![b"\x0b\x1c\x0d"], vec![f("")], 0),
         ];

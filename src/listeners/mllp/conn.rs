@@ -25,7 +25,12 @@ pub struct MllpSettings {
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, settings: MllpSettings, journal: Journal, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    settings: MllpSettings,
+    journal: Journal,
+    shutdown: CancellationToken,
+) {
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     loop {
@@ -70,7 +75,8 @@ async fn connection(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
-    let mut frames = FramedRead::with_capacity(read, MllpCodec::new(settings.max_message_bytes), 64 * 1024);
+    let mut frames =
+        FramedRead::with_capacity(read, MllpCodec::new(settings.max_message_bytes), 64 * 1024);
     let peer_text = peer.to_string();
     loop {
         let next = tokio::select! {
@@ -94,16 +100,39 @@ async fn connection(
                 let text = format!("message exceeds the maximum size of {max} bytes");
                 tracing::warn!(listener = %settings.name, %peer, max, "oversized message refused");
                 let header = hl7::read_header(&prefix).ok();
-                let kept = keep_bad(journal, settings, &peer_text, header.as_ref(), prefix, &text).await;
-                let ack = nak(header.as_ref(), Outcome::Reject, 100, &format!("{text}{kept}"), None);
+                let kept = keep_bad(
+                    journal,
+                    settings,
+                    &peer_text,
+                    header.as_ref(),
+                    prefix,
+                    &text,
+                )
+                .await;
+                let ack = nak(
+                    header.as_ref(),
+                    Outcome::Reject,
+                    100,
+                    &format!("{text}{kept}"),
+                    None,
+                );
                 write.write_all(&frame(&ack)).await?;
                 return Ok(());
             }
             Err(MllpError::Incomplete { len, prefix }) => {
-                let text = format!("connection closed inside a frame after {len} bytes (no end block)");
+                let text =
+                    format!("connection closed inside a frame after {len} bytes (no end block)");
                 tracing::warn!(listener = %settings.name, %peer, len, "incomplete frame at close");
                 let header = hl7::read_header(&prefix).ok();
-                keep_bad(journal, settings, &peer_text, header.as_ref(), prefix, &text).await;
+                keep_bad(
+                    journal,
+                    settings,
+                    &peer_text,
+                    header.as_ref(),
+                    prefix,
+                    &text,
+                )
+                .await;
                 return Ok(());
             }
             Err(MllpError::Io(e)) => return Err(e),
@@ -112,7 +141,12 @@ async fn connection(
 }
 
 /// Journals one message and returns the ACK to send.
-async fn handle_message(raw: Vec<u8>, peer: &str, settings: &MllpSettings, journal: &Journal) -> Vec<u8> {
+async fn handle_message(
+    raw: Vec<u8>,
+    peer: &str,
+    settings: &MllpSettings,
+    journal: &Journal,
+) -> Vec<u8> {
     let received_ms = now_ms();
     let size = raw.len();
     // The whole message is parsed before answering so that a malformed one is NAKed at
@@ -128,9 +162,19 @@ async fn handle_message(raw: Vec<u8>, peer: &str, settings: &MllpSettings, journ
         listener: settings.name.clone(),
         peer: peer.to_string(),
         received_ms,
-        message_type: header.as_ref().map(Header::type_trigger).unwrap_or_default(),
-        control_id: header.as_ref().map(|h| h.control_id.clone()).unwrap_or_default(),
-        status: if error.is_some() { Status::Error } else { Status::Received },
+        message_type: header
+            .as_ref()
+            .map(Header::type_trigger)
+            .unwrap_or_default(),
+        control_id: header
+            .as_ref()
+            .map(|h| h.control_id.clone())
+            .unwrap_or_default(),
+        status: if error.is_some() {
+            Status::Error
+        } else {
+            Status::Received
+        },
         error: error.clone(),
         raw,
     };
@@ -142,7 +186,13 @@ async fn handle_message(raw: Vec<u8>, peer: &str, settings: &MllpSettings, journ
                 (Outcome::Accept, _) | (_, None) => {
                     tracing::debug!(listener = %settings.name, id, %message_type, size, "message journaled");
                     let h = header.as_ref().expect("parsed messages have a header");
-                    hl7::build_ack(h, AckCode::for_outcome(h, Outcome::Accept), None, &ack_id, &hl7_now())
+                    hl7::build_ack(
+                        h,
+                        AckCode::for_outcome(h, Outcome::Accept),
+                        None,
+                        &ack_id,
+                        &hl7_now(),
+                    )
                 }
                 (outcome, Some(text)) => {
                     tracing::info!(listener = %settings.name, id, %message_type, size, "malformed message kept with status error");
@@ -153,7 +203,13 @@ async fn handle_message(raw: Vec<u8>, peer: &str, settings: &MllpSettings, journ
         }
         Err(e) => {
             tracing::error!(listener = %settings.name, %message_type, size, error = %e, "message not journaled; NAK sent");
-            nak(header.as_ref(), Outcome::Error, 207, "message could not be stored durably; resend it later", None)
+            nak(
+                header.as_ref(),
+                Outcome::Error,
+                207,
+                "message could not be stored durably; resend it later",
+                None,
+            )
         }
     }
 }
@@ -175,7 +231,10 @@ async fn keep_bad(
         message_type: header.map(Header::type_trigger).unwrap_or_default(),
         control_id: header.map(|h| h.control_id.clone()).unwrap_or_default(),
         status: Status::Error,
-        error: Some(format!("{text}; the journal keeps only the first {} bytes", prefix.len())),
+        error: Some(format!(
+            "{text}; the journal keeps only the first {} bytes",
+            prefix.len()
+        )),
         raw: prefix,
     };
     match journal.append(entry).await {
@@ -187,14 +246,33 @@ async fn keep_bad(
     }
 }
 
-fn nak(header: Option<&Header>, outcome: Outcome, code: u16, text: &str, ack_id: Option<&str>) -> Vec<u8> {
-    let err = AckError { code, text: text.to_string() };
+fn nak(
+    header: Option<&Header>,
+    outcome: Outcome,
+    code: u16,
+    text: &str,
+    ack_id: Option<&str>,
+) -> Vec<u8> {
+    let err = AckError {
+        code,
+        text: text.to_string(),
+    };
     let fallback = format!("HLE{}", now_ms());
     let ack_id = ack_id.unwrap_or(&fallback);
     match header {
-        Some(h) => hl7::build_ack(h, AckCode::for_outcome(h, outcome), Some(&err), ack_id, &hl7_now()),
+        Some(h) => hl7::build_ack(
+            h,
+            AckCode::for_outcome(h, outcome),
+            Some(&err),
+            ack_id,
+            &hl7_now(),
+        ),
         None => {
-            let code = if outcome == Outcome::Reject { AckCode::AR } else { AckCode::AE };
+            let code = if outcome == Outcome::Reject {
+                AckCode::AR
+            } else {
+                AckCode::AE
+            };
             hl7::build_ack_without_header(code, &err, ack_id, &hl7_now())
         }
     }

@@ -1,0 +1,653 @@
+//! Store-level tests against a real sled database in a temporary directory.
+
+use serde_json::{json, Value};
+use unicode_normalization::UnicodeNormalization;
+
+use super::*;
+
+fn open(dir: &Path) -> Store {
+    let db = Store::sled_config(dir).open().expect("open sled");
+    Store::open(db, dir).expect("open store")
+}
+
+fn patient(id: &str, family: &str, given: &[&str], idents: &[(&str, &str)]) -> Value {
+    let identifier: Vec<Value> = idents
+        .iter()
+        .map(|(s, v)| {
+            if s.is_empty() {
+                json!({ "value": v })
+            } else {
+                json!({ "system": s, "value": v })
+            }
+        })
+        .collect();
+    json!({
+        "resourceType": "Patient",
+        "id": id,
+        "identifier": identifier,
+        "name": [{ "family": family, "given": given }],
+    })
+}
+
+fn ids(found: &[Value]) -> Vec<&str> {
+    found.iter().map(|r| r["id"].as_str().unwrap()).collect()
+}
+
+fn by_name(store: &Store, name: &str) -> Vec<String> {
+    let q = PatientQuery {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    ids(&store.search_patients(&q).unwrap())
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+fn by_ident(store: &Store, ident: &str) -> Vec<String> {
+    let q = PatientQuery {
+        identifier: Some(ident.into()),
+        ..Default::default()
+    };
+    ids(&store.search_patients(&q).unwrap())
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn upsert_then_get_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = patient(
+        "p1",
+        "Nguyễn",
+        &["Thị", "Ngọc"],
+        &[("urn:oid:1.2.3", "BN001")],
+    );
+    // parsed from text (not `json!`, which goes through f64) to keep the decimal as sent
+    let obs: Value = serde_json::from_str(
+        r#"{"resourceType": "Observation", "id": "o1", "status": "final",
+            "valueQuantity": {"value": 5.10, "unit": "mmol/L"}, "subject": {"reference": "Patient/p1"}}"#,
+    )
+    .unwrap();
+    let stats = store.upsert_batch(&[p.clone(), obs.clone()]).unwrap();
+    assert_eq!(
+        stats,
+        UpsertStats {
+            written: 2,
+            unchanged: 0
+        }
+    );
+    assert_eq!(store.get("Patient", "p1").unwrap(), Some(p));
+    // arbitrary_precision keeps the decimal exactly as sent
+    let got = store.get("Observation", "o1").unwrap().unwrap();
+    assert_eq!(got, obs);
+    assert_eq!(got["valueQuantity"]["value"].to_string(), "5.10");
+    assert_eq!(store.get("Patient", "nope").unwrap(), None);
+    assert_eq!(store.get("Patient", "bad id").unwrap(), None);
+    assert_eq!(store.get("Observation", "p1").unwrap(), None);
+    assert_eq!(store.count("Patient").unwrap(), 1);
+    assert_eq!(store.count("Observation").unwrap(), 1);
+    assert_eq!(store.count("Encounter").unwrap(), 0);
+}
+
+#[test]
+fn re_upsert_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch = vec![
+        patient("p1", "Trần", &["Văn", "An"], &[("s", "1")]),
+        patient("p2", "Lê", &["Thị", "Bình"], &[("s", "2")]),
+    ];
+    assert_eq!(
+        store.upsert_batch(&batch).unwrap(),
+        UpsertStats {
+            written: 2,
+            unchanged: 0
+        }
+    );
+    assert_eq!(
+        store.upsert_batch(&batch).unwrap(),
+        UpsertStats {
+            written: 0,
+            unchanged: 2
+        }
+    );
+    assert_eq!(store.count("Patient").unwrap(), 2);
+    // a changed record is written, the count does not move
+    let changed = patient("p1", "Trần", &["Văn", "Anh"], &[("s", "1")]);
+    assert_eq!(
+        store.upsert_batch(&[changed, batch[1].clone()]).unwrap(),
+        UpsertStats {
+            written: 1,
+            unchanged: 1
+        }
+    );
+    assert_eq!(store.count("Patient").unwrap(), 2);
+    assert_eq!(by_name(&store, "tran"), ["p1"]);
+    // the same record twice in one batch: last wins, counted once
+    let a = patient("p3", "Phạm", &["A"], &[]);
+    let b = patient("p3", "Phạm", &["B"], &[]);
+    assert_eq!(
+        store.upsert_batch(&[a, b.clone()]).unwrap(),
+        UpsertStats {
+            written: 2,
+            unchanged: 0
+        }
+    );
+    assert_eq!(store.count("Patient").unwrap(), 3);
+    assert_eq!(store.get("Patient", "p3").unwrap(), Some(b));
+    assert!(by_name(&store, "pham a").is_empty());
+    assert_eq!(by_name(&store, "pham b"), ["p3"]);
+}
+
+#[test]
+fn name_search_is_accent_case_and_form_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_batch(&[
+            patient("p1", "Nguyễn", &["Thị", "Ngọc"], &[]),
+            patient("p2", "Đặng", &["Văn", "Đức"], &[]),
+            patient("p3", "Nguyễn", &["Văn", "Nam"], &[]),
+            patient("p4", "Trương", &["Thị", "Ngân"], &[]),
+            // stored in NFD: the index must not care
+            patient(
+                "p5",
+                &"Huỳnh".nfd().collect::<String>(),
+                &["Thị", "Ánh"],
+                &[],
+            ),
+        ])
+        .unwrap();
+    let nfd = |s: &str| s.nfd().collect::<String>();
+    let table: Vec<(String, &[&str])> = vec![
+        ("nguyen thi ngoc".into(), &["p1"]),
+        ("Nguyễn Thị Ngọc".into(), &["p1"]),
+        (nfd("Nguyễn Thị Ngọc"), &["p1"]),
+        ("NGUYEN".into(), &["p1", "p3"]),
+        ("ngọc".into(), &["p1"]),
+        (nfd("ngọc"), &["p1"]),
+        ("thi ng".into(), &["p1", "p4"]),
+        ("ng".into(), &["p1", "p3", "p4"]),
+        ("dang".into(), &["p2"]),
+        ("Đặng đức".into(), &["p2"]),
+        ("ĐẶNG".into(), &["p2"]),
+        ("duc dang".into(), &["p2"]),
+        ("van".into(), &["p2", "p3"]),
+        ("huynh anh".into(), &["p5"]),
+        ("Huỳnh".into(), &["p5"]),
+        ("nguyen x".into(), &[]),
+        ("ngocx".into(), &[]),
+        ("tran".into(), &[]),
+    ];
+    for (query, want) in table {
+        assert_eq!(by_name(&store, &query), want, "name={query:?}");
+    }
+    // limit caps, in id order
+    let q = PatientQuery {
+        name: Some("thi".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.search_patients(&q).unwrap()), ["p1", "p4"]);
+    // no criteria: every patient, id order
+    assert_eq!(
+        ids(&store.search_patients(&PatientQuery::default()).unwrap()).len(),
+        5
+    );
+}
+
+#[test]
+fn name_tokens_come_from_every_name_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = json!({"resourceType": "Patient", "id": "p1", "name": [
+        {"use": "official", "family": "Lý", "given": ["Thừa"], "prefix": ["Bác sĩ"], "suffix": ["Jr"]},
+        {"use": "nickname", "text": "Bé Na"}
+    ]});
+    store.upsert_batch(&[p]).unwrap();
+    for q in ["ly thua", "bac si", "jr", "be na", "na ly"] {
+        assert_eq!(by_name(&store, q), ["p1"], "name={q:?}");
+    }
+}
+
+#[test]
+fn identifier_search_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_batch(&[
+            patient(
+                "p1",
+                "A",
+                &[],
+                &[("urn:oid:1.1", "123"), ("urn:oid:9", "CMND-77")],
+            ),
+            patient("p2", "B", &[], &[("urn:oid:2.2", "123")]),
+            patient("p3", "C", &[], &[("", "123")]),
+            patient("p4", "D", &[], &[("urn:oid:1.1", "1234")]),
+        ])
+        .unwrap();
+    assert_eq!(by_ident(&store, "123"), ["p1", "p2", "p3"]);
+    assert_eq!(by_ident(&store, "urn:oid:1.1|123"), ["p1"]);
+    assert_eq!(by_ident(&store, "urn:oid:2.2|123"), ["p2"]);
+    assert_eq!(by_ident(&store, "|123"), ["p3"]);
+    assert_eq!(by_ident(&store, "CMND-77"), ["p1"]);
+    assert!(
+        by_ident(&store, "12").is_empty(),
+        "identifiers match exactly, not by prefix"
+    );
+    assert!(by_ident(&store, "urn:oid:1|123").is_empty());
+    // identifier AND name
+    let q = PatientQuery {
+        name: Some("b".into()),
+        identifier: Some("123".into()),
+        limit: 0,
+    };
+    assert_eq!(ids(&store.search_patients(&q).unwrap()), ["p2"]);
+    let q = PatientQuery {
+        name: Some("zz".into()),
+        identifier: Some("123".into()),
+        limit: 0,
+    };
+    assert!(store.search_patients(&q).unwrap().is_empty());
+}
+
+#[test]
+fn name_and_identifier_changes_remove_old_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_batch(&[patient("p1", "Phạm", &["Thị", "Lan"], &[("s", "old")])])
+        .unwrap();
+    assert_eq!(by_name(&store, "lan"), ["p1"]);
+    // ADT^A08: the patient is renamed and the identifier corrected
+    store
+        .upsert_batch(&[patient("p1", "Võ", &["Thị", "Lan", "Anh"], &[("s", "new")])])
+        .unwrap();
+    assert!(
+        by_name(&store, "pham").is_empty(),
+        "old family name must stop matching"
+    );
+    assert_eq!(by_name(&store, "vo lan anh"), ["p1"]);
+    assert_eq!(by_name(&store, "thi"), ["p1"]);
+    assert!(by_ident(&store, "s|old").is_empty());
+    assert_eq!(by_ident(&store, "s|new"), ["p1"]);
+    assert_eq!(store.count("Patient").unwrap(), 1);
+    // no index key of the old name remains
+    let stale: Vec<_> = store
+        .inner
+        .tree
+        .scan_prefix(b"n/pham")
+        .chain(store.inner.tree.scan_prefix(b"i/old"))
+        .collect();
+    assert!(stale.is_empty());
+}
+
+fn encounter(id: &str, pid: &str) -> Value {
+    json!({"resourceType": "Encounter", "id": id, "status": "finished",
+        "subject": {"reference": format!("Patient/{pid}")}})
+}
+
+fn observation(id: &str, pid: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+        "subject": {"reference": format!("Patient/{pid}")},
+        "encounter": {"reference": "Encounter/e1"}})
+}
+
+#[test]
+fn everything_returns_the_patient_and_what_references_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_batch(&[
+            observation("o2", "p1"),
+            patient("p1", "Nguyễn", &["An"], &[]),
+            patient("p2", "Lê", &["Bình"], &[]),
+            encounter("e1", "p1"),
+            observation("o1", "p1"),
+            observation("o3", "p2"),
+            json!({"resourceType": "FamilyMemberHistory", "id": "f1", "status": "completed",
+                "patient": {"reference": "Patient/p1"}, "relationship": {"text": "mother"}}),
+            json!({"resourceType": "Group", "id": "g1", "type": "person", "actual": true,
+                "member": [{"entity": {"reference": "Patient/p1"}}, {"entity": {"reference": "Patient/p2"}}]}),
+        ])
+        .unwrap();
+    let all = store.everything("p1").unwrap().unwrap();
+    let keys: Vec<String> = all
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "Patient/p1",
+            "Encounter/e1",
+            "FamilyMemberHistory/f1",
+            "Group/g1",
+            "Observation/o1",
+            "Observation/o2"
+        ]
+    );
+    let p2: Vec<_> = store
+        .everything("p2")
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(p2, [json!("p2"), json!("g1"), json!("o3")]);
+    assert_eq!(store.everything("p9").unwrap(), None);
+    assert_eq!(store.everything("bad id").unwrap(), None);
+}
+
+#[test]
+fn re_pointed_record_leaves_the_old_patient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_batch(&[
+            patient("p1", "A", &[], &[]),
+            patient("p2", "B", &[], &[]),
+            observation("o1", "p1"),
+        ])
+        .unwrap();
+    assert_eq!(store.everything("p1").unwrap().unwrap().len(), 2);
+    // the result was filed against the wrong patient and corrected
+    store.upsert_batch(&[observation("o1", "p2")]).unwrap();
+    assert_eq!(store.everything("p1").unwrap().unwrap().len(), 1);
+    let p2 = store.everything("p2").unwrap().unwrap();
+    assert_eq!(ids(&p2), ["p2", "o1"]);
+    // a reference removed altogether
+    store
+        .upsert_batch(&[json!({"resourceType": "Observation", "id": "o1", "status": "final"})])
+        .unwrap();
+    assert_eq!(store.everything("p2").unwrap().unwrap().len(), 1);
+    assert_eq!(store.count("Observation").unwrap(), 1);
+}
+
+#[test]
+fn invalid_resources_refuse_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let good = patient("p1", "A", &[], &[]);
+    let table: Vec<(Value, &str)> = vec![
+        (json!("text"), "invalid resource at position 1 of the batch: not a JSON object but a string"),
+        (json!({"id": "x"}), "invalid resource at position 1 of the batch: missing \"resourceType\""),
+        (
+            json!({"resourceType": "Patient"}),
+            "invalid resource at position 1 of the batch: Patient: missing \"id\"",
+        ),
+        (
+            json!({"resourceType": "Patient", "id": 5}),
+            "invalid resource at position 1 of the batch: Patient: \"id\" is a number, not a string",
+        ),
+        (
+            json!({"resourceType": "Patient", "id": "a/b"}),
+            "invalid resource at position 1 of the batch: Patient: \"id\" \"a/b\" is not a FHIR id ([A-Za-z0-9\\-.]{1,64})",
+        ),
+        (
+            json!({"resourceType": "patient", "id": "x"}),
+            "invalid resource at position 1 of the batch: \"resourceType\" \"patient\" is not a FHIR type name ([A-Z][A-Za-z]{0,63})",
+        ),
+    ];
+    for (bad, message) in table {
+        let err = store
+            .upsert_batch(&[good.clone(), bad.clone()])
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidResource { position: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), message, "for {bad}");
+    }
+    assert_eq!(
+        store.get("Patient", "p1").unwrap(),
+        None,
+        "nothing of a refused batch is written"
+    );
+    assert_eq!(store.count("Patient").unwrap(), 0);
+}
+
+#[test]
+fn synced_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[
+                patient("p1", "Đỗ", &["Minh"], &[("s", "9")]),
+                encounter("e1", "p1"),
+            ])
+            .unwrap();
+        store.sync().unwrap();
+        // concurrent syncs take turns
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || s.sync())
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.get("Patient", "p1").unwrap().unwrap()["name"][0]["family"],
+        "Đỗ"
+    );
+    assert_eq!(by_name(&store, "do minh"), ["p1"]);
+    assert_eq!(by_ident(&store, "s|9"), ["p1"]);
+    assert_eq!(store.everything("p1").unwrap().unwrap().len(), 2);
+    assert_eq!(store.count("Patient").unwrap(), 1);
+    assert_eq!(store.count("Encounter").unwrap(), 1);
+}
+
+#[test]
+fn open_refuses_an_unknown_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Store::sled_config(dir.path()).open().unwrap();
+    db.open_tree(TREE)
+        .unwrap()
+        .insert(b"m/layout", b"99")
+        .unwrap();
+    let err = Store::open(db, dir.path()).err().expect("must refuse");
+    assert!(
+        matches!(err, StoreError::UnsupportedLayout { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn store_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Store>();
+}
+
+#[test]
+fn searches_run_while_a_writer_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_batch(&[patient("p0", "Nguyễn", &["Ngọc"], &[])])
+        .unwrap();
+    let writer = {
+        let s = store.clone();
+        std::thread::spawn(move || {
+            for i in 1..50 {
+                s.upsert_batch(&[patient(&format!("p{i}"), "Nguyễn", &["Ngọc"], &[])])
+                    .unwrap();
+            }
+        })
+    };
+    for _ in 0..50 {
+        let found = by_name(&store, "nguyen ngoc");
+        assert!(!found.is_empty());
+    }
+    writer.join().unwrap();
+    assert_eq!(by_name(&store, "nguyen ngoc").len(), 50);
+}
+
+#[test]
+fn patients_with_many_name_tokens_are_found_without_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let given: Vec<String> = (0..20).map(|i| format!("Tên{i}")).collect();
+    let given: Vec<&str> = given.iter().map(String::as_str).collect();
+    store
+        .upsert_batch(&[
+            patient("p1", "Nguyễn", &given, &[]),
+            patient("p2", "Nguyễn", &["Tên1", "Tên19"], &[]),
+        ])
+        .unwrap();
+    assert_eq!(by_name(&store, "ten1 ten19"), ["p1", "p2"]);
+    assert_eq!(by_name(&store, "nguyen ten7"), ["p1"]);
+}
+
+#[test]
+fn short_prefixes_with_many_pairs_fall_back_to_a_token_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch: Vec<Value> = (0..80)
+        .map(|i| {
+            patient(
+                &format!("p{i:02}"),
+                &format!("Ba{i}"),
+                &[&format!("Xa{i}")],
+                &[],
+            )
+        })
+        .collect();
+    store.upsert_batch(&batch).unwrap();
+    assert_eq!(by_name(&store, "ba xa").len(), 80);
+    assert_eq!(
+        by_name(&store, "ba7 xa7"),
+        ["p07", "p70", "p71", "p72", "p73", "p74", "p75", "p76", "p77", "p78", "p79"]
+    );
+}
+
+/// Every planned search (token scan, pair scan, fallback, limit) must return exactly
+/// what a brute-force filter over all patients returns.
+#[test]
+fn name_search_agrees_with_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let syllables = [
+        "Nguyễn", "Ngô", "Ngọc", "Nga", "Thị", "Thanh", "Thảo", "Văn", "Vân", "Đức", "Đào", "Anh",
+        "An", "Ánh",
+    ];
+    let mut seed: u64 = 0x1234_5678;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    let mut all = Vec::new();
+    for i in 0..400 {
+        let family = syllables[next(syllables.len())];
+        let given: Vec<&str> = (0..1 + next(3))
+            .map(|_| syllables[next(syllables.len())])
+            .collect();
+        all.push(patient(&format!("p{i:03}"), family, &given, &[]));
+    }
+    store.upsert_batch(&all).unwrap();
+    // rename a tenth of them, so stale entries would show
+    let renamed: Vec<Value> = (0..40)
+        .map(|i| {
+            patient(
+                &format!("p{:03}", i * 10),
+                syllables[next(syllables.len())],
+                &[syllables[next(syllables.len())]],
+                &[],
+            )
+        })
+        .collect();
+    store.upsert_batch(&renamed).unwrap();
+    let current: Vec<Value> = (0..400)
+        .map(|i| store.get("Patient", &format!("p{i:03}")).unwrap().unwrap())
+        .collect();
+    let prefixes = [
+        "n", "ng", "ngu", "nguyen", "ngo", "ngoc", "t", "th", "thi", "thanh", "v", "van", "d",
+        "duc", "dao", "a", "an", "anh", "z",
+    ];
+    for _ in 0..300 {
+        let k = 1 + next(3);
+        let q: Vec<&str> = (0..k).map(|_| prefixes[next(prefixes.len())]).collect();
+        let query = q.join(" ");
+        let want: Vec<&str> = current
+            .iter()
+            .filter(|p| {
+                let have = index::name_tokens(p);
+                q.iter().all(|t| have.iter().any(|h| h.starts_with(t)))
+            })
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        for limit in [0, 7] {
+            let got = store
+                .search_patients(&PatientQuery {
+                    name: Some(query.clone()),
+                    limit,
+                    ..Default::default()
+                })
+                .unwrap();
+            let cap = if limit == 0 { 100 } else { limit };
+            assert_eq!(
+                ids(&got),
+                want[..want.len().min(cap)],
+                "name={query:?} limit={limit}"
+            );
+        }
+    }
+}
+
+#[test]
+fn patients_and_encounters_keep_elements_a_later_message_does_not_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let full = json!({
+        "resourceType": "Patient", "id": "p1",
+        "name": [{"family": "Nguyễn", "given": ["Ánh"]}],
+        "address": [{"city": "Hồ Chí Minh"}],
+        "deceasedBoolean": false
+    });
+    store.upsert_batch(&[full]).unwrap();
+    // A lab result's thin PID: no address; a deceased time replaces the boolean.
+    let thin = json!({
+        "resourceType": "Patient", "id": "p1",
+        "name": [{"family": "Nguyễn", "given": ["Ánh"]}],
+        "deceasedDateTime": "2026-11-20T10:00:00+07:00"
+    });
+    store.upsert_batch(&[thin]).unwrap();
+    let p = store.get("Patient", "p1").unwrap().unwrap();
+    assert_eq!(p["address"][0]["city"], "Hồ Chí Minh");
+    assert_eq!(p["deceasedDateTime"], "2026-11-20T10:00:00+07:00");
+    assert!(
+        p.get("deceasedBoolean").is_none(),
+        "one choice type only: {p}"
+    );
+    // Re-sending the thin version changes nothing more.
+    let again = json!({
+        "resourceType": "Patient", "id": "p1",
+        "name": [{"family": "Nguyễn", "given": ["Ánh"]}],
+        "deceasedDateTime": "2026-11-20T10:00:00+07:00"
+    });
+    assert_eq!(store.upsert_batch(&[again]).unwrap().unchanged, 1);
+
+    // Observations are replaced whole: a corrected result is authoritative.
+    store.upsert_batch(&[json!({"resourceType": "Observation", "id": "o1", "valueString": "a", "note": [{"text": "x"}]})]).unwrap();
+    store
+        .upsert_batch(&[json!({"resourceType": "Observation", "id": "o1", "valueString": "b"})])
+        .unwrap();
+    let o = store.get("Observation", "o1").unwrap().unwrap();
+    assert!(o.get("note").is_none());
+}
