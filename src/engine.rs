@@ -92,7 +92,22 @@ impl Engine {
                 path: db_dir.display().to_string(),
                 source,
             })?;
-        let outbox = Arc::new(Outbox::open(&db).map_err(|e| StartError::Store(e.to_string()))?);
+        let (outbox, unreadable) =
+            Outbox::open(&db).map_err(|e| StartError::Store(e.to_string()))?;
+        for e in unreadable {
+            if let crate::queue::embedded::OutboxError::Corrupt { id, reason } = e {
+                tracing::error!(
+                    id,
+                    "outbox entry unreadable; the message is marked error and can be replayed"
+                );
+                journal.set_status(
+                    id,
+                    crate::journal::Status::Error,
+                    Some(format!("outbox entry unreadable: {reason}")),
+                );
+            }
+        }
+        let outbox = Arc::new(outbox);
         let store = Store::open(db, &db_dir).map_err(|e| StartError::Store(e.to_string()))?;
         let rules = Arc::new(RwLock::new(Arc::new(rules)));
         let pipeline = Pipeline::start(

@@ -134,6 +134,8 @@ fn display_type(t: &str) -> String {
 
 /// Entries the mapper takes per round.
 const BATCH: u64 = 512;
+/// How long the mapper waits for a batch to fill before taking what there is.
+const LINGER: Duration = Duration::from_millis(10);
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
 
@@ -191,9 +193,14 @@ fn run_mapper(
     let mut cursor = journal.first_unprocessed();
     tracing::info!(cursor, "mapper starts");
     while !stop.load(Ordering::SeqCst) {
-        let durable = journal.wait_durable_beyond(cursor - 1, Duration::from_millis(200));
+        let mut durable = journal.wait_durable_beyond(cursor - 1, Duration::from_millis(200));
         if durable < cursor {
             continue;
+        }
+        if durable < cursor + BATCH - 1 {
+            // Under light load, gather a few milliseconds' worth so the database syncs
+            // below stay few and leave the disk to the journal's ACK path.
+            durable = journal.wait_durable_beyond(cursor + BATCH - 2, LINGER);
         }
         let end = durable.min(cursor + BATCH - 1);
         let rules = rules.read().expect("rules lock").clone();
@@ -250,31 +257,14 @@ fn run_mapper(
             statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Queued, None)));
         }
         journal.set_statuses(statuses);
-        outbox.notify();
+        outbox.release(entries);
         cursor = end + 1;
     }
 }
 
 fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
-        let batch = match outbox.take(STORE_BATCH, Duration::from_millis(200)) {
-            Ok(b) => b,
-            Err(crate::queue::embedded::OutboxError::Corrupt { id, reason }) => {
-                tracing::error!(id, "outbox entry unreadable; marking it error");
-                journal.set_status(
-                    id,
-                    Status::Error,
-                    Some(format!("outbox entry unreadable: {reason}")),
-                );
-                let _ = outbox.remove(&[id]);
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "outbox read failed; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-        };
+        let batch = outbox.take(STORE_BATCH, Duration::from_millis(200));
         if batch.is_empty() {
             continue;
         }
@@ -307,6 +297,7 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
         if let Err(e) = store.sync() {
             tracing::error!(error = %e, "record store sync failed; retrying");
             std::thread::sleep(Duration::from_millis(500));
+            outbox.requeue(batch);
             continue;
         }
         let ids: Vec<u64> = batch.iter().map(|e| e.journal_id).collect();
@@ -314,7 +305,9 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
         // `stored` must be on disk before the outbox forgets the entries, or a crash
         // would leave them `queued` with nothing left to store.
         if let Err(e) = journal.sync_blocking() {
-            tracing::error!(error = %e, "journal sync failed; outbox entries kept and stored again later");
+            tracing::error!(error = %e, "journal sync failed; storing the batch again");
+            std::thread::sleep(Duration::from_millis(500));
+            outbox.requeue(batch);
             continue;
         }
         if let Err(e) = outbox.remove(&ids) {

@@ -388,7 +388,12 @@ fn oversized_idle_and_incomplete_connections_are_bounded() {
 fn connections_beyond_the_limit_wait_their_turn() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let engine = rt.block_on(halong::engine::Engine::start(config(dir.path(), "max_connections = 1"))).unwrap();
+    let engine = rt
+        .block_on(halong::engine::Engine::start(config(
+            dir.path(),
+            "max_connections = 1",
+        )))
+        .unwrap();
     let addr = engine.listener_addr("lab").unwrap();
     let msg = sample("oru_r01_dang_van_duc_glucose.hl7");
     let mut first = Mllp::connect(addr);
@@ -397,7 +402,9 @@ fn connections_beyond_the_limit_wait_their_turn() {
     // holds the only slot.
     let mut second = std::net::TcpStream::connect(addr).unwrap();
     std::io::Write::write_all(&mut second, &halong::listeners::mllp::frame(&msg)).unwrap();
-    second.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 64];
     let waited = std::io::Read::read(&mut second, &mut buf);
     assert!(
@@ -406,8 +413,13 @@ fn connections_beyond_the_limit_wait_their_turn() {
     );
     assert_eq!(engine.journal.durable_id(), 1);
     drop(first);
-    second.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let n = std::io::Read::read(&mut second, &mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("\u{b}MSH|"), "served once the slot is free");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("\u{b}MSH|"),
+        "served once the slot is free"
+    );
     rt.block_on(engine.shutdown());
 }

@@ -1,9 +1,13 @@
 //! The embedded outbox: records keyed by the journal id of the message they came from.
 //!
 //! Key: journal id as 8 bytes big-endian (so iteration follows arrival order). Value:
-//! the JSON array of that message's records. An entry is removed only after the store
-//! has committed its records, so a crash in between replays it (upserts are idempotent).
+//! the JSON array of that message's records. The tree is the durable copy; entries are
+//! also handed to the consumer in memory, so the hot path never reads them back. At open,
+//! whatever the tree still holds (a crash came before the store committed it) is queued
+//! again. An entry is removed from the tree only after the store has committed its
+//! records, so a crash in between replays it (upserts are idempotent).
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -26,21 +30,47 @@ pub struct OutboxEntry {
 
 pub struct Outbox {
     tree: sled::Tree,
-    /// Bumped on every put; the consumer waits on it.
-    signal: Mutex<u64>,
+    /// Entries put (or recovered) and not yet taken, in arrival order.
+    waiting: Mutex<VecDeque<OutboxEntry>>,
     cv: Condvar,
 }
 
 impl Outbox {
-    pub fn open(db: &sled::Db) -> Result<Outbox, OutboxError> {
-        Ok(Outbox {
-            tree: db.open_tree("outbox")?,
-            signal: Mutex::new(0),
-            cv: Condvar::new(),
-        })
+    /// Opens the outbox and queues every entry left from before a restart. Entries that
+    /// cannot be read are returned with the reason, for the caller to mark.
+    pub fn open(db: &sled::Db) -> Result<(Outbox, Vec<OutboxError>), OutboxError> {
+        let tree = db.open_tree("outbox")?;
+        let mut waiting = VecDeque::new();
+        let mut bad = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let journal_id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            match serde_json::from_slice::<Vec<Value>>(&v) {
+                Ok(records) => waiting.push_back(OutboxEntry {
+                    journal_id,
+                    records,
+                }),
+                Err(e) => {
+                    tree.remove(k)?;
+                    bad.push(OutboxError::Corrupt {
+                        id: journal_id,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok((
+            Outbox {
+                tree,
+                waiting: Mutex::new(waiting),
+                cv: Condvar::new(),
+            },
+            bad,
+        ))
     }
 
-    /// Adds entries (not yet durable: the caller syncs the database).
+    /// Writes entries to the tree (not yet durable: the caller syncs the database, then
+    /// calls [`Outbox::release`]).
     pub fn put(&self, entries: &[OutboxEntry]) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
         for e in entries {
@@ -51,43 +81,32 @@ impl Outbox {
         Ok(())
     }
 
-    /// Wakes the consumer after the caller made the entries durable.
-    pub fn notify(&self) {
-        *self.signal.lock().expect("outbox signal lock") += 1;
+    /// Hands durable entries to the consumer.
+    pub fn release(&self, entries: Vec<OutboxEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.waiting.lock().expect("outbox lock").extend(entries);
         self.cv.notify_all();
     }
 
     /// Up to `max` entries in arrival order, waiting up to `wait` for the first one.
-    pub fn take(&self, max: usize, wait: Duration) -> Result<Vec<OutboxEntry>, OutboxError> {
-        let seen = *self.signal.lock().expect("outbox signal lock");
-        let mut out = self.peek(max)?;
-        if out.is_empty() {
-            let guard = self.signal.lock().expect("outbox signal lock");
-            let _ = self
-                .cv
-                .wait_timeout_while(guard, wait, |s| *s == seen)
-                .expect("outbox signal lock");
-            out = self.peek(max)?;
-        }
-        Ok(out)
+    pub fn take(&self, max: usize, wait: Duration) -> Vec<OutboxEntry> {
+        let guard = self.waiting.lock().expect("outbox lock");
+        let (mut guard, _) = self
+            .cv
+            .wait_timeout_while(guard, wait, |w| w.is_empty())
+            .expect("outbox lock");
+        let n = guard.len().min(max);
+        guard.drain(..n).collect()
     }
 
-    fn peek(&self, max: usize) -> Result<Vec<OutboxEntry>, OutboxError> {
-        let mut out = Vec::new();
-        for item in self.tree.iter().take(max) {
-            let (k, v) = item?;
-            let journal_id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let records: Vec<Value> =
-                serde_json::from_slice(&v).map_err(|e| OutboxError::Corrupt {
-                    id: journal_id,
-                    reason: e.to_string(),
-                })?;
-            out.push(OutboxEntry {
-                journal_id,
-                records,
-            });
+    /// Puts taken entries back at the front, in order (their commit failed).
+    pub fn requeue(&self, entries: Vec<OutboxEntry>) {
+        let mut waiting = self.waiting.lock().expect("outbox lock");
+        for e in entries.into_iter().rev() {
+            waiting.push_front(e);
         }
-        Ok(out)
     }
 
     /// Drops entries whose records are committed in the store.
@@ -100,11 +119,50 @@ impl Outbox {
         Ok(())
     }
 
+    /// Entries written and not yet committed in the store.
     pub fn len(&self) -> usize {
         self.tree.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entries_left_at_a_crash_are_queued_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let (outbox, bad) = Outbox::open(&db).unwrap();
+            assert!(bad.is_empty());
+            let entries: Vec<OutboxEntry> = (1..=3)
+                .map(|id| OutboxEntry {
+                    journal_id: id,
+                    records: vec![json!({"id": id})],
+                })
+                .collect();
+            outbox.put(&entries).unwrap();
+            outbox.release(entries);
+            let taken = outbox.take(2, Duration::from_secs(1));
+            assert_eq!(
+                taken.iter().map(|e| e.journal_id).collect::<Vec<_>>(),
+                vec![1, 2]
+            );
+            outbox.remove(&[1, 2]).unwrap();
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let (outbox, _) = Outbox::open(&db).unwrap();
+        let again = outbox.take(10, Duration::from_secs(1));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].journal_id, 3);
+        assert_eq!(again[0].records, vec![json!({"id": 3})]);
+        assert!(outbox.take(10, Duration::from_millis(1)).is_empty());
     }
 }
