@@ -10,6 +10,11 @@ use halong::config::Config;
 use halong::diag;
 use halong::pipeline::Rules;
 
+// glibc's allocator fragments badly when one thread builds records and another frees
+// them; mimalloc keeps the pipeline's allocation cost flat.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// halong: an integration engine for hospitals. HL7 v2 over MLLP in, durable before
 /// every ACK, mapped to FHIR R4 records, searchable over HTTP.
 #[derive(Parser)]
