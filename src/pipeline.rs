@@ -388,8 +388,12 @@ fn run_publish(
         if batch.is_empty() {
             // Idle: notice a lost connection and reconnect, so /ready tells the truth.
             publisher.check();
-            if !publisher.is_connected() && handle.block_on(publisher.ensure_connected()).is_err() {
-                pause(publisher.next_backoff());
+            if !publisher.is_connected() {
+                if let Err(e) = handle.block_on(publisher.ensure_connected()) {
+                    let wait = publisher.next_backoff();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach the broker; messages are still acknowledged and wait in the outbox");
+                    pause(wait);
+                }
             }
             continue;
         }

@@ -389,3 +389,79 @@ fn two_edges_and_one_store_on_one_machine_deliver_every_record() {
     }
     store.stop();
 }
+
+#[test]
+fn deploy_files_agree_with_the_code() {
+    let deploy = Path::new(REPO).join("deploy");
+    for (role, want) in [
+        ("edge", halong::config::Role::Edge),
+        ("store", halong::config::Role::Store),
+    ] {
+        let path = deploy.join(role).join("halong.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::from_text(&path, &text, Vec::new())
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        assert_eq!(c.queue.role, want);
+        assert_eq!(c.queue.kind, halong::config::QueueKind::Amqp);
+        assert_eq!(c.queue.prefix, "halong");
+    }
+    let defs: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("rabbitmq/definitions.json")).unwrap(),
+    )
+    .unwrap();
+    let t = halong::queue::amqp::Topology::new("halong");
+    let queue = |name: &str| {
+        defs["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("queue {name} in definitions.json"))
+            .clone()
+    };
+    // Exactly the arguments Topology::declare uses with the default delivery limit, or
+    // RabbitMQ refuses halong's declaration.
+    let limit = halong::config::QueueConfig::default().delivery_limit;
+    assert_eq!(
+        queue(&t.queue)["arguments"],
+        json!({"x-queue-type": "quorum", "x-dead-letter-exchange": t.dead, "x-delivery-limit": limit})
+    );
+    assert_eq!(
+        queue(&t.dead)["arguments"],
+        json!({"x-queue-type": "quorum"})
+    );
+    let exchange = |name: &str| {
+        defs["exchanges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()["type"]
+            .clone()
+    };
+    assert_eq!(exchange(&t.exchange), "topic");
+    assert_eq!(exchange(&t.dead), "fanout");
+    let bound = |src: &str, dst: &str, key: &str| {
+        defs["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["source"] == src && b["destination"] == dst && b["routing_key"] == key)
+    };
+    assert!(bound(&t.exchange, &t.queue, "#"));
+    assert!(bound(&t.dead, &t.dead, ""));
+    let compose = std::fs::read_to_string(deploy.join("compose.yaml")).unwrap();
+    for service in [
+        "rabbitmq-1:",
+        "rabbitmq-2:",
+        "rabbitmq-3:",
+        "edge-a:",
+        "edge-b:",
+        "store:",
+    ] {
+        assert!(
+            compose.contains(&format!("\n  {service}")),
+            "compose service {service}"
+        );
+    }
+}
