@@ -159,11 +159,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Without sled's background flusher, dropping the database releases its file lock
+    /// at once, so the reopen below never races a flusher thread still holding it.
+    fn open_db(dir: &std::path::Path) -> sled::Db {
+        sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .unwrap()
+    }
+
     #[test]
     fn entries_left_at_a_crash_are_queued_again_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_db(dir.path());
             let (outbox, bad) = Outbox::open(&db).unwrap();
             assert!(bad.is_empty());
             let entries: Vec<OutboxEntry> = (1..=3)
@@ -183,7 +193,7 @@ mod tests {
             outbox.remove(&[1, 2]).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let (outbox, _) = Outbox::open(&db).unwrap();
         let again = outbox.take(10, Duration::from_secs(1));
         assert_eq!(again.len(), 1);
