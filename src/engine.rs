@@ -147,7 +147,7 @@ impl Engine {
         let pipeline = if role.takes_messages() {
             let sink = match (&amqp, &broker) {
                 (Some(settings), Some(state)) => Sink::Publish(
-                    Publisher::new(settings.clone(), state.clone()),
+                    Box::new(Publisher::new(settings.clone(), state.clone())),
                     tokio::runtime::Handle::current(),
                 ),
                 _ => Sink::Store,
@@ -170,7 +170,11 @@ impl Engine {
                 shutdown.clone(),
             )));
         }
-        tracing::info!(role = role.as_str(), queue = ?config.queue.kind, "engine starting");
+        tracing::info!(
+            role = role.as_str(),
+            amqp = amqp.is_some(),
+            "engine starting"
+        );
 
         let mut listener_addrs = Vec::new();
         let listeners = if role.takes_messages() {

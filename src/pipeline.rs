@@ -170,7 +170,7 @@ pub enum Sink {
     /// The local record store (embedded queue).
     Store,
     /// RabbitMQ; the publisher's futures run on this runtime.
-    Publish(Publisher, tokio::runtime::Handle),
+    Publish(Box<Publisher>, tokio::runtime::Handle),
 }
 
 /// The running processing stages.
@@ -371,7 +371,7 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
 fn run_publish(
     journal: &Journal,
     outbox: &Outbox,
-    mut publisher: Publisher,
+    mut publisher: Box<Publisher>,
     handle: &tokio::runtime::Handle,
     stop: &AtomicBool,
 ) {

@@ -465,3 +465,38 @@ fn deploy_files_agree_with_the_code() {
         );
     }
 }
+
+#[test]
+fn unroutable_records_are_counted_and_sent_again_once_the_queue_is_back() {
+    let guard = TopologyGuard::new("unroutable");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let config = engine_config(dir.path(), &guard.prefix, "edge");
+    let oru = common::sample("oru_r01_dang_van_duc_glucose.hl7");
+    let want = expected_records(&config, "lab", &oru, 1);
+    let engine = rt.block_on(Engine::start(config)).expect("engine starts");
+    let http = engine.http_addr;
+    wait_until("the edge reached the broker", LIMIT, || {
+        http_json(http, "/ready").0 == 200
+    });
+    // Without its queue the exchange routes nowhere: a mandatory publish comes back.
+    let queue = guard.topology().queue;
+    block_on(async {
+        let ch = channel().await.unwrap();
+        ch.queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    });
+    let ack = Mllp::connect(engine.listener_addr("lab").unwrap()).send(&oru);
+    assert_eq!(msa_code(&ack), "AA");
+    wait_queued(&engine, 1);
+    let s = engine.broker.clone().unwrap().snapshot();
+    assert!(s["returned"].as_u64().unwrap() >= want.len() as u64, "{s}");
+    assert_eq!(s["confirmed"], json!(want.len()), "{s}");
+    assert_eq!(
+        block_on(ready_count(&queue)) as usize,
+        want.len(),
+        "the reconnect declared the queue again and the records went in once"
+    );
+    rt.block_on(engine.shutdown());
+}
