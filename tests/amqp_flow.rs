@@ -500,3 +500,75 @@ fn unroutable_records_are_counted_and_sent_again_once_the_queue_is_back() {
     );
     rt.block_on(engine.shutdown());
 }
+
+#[test]
+fn an_edge_restarted_before_the_broker_was_reachable_publishes_its_outbox_once_in_order() {
+    const N: usize = 40;
+    let guard = TopologyGuard::new("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &guard.prefix, "edge");
+    let per_message = expected_records(
+        &Config::load(&config).unwrap(),
+        "his",
+        &admission("RST", 0),
+        1,
+    )
+    .len();
+    // Nothing listens on port 1: the broker is unreachable.
+    let edge = Server::spawn_env(
+        &config,
+        &[("HALONG_QUEUE__URL", "amqp://guest:guest@127.0.0.1:1/%2f")],
+    );
+    let mut conn = Mllp::connect(edge.listener("his"));
+    for n in 0..N {
+        assert_eq!(
+            msa_code(&conn.send(&admission("RST", n))),
+            "AA",
+            "message {n}"
+        );
+    }
+    wait_until("every message waits in the outbox", LIMIT, || {
+        common::count_status(edge.http, "mapped") == N as u64
+    });
+    let (code, ready) = http_json(edge.http, "/ready");
+    assert_eq!(code, 503, "{ready}");
+    edge.kill();
+
+    let edge = Server::spawn(&config);
+    wait_until(
+        "the restarted edge had every message confirmed",
+        LIMIT,
+        || common::count_status(edge.http, "queued") == N as u64,
+    );
+    wait_until("the outbox is empty", LIMIT, || {
+        http_json(edge.http, "/health").1["outbox"]["waiting"] == 0
+    });
+    edge.stop();
+
+    let queue = guard.topology().queue;
+    let journal_ids: Vec<i64> = block_on(async {
+        let ch = channel().await.unwrap();
+        let mut ids = Vec::new();
+        while let Some(m) = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let h = m.delivery.properties.headers().as_ref().unwrap().inner();
+            match h.get("x-halong-journal-id") {
+                Some(AMQPValue::LongLongInt(id)) => ids.push(*id),
+                other => panic!("journal id header: {other:?}"),
+            }
+        }
+        ids
+    });
+    assert_eq!(
+        journal_ids.len(),
+        N * per_message,
+        "each record published once: entries waiting in the outbox are not mapped again"
+    );
+    assert!(
+        journal_ids.windows(2).all(|w| w[0] <= w[1]),
+        "the outbox drained in arrival order"
+    );
+}

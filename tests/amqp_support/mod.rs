@@ -147,9 +147,15 @@ pub struct Server {
 
 impl Server {
     pub fn spawn(config: &Path) -> Server {
+        Server::spawn_env(config, &[])
+    }
+
+    /// Like [`Server::spawn`], with extra environment variables (`HALONG_*` overrides).
+    pub fn spawn_env(config: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
