@@ -84,13 +84,28 @@ async fn consume(
     state.set_connected(Side::Consumer);
     *backoff = BACKOFF_MIN;
     tracing::info!(queue = %topology.queue, prefetch = settings.prefetch, "store consumer connected");
+    let result = deliver(&mut deliveries, store, state, stop).await;
+    // Closing (rather than dropping) makes the broker requeue every unacknowledged
+    // delivery now, also after a record store failure.
+    let reason = if result.is_ok() {
+        "halong stopping"
+    } else {
+        "reconnecting"
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, reason.into())).await;
+    result
+}
+
+async fn deliver(
+    deliveries: &mut lapin::Consumer,
+    store: &Store,
+    state: &BrokerState,
+    stop: &CancellationToken,
+) -> Result<(), AmqpError> {
     let closed = || AmqpError::Closed("the broker ended the consumer".into());
     loop {
         let first = tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "halong stopping".into())).await;
-                return Ok(());
-            }
+            _ = stop.cancelled() => return Ok(()),
             d = deliveries.next() => d,
         };
         let mut batch = vec![first.ok_or_else(closed)??];
