@@ -307,13 +307,14 @@ fn a_store_killed_with_unacknowledged_deliveries_stores_each_record_once() {
         let (_, r) = http_json(http, "/ready");
         r["broker"]["stored"].as_u64().unwrap_or(0)
     };
-    wait_until("the store has taken some records", LIMIT, || {
-        stored(http) > 0
+    wait_until("the store has stored a few batches", LIMIT, || {
+        stored(http) > 1000
     });
     server.kill();
+    // The unacknowledged deliveries (and any ack the kill cut off) are back in the queue.
     let left = block_on(ready_count(&topology.queue)) as usize;
     assert!(
-        left > 0 && left < N,
+        left > 0,
         "killed mid-stream with deliveries outstanding ({left} of {N} back in the queue)"
     );
 
