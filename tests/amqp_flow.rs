@@ -451,6 +451,13 @@ fn deploy_files_agree_with_the_code() {
     };
     assert!(bound(&t.exchange, &t.queue, "#"));
     assert!(bound(&t.dead, &t.dead, ""));
+    let check = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(deploy.join("store/halong.toml"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("reads no routes or mappings"));
     let compose = std::fs::read_to_string(deploy.join("compose.yaml")).unwrap();
     for service in [
         "rabbitmq-1:",
