@@ -139,6 +139,12 @@ impl Engine {
                 );
             }
         }
+        if !role.takes_messages() && !outbox.is_empty() {
+            tracing::warn!(
+                waiting = outbox.len(),
+                "this data directory's outbox holds records from an earlier edge or all role; a store does not send them: start it once with --role edge or all to drain them"
+            );
+        }
         let outbox = Arc::new(outbox);
         let store = Store::open(db, &db_dir).map_err(|e| StartError::Store(e.to_string()))?;
         let rules = Arc::new(RwLock::new(Arc::new(rules)));
