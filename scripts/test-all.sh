@@ -13,6 +13,24 @@ if ! python3 -c 'import hl7.client' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore hl7
 fi
 
+# RabbitMQ at 127.0.0.1:5672 (guest/guest) for the tests/amqp_* tests.
+if ! command -v rabbitmqctl >/dev/null 2>&1; then
+    log "installing RabbitMQ"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null
+fi
+if ! rabbitmqctl status >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+fi
+for _ in $(seq 120); do
+    rabbitmqctl status >/dev/null 2>&1 && break
+    sleep 1
+done
+# A node whose application was stopped (rabbitmqctl stop_app) is started again.
+rabbitmqctl start_app >/dev/null 2>&1 || true
+rabbitmqctl await_startup --timeout 120 >/dev/null
+
 log "building and running the tests"
 cargo test --locked --all-targets -- --test-threads=2 "$@"
 log "all tests passed"

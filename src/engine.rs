@@ -1,5 +1,14 @@
 //! Starts and stops a whole engine from a [`Config`]: data directory, journal, record
 //! store, pipeline, listeners and HTTP. `halong serve` and the integration tests use it.
+//!
+//! What runs depends on `[queue] kind` and `role`:
+//!
+//! | kind, role | listeners + journal + mapper | outbox drains to | RabbitMQ consumer |
+//! |---|---|---|---|
+//! | embedded, all | yes | the local record store | no |
+//! | amqp, all | yes | RabbitMQ | yes, into the local record store |
+//! | amqp, edge | yes | RabbitMQ | no |
+//! | amqp, store | no (no listeners; its journal stays empty) | - | yes |
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -9,10 +18,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ListenerKind, QueueKind};
+use crate::config::{Config, ListenerKind, QueueKind, Role};
 use crate::journal::{Journal, JournalOptions};
 use crate::listeners::mllp::{self, MllpSettings};
-use crate::pipeline::{Pipeline, Rules};
+use crate::pipeline::{Pipeline, Rules, Sink};
+use crate::queue::amqp::{AmqpSettings, BrokerState, Publisher};
 use crate::queue::Outbox;
 use crate::store::Store;
 
@@ -50,6 +60,10 @@ pub struct Engine {
     pub http_addr: SocketAddr,
     /// Each listener's name and bound address.
     pub listener_addrs: Vec<(String, SocketAddr)>,
+    /// What this process runs.
+    pub role: Role,
+    /// The broker connection's state and counters (`[queue] kind = "amqp"` only).
+    pub broker: Option<Arc<BrokerState>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     pipeline: Option<Pipeline>,
@@ -58,11 +72,24 @@ pub struct Engine {
 impl Engine {
     /// Opens everything and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Engine, StartError> {
-        if config.queue.kind == QueueKind::Amqp {
-            return Err(StartError::Unsupported(
-                "[queue] kind = \"amqp\" is not available in this version yet; use kind = \"embedded\"".into(),
-            ));
-        }
+        let role = config.queue.role;
+        let amqp = match config.queue.kind {
+            QueueKind::Embedded if role != Role::All => {
+                return Err(StartError::Unsupported(format!(
+                    "role \"{}\" sends records through RabbitMQ: set [queue] kind = \"amqp\" and url, or run with --role all",
+                    role.as_str()
+                )))
+            }
+            QueueKind::Embedded => None,
+            QueueKind::Amqp => Some(AmqpSettings::from_config(&config.queue).ok_or_else(|| {
+                StartError::Unsupported(
+                    "[queue] kind = \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\"".into(),
+                )
+            })?),
+        };
+        let broker = amqp
+            .as_ref()
+            .map(|a| Arc::new(BrokerState::new(a.redacted_url())));
         if let Some(l) = config
             .listeners
             .iter()
@@ -73,7 +100,12 @@ impl Engine {
                 l.name
             )));
         }
-        let rules = Rules::load(&config).map_err(StartError::Config)?;
+        // A store maps nothing: it reads no routes or mappings.
+        let rules = if role.takes_messages() {
+            Rules::load(&config).map_err(StartError::Config)?
+        } else {
+            Rules::none()
+        };
         let data = &config.data.dir;
         std::fs::create_dir_all(data).map_err(|source| StartError::DataDir {
             path: data.display().to_string(),
@@ -107,20 +139,56 @@ impl Engine {
                 );
             }
         }
+        if !role.takes_messages() && !outbox.is_empty() {
+            tracing::warn!(
+                waiting = outbox.len(),
+                "this data directory's outbox holds records from an earlier edge or all role; a store does not send them: start it once with --role edge or all to drain them"
+            );
+        }
         let outbox = Arc::new(outbox);
         let store = Store::open(db, &db_dir).map_err(|e| StartError::Store(e.to_string()))?;
         let rules = Arc::new(RwLock::new(Arc::new(rules)));
-        let pipeline = Pipeline::start(
-            journal.clone(),
-            outbox.clone(),
-            store.clone(),
-            rules.clone(),
-        );
-
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        let pipeline = if role.takes_messages() {
+            let sink = match (&amqp, &broker) {
+                (Some(settings), Some(state)) => Sink::Publish(
+                    Box::new(Publisher::new(settings.clone(), state.clone())),
+                    tokio::runtime::Handle::current(),
+                ),
+                _ => Sink::Store,
+            };
+            Some(Pipeline::start(
+                journal.clone(),
+                outbox.clone(),
+                store.clone(),
+                rules.clone(),
+                sink,
+            ))
+        } else {
+            None
+        };
+        if let (Some(settings), Some(state), true) = (&amqp, &broker, role.keeps_records()) {
+            tasks.push(tokio::spawn(crate::queue::amqp::run_consumer(
+                settings.clone(),
+                store.clone(),
+                state.clone(),
+                shutdown.clone(),
+            )));
+        }
+        tracing::info!(
+            role = role.as_str(),
+            amqp = amqp.is_some(),
+            "engine starting"
+        );
+
         let mut listener_addrs = Vec::new();
-        for l in &config.listeners {
+        let listeners = if role.takes_messages() {
+            &config.listeners[..]
+        } else {
+            &[]
+        };
+        for l in listeners {
             let socket = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -153,12 +221,10 @@ impl Engine {
                 source,
             })?;
         let http_addr = http.local_addr().expect("bound socket has an address");
-        let app = crate::api::app(crate::api::AppState::new(
-            journal.clone(),
-            store.clone(),
-            outbox,
-            rules.clone(),
-        ));
+        let app = crate::api::app(
+            crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone())
+                .with_queue(role, broker.clone()),
+        );
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = axum::serve(http, app)
@@ -175,9 +241,11 @@ impl Engine {
             rules,
             http_addr,
             listener_addrs,
+            role,
+            broker,
             shutdown,
             tasks,
-            pipeline: Some(pipeline),
+            pipeline,
         })
     }
 

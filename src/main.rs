@@ -31,6 +31,12 @@ enum Command {
         /// The configuration file; routes/ and mappings/ are read beside it.
         #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
         config: PathBuf,
+        /// What this process runs (overrides [queue] role): `all` takes messages in and
+        /// keeps the records; `edge` takes messages in and publishes records to RabbitMQ;
+        /// `store` consumes records from RabbitMQ into the record store and serves /fhir.
+        /// edge and store need [queue] kind = "amqp".
+        #[arg(long, value_parser = ["all", "edge", "store"])]
+        role: Option<String>,
     },
     /// Check halong.toml, every route and every mapping; print all problems, exit 1 on any.
     Check {
@@ -82,7 +88,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, role } => serve(config, role),
         Command::Check { config } => check(&config),
         Command::Map {
             config,
@@ -116,11 +122,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn serve(path: PathBuf) -> ExitCode {
-    let config = match load_config(&path) {
+fn serve(path: PathBuf, role: Option<String>) -> ExitCode {
+    let mut config = match load_config(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(role) = role {
+        config.queue.role = role.parse().expect("clap checked the role");
+    }
     halong::telemetry::init(&config.log.level, config.log.log_phi);
     runtime().block_on(async move {
         let engine = match halong::engine::Engine::start(config).await {
@@ -152,6 +161,14 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if !config.queue.role.takes_messages() {
+        println!(
+            "{}: ok (role \"{}\" reads no routes or mappings)",
+            path.display(),
+            config.queue.role.as_str()
+        );
+        return ExitCode::SUCCESS;
+    }
     match Rules::load(&config) {
         Ok(rules) => {
             println!(

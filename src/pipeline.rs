@@ -10,6 +10,19 @@
 //! entries `stored`, and only then removes them from the outbox. A crash anywhere
 //! replays work that was not marked; replays are idempotent because record ids are
 //! deterministic.
+//!
+//! With `[queue] kind = "amqp"` on an edge (role `edge` or `all`), a publish thread
+//! takes the store thread's place:
+//!
+//! ```text
+//! ... mapper ──▶ outbox ──▶ publish thread ──confirms──▶ RabbitMQ
+//! ```
+//! Statuses on an edge: the mapper marks an entry `mapped` once its records are durable
+//! in the outbox, and the publish thread marks it `queued` once the broker confirmed every
+//! record, then removes it from the outbox. An edge never marks `stored`: the store is
+//! another process. At a restart, `mapped` entries still in the outbox are published
+//! from there, not mapped again. While the broker is away, entries wait in the outbox
+//! and are sent again in arrival order when it is back.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +34,8 @@ use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::journal::{EntryMeta, Journal, Status};
 use crate::mapping::{MappingSet, RunContext};
+use crate::queue::amqp::publisher::PublishItem;
+use crate::queue::amqp::Publisher;
 use crate::queue::{Outbox, OutboxEntry};
 use crate::routes::RouteSet;
 use crate::store::Store;
@@ -32,6 +47,14 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// No routes and no mappings: what a `store` process, which maps nothing, holds.
+    pub fn none() -> Rules {
+        Rules {
+            routes: RouteSet::default(),
+            mappings: MappingSet::default(),
+        }
+    }
+
     /// Loads and cross-checks `routes/` and `mappings/` beside the config; returns every
     /// problem at once.
     pub fn load(config: &Config) -> Result<Rules, Vec<Diagnostic>> {
@@ -139,6 +162,17 @@ const LINGER: Duration = Duration::from_millis(10);
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
 
+/// Outbox entries the publish thread sends per round (each holds a message's records).
+const PUBLISH_BATCH: usize = 256;
+
+/// Where the outbox drains to.
+pub enum Sink {
+    /// The local record store (embedded queue).
+    Store,
+    /// RabbitMQ; the publisher's futures run on this runtime.
+    Publish(Box<Publisher>, tokio::runtime::Handle),
+}
+
 /// The running processing stages.
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
@@ -151,22 +185,34 @@ impl Pipeline {
         outbox: Arc<Outbox>,
         store: Store,
         rules: Arc<RwLock<Arc<Rules>>>,
+        sink: Sink,
     ) -> Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
+        // What the mapper marks once the records are durable in the outbox.
+        let in_outbox = match sink {
+            Sink::Store => Status::Queued,
+            Sink::Publish(..) => Status::Mapped,
+        };
         let mapper = {
             let (journal, outbox, store, stop) =
                 (journal.clone(), outbox.clone(), store.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("mapper".into())
-                .spawn(move || run_mapper(&journal, &outbox, &store, &rules, &stop))
+                .spawn(move || run_mapper(&journal, &outbox, &store, &rules, in_outbox, &stop))
                 .expect("spawn mapper thread")
         };
         let storer = {
             let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("store".into())
-                .spawn(move || run_store(&journal, &outbox, &store, &stop))
-                .expect("spawn store thread")
+            match sink {
+                Sink::Store => std::thread::Builder::new()
+                    .name("store".into())
+                    .spawn(move || run_store(&journal, &outbox, &store, &stop))
+                    .expect("spawn store thread"),
+                Sink::Publish(publisher, handle) => std::thread::Builder::new()
+                    .name("publish".into())
+                    .spawn(move || run_publish(&journal, &outbox, publisher, &handle, &stop))
+                    .expect("spawn publish thread"),
+            }
         };
         Pipeline {
             stop,
@@ -188,6 +234,7 @@ fn run_mapper(
     outbox: &Outbox,
     store: &Store,
     rules: &RwLock<Arc<Rules>>,
+    in_outbox: Status,
     stop: &AtomicBool,
 ) {
     let mut cursor = journal.first_unprocessed();
@@ -213,6 +260,9 @@ fn run_mapper(
             if !meta.status.needs_processing() {
                 continue;
             }
+            if meta.status == Status::Mapped && outbox.contains(id).unwrap_or(false) {
+                continue; // an edge's entry waiting for the broker: published from the outbox
+            }
             let raw = match journal.read_raw(id) {
                 Ok(r) => r,
                 Err(e) => {
@@ -229,6 +279,7 @@ fn run_mapper(
                     tracing::debug!(id, %route, records = records.len(), "mapped");
                     entries.push(OutboxEntry {
                         journal_id: id,
+                        route,
                         records,
                     });
                 }
@@ -254,7 +305,7 @@ fn run_mapper(
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
-            statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Queued, None)));
+            statuses.extend(entries.iter().map(|e| (e.journal_id, in_outbox, None)));
         }
         journal.set_statuses(statuses);
         outbox.release(entries);
@@ -314,4 +365,101 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
             tracing::error!(error = %e, "outbox cleanup failed; entries will be stored again (idempotent)");
         }
     }
+}
+
+/// The edge's sink: outbox entries to RabbitMQ, released only on confirm.
+fn run_publish(
+    journal: &Journal,
+    outbox: &Outbox,
+    mut publisher: Box<Publisher>,
+    handle: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+) {
+    let _runtime = handle.enter();
+    let pause = |d: Duration| {
+        // Sleeps `d`, waking early when the pipeline stops.
+        let until = std::time::Instant::now() + d;
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50).min(d));
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let batch = outbox.take(PUBLISH_BATCH, Duration::from_millis(200));
+        if batch.is_empty() {
+            // Idle: notice a lost connection and reconnect, so /ready tells the truth.
+            publisher.check();
+            if !publisher.is_connected() {
+                if let Err(e) = handle.block_on(publisher.ensure_connected()) {
+                    let wait = publisher.next_backoff();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach the broker; messages are still acknowledged and wait in the outbox");
+                    pause(wait);
+                }
+            }
+            continue;
+        }
+        let listeners: Vec<Arc<str>> = batch
+            .iter()
+            .map(|e| {
+                journal
+                    .entry(e.journal_id)
+                    .map_or_else(|| Arc::from(""), |m| m.listener)
+            })
+            .collect();
+        let items: Vec<PublishItem<'_>> = batch
+            .iter()
+            .zip(&listeners)
+            .map(|(e, l)| PublishItem {
+                journal_id: e.journal_id,
+                route: &e.route,
+                listener: l,
+                records: &e.records,
+            })
+            .collect();
+        let confirmed = match handle.block_on(publisher.publish(&items)) {
+            Ok(c) => c,
+            Err(e) => {
+                let wait = publisher.next_backoff();
+                tracing::warn!(error = %e, entries = batch.len(), retry_in_ms = wait.as_millis() as u64, "publish failed; the records stay in the outbox");
+                outbox.requeue(batch);
+                pause(wait);
+                continue;
+            }
+        };
+        drop(items);
+        let (done, again): (Vec<_>, Vec<_>) =
+            batch.into_iter().zip(confirmed).partition(|(_, ok)| *ok);
+        let done: Vec<OutboxEntry> = done.into_iter().map(|(e, _)| e).collect();
+        let again: Vec<OutboxEntry> = again.into_iter().map(|(e, _)| e).collect();
+        if !done.is_empty() {
+            journal.set_statuses(
+                done.iter()
+                    .map(|e| (e.journal_id, Status::Queued, None))
+                    .collect(),
+            );
+            // `queued` must be on disk before the outbox forgets the entries, or a crash
+            // would leave them `mapped` with no records anywhere on this edge.
+            match journal.sync_blocking() {
+                Ok(()) => {
+                    let ids: Vec<u64> = done.iter().map(|e| e.journal_id).collect();
+                    if let Err(e) = outbox.remove(&ids) {
+                        tracing::error!(error = %e, "outbox cleanup failed; entries will be published again (idempotent)");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal sync failed; publishing the batch again");
+                    let mut all = done;
+                    all.extend(again);
+                    all.sort_by_key(|e| e.journal_id);
+                    outbox.requeue(all);
+                    pause(Duration::from_millis(500));
+                    continue;
+                }
+            }
+        }
+        if !again.is_empty() {
+            outbox.requeue(again);
+            pause(publisher.next_backoff());
+        }
+    }
+    handle.block_on(publisher.close());
 }

@@ -12,8 +12,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::config::Role;
 use crate::journal::{Journal, Status};
 use crate::pipeline::Rules;
+use crate::queue::amqp::state::Side;
+use crate::queue::amqp::BrokerState;
 use crate::queue::Outbox;
 use crate::store::Store;
 
@@ -24,6 +27,8 @@ pub struct AppState {
     store: Store,
     outbox: Arc<Outbox>,
     rules: Arc<RwLock<Arc<Rules>>>,
+    role: Role,
+    broker: Option<Arc<BrokerState>>,
 }
 
 impl AppState {
@@ -38,7 +43,16 @@ impl AppState {
             store,
             outbox,
             rules,
+            role: Role::All,
+            broker: None,
         }
+    }
+
+    /// What this process runs and, with RabbitMQ, the broker connection (for `/ready`).
+    pub fn with_queue(mut self, role: Role, broker: Option<Arc<BrokerState>>) -> Self {
+        self.role = role;
+        self.broker = broker;
+        self
     }
 }
 
@@ -46,6 +60,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/api/messages", get(messages))
         .route("/api/messages/{id}", get(message))
         .route("/api/routes", get(routes))
@@ -65,11 +80,49 @@ async fn health(State(s): State<AppState>) -> Response {
         "status": if failing { "failing" } else { "ok" },
         "journal": { "last_id": s.journal.durable_id(), "writable": !failing, "messages": statuses },
         "outbox": { "waiting": s.outbox.len() },
+        "role": s.role.as_str(),
+        "broker": s.broker.as_ref().map(|b| b.snapshot()),
     });
     let code = if failing {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
+    };
+    (code, Json(body)).into_response()
+}
+
+/// 200 when this process can do its job, 503 with the reasons when not: the journal must
+/// be writable (roles that take messages in), the publisher connected to the broker
+/// (edge, all with amqp) and the store consumer connected (store, all with amqp). While
+/// the broker is away an edge still acknowledges messages (they wait in the outbox); it
+/// reports 503 so an operator sees it, with the outbox size.
+async fn ready(State(s): State<AppState>) -> Response {
+    let mut problems = Vec::new();
+    if s.role.takes_messages() && s.journal.is_failing() {
+        problems.push("the journal cannot write".to_string());
+    }
+    if let Some(b) = &s.broker {
+        let last = b.last_error().unwrap_or_default();
+        if s.role.takes_messages() && !b.is_connected(Side::Publisher) {
+            problems.push(format!("publisher not connected to the broker: {last}"));
+        }
+        if s.role.keeps_records() && !b.is_connected(Side::Consumer) {
+            problems.push(format!(
+                "store consumer not connected to the broker: {last}"
+            ));
+        }
+    }
+    let body = json!({
+        "ready": problems.is_empty(),
+        "role": s.role.as_str(),
+        "problems": problems,
+        "outbox": { "waiting": s.outbox.len() },
+        "broker": s.broker.as_ref().map(|b| b.snapshot()),
+    });
+    let code = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
 }

@@ -138,6 +138,69 @@ pub struct QueueConfig {
     /// Prefix for every exchange and queue halong declares. Default `halong`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// What this process does: `"all"` (default) takes messages in and keeps the records;
+    /// `"edge"` takes messages in and publishes records to RabbitMQ; `"store"` consumes
+    /// records from RabbitMQ into the record store. `edge` and `store` need kind = "amqp".
+    /// `halong serve --role` overrides it.
+    #[serde(default)]
+    pub role: Role,
+    /// amqp: deliveries the store consumer holds unacknowledged at once. Default 512.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// amqp: seconds to wait for the broker to confirm a publish (or to answer a
+    /// connection attempt) before the connection is dropped and the records are sent
+    /// again. Default 10.
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout_secs: u64,
+    /// amqp: deliveries of one message to the store consumer before the broker moves it
+    /// to the dead-letter queue (`<prefix>.dead`). Default 5.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+}
+
+/// Which parts of the engine a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Listeners, journal, mapping and the record store, in one process.
+    #[default]
+    All,
+    /// Listeners, journal and mapping; records are published to RabbitMQ.
+    Edge,
+    /// The RabbitMQ consumer, the record store and `/fhir`; no listeners.
+    Store,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Edge => "edge",
+            Role::Store => "store",
+        }
+    }
+
+    /// Runs listeners, journal and mapping.
+    pub fn takes_messages(self) -> bool {
+        matches!(self, Role::All | Role::Edge)
+    }
+
+    /// Keeps records in the local record store.
+    pub fn keeps_records(self) -> bool {
+        matches!(self, Role::All | Role::Store)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "all" => Ok(Role::All),
+            "edge" => Ok(Role::Edge),
+            "store" => Ok(Role::Store),
+            _ => Err(format!("unknown role \"{s}\"; one of all, edge, store")),
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -146,8 +209,22 @@ impl Default for QueueConfig {
             kind: QueueKind::Embedded,
             url: None,
             prefix: default_prefix(),
+            role: Role::All,
+            prefetch: default_prefetch(),
+            publish_timeout_secs: default_publish_timeout(),
+            delivery_limit: default_delivery_limit(),
         }
     }
+}
+
+fn default_prefetch() -> u16 {
+    512
+}
+fn default_publish_timeout() -> u64 {
+    10
+}
+fn default_delivery_limit() -> u32 {
+    5
 }
 
 fn default_prefix() -> String {
@@ -324,6 +401,74 @@ impl Config {
                 col,
                 "queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\"",
             ));
+        }
+        if self.queue.kind == QueueKind::Embedded && self.queue.role != Role::All {
+            let (line, col) = at("role", 0);
+            out.push(Diagnostic::new(
+                path,
+                line,
+                col,
+                format!(
+                    "role \"{}\" sends records through RabbitMQ: set [queue] kind = \"amqp\" and url, or use role = \"all\"",
+                    self.queue.role.as_str()
+                ),
+            ));
+        }
+        if self.queue.kind == QueueKind::Amqp {
+            let q = &self.queue;
+            let bad_prefix = q.prefix.is_empty()
+                || q.prefix.len() > 200
+                || !q
+                    .prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if bad_prefix {
+                let (line, col) = at("prefix", 0);
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    "prefix must be 1 to 200 characters of letters, digits, '-', '_', '.' or ':'",
+                ));
+            }
+            if q.prefetch == 0 {
+                let (line, col) = at("prefetch", 0);
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    "prefetch must be at least 1",
+                ));
+            }
+            if q.publish_timeout_secs == 0 {
+                let (line, col) = at("publish_timeout_secs", 0);
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    "publish_timeout_secs must be at least 1",
+                ));
+            }
+            if q.delivery_limit == 0 {
+                let (line, col) = at("delivery_limit", 0);
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    "delivery_limit must be at least 1",
+                ));
+            }
+            if let Some(url) = &q.url {
+                if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                    let (line, col) = at("url", 0);
+                    out.push(Diagnostic::new(
+                        path,
+                        line,
+                        col,
+                        "url must start with amqp:// or amqps://, e.g. \"amqp://user:pass@host:5672/%2f\"",
+                    ));
+                }
+            }
         }
         if self.data.journal_segment_mib == 0 {
             let (line, col) = at("journal_segment_mib", 0);

@@ -129,3 +129,53 @@ fn environment_typos_are_errors() {
         "conf/halong.toml: environment HALONG_LISTENER__NOPE__BIND: the config has no [[listener]]"
     );
 }
+
+#[test]
+fn amqp_queue_keys_have_defaults_and_roles_parse() {
+    let c =
+        parse("[queue]\nkind = \"amqp\"\nurl = \"amqps://edge:pw@mq:5671/%2f\"\nrole = \"edge\"\n")
+            .unwrap();
+    assert_eq!(c.queue.role, Role::Edge);
+    assert_eq!(c.queue.prefetch, 512);
+    assert_eq!(c.queue.publish_timeout_secs, 10);
+    assert_eq!(c.queue.delivery_limit, 5);
+    assert_eq!(parse("").unwrap().queue.role, Role::All);
+    let c = parse_env(
+        "[queue]\nkind = \"amqp\"\nurl = \"amqp://h\"\n",
+        &[
+            ("HALONG_QUEUE__ROLE", "store"),
+            ("HALONG_QUEUE__PREFETCH", "64"),
+        ],
+    )
+    .unwrap();
+    assert_eq!((c.queue.role, c.queue.prefetch), (Role::Store, 64));
+}
+
+#[test]
+fn amqp_queue_problems_name_their_position() {
+    assert_eq!(
+        errors("[queue]\nkind = \"embedded\"\nrole = \"edge\"\n"),
+        vec!["conf/halong.toml:3:1: role \"edge\" sends records through RabbitMQ: set [queue] kind = \"amqp\" and url, or use role = \"all\""]
+    );
+    let e = errors(
+        "[queue]\nkind = \"amqp\"\nurl = \"http://mq\"\nprefix = \"a b\"\nprefetch = 0\ndelivery_limit = 0\n",
+    );
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].starts_with("conf/halong.toml:4:1: prefix must be"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("conf/halong.toml:5:1: prefetch must be at least 1"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("conf/halong.toml:6:1: delivery_limit must be"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("conf/halong.toml:3:1: url must start with amqp://"),
+        "{e:?}"
+    );
+    assert!(errors("[queue]\nrole = \"stor\"\n")[0].contains("unknown variant `stor`"));
+}

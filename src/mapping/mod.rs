@@ -42,7 +42,7 @@ use file::Rule;
 use output::Step;
 
 /// Every mapping of one directory (`*.toml`) with its lookup tables (`tables/*.csv`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct MappingSet {
     mappings: BTreeMap<String, Mapping>,
 }

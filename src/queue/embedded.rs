@@ -1,7 +1,8 @@
 //! The embedded outbox: records keyed by the journal id of the message they came from.
 //!
 //! Key: journal id as 8 bytes big-endian (so iteration follows arrival order). Value:
-//! the JSON array of that message's records. The tree is the durable copy; entries are
+//! `{"route": NAME, "records": [...]}` for that message (an older plain JSON array of
+//! records is still read, with an empty route). The tree is the durable copy; entries are
 //! also handed to the consumer in memory, so the hot path never reads them back. At open,
 //! whatever the tree still holds (a crash came before the store committed it) is queued
 //! again. An entry is removed from the tree only after the store has committed its
@@ -25,7 +26,16 @@ pub enum OutboxError {
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
     pub journal_id: u64,
+    /// The route that produced the records (a header when published to RabbitMQ).
+    pub route: String,
     pub records: Vec<Value>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Entry { route: String, records: Vec<Value> },
+    Records(Vec<Value>),
 }
 
 pub struct Outbox {
@@ -45,9 +55,15 @@ impl Outbox {
         for item in tree.iter() {
             let (k, v) = item?;
             let journal_id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            match serde_json::from_slice::<Vec<Value>>(&v) {
-                Ok(records) => waiting.push_back(OutboxEntry {
+            match serde_json::from_slice::<Stored>(&v) {
+                Ok(Stored::Entry { route, records }) => waiting.push_back(OutboxEntry {
                     journal_id,
+                    route,
+                    records,
+                }),
+                Ok(Stored::Records(records)) => waiting.push_back(OutboxEntry {
+                    journal_id,
+                    route: String::new(),
                     records,
                 }),
                 Err(e) => {
@@ -74,7 +90,11 @@ impl Outbox {
     pub fn put(&self, entries: &[OutboxEntry]) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
         for e in entries {
-            let value = serde_json::to_vec(&e.records).expect("records serialize");
+            let value = serde_json::to_vec(&serde_json::json!({
+                "route": e.route,
+                "records": e.records,
+            }))
+            .expect("records serialize");
             batch.insert(&e.journal_id.to_be_bytes(), value);
         }
         self.tree.apply_batch(batch)?;
@@ -119,6 +139,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether the entry of journal id `id` is still in the outbox.
+    pub fn contains(&self, id: u64) -> Result<bool, OutboxError> {
+        Ok(self.tree.contains_key(id.to_be_bytes())?)
+    }
+
     /// Entries written and not yet committed in the store.
     pub fn len(&self) -> usize {
         self.tree.len()
@@ -134,16 +159,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Without sled's background flusher, dropping the database releases its file lock
+    /// at once, so the reopen below never races a flusher thread still holding it.
+    fn open_db(dir: &std::path::Path) -> sled::Db {
+        sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .unwrap()
+    }
+
     #[test]
     fn entries_left_at_a_crash_are_queued_again_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_db(dir.path());
             let (outbox, bad) = Outbox::open(&db).unwrap();
             assert!(bad.is_empty());
             let entries: Vec<OutboxEntry> = (1..=3)
                 .map(|id| OutboxEntry {
                     journal_id: id,
+                    route: "r".into(),
                     records: vec![json!({"id": id})],
                 })
                 .collect();
@@ -157,12 +193,13 @@ mod tests {
             outbox.remove(&[1, 2]).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path());
         let (outbox, _) = Outbox::open(&db).unwrap();
         let again = outbox.take(10, Duration::from_secs(1));
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].journal_id, 3);
         assert_eq!(again[0].records, vec![json!({"id": 3})]);
+        assert_eq!(again[0].route, "r");
         assert!(outbox.take(10, Duration::from_millis(1)).is_empty());
     }
 }
