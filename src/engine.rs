@@ -39,6 +39,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running engine.
@@ -74,6 +76,10 @@ impl Engine {
             )));
         }
         let rules = Rules::load(&config).map_err(StartError::Config)?;
+        crate::telemetry::install_metrics();
+        for r in rules.routes.routes() {
+            crate::telemetry::register_route(&r.name);
+        }
         let data = &config.data.dir;
         std::fs::create_dir_all(data).map_err(|source| StartError::DataDir {
             path: data.display().to_string(),
@@ -130,13 +136,22 @@ impl Engine {
                 })?;
             let addr = socket.local_addr().expect("bound socket has an address");
             listener_addrs.push((l.name.clone(), addr));
+            let tls = match (&l.tls_cert, &l.tls_key) {
+                (Some(c), Some(k)) => Some(crate::tls::Acceptor::load(
+                    &config.resolve(c),
+                    &config.resolve(k),
+                )?),
+                _ => None,
+            };
             let settings = MllpSettings {
                 name: l.name.clone(),
                 max_message_bytes: l.max_message_bytes,
                 max_connections: l.max_connections,
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+                tls: tls.clone(),
             };
-            tracing::info!(listener = %l.name, %addr, "MLLP listener ready");
+            crate::telemetry::register_listener(&l.name);
+            tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "MLLP listener ready");
             tasks.push(tokio::spawn(mllp::serve(
                 socket,
                 settings,
@@ -153,22 +168,33 @@ impl Engine {
                 source,
             })?;
         let http_addr = http.local_addr().expect("bound socket has an address");
-        let app = crate::api::app(crate::api::AppState::new(
-            journal.clone(),
-            store.clone(),
-            outbox,
-            rules.clone(),
-        ));
+        let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::Acceptor::load(
+                &config.resolve(c),
+                &config.resolve(k),
+            )?),
+            _ => None,
+        };
+        let app = crate::api::app(
+            crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone())
+                .with_security(config.http.token.clone(), http_tls.is_some()),
+        );
         let token = shutdown.clone();
+        let with_tls = http_tls.is_some();
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(http, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
+            let stop = async move { token.cancelled().await };
+            let served = match http_tls {
+                None => axum::serve(http, app).with_graceful_shutdown(stop).await,
+                Some(acceptor) => match crate::tls::TlsListener::new(http, acceptor) {
+                    Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+                    Err(e) => Err(e),
+                },
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         }));
-        tracing::info!(%http_addr, "HTTP API ready");
+        tracing::info!(%http_addr, tls = with_tls, token = config.http.token.is_some(), "HTTP API ready");
         Ok(Engine {
             journal,
             store,

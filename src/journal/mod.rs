@@ -116,6 +116,9 @@ pub struct EntryMeta {
     pub status: Status,
     pub error: Option<Box<str>>,
     pub size: u32,
+    /// The route that took the message, once routed (kept in memory only: after a
+    /// restart it is known again when the message is processed or replayed).
+    pub route: Option<Arc<str>>,
     #[serde(skip)]
     segment: u32,
     #[serde(skip)]
@@ -195,6 +198,66 @@ struct Shared {
     changes_cv: Condvar,
     /// Set when a commit failed and nothing has succeeded since.
     failing: AtomicBool,
+    /// Processing trail of the newest [`TRAIL_CAP`] entries that changed, by id.
+    trails: Mutex<std::collections::BTreeMap<u64, Vec<Step>>>,
+}
+
+/// Trails are kept for at most this many entries (the oldest ids are dropped first).
+pub const TRAIL_CAP: usize = 100_000;
+
+/// One stage of a message's processing, for the message browser.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Step {
+    /// `received`, `routed`, `queued`, `stored`, `error`, `unrouted`, `replay`…
+    pub stage: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The route, the error or other detail (never message content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Criteria for [`Journal::query`]; `None` does not restrict.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<Status>,
+    pub listener: Option<String>,
+    pub route: Option<String>,
+    /// `ORU^R01`, or `ADT^*` for every trigger of a type.
+    pub message_type: Option<String>,
+    /// Received at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Received before (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only ids below this one (the paging cursor: newest first).
+    pub before_id: Option<u64>,
+}
+
+impl MessageFilter {
+    pub fn matches(&self, e: &EntryMeta) -> bool {
+        self.status.is_none_or(|s| e.status == s)
+            && self.listener.as_deref().is_none_or(|l| &*e.listener == l)
+            && self
+                .route
+                .as_deref()
+                .is_none_or(|r| e.route.as_deref() == Some(r))
+            && self
+                .message_type
+                .as_deref()
+                .is_none_or(|t| match t.strip_suffix('*') {
+                    Some(prefix) => e.message_type.starts_with(prefix),
+                    None => &*e.message_type == t,
+                })
+            && self.since_ms.is_none_or(|t| e.received_ms >= t)
+            && self.until_ms.is_none_or(|t| e.received_ms < t)
+            && self.before_id.is_none_or(|b| e.id < b)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Default)]
@@ -202,12 +265,22 @@ struct Index {
     /// `entries[i]` has id `i + 1`.
     entries: Vec<EntryMeta>,
     listeners: HashMap<String, Arc<str>>,
+    routes: HashMap<String, Arc<str>>,
 }
 
 impl Index {
     fn get_mut(&mut self, id: u64) -> Option<&mut EntryMeta> {
         id.checked_sub(1)
             .and_then(|i| self.entries.get_mut(i as usize))
+    }
+
+    fn intern_route(&mut self, route: &str) -> Arc<str> {
+        if let Some(a) = self.routes.get(route) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(route);
+        self.routes.insert(route.to_string(), a.clone());
+        a
     }
 
     fn intern(&mut self, listener: &str) -> Arc<str> {
@@ -262,6 +335,7 @@ impl Journal {
             changes: Mutex::new(0),
             changes_cv: Condvar::new(),
             failing: AtomicBool::new(false),
+            trails: Mutex::new(std::collections::BTreeMap::new()),
         });
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
@@ -318,11 +392,96 @@ impl Journal {
                 None => false,
             });
         }
+        {
+            let at_ms = now_ms();
+            let mut trails = self.shared.trails.lock().expect("journal trails lock");
+            for (id, status, error) in &changes {
+                trails.entry(*id).or_default().push(Step {
+                    stage: status.as_str().to_string(),
+                    at_ms,
+                    detail: error.clone(),
+                });
+            }
+            while trails.len() > TRAIL_CAP {
+                trails.pop_first();
+            }
+        }
         for (id, status, error) in changes {
             let _ = self.tx.send(Cmd::Status(id, status, error));
         }
         *self.shared.changes.lock().expect("journal changes lock") += 1;
         self.shared.changes_cv.notify_all();
+    }
+
+    /// Records which route took entry `id` (in memory, with a trail step).
+    pub fn set_route(&self, id: u64, route: &str) {
+        {
+            let mut index = self.shared.index.write().expect("journal index lock");
+            let interned = index.intern_route(route);
+            match index.get_mut(id) {
+                Some(e) => e.route = Some(interned),
+                None => return,
+            }
+        }
+        self.add_step(id, "routed", Some(route.to_string()));
+    }
+
+    /// Appends a step to the trail of entry `id` (in memory).
+    pub fn add_step(&self, id: u64, stage: &str, detail: Option<String>) {
+        let mut trails = self.shared.trails.lock().expect("journal trails lock");
+        trails.entry(id).or_default().push(Step {
+            stage: stage.to_string(),
+            at_ms: now_ms(),
+            detail,
+        });
+        while trails.len() > TRAIL_CAP {
+            trails.pop_first();
+        }
+    }
+
+    /// The processing trail of entry `id`: its arrival, then every recorded step
+    /// (since this process started; older steps are summarised by the status).
+    pub fn trail(&self, id: u64) -> Vec<Step> {
+        let Some(meta) = self.entry(id) else {
+            return Vec::new();
+        };
+        let mut out = vec![Step {
+            stage: "received".into(),
+            at_ms: meta.received_ms,
+            detail: Some(format!("listener {}", meta.listener)),
+        }];
+        let steps = self
+            .shared
+            .trails
+            .lock()
+            .expect("journal trails lock")
+            .get(&id)
+            .cloned();
+        match steps {
+            Some(steps) => out.extend(steps),
+            None if meta.status != Status::Received => out.push(Step {
+                stage: meta.status.as_str().to_string(),
+                at_ms: meta.received_ms,
+                detail: meta.error.as_deref().map(str::to_string),
+            }),
+            None => {}
+        }
+        out
+    }
+
+    /// Entries matching `filter`, newest first, at most `limit`.
+    pub fn query(&self, filter: &MessageFilter, limit: usize) -> Vec<EntryMeta> {
+        let index = self.shared.index.read().expect("journal index lock");
+        let end = filter.before_id.map_or(index.entries.len(), |b| {
+            (b.saturating_sub(1) as usize).min(index.entries.len())
+        });
+        index.entries[..end]
+            .iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Waits until entry `id` has a final status (stored, error or unrouted) and returns
@@ -547,6 +706,7 @@ impl Committer {
                             status: e.status,
                             error: e.error.map(String::into_boxed_str),
                             size: e.raw.len() as u32,
+                            route: None,
                             segment: self.segment,
                             raw_offset: self.len + raw_at as u64,
                         },
@@ -737,6 +897,7 @@ fn recover_segment(
                     status,
                     error: (!error.is_empty()).then(|| Box::from(error)),
                     size: raw_len as u32,
+                    route: None,
                     segment: n,
                     raw_offset: (pos + frame::HEADER_LEN + raw_offset_in_payload) as u64,
                 });

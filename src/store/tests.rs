@@ -244,13 +244,13 @@ fn identifier_search_forms() {
     let q = PatientQuery {
         name: Some("b".into()),
         identifier: Some("123".into()),
-        limit: 0,
+        ..Default::default()
     };
     assert_eq!(ids(&store.search_patients(&q).unwrap()), ["p2"]);
     let q = PatientQuery {
         name: Some("zz".into()),
         identifier: Some("123".into()),
-        limit: 0,
+        ..Default::default()
     };
     assert!(store.search_patients(&q).unwrap().is_empty());
 }
