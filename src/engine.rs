@@ -125,6 +125,13 @@ impl Engine {
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        if config.data.journal_retention_days > 0 {
+            tasks.push(tokio::spawn(retention(
+                journal.clone(),
+                config.data.journal_retention_days,
+                shutdown.clone(),
+            )));
+        }
         let mut listener_addrs = Vec::new();
         for l in &config.listeners {
             let socket = TcpListener::bind(l.bind)
@@ -226,6 +233,30 @@ impl Engine {
         }
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final store sync failed");
+        }
+    }
+}
+
+/// Prunes the journal at start and every hour (see [`Journal::prune`]).
+async fn retention(journal: Journal, days: u64, shutdown: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(3600);
+    loop {
+        let cutoff = chrono::Utc::now().timestamp_millis() - (days as i64) * 86_400_000;
+        let j = journal.clone();
+        match tokio::task::spawn_blocking(move || j.prune(cutoff)).await {
+            Ok(Ok(r)) if r.segments > 0 => tracing::info!(
+                segments = r.segments,
+                entries = r.entries,
+                first_kept = r.first_kept,
+                "retention pruned the journal"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "journal retention failed"),
+            Err(e) => tracing::error!(error = %e, "journal retention task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
         }
     }
 }

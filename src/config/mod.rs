@@ -50,6 +50,12 @@ pub struct DataConfig {
     /// Size at which the journal starts a new segment file, in MiB. Default 128.
     #[serde(default = "default_segment_mib")]
     pub journal_segment_mib: u64,
+    /// Retention: journal segments whose messages are all stored and older than this
+    /// many days are deleted (checked at start and every hour). Messages not yet stored
+    /// (errors, unrouted, in flight) are never deleted, and neither is anything after
+    /// them. Default 0: keep everything.
+    #[serde(default)]
+    pub journal_retention_days: u64,
 }
 
 impl Default for DataConfig {
@@ -57,6 +63,7 @@ impl Default for DataConfig {
         DataConfig {
             dir: default_data_dir(),
             journal_segment_mib: default_segment_mib(),
+            journal_retention_days: 0,
         }
     }
 }

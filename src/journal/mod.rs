@@ -15,6 +15,9 @@
 //! 5. Status changes are appended as small frames that ride along with the next batch;
 //!    they are not waited for. Losing the last few on a crash only means a message is
 //!    processed again, which is idempotent downstream.
+//! 6. Retention ([`Journal::prune`]) deletes only whole, closed segments whose every
+//!    entry is `stored`, from the oldest on; a message not yet stored is never pruned.
+//!    Ids stay dense from the oldest kept entry.
 //!
 //! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
 //! [`frame`]). A new segment starts when the current one passes the configured size.
@@ -217,6 +220,15 @@ pub struct Step {
     pub detail: Option<String>,
 }
 
+/// What [`Journal::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    pub segments: u64,
+    pub entries: u64,
+    /// The oldest id still in the journal (or the next one to be written).
+    pub first_kept: u64,
+}
+
 /// Criteria for [`Journal::query`]; `None` does not restrict.
 #[derive(Debug, Clone, Default)]
 pub struct MessageFilter {
@@ -262,7 +274,9 @@ fn now_ms() -> i64 {
 
 #[derive(Default)]
 struct Index {
-    /// `entries[i]` has id `i + 1`.
+    /// `entries[i]` has id `base + i + 1`; `base` is the number of ids pruned from the
+    /// front (see [`Journal::prune`]).
+    base: u64,
     entries: Vec<EntryMeta>,
     listeners: HashMap<String, Arc<str>>,
     routes: HashMap<String, Arc<str>>,
@@ -270,7 +284,7 @@ struct Index {
 
 impl Index {
     fn get_mut(&mut self, id: u64) -> Option<&mut EntryMeta> {
-        id.checked_sub(1)
+        id.checked_sub(self.base + 1)
             .and_then(|i| self.entries.get_mut(i as usize))
     }
 
@@ -324,7 +338,7 @@ impl Journal {
             sync_dir(dir)?;
         }
         let len = file.metadata().map_err(io_err(&path))?.len();
-        let durable = index.entries.len() as u64;
+        let durable = index.base + index.entries.len() as u64;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index: RwLock::new(index),
@@ -473,7 +487,7 @@ impl Journal {
     pub fn query(&self, filter: &MessageFilter, limit: usize) -> Vec<EntryMeta> {
         let index = self.shared.index.read().expect("journal index lock");
         let end = filter.before_id.map_or(index.entries.len(), |b| {
-            (b.saturating_sub(1) as usize).min(index.entries.len())
+            (b.saturating_sub(index.base + 1) as usize).min(index.entries.len())
         });
         index.entries[..end]
             .iter()
@@ -519,7 +533,7 @@ impl Journal {
 
     pub fn entry(&self, id: u64) -> Option<EntryMeta> {
         let index = self.shared.index.read().expect("journal index lock");
-        id.checked_sub(1)
+        id.checked_sub(index.base + 1)
             .and_then(|i| index.entries.get(i as usize))
             .cloned()
     }
@@ -596,7 +610,54 @@ impl Journal {
             .entries
             .iter()
             .find(|e| e.status.needs_processing())
-            .map_or(index.entries.len() as u64 + 1, |e| e.id)
+            .map_or(index.base + index.entries.len() as u64 + 1, |e| e.id)
+    }
+
+    /// Retention: deletes whole segments from the oldest on, as long as every entry of
+    /// the segment is `stored` and was received before `cutoff_ms`. Stops at the first
+    /// segment that does not qualify (so ids stay dense) and never touches the segment
+    /// being written. Entries not yet stored (received, queued, error, unrouted) are
+    /// therefore never pruned. Everything recorded so far is synced first.
+    pub fn prune(&self, cutoff_ms: i64) -> Result<PruneReport, JournalError> {
+        self.sync_blocking()?;
+        let dir = &self.shared.dir;
+        let segments = list_segments(dir)?;
+        let mut report = PruneReport::default();
+        let Some((&last, older)) = segments.split_last() else {
+            return Ok(report);
+        };
+        let mut index = self.shared.index.write().expect("journal index lock");
+        for &n in older {
+            let count = index.entries.iter().take_while(|e| e.segment == n).count();
+            let rest_elsewhere = index.entries.iter().skip(count).any(|e| e.segment == n);
+            let qualifies = !rest_elsewhere
+                && index.entries[..count]
+                    .iter()
+                    .all(|e| e.status == Status::Stored && e.received_ms < cutoff_ms);
+            if !qualifies || n == last {
+                break;
+            }
+            let path = segment_path(dir, n);
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            self.shared
+                .readers
+                .lock()
+                .expect("journal readers lock")
+                .remove(&n);
+            index.entries.drain(..count);
+            index.base += count as u64;
+            report.segments += 1;
+            report.entries += count as u64;
+        }
+        let base = index.base;
+        drop(index);
+        if report.segments > 0 {
+            sync_dir(dir)?;
+            let mut trails = self.shared.trails.lock().expect("journal trails lock");
+            trails.retain(|id, _| *id > base);
+        }
+        report.first_kept = base + 1;
+        Ok(report)
     }
 
     /// Ids whose records sit in the outbox (status `queued`).
@@ -878,7 +939,11 @@ fn recover_segment(
                 raw_offset_in_payload,
                 raw_len,
             } => {
-                let expected = index.entries.len() as u64 + 1;
+                if index.entries.is_empty() && index.base == 0 {
+                    // The first entry on disk: earlier segments may have been pruned.
+                    index.base = id.saturating_sub(1);
+                }
+                let expected = index.base + index.entries.len() as u64 + 1;
                 if id != expected {
                     return Err(JournalError::Corrupt {
                         path,
