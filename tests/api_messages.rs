@@ -191,5 +191,26 @@ fn browse_filter_trail_and_replay_after_fixing_a_mapping() {
     let (code, v) = post(http, "/api/messages/replay");
     assert_eq!(code, 400, "a replay by filter needs a status: {v}");
     assert_eq!(post(http, "/api/messages/99/replay").0, 404);
+
+    // The same from the command line, against the running engine.
+    let cli = site.path().join("cli.toml");
+    std::fs::write(&cli, format!("[http]\nbind = \"{http}\"\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_halong"))
+            .arg("replay")
+            .arg("--config")
+            .arg(&cli)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    };
+    assert_eq!(run(&["1"]), (true, "1 stored\n".to_string()));
+    let (ok, out) = run(&["--status", "unrouted", "--listener", "his"]);
+    assert!(!ok, "a message still unrouted fails the command");
+    assert!(
+        out.starts_with("3 unrouted: no route takes ORU^R01"),
+        "{out}"
+    );
     rt.block_on(engine.shutdown());
 }
