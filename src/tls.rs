@@ -109,7 +109,12 @@ impl TlsListener {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
+                // Ends (closing the port) once the server has dropped the listener.
+                let accepted = tokio::select! {
+                    _ = tx.closed() => break,
+                    a = tcp.accept() => a,
+                };
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(error = %e, "HTTP accept failed");
@@ -127,9 +132,6 @@ impl TlsListener {
                         Err(e) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
                     }
                 });
-                if tx.is_closed() {
-                    break;
-                }
             }
         });
         Ok(TlsListener { local, rx })
