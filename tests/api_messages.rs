@@ -214,3 +214,34 @@ fn browse_filter_trail_and_replay_after_fixing_a_mapping() {
     );
     rt.block_on(engine.shutdown());
 }
+
+#[test]
+fn errors_keep_their_route_across_a_restart() {
+    let rt = runtime();
+    let site = Site::new("", "");
+    let mapping = site.path().join("mappings/oru_r01.toml");
+    let text = std::fs::read_to_string(&mapping).unwrap();
+    std::fs::write(&mapping, text.replace(ORIGINAL, BROKEN)).unwrap();
+    let engine = rt.block_on(site.start());
+    let lab = engine.listener_addr("lab").unwrap();
+    assert_eq!(
+        msa_code(&mllp_send(lab, &sample("oru_r01_dang_van_duc_glucose.hl7"))),
+        "AA"
+    );
+    assert_eq!(
+        engine.journal.wait_settled(1, Duration::from_secs(30)),
+        Some(Status::Error)
+    );
+    rt.block_on(engine.shutdown());
+
+    // The operator fixes the mapping and restarts; the error is still found by route.
+    std::fs::write(&mapping, text).unwrap();
+    let engine = rt.block_on(site.start());
+    let http = engine.http_addr;
+    let (_, v) = get(http, "/api/messages?status=error&route=lab-results");
+    assert_eq!(message_ids(&v), [1]);
+    assert_eq!(v["messages"][0]["route"], "lab-results");
+    let (_, r) = post(http, "/api/messages/replay?status=error&route=lab-results");
+    assert_eq!(r["replayed"][0]["status"], "stored", "{r}");
+    rt.block_on(engine.shutdown());
+}

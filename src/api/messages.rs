@@ -51,7 +51,7 @@ fn summary(e: &EntryMeta) -> Value {
         "listener": &*e.listener,
         "type": &*e.message_type,
         "control_id": &*e.control_id,
-        "route": e.route.as_deref(),
+        "route": e.route_name(),
         "status": e.status.as_str(),
         "error": e.error.as_deref(),
         "size": e.size,

@@ -92,6 +92,19 @@ impl Status {
     }
 }
 
+impl EntryMeta {
+    /// The route that took the message: recorded in memory when it was processed in
+    /// this run, else (after a restart) the route an error names — processing errors
+    /// start with `route "<name>"`.
+    pub fn route_name(&self) -> Option<&str> {
+        if let Some(r) = self.route.as_deref() {
+            return Some(r);
+        }
+        let rest = self.error.as_deref()?.strip_prefix("route \"")?;
+        rest.split_once('"').map(|(name, _)| name)
+    }
+}
+
 /// A message to append.
 #[derive(Debug, Clone)]
 pub struct NewEntry {
@@ -252,7 +265,7 @@ impl MessageFilter {
             && self
                 .route
                 .as_deref()
-                .is_none_or(|r| e.route.as_deref() == Some(r))
+                .is_none_or(|r| e.route_name() == Some(r))
             && self
                 .message_type
                 .as_deref()
