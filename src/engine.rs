@@ -49,6 +49,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running engine.
@@ -106,6 +108,10 @@ impl Engine {
         } else {
             Rules::none()
         };
+        crate::telemetry::install_metrics();
+        for r in rules.routes.routes() {
+            crate::telemetry::register_route(&r.name);
+        }
         let data = &config.data.dir;
         std::fs::create_dir_all(data).map_err(|source| StartError::DataDir {
             path: data.display().to_string(),
@@ -182,6 +188,13 @@ impl Engine {
             "engine starting"
         );
 
+        if config.data.journal_retention_days > 0 {
+            tasks.push(tokio::spawn(retention(
+                journal.clone(),
+                config.data.journal_retention_days,
+                shutdown.clone(),
+            )));
+        }
         let mut listener_addrs = Vec::new();
         let listeners = if role.takes_messages() {
             &config.listeners[..]
@@ -198,13 +211,22 @@ impl Engine {
                 })?;
             let addr = socket.local_addr().expect("bound socket has an address");
             listener_addrs.push((l.name.clone(), addr));
+            let tls = match (&l.tls_cert, &l.tls_key) {
+                (Some(c), Some(k)) => Some(crate::tls::Acceptor::load(
+                    &config.resolve(c),
+                    &config.resolve(k),
+                )?),
+                _ => None,
+            };
             let settings = MllpSettings {
                 name: l.name.clone(),
                 max_message_bytes: l.max_message_bytes,
                 max_connections: l.max_connections,
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+                tls: tls.clone(),
             };
-            tracing::info!(listener = %l.name, %addr, "MLLP listener ready");
+            crate::telemetry::register_listener(&l.name);
+            tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "MLLP listener ready");
             tasks.push(tokio::spawn(mllp::serve(
                 socket,
                 settings,
@@ -221,20 +243,34 @@ impl Engine {
                 source,
             })?;
         let http_addr = http.local_addr().expect("bound socket has an address");
+        let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::Acceptor::load(
+                &config.resolve(c),
+                &config.resolve(k),
+            )?),
+            _ => None,
+        };
         let app = crate::api::app(
             crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone())
-                .with_queue(role, broker.clone()),
+                .with_queue(role, broker.clone())
+                .with_security(config.http.token.clone(), http_tls.is_some()),
         );
         let token = shutdown.clone();
+        let with_tls = http_tls.is_some();
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(http, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
+            let stop = async move { token.cancelled().await };
+            let served = match http_tls {
+                None => axum::serve(http, app).with_graceful_shutdown(stop).await,
+                Some(acceptor) => match crate::tls::TlsListener::new(http, acceptor) {
+                    Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+                    Err(e) => Err(e),
+                },
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         }));
-        tracing::info!(%http_addr, "HTTP API ready");
+        tracing::info!(%http_addr, tls = with_tls, token = config.http.token.is_some(), "HTTP API ready");
         Ok(Engine {
             journal,
             store,
@@ -268,6 +304,30 @@ impl Engine {
         }
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final store sync failed");
+        }
+    }
+}
+
+/// Prunes the journal at start and every hour (see [`Journal::prune`]).
+async fn retention(journal: Journal, days: u64, shutdown: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(3600);
+    loop {
+        let cutoff = chrono::Utc::now().timestamp_millis() - (days as i64) * 86_400_000;
+        let j = journal.clone();
+        match tokio::task::spawn_blocking(move || j.prune(cutoff)).await {
+            Ok(Ok(r)) if r.segments > 0 => tracing::info!(
+                segments = r.segments,
+                entries = r.entries,
+                first_kept = r.first_kept,
+                "retention pruned the journal"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "journal retention failed"),
+            Err(e) => tracing::error!(error = %e, "journal retention task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
         }
     }
 }

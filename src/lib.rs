@@ -16,7 +16,8 @@
 //! - [`pipeline`]: wires journal → routes → mapping → outbox → store.
 //! - [`engine`]: starts and stops everything from a config.
 //! - [`send`]: the MLLP client and load generator behind `halong send`.
-//! - [`telemetry`]: logging without patient data.
+//! - [`telemetry`]: logging without patient data; metric names.
+//! - [`tls`]: rustls identities for HTTPS and MLLP over TLS.
 
 pub mod api;
 pub mod config;
@@ -32,3 +33,4 @@ pub mod routes;
 pub mod send;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -83,6 +83,28 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Ask the running engine to process messages again with the current routes and
+    /// mappings (after a fix): the given ids, or every message matching --status and the
+    /// other filters. Prints each message's new status; exit 1 if any is still failing.
+    /// Uses [http] bind and token from the config (token also from HALONG_HTTP__TOKEN).
+    Replay {
+        #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
+        config: PathBuf,
+        /// Replay every message with this status (error or unrouted, usually).
+        #[arg(long, required_unless_present = "ids", conflicts_with = "ids")]
+        status: Option<String>,
+        /// Only messages of this route.
+        #[arg(long, requires = "status")]
+        route: Option<String>,
+        /// Only messages from this listener.
+        #[arg(long, requires = "status")]
+        listener: Option<String>,
+        /// Only messages of this type, e.g. ORU^R01 or ADT^*.
+        #[arg(long = "type", requires = "status")]
+        message_type: Option<String>,
+        /// Message ids (as in /api/messages).
+        ids: Vec<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,7 +127,146 @@ fn main() -> ExitCode {
             unique_ids,
             timeout,
         } => send(&files, to, repeat, concurrency, unique_ids, timeout),
+        Command::Replay {
+            config,
+            status,
+            route,
+            listener,
+            message_type,
+            ids,
+        } => replay(&config, status, route, listener, message_type, &ids),
     }
+}
+
+fn replay(
+    path: &std::path::Path,
+    status: Option<String>,
+    route: Option<String>,
+    listener: Option<String>,
+    message_type: Option<String>,
+    ids: &[u64],
+) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.http.tls_cert.is_some() {
+        eprintln!("halong replay speaks plain HTTP; with [http] tls_cert set, use POST /api/messages/replay over HTTPS (e.g. curl)");
+        return ExitCode::FAILURE;
+    }
+    let mut addr = config.http.bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let paths: Vec<String> = match status {
+        Some(st) => {
+            let mut q = vec![format!("status={}", enc(&st))];
+            for (k, v) in [
+                ("route", route),
+                ("listener", listener),
+                ("type", message_type),
+            ] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            }
+            vec![format!("/api/messages/replay?{}", q.join("&"))]
+        }
+        None => ids
+            .iter()
+            .map(|id| format!("/api/messages/{id}/replay"))
+            .collect(),
+    };
+    let token = config.http.token.as_deref();
+    let mut failing = false;
+    for p in paths {
+        let (code, body) = match http_post(addr, &p, token) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("cannot reach the engine at http://{addr}: {e} (is `halong serve` running with this config?)");
+                return ExitCode::FAILURE;
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if code != 200 {
+            let why = v["error"].as_str().unwrap_or(body.as_str());
+            eprintln!("{p}: HTTP {code}: {why}");
+            failing = true;
+            continue;
+        }
+        for r in v["replayed"].as_array().into_iter().flatten() {
+            let st = r["status"].as_str().unwrap_or("?");
+            match r["error"].as_str() {
+                Some(e) if st != "stored" => println!("{} {st}: {e}", r["id"]),
+                _ => println!("{} {st}", r["id"]),
+            }
+            failing |= matches!(st, "error" | "unrouted" | "skipped");
+        }
+        if v["more"] == true {
+            println!("more messages match: run the same command again");
+        }
+    }
+    if failing {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// POST with an empty body over HTTP/1.1; returns status and body.
+fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {

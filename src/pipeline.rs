@@ -109,14 +109,23 @@ pub enum Outcome {
         records: Vec<serde_json::Value>,
     },
     Unrouted(String),
-    Failed(String),
+    /// `route` is the route that took the message, when one did.
+    Failed {
+        route: Option<String>,
+        why: String,
+    },
 }
 
 /// Parses, routes and maps one message.
 pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
     let msg = match crate::hl7::parse(raw) {
         Ok(m) => m,
-        Err(e) => return Outcome::Failed(format!("cannot parse: {e}")),
+        Err(e) => {
+            return Outcome::Failed {
+                route: None,
+                why: format!("cannot parse: {e}"),
+            }
+        }
     };
     let header = msg.header();
     let Some(route) = rules.routes.find(&meta.listener, header) else {
@@ -127,10 +136,13 @@ pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
         ));
     };
     let Some(mapping) = rules.mappings.get(&route.mapping) else {
-        return Outcome::Failed(format!(
-            "route \"{}\" names mapping \"{}\", which is not loaded",
-            route.name, route.mapping
-        ));
+        return Outcome::Failed {
+            route: Some(route.name.clone()),
+            why: format!(
+                "route \"{}\" names mapping \"{}\", which is not loaded",
+                route.name, route.mapping
+            ),
+        };
     };
     let ctx = RunContext {
         source: format!("urn:halong:{}:{}", meta.listener, meta.id),
@@ -140,10 +152,13 @@ pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
             route: route.name.clone(),
             records,
         },
-        Err(e) => Outcome::Failed(format!(
-            "route \"{}\", mapping \"{}\": {e}",
-            route.name, route.mapping
-        )),
+        Err(e) => Outcome::Failed {
+            route: Some(route.name.clone()),
+            why: format!(
+                "route \"{}\", mapping \"{}\": {e}",
+                route.name, route.mapping
+            ),
+        },
     }
 }
 
@@ -251,48 +266,17 @@ fn run_mapper(
         }
         let end = durable.min(cursor + BATCH - 1);
         let rules = rules.read().expect("rules lock").clone();
-        let mut entries = Vec::new();
-        let mut statuses = Vec::new();
-        for id in cursor..=end {
-            let Some(meta) = journal.entry(id) else {
-                continue;
-            };
-            if !meta.status.needs_processing() {
-                continue;
-            }
-            if meta.status == Status::Mapped && outbox.contains(id).unwrap_or(false) {
-                continue; // an edge's entry waiting for the broker: published from the outbox
-            }
-            let raw = match journal.read_raw(id) {
-                Ok(r) => r,
-                Err(e) => {
-                    statuses.push((
-                        id,
-                        Status::Error,
-                        Some(format!("cannot read from journal: {e}")),
-                    ));
-                    continue;
-                }
-            };
-            match process(&rules, &meta, &raw) {
-                Outcome::Records { route, records } => {
-                    tracing::debug!(id, %route, records = records.len(), "mapped");
-                    entries.push(OutboxEntry {
-                        journal_id: id,
-                        route,
-                        records,
-                    });
-                }
-                Outcome::Unrouted(why) => {
-                    tracing::info!(id, listener = %meta.listener, message_type = %meta.message_type, "unrouted");
-                    statuses.push((id, Status::Unrouted, Some(why)));
-                }
-                Outcome::Failed(why) => {
-                    tracing::warn!(id, listener = %meta.listener, message_type = %meta.message_type, "processing failed; kept with status error");
-                    statuses.push((id, Status::Error, Some(why)));
-                }
-            }
-        }
+        let ids: Vec<u64> = (cursor..=end)
+            .filter(|id| {
+                journal
+                    .entry(*id)
+                    .is_some_and(|meta| meta.status.needs_processing())
+                    // An edge's entry waiting for the broker is published from the outbox.
+                    && !(journal.entry(*id).is_some_and(|m| m.status == Status::Mapped)
+                        && outbox.contains(*id).unwrap_or(false))
+            })
+            .collect();
+        let (entries, mut statuses) = map_entries(journal, &rules, &ids);
         if !entries.is_empty() {
             // The outbox must be durable before `queued` is recorded, or a power cut
             // could leave queued entries with no records anywhere.
@@ -313,6 +297,145 @@ fn run_mapper(
     }
 }
 
+/// A journal status change: id, status, error.
+type StatusChange = (u64, Status, Option<String>);
+
+/// Routes and maps entries `ids`: the records of those that mapped, and the final
+/// statuses of those that did not. Routes are recorded in the journal.
+fn map_entries(
+    journal: &Journal,
+    rules: &Rules,
+    ids: &[u64],
+) -> (Vec<OutboxEntry>, Vec<StatusChange>) {
+    let mut entries = Vec::new();
+    let mut statuses = Vec::new();
+    for &id in ids {
+        let Some(meta) = journal.entry(id) else {
+            continue;
+        };
+        let raw = match journal.read_raw(id) {
+            Ok(r) => r,
+            Err(e) => {
+                statuses.push((
+                    id,
+                    Status::Error,
+                    Some(format!("cannot read from journal: {e}")),
+                ));
+                continue;
+            }
+        };
+        match process(rules, &meta, &raw) {
+            Outcome::Records { route, records } => {
+                tracing::debug!(id, %route, records = records.len(), "mapped");
+                crate::telemetry::route_mapped(&route);
+                journal.set_route(id, &route);
+                entries.push(OutboxEntry {
+                    journal_id: id,
+                    route,
+                    records,
+                });
+            }
+            Outcome::Unrouted(why) => {
+                tracing::info!(id, listener = %meta.listener, message_type = %meta.message_type, "unrouted");
+                crate::telemetry::route_failed("");
+                statuses.push((id, Status::Unrouted, Some(why)));
+            }
+            Outcome::Failed { route, why } => {
+                tracing::warn!(id, listener = %meta.listener, message_type = %meta.message_type, "processing failed; kept with status error");
+                crate::telemetry::route_failed(route.as_deref().unwrap_or(""));
+                if let Some(route) = &route {
+                    journal.set_route(id, route);
+                }
+                statuses.push((id, Status::Error, Some(why)));
+            }
+        }
+    }
+    (entries, statuses)
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the outbox could not be written: {0}")]
+    Outbox(String),
+}
+
+/// What a replay did with one journal entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replayed {
+    pub id: u64,
+    /// `queued` (records on their way to the store), `error`, `unrouted`, or
+    /// `skipped` (unknown id, or still being processed for the first time).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Runs entries again with the rules in force now (after an operator fixed a route or
+/// mapping). Entries that still wait for their first processing are skipped. Records go
+/// through the outbox to the store thread like any others, so [`Journal::wait_settled`]
+/// tells when they are stored; every step shows in the entry's trail.
+pub fn replay(
+    journal: &Journal,
+    outbox: &Outbox,
+    store: &Store,
+    rules: &Rules,
+    ids: &[u64],
+) -> Result<Vec<Replayed>, ReplayError> {
+    let mut report = Vec::new();
+    let mut runnable = Vec::new();
+    for &id in ids {
+        match journal.entry(id) {
+            Some(meta) if !meta.status.needs_processing() && meta.status != Status::Queued => {
+                journal.add_step(
+                    id,
+                    "replay",
+                    Some("run again with the current routes and mappings".into()),
+                );
+                runnable.push(id);
+            }
+            _ => report.push(Replayed {
+                id,
+                outcome: "skipped",
+                error: None,
+            }),
+        }
+    }
+    let (entries, mut statuses) = map_entries(journal, rules, &runnable);
+    if !entries.is_empty() {
+        outbox
+            .put(&entries)
+            .map_err(|e| ReplayError::Outbox(e.to_string()))?;
+        store
+            .sync()
+            .map_err(|e| ReplayError::Outbox(e.to_string()))?;
+        statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Queued, None)));
+    }
+    // A replayed `stored` entry is `queued` again until the store thread is done.
+    let requeued: Vec<StatusChange> = statuses
+        .iter()
+        .filter(|(id, st, _)| {
+            *st == Status::Queued
+                && journal
+                    .entry(*id)
+                    .is_some_and(|m| m.status == Status::Stored)
+        })
+        .map(|(id, _, _)| (*id, Status::Routed, None))
+        .collect();
+    journal.set_statuses(requeued);
+    for (id, st, err) in &statuses {
+        report.push(Replayed {
+            id: *id,
+            outcome: st.as_str(),
+            error: err.clone(),
+        });
+    }
+    journal.set_statuses(statuses);
+    outbox.release(entries);
+    report.sort_by_key(|r| r.id);
+    Ok(report)
+}
+
 fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let batch = outbox.take(STORE_BATCH, Duration::from_millis(200));
@@ -324,7 +447,8 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
             .iter()
             .flat_map(|e| e.records.iter().cloned())
             .collect();
-        if store.upsert_batch(&all).is_ok() {
+        if let Ok(stats) = store.upsert_batch(&all) {
+            crate::telemetry::store_writes(stats.written);
             statuses.extend(batch.iter().map(|e| (e.journal_id, Status::Stored, None)));
         } else {
             // Find the entries at fault; the others still go in.
@@ -352,6 +476,13 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
             continue;
         }
         let ids: Vec<u64> = batch.iter().map(|e| e.journal_id).collect();
+        for (id, status, _) in &statuses {
+            if *status == Status::Stored {
+                if let Some(meta) = journal.entry(*id) {
+                    crate::telemetry::end_to_end(meta.received_ms);
+                }
+            }
+        }
         journal.set_statuses(statuses);
         // `stored` must be on disk before the outbox forgets the entries, or a crash
         // would leave them `queued` with nothing left to store.

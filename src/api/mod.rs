@@ -1,11 +1,16 @@
-//! HTTP: FHIR-style read and search under `/fhir`, a small message view under `/api`,
-//! and `/health`. Handlers read the journal and the store; they never call listeners.
+//! HTTP: FHIR-style read and search under `/fhir`, the operator's message browser and
+//! replay under `/api`, `/metrics` and `/health`. Handlers read the journal and the
+//! store; they never call listeners. With a token configured, `/fhir` and `/api` need
+//! `Authorization: Bearer <token>` ([`auth`]).
 
+mod auth;
 mod fhir;
+mod messages;
+mod metrics;
 
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,7 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::config::Role;
-use crate::journal::{Journal, Status};
+use crate::journal::Journal;
 use crate::pipeline::Rules;
 use crate::queue::amqp::state::Side;
 use crate::queue::amqp::BrokerState;
@@ -29,9 +34,20 @@ pub struct AppState {
     rules: Arc<RwLock<Arc<Rules>>>,
     role: Role,
     broker: Option<Arc<BrokerState>>,
+    /// The bearer token guarding `/fhir` and `/api`; `None`: open (loopback only).
+    token: Option<Arc<str>>,
+    /// Served over TLS (links say `https`).
+    tls: bool,
 }
 
 impl AppState {
+    /// Sets the bearer token and whether the API is served over TLS.
+    pub fn with_security(mut self, token: Option<String>, tls: bool) -> Self {
+        self.token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self.tls = tls;
+        self
+    }
+
     pub fn new(
         journal: Journal,
         store: Store,
@@ -45,6 +61,8 @@ impl AppState {
             rules,
             role: Role::All,
             broker: None,
+            token: None,
+            tls: false,
         }
     }
 
@@ -58,13 +76,19 @@ impl AppState {
 
 /// The whole HTTP API, testable without a socket.
 pub fn app(state: AppState) -> Router {
+    let guarded = Router::new()
+        .route("/api/routes", get(routes))
+        .merge(messages::routes())
+        .merge(fhir::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/api/messages", get(messages))
-        .route("/api/messages/{id}", get(message))
-        .route("/api/routes", get(routes))
-        .merge(fhir::routes())
+        .merge(metrics::routes())
+        .merge(guarded)
         .with_state(state)
 }
 
@@ -127,50 +151,6 @@ async fn ready(State(s): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessagesQuery {
-    status: Option<String>,
-    limit: Option<usize>,
-}
-
-/// The newest journal entries: ids, times, types, statuses and errors, no message content.
-async fn messages(
-    State(s): State<AppState>,
-    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                &format!("{e}; parameters: status, limit"),
-            )
-        }
-    };
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(text) => match (1..=7u8).filter_map(Status::from_u8).find(|st| st.as_str() == text) {
-            Some(st) => Some(st),
-            None => {
-                return api_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown status \"{text}\"; one of received, routed, mapped, queued, stored, error, unrouted"),
-                )
-            }
-        },
-    };
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    Json(json!({ "messages": s.journal.recent(limit, status) })).into_response()
-}
-
-async fn message(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    match id.parse::<u64>().ok().and_then(|id| s.journal.entry(id)) {
-        Some(e) => Json(json!(e)).into_response(),
-        None => api_error(StatusCode::NOT_FOUND, &format!("no message {id}")),
-    }
-}
-
 async fn routes(State(s): State<AppState>) -> Response {
     let rules = s.rules.read().expect("rules lock").clone();
     let list: Vec<Value> = rules
@@ -190,6 +170,6 @@ async fn routes(State(s): State<AppState>) -> Response {
     Json(json!({ "routes": list })).into_response()
 }
 
-fn api_error(code: StatusCode, text: &str) -> Response {
+pub(crate) fn api_error(code: StatusCode, text: &str) -> Response {
     (code, Json(json!({ "error": text }))).into_response()
 }

@@ -50,6 +50,12 @@ pub struct DataConfig {
     /// Size at which the journal starts a new segment file, in MiB. Default 128.
     #[serde(default = "default_segment_mib")]
     pub journal_segment_mib: u64,
+    /// Retention: journal segments whose messages are all stored and older than this
+    /// many days are deleted (checked at start and every hour). Messages not yet stored
+    /// (errors, unrouted, in flight) are never deleted, and neither is anything after
+    /// them. Default 0: keep everything.
+    #[serde(default)]
+    pub journal_retention_days: u64,
 }
 
 impl Default for DataConfig {
@@ -57,6 +63,7 @@ impl Default for DataConfig {
         DataConfig {
             dir: default_data_dir(),
             journal_segment_mib: default_segment_mib(),
+            journal_retention_days: 0,
         }
     }
 }
@@ -104,6 +111,12 @@ pub struct ListenerConfig {
     /// DICOM: calling AE titles allowed to connect; empty means any.
     #[serde(default)]
     pub allowed_callers: Option<Vec<String>>,
+    /// MLLP: PEM certificate chain for MLLP over TLS; needs `tls_key`. Unset: plain TCP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// MLLP: PEM private key for MLLP over TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -234,18 +247,36 @@ fn default_prefix() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the HTTP API. Default `127.0.0.1:8080`.
+    /// Address of the HTTP API. Default `127.0.0.1:8080`. An address other than
+    /// loopback needs `token`.
     #[serde(default = "default_http_bind")]
     pub bind: SocketAddr,
+    /// Bearer token required on `/fhir` and `/api` (`Authorization: Bearer <token>`),
+    /// at least 16 characters. Unset: no token is asked for, which is allowed only on
+    /// a loopback `bind`. Prefer the environment (`HALONG_HTTP__TOKEN`) to this file.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// PEM certificate chain for HTTPS; needs `tls_key`. Unset: plain HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             bind: default_http_bind(),
+            token: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
+
+/// Shortest bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 fn default_http_bind() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -470,6 +501,56 @@ impl Config {
                 }
             }
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.tls_cert.is_some() != l.tls_key.is_some() {
+                let (line, col) = at("[[listener]]", i);
+                out.push(Diagnostic::new(
+                    path,
+                    line,
+                    col,
+                    format!(
+                        "listener \"{}\": give both tls_cert and tls_key, or neither",
+                        l.name
+                    ),
+                ));
+            }
+        }
+        let http_at = if text.contains("[http]") {
+            "[http]"
+        } else {
+            ""
+        };
+        let (hline, hcol) = at(http_at, 0);
+        let token = self.http.token.as_deref().filter(|t| !t.is_empty());
+        if token.is_none() && !self.http.bind.ip().is_loopback() {
+            out.push(Diagnostic::new(
+                path,
+                hline,
+                hcol,
+                format!(
+                    "[http] bind = \"{}\" is reachable from other machines, but no token is set: set token (or the environment variable HALONG_HTTP__TOKEN), or bind 127.0.0.1",
+                    self.http.bind
+                ),
+            ));
+        }
+        if let Some(t) = token {
+            if t.chars().count() < MIN_TOKEN_LEN || t.chars().any(|c| c.is_whitespace()) {
+                out.push(Diagnostic::new(
+                    path,
+                    hline,
+                    hcol,
+                    format!("[http] token must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. the output of `openssl rand -hex 24`)"),
+                ));
+            }
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            out.push(Diagnostic::new(
+                path,
+                hline,
+                hcol,
+                "[http]: give both tls_cert and tls_key, or neither",
+            ));
+        }
         if self.data.journal_segment_mib == 0 {
             let (line, col) = at("journal_segment_mib", 0);
             out.push(Diagnostic::new(
@@ -488,6 +569,15 @@ impl Config {
 
     pub fn mappings_dir(&self) -> PathBuf {
         self.base_dir.join("mappings")
+    }
+
+    /// A path from the config, relative to the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_relative() {
+            self.base_dir.join(p)
+        } else {
+            p.to_path_buf()
+        }
     }
 
     pub fn listener_names(&self) -> Vec<String> {

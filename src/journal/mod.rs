@@ -15,6 +15,9 @@
 //! 5. Status changes are appended as small frames that ride along with the next batch;
 //!    they are not waited for. Losing the last few on a crash only means a message is
 //!    processed again, which is idempotent downstream.
+//! 6. Retention ([`Journal::prune`]) deletes only whole, closed segments whose every
+//!    entry is `stored`, from the oldest on; a message not yet stored is never pruned.
+//!    Ids stay dense from the oldest kept entry.
 //!
 //! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
 //! [`frame`]). A new segment starts when the current one passes the configured size.
@@ -89,6 +92,19 @@ impl Status {
     }
 }
 
+impl EntryMeta {
+    /// The route that took the message: recorded in memory when it was processed in
+    /// this run, else (after a restart) the route an error names — processing errors
+    /// start with `route "<name>"`.
+    pub fn route_name(&self) -> Option<&str> {
+        if let Some(r) = self.route.as_deref() {
+            return Some(r);
+        }
+        let rest = self.error.as_deref()?.strip_prefix("route \"")?;
+        rest.split_once('"').map(|(name, _)| name)
+    }
+}
+
 /// A message to append.
 #[derive(Debug, Clone)]
 pub struct NewEntry {
@@ -116,6 +132,9 @@ pub struct EntryMeta {
     pub status: Status,
     pub error: Option<Box<str>>,
     pub size: u32,
+    /// The route that took the message, once routed (kept in memory only: after a
+    /// restart it is known again when the message is processed or replayed).
+    pub route: Option<Arc<str>>,
     #[serde(skip)]
     segment: u32,
     #[serde(skip)]
@@ -195,19 +214,100 @@ struct Shared {
     changes_cv: Condvar,
     /// Set when a commit failed and nothing has succeeded since.
     failing: AtomicBool,
+    /// Processing trail of the newest [`TRAIL_CAP`] entries that changed, by id.
+    trails: Mutex<std::collections::BTreeMap<u64, Vec<Step>>>,
+}
+
+/// Trails are kept for at most this many entries (the oldest ids are dropped first).
+pub const TRAIL_CAP: usize = 100_000;
+
+/// One stage of a message's processing, for the message browser.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Step {
+    /// `received`, `routed`, `queued`, `stored`, `error`, `unrouted`, `replay`…
+    pub stage: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The route, the error or other detail (never message content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What [`Journal::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    pub segments: u64,
+    pub entries: u64,
+    /// The oldest id still in the journal (or the next one to be written).
+    pub first_kept: u64,
+}
+
+/// Criteria for [`Journal::query`]; `None` does not restrict.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<Status>,
+    pub listener: Option<String>,
+    pub route: Option<String>,
+    /// `ORU^R01`, or `ADT^*` for every trigger of a type.
+    pub message_type: Option<String>,
+    /// Received at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Received before (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only ids below this one (the paging cursor: newest first).
+    pub before_id: Option<u64>,
+}
+
+impl MessageFilter {
+    pub fn matches(&self, e: &EntryMeta) -> bool {
+        self.status.is_none_or(|s| e.status == s)
+            && self.listener.as_deref().is_none_or(|l| &*e.listener == l)
+            && self
+                .route
+                .as_deref()
+                .is_none_or(|r| e.route_name() == Some(r))
+            && self
+                .message_type
+                .as_deref()
+                .is_none_or(|t| match t.strip_suffix('*') {
+                    Some(prefix) => e.message_type.starts_with(prefix),
+                    None => &*e.message_type == t,
+                })
+            && self.since_ms.is_none_or(|t| e.received_ms >= t)
+            && self.until_ms.is_none_or(|t| e.received_ms < t)
+            && self.before_id.is_none_or(|b| e.id < b)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Default)]
 struct Index {
-    /// `entries[i]` has id `i + 1`.
+    /// `entries[i]` has id `base + i + 1`; `base` is the number of ids pruned from the
+    /// front (see [`Journal::prune`]).
+    base: u64,
     entries: Vec<EntryMeta>,
     listeners: HashMap<String, Arc<str>>,
+    routes: HashMap<String, Arc<str>>,
 }
 
 impl Index {
     fn get_mut(&mut self, id: u64) -> Option<&mut EntryMeta> {
-        id.checked_sub(1)
+        id.checked_sub(self.base + 1)
             .and_then(|i| self.entries.get_mut(i as usize))
+    }
+
+    fn intern_route(&mut self, route: &str) -> Arc<str> {
+        if let Some(a) = self.routes.get(route) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(route);
+        self.routes.insert(route.to_string(), a.clone());
+        a
     }
 
     fn intern(&mut self, listener: &str) -> Arc<str> {
@@ -251,7 +351,7 @@ impl Journal {
             sync_dir(dir)?;
         }
         let len = file.metadata().map_err(io_err(&path))?.len();
-        let durable = index.entries.len() as u64;
+        let durable = index.base + index.entries.len() as u64;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index: RwLock::new(index),
@@ -262,6 +362,7 @@ impl Journal {
             changes: Mutex::new(0),
             changes_cv: Condvar::new(),
             failing: AtomicBool::new(false),
+            trails: Mutex::new(std::collections::BTreeMap::new()),
         });
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
@@ -318,11 +419,96 @@ impl Journal {
                 None => false,
             });
         }
+        {
+            let at_ms = now_ms();
+            let mut trails = self.shared.trails.lock().expect("journal trails lock");
+            for (id, status, error) in &changes {
+                trails.entry(*id).or_default().push(Step {
+                    stage: status.as_str().to_string(),
+                    at_ms,
+                    detail: error.clone(),
+                });
+            }
+            while trails.len() > TRAIL_CAP {
+                trails.pop_first();
+            }
+        }
         for (id, status, error) in changes {
             let _ = self.tx.send(Cmd::Status(id, status, error));
         }
         *self.shared.changes.lock().expect("journal changes lock") += 1;
         self.shared.changes_cv.notify_all();
+    }
+
+    /// Records which route took entry `id` (in memory, with a trail step).
+    pub fn set_route(&self, id: u64, route: &str) {
+        {
+            let mut index = self.shared.index.write().expect("journal index lock");
+            let interned = index.intern_route(route);
+            match index.get_mut(id) {
+                Some(e) => e.route = Some(interned),
+                None => return,
+            }
+        }
+        self.add_step(id, "routed", Some(route.to_string()));
+    }
+
+    /// Appends a step to the trail of entry `id` (in memory).
+    pub fn add_step(&self, id: u64, stage: &str, detail: Option<String>) {
+        let mut trails = self.shared.trails.lock().expect("journal trails lock");
+        trails.entry(id).or_default().push(Step {
+            stage: stage.to_string(),
+            at_ms: now_ms(),
+            detail,
+        });
+        while trails.len() > TRAIL_CAP {
+            trails.pop_first();
+        }
+    }
+
+    /// The processing trail of entry `id`: its arrival, then every recorded step
+    /// (since this process started; older steps are summarised by the status).
+    pub fn trail(&self, id: u64) -> Vec<Step> {
+        let Some(meta) = self.entry(id) else {
+            return Vec::new();
+        };
+        let mut out = vec![Step {
+            stage: "received".into(),
+            at_ms: meta.received_ms,
+            detail: Some(format!("listener {}", meta.listener)),
+        }];
+        let steps = self
+            .shared
+            .trails
+            .lock()
+            .expect("journal trails lock")
+            .get(&id)
+            .cloned();
+        match steps {
+            Some(steps) => out.extend(steps),
+            None if meta.status != Status::Received => out.push(Step {
+                stage: meta.status.as_str().to_string(),
+                at_ms: meta.received_ms,
+                detail: meta.error.as_deref().map(str::to_string),
+            }),
+            None => {}
+        }
+        out
+    }
+
+    /// Entries matching `filter`, newest first, at most `limit`.
+    pub fn query(&self, filter: &MessageFilter, limit: usize) -> Vec<EntryMeta> {
+        let index = self.shared.index.read().expect("journal index lock");
+        let end = filter.before_id.map_or(index.entries.len(), |b| {
+            (b.saturating_sub(index.base + 1) as usize).min(index.entries.len())
+        });
+        index.entries[..end]
+            .iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Waits until entry `id` has a final status (stored, error or unrouted) and returns
@@ -360,7 +546,7 @@ impl Journal {
 
     pub fn entry(&self, id: u64) -> Option<EntryMeta> {
         let index = self.shared.index.read().expect("journal index lock");
-        id.checked_sub(1)
+        id.checked_sub(index.base + 1)
             .and_then(|i| index.entries.get(i as usize))
             .cloned()
     }
@@ -437,7 +623,54 @@ impl Journal {
             .entries
             .iter()
             .find(|e| e.status.needs_processing())
-            .map_or(index.entries.len() as u64 + 1, |e| e.id)
+            .map_or(index.base + index.entries.len() as u64 + 1, |e| e.id)
+    }
+
+    /// Retention: deletes whole segments from the oldest on, as long as every entry of
+    /// the segment is `stored` and was received before `cutoff_ms`. Stops at the first
+    /// segment that does not qualify (so ids stay dense) and never touches the segment
+    /// being written. Entries not yet stored (received, queued, error, unrouted) are
+    /// therefore never pruned. Everything recorded so far is synced first.
+    pub fn prune(&self, cutoff_ms: i64) -> Result<PruneReport, JournalError> {
+        self.sync_blocking()?;
+        let dir = &self.shared.dir;
+        let segments = list_segments(dir)?;
+        let mut report = PruneReport::default();
+        let Some((&last, older)) = segments.split_last() else {
+            return Ok(report);
+        };
+        let mut index = self.shared.index.write().expect("journal index lock");
+        for &n in older {
+            let count = index.entries.iter().take_while(|e| e.segment == n).count();
+            let rest_elsewhere = index.entries.iter().skip(count).any(|e| e.segment == n);
+            let qualifies = !rest_elsewhere
+                && index.entries[..count]
+                    .iter()
+                    .all(|e| e.status == Status::Stored && e.received_ms < cutoff_ms);
+            if !qualifies || n == last {
+                break;
+            }
+            let path = segment_path(dir, n);
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            self.shared
+                .readers
+                .lock()
+                .expect("journal readers lock")
+                .remove(&n);
+            index.entries.drain(..count);
+            index.base += count as u64;
+            report.segments += 1;
+            report.entries += count as u64;
+        }
+        let base = index.base;
+        drop(index);
+        if report.segments > 0 {
+            sync_dir(dir)?;
+            let mut trails = self.shared.trails.lock().expect("journal trails lock");
+            trails.retain(|id, _| *id > base);
+        }
+        report.first_kept = base + 1;
+        Ok(report)
     }
 
     /// Ids whose records sit in the outbox (status `queued`).
@@ -547,6 +780,7 @@ impl Committer {
                             status: e.status,
                             error: e.error.map(String::into_boxed_str),
                             size: e.raw.len() as u32,
+                            route: None,
                             segment: self.segment,
                             raw_offset: self.len + raw_at as u64,
                         },
@@ -718,7 +952,11 @@ fn recover_segment(
                 raw_offset_in_payload,
                 raw_len,
             } => {
-                let expected = index.entries.len() as u64 + 1;
+                if index.entries.is_empty() && index.base == 0 {
+                    // The first entry on disk: earlier segments may have been pruned.
+                    index.base = id.saturating_sub(1);
+                }
+                let expected = index.base + index.entries.len() as u64 + 1;
                 if id != expected {
                     return Err(JournalError::Corrupt {
                         path,
@@ -737,6 +975,7 @@ fn recover_segment(
                     status,
                     error: (!error.is_empty()).then(|| Box::from(error)),
                     size: raw_len as u32,
+                    route: None,
                     segment: n,
                     raw_offset: (pos + frame::HEADER_LEN + raw_offset_in_payload) as u64,
                 });

@@ -22,6 +22,8 @@ pub(crate) const MANY: &[u8] = b"x/";
 pub(crate) const IDENT: &[u8] = b"i/";
 /// Prefix of patient references: `r/<patient id>\0<Type>/<id>`.
 pub(crate) const REF: &[u8] = b"r/";
+/// Prefix of patient merges: `l/<surviving patient id>\0<merged patient id>`.
+pub(crate) const LINK: &[u8] = b"l/";
 /// Prefix of per-type counts: `c/<Type>`.
 pub(crate) const COUNT: &[u8] = b"c/";
 /// Layout version key.
@@ -119,8 +121,8 @@ pub(crate) fn count_key(rt: &str) -> Vec<u8> {
 
 /// `n/<token>` — every key of patients having a token that starts with `token`
 /// begins with this.
-pub(crate) fn name_prefix(token: &str) -> Vec<u8> {
-    cat(&[NAME, token.as_bytes()])
+pub(crate) fn name_prefix_bytes(token: &[u8]) -> Vec<u8> {
+    cat(&[NAME, token])
 }
 
 /// `n/<token>\0` and `n/<token>\x01`: the key range of exactly this token.
@@ -186,6 +188,37 @@ pub(crate) fn ref_prefix(patient_id: &str) -> Vec<u8> {
     cat(&[REF, patient_id.as_bytes(), b"\0"])
 }
 
+/// `l/<patient id>\0`: every patient merged into this one.
+pub(crate) fn link_prefix(patient_id: &str) -> Vec<u8> {
+    cat(&[LINK, patient_id.as_bytes(), b"\0"])
+}
+
+/// `(survivor, merged)` pairs a Patient's `link` implies: `replaced-by` other (this one
+/// was merged into it) and `replaces` other (it was merged into this one).
+pub(crate) fn merge_links(id: &str, v: &Value) -> Vec<(String, String)> {
+    let Some(links) = v.get("link").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter_map(|l| {
+            let other = l
+                .get("other")?
+                .get("reference")?
+                .as_str()
+                .and_then(patient_ref_id)?;
+            if other == id {
+                return None;
+            }
+            match l.get("type")?.as_str()? {
+                "replaced-by" => Some((other.to_owned(), id.to_owned())),
+                "replaces" => Some((id.to_owned(), other.to_owned())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Every index entry (key → value) the resource implies. The resource's own `d/` key
 /// and the counts are not included.
 pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -222,6 +255,12 @@ pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> BTreeMap<Vec<u8>, 
             }
         } else {
             out.insert(cat(&[MANY, id.as_bytes()]), list.as_bytes().to_vec());
+        }
+        for (survivor, merged) in merge_links(id, v) {
+            out.insert(
+                cat(&[LINK, survivor.as_bytes(), b"\0", merged.as_bytes()]),
+                Vec::new(),
+            );
         }
         for (system, value) in identifiers(v) {
             out.insert(

@@ -57,6 +57,7 @@
 //! | `x/<patient id>`                       | the same token list; only patients with > 12 tokens (no pairs) |
 //! | `i/<value>\0<system>\0<patient id>`    | empty (system empty when absent)                               |
 //! | `r/<patient id>\0<Type>/<id>`          | empty: `<Type>/<id>` references the patient                    |
+//! | `l/<survivor id>\0<merged id>`         | empty: a `Patient.link` (`replaced-by`/`replaces`) merge       |
 //!
 //! Name tokens are [`normalize`]d text (lowercase, no marks, `đ` → `d`), cut to
 //! [`normalize::MAX_TOKEN_BYTES`]; a patient's tokens come from every `name[*]`'s
@@ -66,6 +67,8 @@
 //! `"reference": "Patient/<id>"` strings anywhere in a resource (a Patient's reference
 //! to itself is not indexed).
 
+mod clinical;
+mod dates;
 mod error;
 mod index;
 pub mod normalize;
@@ -81,9 +84,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+pub use clinical::{record_date_range, ClinicalQuery, DateOrder, Page, TokenQuery, CLINICAL_TYPES};
+pub use dates::{DateCmp, DateFilter};
 pub use error::{InvalidResource, StoreError};
 pub use normalize::normalize;
-pub use search::PatientQuery;
+pub use search::{NameMatch, PatientQuery};
 pub use upsert::UpsertStats;
 
 /// Name of the sled tree holding records and indexes.

@@ -12,9 +12,10 @@ use std::collections::{BTreeSet, BinaryHeap};
 
 use serde_json::Value;
 
+use super::dates::DateFilter;
 use super::error::StoreError;
 use super::index::{
-    doc_key, ident_key_patient, ident_prefix, name_prefix, name_token_range, name_tokens,
+    doc_key, ident_key_patient, ident_prefix, name_prefix_bytes, name_token_range, name_tokens,
     pair_first_end, pair_prefix, pair_range, pair_second_prefix, ref_prefix, split_name_key,
     token_at, DOC, MANY, PAIR,
 };
@@ -32,17 +33,92 @@ const PAIR_PROBE_CAP: usize = 256;
 /// (its prefixes are short, so its answer is dense and a token scan finds it fast).
 const MAX_PAIR_RANGES: usize = 64;
 
+/// How `name` matches (FHIR string search modifiers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameMatch {
+    /// Every query token starts some name token (case- and accent-insensitive).
+    #[default]
+    Prefix,
+    /// `:contains`: every query token occurs inside some name token (case- and
+    /// accent-insensitive).
+    Contains,
+    /// `:exact`: the query equals a whole name part (`family`, a `given`, `text`) or
+    /// the name written "family given…" or "given… family", with case and diacritics.
+    Exact,
+}
+
 /// A patient search. Empty or absent criteria do not restrict; given criteria are
 /// ANDed. Results are ordered by patient id.
 #[derive(Debug, Clone, Default)]
 pub struct PatientQuery {
-    /// FHIR string search on the names, case- and accent-insensitive: every query
-    /// token must be a prefix of some name token of the patient.
+    /// FHIR string search on the names; see [`NameMatch`].
     pub name: Option<String>,
+    pub name_match: NameMatch,
     /// `system|value`, `|value` (no system) or `value` (any system); exact match.
     pub identifier: Option<String>,
+    /// Every filter must hold for `birthDate`.
+    pub birthdate: Vec<DateFilter>,
+    /// `male`, `female`, `other` or `unknown`.
+    pub gender: Option<String>,
+    /// Only patients whose id sorts after this one (the paging cursor).
+    pub after: Option<String>,
     /// Maximum number of patients returned; 0 means [`DEFAULT_LIMIT`].
     pub limit: usize,
+}
+
+impl PatientQuery {
+    /// The checks that need the record itself (everything but the index's tokens).
+    fn record_matches(&self, p: &Value) -> bool {
+        if let Some(g) = &self.gender {
+            if p.get("gender").and_then(Value::as_str) != Some(g.as_str()) {
+                return false;
+            }
+        }
+        if !self.birthdate.is_empty() {
+            let Some(d) = p.get("birthDate").and_then(Value::as_str) else {
+                return false;
+            };
+            if !self.birthdate.iter().all(|f| f.matches(d, d)) {
+                return false;
+            }
+        }
+        if self.name_match == NameMatch::Exact {
+            if let Some(q) = &self.name {
+                if !exact_name_forms(p).iter().any(|f| f == q) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The strings `name:exact` compares with.
+fn exact_name_forms(p: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in p
+        .get("name")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let family = name.get("family").and_then(Value::as_str);
+        let given: Vec<&str> = name
+            .get("given")
+            .and_then(Value::as_array)
+            .map(|g| g.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.extend(family.map(str::to_string));
+        out.extend(given.iter().map(|g| g.to_string()));
+        out.extend(name.get("text").and_then(Value::as_str).map(str::to_string));
+        if let Some(f) = family {
+            if !given.is_empty() {
+                out.push(format!("{f} {}", given.join(" ")));
+                out.push(format!("{} {f}", given.join(" ")));
+            }
+        }
+    }
+    out
 }
 
 /// A parsed identifier criterion.
@@ -68,6 +144,10 @@ fn parse_identifier(q: &str) -> IdentQuery<'_> {
 
 impl Store {
     /// Patients matching `q`, ordered by id, at most `q.limit` (0: 100).
+    ///
+    /// With a name, candidates come from the name index (cost follows the answer);
+    /// with an identifier, from the identifier index; with neither, every patient after
+    /// the cursor is checked.
     pub fn search_patients(&self, q: &PatientQuery) -> Result<Vec<Value>, StoreError> {
         let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
         let mut query_tokens = q.name.as_deref().map(tokens).unwrap_or_default();
@@ -78,40 +158,48 @@ impl Store {
             .as_deref()
             .filter(|s| !s.is_empty())
             .map(parse_identifier);
+        let after = q.after.as_deref().map(str::as_bytes);
 
-        let ids: Vec<Vec<u8>> = match (ident, query_tokens.is_empty()) {
-            (Some(ident), _) => {
-                return self.search_by_identifier(&ident, &query_tokens, limit);
-            }
-            (None, false) => self.ids_by_name(&query_tokens, limit)?,
-            (None, true) => return self.first_patients(limit),
-        };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let id = String::from_utf8_lossy(&id);
-            if let Some(p) = self.get_key(&doc_key("Patient", &id))? {
-                out.push(p);
-            }
+        if let Some(ident) = ident {
+            return self.search_by_identifier(&ident, &query_tokens, q, limit);
         }
-        Ok(out)
-    }
-
-    /// Ids (in id order, at most `limit`) of patients having, for every query token,
-    /// a name token it is a prefix of.
-    fn ids_by_name(&self, query: &[String], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut merged = self.name_plan(query)?;
-        let wanted: Vec<&[u8]> = query.iter().map(|t| t.as_bytes()).collect();
-        let mut out: Vec<Vec<u8>> = Vec::new();
+        if query_tokens.is_empty() {
+            return self.scan_patients(q, limit);
+        }
+        let mut merged = match q.name_match {
+            NameMatch::Contains => {
+                let longest = query_tokens
+                    .iter()
+                    .max_by_key(|t| t.len())
+                    .expect("at least one token");
+                self.token_ranges_where(b"", after, |t| contains(t, longest.as_bytes()))?
+            }
+            NameMatch::Prefix | NameMatch::Exact => self.name_plan(&query_tokens, after)?,
+        };
+        let wanted: Vec<&[u8]> = query_tokens.iter().map(|t| t.as_bytes()).collect();
+        let mut out = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
         while out.len() < limit {
             let Some((id, list)) = merged.next()? else {
                 break;
             };
-            if out.last() == Some(&id) {
+            if last.as_ref() == Some(&id) {
                 continue; // the same patient reached through two ranges
             }
             let have: Vec<&[u8]> = list.split(|&b| b == b' ').collect();
-            if wanted.iter().all(|q| have.iter().any(|t| t.starts_with(q))) {
-                out.push(id);
+            let ok = match q.name_match {
+                NameMatch::Contains => wanted.iter().all(|w| have.iter().any(|t| contains(t, w))),
+                _ => wanted.iter().all(|w| have.iter().any(|t| t.starts_with(w))),
+            };
+            last = Some(id.clone());
+            if !ok {
+                continue;
+            }
+            let id = String::from_utf8_lossy(&id);
+            if let Some(p) = self.get_key(&doc_key("Patient", &id))? {
+                if q.record_matches(&p) {
+                    out.push(p);
+                }
             }
         }
         Ok(out)
@@ -128,7 +216,7 @@ impl Store {
     /// [`PAIR_PROBE_CAP`]) is scanned, together with the `x/` patients that have no
     /// pairs. Vietnamese names draw on few syllables, so every single token is common
     /// and only pairs keep "nguyen thi ngoc" proportional to its answer.
-    fn name_plan(&self, query: &[String]) -> Result<Merged, StoreError> {
+    fn name_plan(&self, query: &[String], after: Option<&[u8]>) -> Result<Merged, StoreError> {
         let mut drive: Vec<&str> = query
             .iter()
             .filter(|q| !query.iter().any(|o| o != *q && o.starts_with(q.as_str())))
@@ -143,7 +231,7 @@ impl Store {
                     // Neither is a prefix of the other, so every token extending the
                     // smaller sorts before every token extending the larger.
                     let (a, b) = if a < b { (*a, *b) } else { (*b, *a) };
-                    let Some(ranges) = self.pair_ranges(a, b)? else {
+                    let Some(ranges) = self.pair_ranges(a, b, after)? else {
                         continue; // too many distinct pairs: short prefixes
                     };
                     let mut probe = Merged::new(ranges)?;
@@ -159,8 +247,14 @@ impl Store {
             if let Some((_, a, b)) = best {
                 // A concurrent writer may have added pairs since the probe; if that
                 // pushed them over the bound, the token scan below is still correct.
-                if let Some(mut ranges) = self.pair_ranges(a, b)? {
-                    ranges.push((self.inner.tree.scan_prefix(MANY), MANY.len()));
+                if let Some(mut ranges) = self.pair_ranges(a, b, after)? {
+                    let many_end = [MANY[0], MANY[1] + 1];
+                    ranges.push((
+                        self.inner
+                            .tree
+                            .range(seek(MANY.to_vec(), after)..many_end.to_vec()),
+                        MANY.len(),
+                    ));
                     return Merged::new(ranges);
                 }
             }
@@ -169,13 +263,19 @@ impl Store {
             .iter()
             .max_by_key(|t| t.len())
             .expect("caller passes at least one token");
-        self.token_ranges(longest)
+        self.token_ranges_where(longest.as_bytes(), after, |_| true)
     }
 
-    /// One range `n/<t>\0*` for every indexed token `t` starting with `prefix`.
-    fn token_ranges(&self, prefix: &str) -> Result<Merged, StoreError> {
+    /// One range `n/<t>\0*` for every indexed token `t` starting with `prefix` for
+    /// which `keep(t)` holds; each range starts after the patient id `after`.
+    fn token_ranges_where(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Merged, StoreError> {
         let tree = &self.inner.tree;
-        let base = name_prefix(prefix);
+        let base = name_prefix_bytes(prefix);
         let mut ranges = Vec::new();
         let mut from = base.clone();
         // Skip from one distinct token to the next: one seek per token, however many
@@ -190,7 +290,9 @@ impl Store {
             };
             let (start, end) = name_token_range(token);
             let skip = start.len();
-            ranges.push((tree.range(start..end.clone()), skip));
+            if keep(token) {
+                ranges.push((tree.range(seek(start, after)..end.clone()), skip));
+            }
             from = end;
         }
         Merged::new(ranges)
@@ -202,6 +304,7 @@ impl Store {
         &self,
         a: &str,
         b: &str,
+        after: Option<&[u8]>,
     ) -> Result<Option<Vec<(sled::Iter, usize)>>, StoreError> {
         let tree = &self.inner.tree;
         let base_a = pair_prefix(a.as_bytes());
@@ -228,7 +331,7 @@ impl Store {
                 };
                 let (start, end) = pair_range(first, second);
                 let skip = start.len();
-                ranges.push((tree.range(start..end.clone()), skip));
+                ranges.push((tree.range(seek(start, after)..end.clone()), skip));
                 if ranges.len() > MAX_PAIR_RANGES {
                     return Ok(None);
                 }
@@ -243,6 +346,7 @@ impl Store {
         &self,
         ident: &IdentQuery<'_>,
         query_tokens: &[String],
+        q: &PatientQuery,
         limit: usize,
     ) -> Result<Vec<Value>, StoreError> {
         let value_prefix_len = ident_prefix(ident.value, None).len();
@@ -251,7 +355,9 @@ impl Store {
         for entry in self.inner.tree.scan_prefix(&prefix) {
             let (key, _) = entry?;
             if let Some(id) = ident_key_patient(&key, value_prefix_len) {
-                ids.insert(id.to_vec());
+                if q.after.as_deref().is_none_or(|a| id > a.as_bytes()) {
+                    ids.insert(id.to_vec());
+                }
             }
         }
         let mut out = Vec::new();
@@ -265,24 +371,40 @@ impl Store {
             };
             if !query_tokens.is_empty() {
                 let have = name_tokens(&p);
-                let all = query_tokens
-                    .iter()
-                    .all(|q| have.iter().any(|t| t.starts_with(q.as_str())));
+                let all = query_tokens.iter().all(|t| {
+                    have.iter().any(|h| match q.name_match {
+                        NameMatch::Contains => h.contains(t.as_str()),
+                        _ => h.starts_with(t.as_str()),
+                    })
+                });
                 if !all {
                     continue;
                 }
             }
-            out.push(p);
+            if q.record_matches(&p) {
+                out.push(p);
+            }
         }
         Ok(out)
     }
 
-    fn first_patients(&self, limit: usize) -> Result<Vec<Value>, StoreError> {
+    /// Every patient after the cursor, checked one by one (no name or identifier given).
+    fn scan_patients(&self, q: &PatientQuery, limit: usize) -> Result<Vec<Value>, StoreError> {
         let prefix = doc_key("Patient", "");
+        let start = match &q.after {
+            Some(a) => seek(prefix.clone(), Some(a.as_bytes())),
+            None => prefix.clone(),
+        };
         let mut out = Vec::new();
-        for entry in self.inner.tree.scan_prefix(&prefix).take(limit) {
+        for entry in self.inner.tree.range(start..) {
             let (key, bytes) = entry?;
-            out.push(super::parse_record(&key, &bytes)?);
+            if !key.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let p = super::parse_record(&key, &bytes)?;
+            if q.record_matches(&p) {
+                out.push(p);
+            }
         }
         Ok(out)
     }
@@ -305,6 +427,20 @@ impl Store {
         }
         Ok(Some(out))
     }
+}
+
+/// The first key after `start<after>`: where a range of keys `start<patient id>`
+/// resumes after the patient `after`.
+fn seek(mut start: Vec<u8>, after: Option<&[u8]>) -> Vec<u8> {
+    if let Some(a) = after {
+        start.extend_from_slice(a);
+        start.push(0);
+    }
+    start
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// K-way merge, by patient id, of index ranges whose keys end in the patient id

@@ -244,13 +244,13 @@ fn identifier_search_forms() {
     let q = PatientQuery {
         name: Some("b".into()),
         identifier: Some("123".into()),
-        limit: 0,
+        ..Default::default()
     };
     assert_eq!(ids(&store.search_patients(&q).unwrap()), ["p2"]);
     let q = PatientQuery {
         name: Some("zz".into()),
         identifier: Some("123".into()),
-        limit: 0,
+        ..Default::default()
     };
     assert!(store.search_patients(&q).unwrap().is_empty());
 }
@@ -650,4 +650,46 @@ fn patients_and_encounters_keep_elements_a_later_message_does_not_send() {
         .unwrap();
     let o = store.get("Observation", "o1").unwrap().unwrap();
     assert!(o.get("note").is_none());
+}
+
+#[test]
+fn merges_follow_links_both_ways_stop_on_cycles_and_are_removed_with_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let link = |id: &str, other: &str, kind: &str| {
+        let mut p = patient(id, "Võ", &["An"], &[]);
+        p["link"] = json!([{ "other": { "reference": format!("Patient/{other}") }, "type": kind }]);
+        p
+    };
+    // b and c were merged into a (one says replaced-by, the other is named by a's
+    // replaces); d into b; and a cycle a <-> e must not loop.
+    let mut a = patient("a", "Võ", &["An"], &[]);
+    a["link"] = json!([
+        { "other": { "reference": "Patient/c" }, "type": "replaces" },
+        { "other": { "reference": "Patient/e" }, "type": "replaced-by" }
+    ]);
+    store
+        .upsert_batch(&[
+            a,
+            link("b", "a", "replaced-by"),
+            link("d", "b", "replaced-by"),
+            link("e", "a", "replaced-by"),
+            link("f", "a", "seealso"),
+        ])
+        .unwrap();
+    let mut family = store.merged_family("a").unwrap();
+    assert_eq!(family.remove(0), "a", "the patient itself first");
+    family.sort();
+    assert_eq!(family, ["b", "c", "d", "e"]);
+    assert_eq!(store.merged_family("d").unwrap(), ["d"]);
+    let mut e_family = store.merged_family("e").unwrap();
+    e_family.sort();
+    assert_eq!(e_family, ["a", "b", "c", "d", "e"], "a cycle ends");
+
+    // A link removed (unmerge): the records part again. Patients keep absent elements,
+    // so the link is replaced by another kind rather than dropped.
+    store.upsert_batch(&[link("b", "a", "seealso")]).unwrap();
+    let mut family = store.merged_family("a").unwrap();
+    family.sort();
+    assert_eq!(family, ["a", "c", "e"]);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,8 @@ pub struct MllpSettings {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// TLS for this listener (`tls_cert`/`tls_key` in the config); `None`: plain TCP.
+    pub tls: Option<crate::tls::Acceptor>,
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled.
@@ -51,7 +53,20 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _permit = permit;
                     tracing::debug!(listener = %settings.name, %peer, "connection opened");
-                    if let Err(e) = connection(stream, peer, &settings, &journal, shutdown).await {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(listener = %settings.name, %peer, error = %e, "cannot set TCP_NODELAY");
+                    }
+                    let served = match &settings.tls {
+                        None => connection(stream, peer, &settings, &journal, shutdown).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(s) => connection(s, peer, &settings, &journal, shutdown).await,
+                            Err(e) => {
+                                tracing::info!(listener = %settings.name, %peer, error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(listener = %settings.name, %peer, error = %e, "connection ended with an error");
                     }
                     tracing::debug!(listener = %settings.name, %peer, "connection closed");
@@ -66,15 +81,14 @@ pub async fn serve(
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: SocketAddr,
     settings: &MllpSettings,
     journal: &Journal,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut frames =
         FramedRead::with_capacity(read, MllpCodec::new(settings.max_message_bytes), 64 * 1024);
     let peer_text = peer.to_string();
@@ -93,10 +107,16 @@ async fn connection(
         };
         match item {
             Ok(content) => {
+                let started = std::time::Instant::now();
+                crate::telemetry::message_received(&settings.name);
                 let ack = handle_message(content.to_vec(), &peer_text, settings, journal).await;
                 write.write_all(&frame(&ack)).await?;
+                write.flush().await?;
+                crate::telemetry::ack_sent(&settings.name, is_positive(&ack), started.elapsed());
             }
             Err(MllpError::Oversized { max, prefix }) => {
+                let started = std::time::Instant::now();
+                crate::telemetry::message_received(&settings.name);
                 let text = format!("message exceeds the maximum size of {max} bytes");
                 tracing::warn!(listener = %settings.name, %peer, max, "oversized message refused");
                 let header = hl7::read_header(&prefix).ok();
@@ -117,6 +137,8 @@ async fn connection(
                     None,
                 );
                 write.write_all(&frame(&ack)).await?;
+                write.flush().await?;
+                crate::telemetry::ack_sent(&settings.name, false, started.elapsed());
                 return Ok(());
             }
             Err(MllpError::Incomplete { len, prefix }) => {
@@ -276,6 +298,13 @@ fn nak(
             hl7::build_ack_without_header(code, &err, ack_id, &hl7_now())
         }
     }
+}
+
+/// Whether an ACK's MSA-1 is AA or CA.
+fn is_positive(ack: &[u8]) -> bool {
+    memchr::memmem::find(ack, b"\rMSA|")
+        .and_then(|i| ack.get(i + 5..i + 7))
+        .is_some_and(|code| code == b"AA" || code == b"CA")
 }
 
 fn now_ms() -> i64 {
