@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ListenerKind, QueueKind};
 use crate::journal::{Journal, JournalOptions};
+use crate::listeners::dicom;
 use crate::listeners::mllp::{self, MllpSettings};
 use crate::pipeline::{Pipeline, Rules};
 use crate::queue::Outbox;
@@ -63,16 +64,6 @@ impl Engine {
                 "[queue] kind = \"amqp\" is not available in this version yet; use kind = \"embedded\"".into(),
             ));
         }
-        if let Some(l) = config
-            .listeners
-            .iter()
-            .find(|l| l.kind == ListenerKind::Dicom)
-        {
-            return Err(StartError::Unsupported(format!(
-                "listener \"{}\": kind = \"dicom\" is not available in this version yet",
-                l.name
-            )));
-        }
         let rules = Rules::load(&config).map_err(StartError::Config)?;
         let data = &config.data.dir;
         std::fs::create_dir_all(data).map_err(|source| StartError::DataDir {
@@ -120,6 +111,7 @@ impl Engine {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut listener_addrs = Vec::new();
+        let mut dicom_archive = None;
         for l in &config.listeners {
             let socket = TcpListener::bind(l.bind)
                 .await
@@ -130,6 +122,33 @@ impl Engine {
                 })?;
             let addr = socket.local_addr().expect("bound socket has an address");
             listener_addrs.push((l.name.clone(), addr));
+            if l.kind == ListenerKind::Dicom {
+                let archive = dicom_archive.get_or_insert_with(|| {
+                    crate::listeners::dicom::Archive::open(&data.join("dicom")).map(Arc::new)
+                });
+                let archive = archive.as_ref().map_err(|e| StartError::DataDir {
+                    path: data.join("dicom").display().to_string(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                })?;
+                let settings = dicom::DicomSettings {
+                    name: l.name.clone(),
+                    ae_title: l.dicom_ae_title(),
+                    allowed_callers: l.allowed_callers.clone().unwrap_or_default(),
+                    max_associations: l.max_connections,
+                    max_pdu: l.max_pdu_bytes.unwrap_or(65536),
+                    idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+                    write_timeout: Duration::from_secs(l.write_timeout_secs.unwrap_or(30)),
+                };
+                tracing::info!(listener = %l.name, %addr, "DICOM listener ready");
+                tasks.push(tokio::spawn(dicom::serve(
+                    socket,
+                    settings,
+                    archive.clone(),
+                    journal.clone(),
+                    shutdown.clone(),
+                )));
+                continue;
+            }
             let settings = MllpSettings {
                 name: l.name.clone(),
                 max_message_bytes: l.max_message_bytes,

@@ -104,6 +104,21 @@ pub struct ListenerConfig {
     /// DICOM: calling AE titles allowed to connect; empty means any.
     #[serde(default)]
     pub allowed_callers: Option<Vec<String>>,
+    /// DICOM: largest PDU accepted, in bytes (announced to the caller). Default 65536;
+    /// at least 4096.
+    #[serde(default)]
+    pub max_pdu_bytes: Option<u32>,
+    /// DICOM: seconds a response may take to be written before the association is
+    /// aborted. Default 30.
+    #[serde(default)]
+    pub write_timeout_secs: Option<u64>,
+}
+
+impl ListenerConfig {
+    /// DICOM: the AE title, `HALONG` by default.
+    pub fn dicom_ae_title(&self) -> String {
+        self.ae_title.clone().unwrap_or_else(|| "HALONG".into())
+    }
 }
 
 fn default_max_message_bytes() -> usize {
@@ -266,14 +281,43 @@ impl Config {
                     format!("duplicate listener name \"{}\"", l.name),
                 ));
             }
-            if l.kind == ListenerKind::Mllp && (l.ae_title.is_some() || l.allowed_callers.is_some())
+            if l.kind == ListenerKind::Mllp
+                && (l.ae_title.is_some()
+                    || l.allowed_callers.is_some()
+                    || l.max_pdu_bytes.is_some()
+                    || l.write_timeout_secs.is_some())
             {
                 out.push(Diagnostic::new(
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": ae_title and allowed_callers apply to kind = \"dicom\" only", l.name),
+                    format!("listener \"{}\": ae_title, allowed_callers, max_pdu_bytes and write_timeout_secs apply to kind = \"dicom\" only", l.name),
                 ));
+            }
+            if l.kind == ListenerKind::Dicom {
+                let ae = l.dicom_ae_title();
+                if ae.trim().is_empty()
+                    || ae.len() > 16
+                    || !ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+                {
+                    out.push(Diagnostic::new(
+                        path,
+                        line,
+                        col,
+                        format!("listener \"{}\": ae_title must be 1 to 16 printable ASCII characters without a backslash", l.name),
+                    ));
+                }
+                if l.max_pdu_bytes.is_some_and(|m| m < 4096) {
+                    out.push(Diagnostic::new(
+                        path,
+                        line,
+                        col,
+                        format!(
+                            "listener \"{}\": max_pdu_bytes must be at least 4096",
+                            l.name
+                        ),
+                    ));
+                }
             }
             if l.max_message_bytes < 1024 {
                 out.push(Diagnostic::new(
