@@ -13,6 +13,21 @@ if ! python3 -c 'import hl7.client' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore hl7
 fi
 
+# dcmtk (echoscu, storescu) and pynetdicom/pydicom: real DICOM clients for the DICOM
+# interop tests.
+if ! command -v /usr/bin/storescu >/dev/null 2>&1 || ! command -v /usr/bin/echoscu >/dev/null 2>&1; then
+    log "installing dcmtk"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q dcmtk >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q dcmtk >/dev/null
+    }
+fi
+if ! python3 -c 'import pynetdicom, pydicom' 2>/dev/null; then
+    log "installing pynetdicom and pydicom (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pynetdicom pydicom
+fi
+
 log "building and running the tests"
 cargo test --locked --all-targets -- --test-threads=2 "$@"
 log "all tests passed"

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_VALUE_CHARS: usize = 1024;
 
 /// Top-level text attributes of a dataset, by tag. Serialised as a JSON object whose
-/// keys are eight hex digits (`"0020000D"`). Values are as decoded from the dataset,
+/// keys are eight hex digits (`"0020000D"`). Values are as decoded from the dataset (DA and TM normalised, see `normalise`),
 /// without padding; multiple values are separated by `\`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -112,27 +112,96 @@ pub fn extract(path: &Path) -> Result<Attributes, ExtractError> {
     let mut out = Attributes::new();
     for el in obj.iter() {
         let tag = el.tag();
-        if !is_text(el.vr()) || tag.0 == 0x0002 {
+        if tag.0 == 0x0002 {
             continue;
         }
-        let Ok(text) = el.to_str() else { continue };
+        let (vr, text) = if el.vr() == VR::UN {
+            // Sent as UN (unknown VR): decode it when the dictionary says it is text.
+            let Some(vr) = dictionary_vr(tag).filter(|vr| is_text(*vr) && is_string(*vr)) else {
+                continue;
+            };
+            let Ok(bytes) = el.to_bytes() else { continue };
+            (vr, String::from_utf8_lossy(&bytes).into_owned())
+        } else if is_text(el.vr()) {
+            let Ok(text) = el.to_str() else { continue };
+            (el.vr(), text.into_owned())
+        } else {
+            continue;
+        };
         let text = text.trim_end_matches(['\0', ' ']).trim_start();
         if text.chars().count() > MAX_VALUE_CHARS {
             continue;
         }
-        let text = if el.vr() == VR::TM {
-            text.replace(':', "")
-        } else {
-            text.to_string()
-        };
-        out.insert(tag_u32(tag), text);
+        out.insert(tag_u32(tag), normalise(vr, text));
     }
     Ok(out)
+}
+
+fn is_string(vr: VR) -> bool {
+    !matches!(
+        vr,
+        VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV
+    )
+}
+
+fn dictionary_vr(tag: Tag) -> Option<VR> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    match dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)?
+        .vr()
+    {
+        VirtualVr::Exact(vr) => Some(vr),
+        _ => None,
+    }
+}
+
+/// Dates and times in the forms the mapping functions read: DA without the dots of the
+/// old `YYYY.MM.DD` form, TM without the colons of `HH:MM:SS` and with at most four
+/// fractional digits (HL7's precision; DICOM allows six).
+fn normalise(vr: VR, text: &str) -> String {
+    match vr {
+        VR::DA => text.replace('.', ""),
+        VR::TM => text
+            .split('\\')
+            .map(|t| {
+                let t = t.replace(':', "");
+                match t.split_once('.') {
+                    Some((hms, frac)) => {
+                        let frac: String = frac.chars().take(4).collect();
+                        if frac.is_empty() {
+                            hms.to_string()
+                        } else {
+                            format!("{hms}.{frac}")
+                        }
+                    }
+                    None => t,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\\"),
+        _ => text.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_and_times_are_normalised() {
+        let table = [
+            (VR::DA, "1997.04.24", "19970424"),
+            (VR::DA, "20261120", "20261120"),
+            (VR::TM, "14:04:38", "140438"),
+            (VR::TM, "132645.921000", "132645.9210"),
+            (VR::TM, "0815", "0815"),
+            (VR::TM, "101010.\\1030", "101010\\1030"),
+            (VR::LO, "a.b:c", "a.b:c"),
+        ];
+        for (vr, input, want) in table {
+            assert_eq!(normalise(vr, input), want, "{input}");
+        }
+    }
 
     #[test]
     fn attributes_round_trip_as_hex_keys() {

@@ -46,7 +46,7 @@ impl Store {
         let mut pending: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut new_per_type: BTreeMap<&str, u64> = BTreeMap::new();
         let mut pending_accessions: Vec<(String, &str, &str)> = Vec::new();
-        let mut relink: Vec<String> = Vec::new();
+        let mut relink: Vec<(String, String)> = Vec::new();
 
         for (rt, id, value, bytes) in prepared {
             let key = doc_key(rt, id);
@@ -86,7 +86,7 @@ impl Store {
                     batch.insert(accession_key(&acc, rt, id), &[][..]);
                     pending_accessions.push((acc.clone(), rt, id));
                     if rt == "ServiceRequest" {
-                        relink.push(acc);
+                        relink.push((acc, id.to_string()));
                         (value, bytes)
                     } else if rt == "ImagingStudy" && value.get("basedOn").is_none() {
                         match self.order_for(&acc, &pending_accessions)? {
@@ -138,14 +138,16 @@ impl Store {
         drop(_writer);
         // Studies that arrived before their order: point them at it now.
         let mut studies = Vec::new();
-        for acc in relink {
+        for (acc, order) in relink {
             let prefix = accession_key(&acc, "ImagingStudy", "");
             for item in tree.scan_prefix(&prefix) {
                 let (k, _) = item?;
                 let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 if let Some(v) = tree.get(doc_key("ImagingStudy", &id))? {
-                    let study: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
+                    let mut study: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
                     if study.is_object() && study.get("basedOn").is_none() {
+                        study["basedOn"] =
+                            serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
                         studies.push(study);
                     }
                 }
@@ -298,3 +300,130 @@ fn merge_absent(old: &Value, new: &Value) -> Value {
 
 /// Choice (`[x]`) elements of Patient and Encounter in R4.
 const CHOICE_ELEMENTS: &[&str] = &["deceased", "multipleBirth"];
+
+#[cfg(test)]
+mod imaging_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Store {
+        let db = Store::sled_config(dir).open().expect("open sled");
+        Store::open(db, dir).expect("open store")
+    }
+
+    fn study(series: &str, instance: &str, accession: Option<&str>) -> Value {
+        let mut s = json!({
+            "resourceType": "ImagingStudy",
+            "id": "st1",
+            "status": "available",
+            "subject": { "reference": "Patient/p1" },
+            "identifier": [{ "system": "urn:dicom:uid", "value": "urn:oid:1.2.3" }],
+            "numberOfSeries": 1,
+            "numberOfInstances": 1,
+            "series": [{
+                "uid": series,
+                "numberOfInstances": 1,
+                "instance": [{ "uid": instance, "number": 1 }]
+            }]
+        });
+        if let Some(a) = accession {
+            s["identifier"].as_array_mut().unwrap().push(json!({
+                "type": { "coding": [{ "code": "ACSN" }] },
+                "value": a
+            }));
+        }
+        s
+    }
+
+    fn order(id: &str, code: &str, accession: &str) -> Value {
+        json!({
+            "resourceType": "ServiceRequest",
+            "id": id,
+            "status": "active",
+            "intent": "order",
+            "subject": { "reference": "Patient/p1" },
+            "identifier": [{ "type": { "coding": [{ "code": code }] }, "value": accession }]
+        })
+    }
+
+    #[test]
+    fn instances_of_one_study_merge_by_uid_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.upsert_batch(&[study("1.1", "1.1.1", None)]).unwrap();
+        store
+            .upsert_batch(&[study("1.1", "1.1.2", None), study("1.2", "1.2.1", None)])
+            .unwrap();
+        // The same instance again changes nothing.
+        let again = store.upsert_batch(&[study("1.1", "1.1.1", None)]).unwrap();
+        assert_eq!(again.written, 0);
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["numberOfSeries"], 2);
+        assert_eq!(s["numberOfInstances"], 3);
+        assert_eq!(s["series"][0]["uid"], "1.1");
+        assert_eq!(s["series"][0]["numberOfInstances"], 2);
+        let uids: Vec<&str> = s["series"][0]["instance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["uid"].as_str().unwrap())
+            .collect();
+        assert_eq!(uids, ["1.1.1", "1.1.2"]);
+        assert_eq!(s["series"][1]["numberOfInstances"], 1);
+    }
+
+    #[test]
+    fn study_after_its_order_is_based_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[
+                order("sr1", "ACSN", "ACC-9"),
+                order("sr2", "ACSN", "ACC-10"),
+            ])
+            .unwrap();
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-9"))])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr1" }]));
+    }
+
+    #[test]
+    fn order_after_its_study_links_the_study() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-7"))])
+            .unwrap();
+        assert!(store.get("ImagingStudy", "st1").unwrap().unwrap()["basedOn"].is_null());
+        // A filler order number stands in for the accession number.
+        store
+            .upsert_batch(&[order("sr7", "FILL", "ACC-7")])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr7" }]));
+        // Later instances keep the link.
+        store
+            .upsert_batch(&[study("1.1", "1.1.2", Some("ACC-7"))])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr7" }]));
+        assert_eq!(s["numberOfInstances"], 2);
+    }
+
+    #[test]
+    fn same_batch_order_and_study_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[
+                order("sr3", "ACSN", "ACC-3"),
+                study("1.1", "1.1.1", Some("ACC-3")),
+            ])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr3" }]));
+    }
+}
