@@ -20,7 +20,7 @@ pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.1789033281492017401532764931286
 pub const IMPLEMENTATION_VERSION: &str = "HALONG_0_1";
 
 /// A buffer of this many bytes sits between PDVs and the file.
-const WRITE_BUFFER: usize = 256 * 1024;
+const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// The archive under one data directory.
 #[derive(Debug)]
@@ -95,11 +95,14 @@ impl Archive {
     }
 
     /// Moves a finished file to `<study>/<series>/<instance>.dcm` (replacing an earlier
-    /// copy of the same instance) and syncs the directories. Returns the path relative
-    /// to the archive root.
+    /// copy of the same instance), then syncs the file's data and the directories, the
+    /// two at once. Returns the path relative to the archive root once both are durable.
+    /// (A crash before that may leave a file in place that no journal entry names and no
+    /// success answered; the sender sends it again and it is replaced.)
     pub fn place(
         &self,
         tmp: &Path,
+        file: &std::fs::File,
         study: &str,
         series: &str,
         instance: &str,
@@ -111,13 +114,20 @@ impl Archive {
         let new_series = !series_dir.exists();
         std::fs::create_dir_all(&series_dir)?;
         std::fs::rename(tmp, self.root.join(&rel))?;
-        sync_dir(&series_dir)?;
-        if new_series {
-            sync_dir(&study_dir)?;
-        }
-        if new_study {
-            sync_dir(&self.root)?;
-        }
+        std::thread::scope(|scope| {
+            let data = scope.spawn(|| file.sync_data());
+            let mut dirs = sync_dir(&series_dir);
+            if new_series && dirs.is_ok() {
+                dirs = sync_dir(&study_dir);
+            }
+            if new_study && dirs.is_ok() {
+                dirs = sync_dir(&self.root);
+            }
+            let data = data
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")));
+            data.and(dirs)
+        })?;
         Ok(rel)
     }
 
@@ -134,6 +144,7 @@ impl Archive {
             .map_or(0, |d| d.as_millis());
         let rel = format!("failed/{stamp}-{name}");
         std::fs::rename(tmp, self.root.join(&rel))?;
+        std::fs::File::open(self.root.join(&rel))?.sync_data()?;
         sync_dir(&dir)?;
         Ok(rel)
     }
@@ -146,10 +157,12 @@ impl Incoming {
     }
 
     /// Flushes and syncs the file; returns its path in `incoming/`.
-    pub async fn finish(mut self) -> io::Result<PathBuf> {
+    /// Flushes the buffer; returns the file's path in `incoming/` and the open file,
+    /// which [`Archive::place`] syncs.
+    pub async fn finish(mut self) -> io::Result<(PathBuf, std::fs::File)> {
         self.file.flush().await?;
-        self.file.get_mut().sync_data().await?;
-        Ok(self.path)
+        let file = self.file.into_inner().into_std().await;
+        Ok((self.path, file))
     }
 
     /// Drops a partial file (association aborted, disk error).

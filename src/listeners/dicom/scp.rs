@@ -1,7 +1,6 @@
 //! One DICOM listener: the accept loop and one task per association.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -450,7 +449,7 @@ impl Association<'_> {
             return (command::OUT_OF_RESOURCES, Some("no archive file".into()));
         };
         let dataset_bytes = file.dataset_bytes;
-        let tmp = match file.finish().await {
+        let (tmp, handle) = match file.finish().await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(listener = %self.settings.name, error = %e, "cannot sync a file in the DICOM archive");
@@ -464,7 +463,7 @@ impl Association<'_> {
         let archive_root = self.archive.root().to_path_buf();
         let checked = {
             let tmp = tmp.clone();
-            tokio::task::spawn_blocking(move || check_and_place(&archive_root, &tmp, &cmd))
+            tokio::task::spawn_blocking(move || check_and_place(&archive_root, &tmp, &handle, &cmd))
                 .await
                 .unwrap_or_else(|e| {
                     Err((command::OUT_OF_RESOURCES, format!("internal: {e}"), None))
@@ -531,7 +530,8 @@ type CheckError = (u16, String, Option<crate::dicom::Attributes>);
 /// file to its place.
 fn check_and_place(
     root: &std::path::Path,
-    tmp: &PathBuf,
+    tmp: &std::path::Path,
+    file: &std::fs::File,
     cmd: &Command,
 ) -> Result<(String, crate::dicom::Attributes), CheckError> {
     let attrs = crate::dicom::extract(tmp)
@@ -567,7 +567,7 @@ fn check_and_place(
     }
     let archive = Archive::at(root);
     let rel = archive
-        .place(tmp, study, series, &cmd.sop_instance)
+        .place(tmp, file, study, series, &cmd.sop_instance)
         .map_err(|e| {
             (
                 command::OUT_OF_RESOURCES,
