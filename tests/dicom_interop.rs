@@ -254,6 +254,40 @@ fn echo_store_and_rejections_with_dcmtk() {
     );
     assert_eq!(found["echo"], 0, "{found}");
 
+    // Junk and a connection dropped halfway through an association request end only
+    // themselves.
+    {
+        use std::io::Write;
+        let mut junk = std::net::TcpStream::connect(server.pacs).unwrap();
+        junk.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut half = std::net::TcpStream::connect(server.pacs).unwrap();
+        half.write_all(&[0x01, 0x00, 0x00, 0x00, 0x10, 0x00])
+            .unwrap();
+    }
+    let (ok, out) = echo(server.pacs, "ECHOSCU", "HALONG");
+    assert!(ok, "the listener still serves after junk: {out}");
+
+    // A dataset without study and series: A900, kept as evidence with status error.
+    let bad = dir.path().join("no-study.dcm");
+    std::fs::write(&bad, dataset_without_study()).unwrap();
+    let sent = peer(&[
+        "send-unchecked",
+        &server.pacs.ip().to_string(),
+        &server.pacs.port().to_string(),
+        "HALONG",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(sent["results"][0]["status"], 0xA900, "{sent}");
+    wait_until("the refused instance is journaled", LIMIT, || {
+        count_status(server.http, "error") == 1
+    });
+    let (_, errors) = http_json(server.http, "/api/messages?status=error");
+    assert_eq!(
+        errors["messages"][0]["error"], "dataset lacks Study or Series Instance UID",
+        "{errors}"
+    );
+    assert_eq!(dcm_files_under(&dir.path().join("data/dicom/failed")), 1);
+
     // The same instance on two associations: both succeed, one file, one instance.
     let ct = pydicom_file("CT_small.dcm");
     for _ in 0..2 {
@@ -268,7 +302,41 @@ fn echo_store_and_rejections_with_dcmtk() {
     assert_eq!(s["numberOfSeries"], 1, "{s}");
     assert_eq!(s["numberOfInstances"], 1, "{s}");
     assert_eq!(s["modality"][0]["code"], "CT");
-    assert_eq!(dcm_files_under(&dir.path().join("data/dicom")), 1);
+    assert_eq!(
+        dcm_files_under(&dir.path().join("data/dicom")),
+        2,
+        "the instance and the refused one"
+    );
+}
+
+/// A Part 10 file (explicit VR little endian) whose dataset has SOP class and instance
+/// but no study or series.
+fn dataset_without_study() -> Vec<u8> {
+    fn el(out: &mut Vec<u8>, group: u16, element: u16, vr: &[u8; 2], value: &[u8]) {
+        let mut v = value.to_vec();
+        if v.len() % 2 == 1 {
+            v.push(0);
+        }
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        out.extend_from_slice(&v);
+    }
+    let (class, instance) = (b"1.2.840.10008.5.1.4.1.1.7", b"1.2.3.999.1");
+    let mut meta = vec![0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1];
+    el(&mut meta, 2, 2, b"UI", class);
+    el(&mut meta, 2, 3, b"UI", instance);
+    el(&mut meta, 2, 0x10, b"UI", b"1.2.840.10008.1.2.1");
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    out.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    el(&mut out, 8, 0x16, b"UI", class);
+    el(&mut out, 8, 0x18, b"UI", instance);
+    el(&mut out, 0x10, 0x10, b"PN", "Nguyễn^Văn A".as_bytes());
+    out
 }
 
 #[test]

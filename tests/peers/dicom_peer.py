@@ -6,6 +6,8 @@ Commands (each prints one JSON document on stdout):
                                files, each file as it is on disk (its own SOP class and
                                transfer syntax), over one association
   send HOST PORT AE FILE...    send the given Part 10 files, one association
+  send-unchecked HOST PORT AE FILE  send one file whose dataset need not parse (its file
+                               meta gives SOP class, instance and transfer syntax)
   make DIR                     write synthetic instances (UTF-8 Vietnamese names, an
                                accession number) into DIR, print their paths
   find HOST PORT AE            propose Verification and Modality Worklist FIND on one
@@ -192,6 +194,19 @@ def main():
     elif cmd == "send":
         infos = [i for i in (describe(p) for p in sys.argv[5:]) if i]
         out = send(*sys.argv[2:5], infos)
+    elif cmd == "send-unchecked":
+        from pydicom.filereader import read_file_meta_info
+
+        path = sys.argv[5]
+        meta = read_file_meta_info(path)
+        info = {
+            "path": path,
+            "sop_class": str(meta.MediaStorageSOPClassUID),
+            "sop_instance": str(meta.MediaStorageSOPInstanceUID),
+            "transfer_syntax": str(meta.TransferSyntaxUID),
+            "dataset_offset": dataset_offset(path),
+        }
+        out = send(*sys.argv[2:5], [info])
     elif cmd == "make":
         out = make(sys.argv[2])
     elif cmd == "find":
