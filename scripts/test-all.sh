@@ -15,12 +15,13 @@ fi
 
 # dcmtk (echoscu, storescu) and pynetdicom/pydicom: real DICOM clients for the DICOM
 # interop tests.
-if ! command -v /usr/bin/storescu >/dev/null 2>&1 || ! command -v /usr/bin/echoscu >/dev/null 2>&1; then
-    log "installing dcmtk"
+# openssl makes the certificate of the DICOM-over-TLS test.
+if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/echoscu ] || ! command -v openssl >/dev/null 2>&1; then
+    log "installing dcmtk and openssl"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q dcmtk >/dev/null 2>&1 || {
+    apt-get install -y -q dcmtk openssl >/dev/null 2>&1 || {
         apt-get update -q >/dev/null
-        apt-get install -y -q dcmtk >/dev/null
+        apt-get install -y -q dcmtk openssl >/dev/null
     }
 fi
 if ! python3 -c 'import pynetdicom, pydicom' 2>/dev/null; then

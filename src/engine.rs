@@ -40,6 +40,11 @@ pub enum StartError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("listener \"{listener}\": {source}")]
+    Tls {
+        listener: String,
+        source: crate::listeners::dicom::TlsError,
+    },
 }
 
 /// A running engine.
@@ -130,6 +135,17 @@ impl Engine {
                     path: data.join("dicom").display().to_string(),
                     source: std::io::Error::new(e.kind(), e.to_string()),
                 })?;
+                let tls = match (&l.tls_cert, &l.tls_key) {
+                    (Some(cert), Some(key)) => {
+                        Some(dicom::tls_server_config(cert, key).map_err(|source| {
+                            StartError::Tls {
+                                listener: l.name.clone(),
+                                source,
+                            }
+                        })?)
+                    }
+                    _ => None,
+                };
                 let settings = dicom::DicomSettings {
                     name: l.name.clone(),
                     ae_title: l.dicom_ae_title(),
@@ -138,8 +154,9 @@ impl Engine {
                     max_pdu: l.max_pdu_bytes.unwrap_or(65536),
                     idle_timeout: Duration::from_secs(l.idle_timeout_secs),
                     write_timeout: Duration::from_secs(l.write_timeout_secs.unwrap_or(30)),
+                    tls,
                 };
-                tracing::info!(listener = %l.name, %addr, "DICOM listener ready");
+                tracing::info!(listener = %l.name, %addr, tls = settings.tls.is_some(), "DICOM listener ready");
                 tasks.push(tokio::spawn(dicom::serve(
                     socket,
                     settings,

@@ -25,6 +25,8 @@ struct Server {
     child: Child,
     pacs: SocketAddr,
     strict: SocketAddr,
+    /// `pacs-tls`, when the config has it.
+    tls: Option<SocketAddr>,
     http: SocketAddr,
 }
 
@@ -36,6 +38,10 @@ impl Drop for Server {
 }
 
 fn setup(dir: &Path) -> PathBuf {
+    setup_with(dir, "")
+}
+
+fn setup_with(dir: &Path, extra: &str) -> PathBuf {
     let mut text =
         config_text(&dir.join("data"), "").replace("level = \"warn\"", "level = \"info\"");
     text.push_str(
@@ -54,6 +60,7 @@ ae_title = "HALONG"
 allowed_callers = ["MODALITY1"]
 "#,
     );
+    text.push_str(extra);
     std::fs::write(dir.join("halong.toml"), text).unwrap();
     for sub in ["routes", "mappings"] {
         let link = dir.join(sub);
@@ -85,7 +92,7 @@ fn spawn(config: &Path) -> Server {
             let _ = tx.send(line);
         }
     });
-    let (mut pacs, mut strict, mut http) = (None, None, None);
+    let (mut pacs, mut strict, mut tls, mut http) = (None, None, None, None);
     while pacs.is_none() || strict.is_none() || http.is_none() {
         let line = rx.recv_timeout(LIMIT).expect("halong logs its addresses");
         if line.contains("DICOM listener ready") {
@@ -93,6 +100,7 @@ fn spawn(config: &Path) -> Server {
             match field(&line, "listener") {
                 Some("pacs") => pacs = Some(addr),
                 Some("pacs-strict") => strict = Some(addr),
+                Some("pacs-tls") => tls = Some(addr),
                 _ => {}
             }
         } else if line.contains("HTTP API ready") {
@@ -104,6 +112,7 @@ fn spawn(config: &Path) -> Server {
         child,
         pacs: pacs.unwrap(),
         strict: strict.unwrap(),
+        tls,
         http: http.unwrap(),
     }
 }
@@ -133,8 +142,13 @@ fn run(mut c: Command) -> (bool, String) {
 }
 
 fn echo(addr: SocketAddr, calling: &str, called: &str) -> (bool, String) {
+    echo_with(addr, calling, called, &[])
+}
+
+fn echo_with(addr: SocketAddr, calling: &str, called: &str, extra: &[&str]) -> (bool, String) {
     let mut c = dcmtk("echoscu");
-    c.args(["-aet", calling, "-aec", called])
+    c.args(extra)
+        .args(["-aet", calling, "-aec", called])
         .arg(addr.ip().to_string())
         .arg(addr.port().to_string());
     run(c)
@@ -531,4 +545,61 @@ fn vietnamese_names_survive_and_sigkill_after_success_loses_nothing() {
     );
     let (_, found) = http_json(server.http, &format!("/fhir/Patient?name={}", enc("đặng")));
     assert_eq!(found["entry"][0]["resource"]["name"][0]["family"], "Đặng");
+}
+
+#[test]
+fn tls_listener_serves_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = setup_with(
+        dir.path(),
+        r#"
+[[listener]]
+name = "pacs-tls"
+kind = "dicom"
+bind = "127.0.0.1:0"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+"#,
+    );
+    let server = spawn(&config);
+    let tls = server.tls.expect("the TLS listener is up");
+    let cert = cert.to_str().unwrap();
+    let (ok, out) = echo_with(tls, "ECHOSCU", "HALONG", &["+tla", "+cf", cert]);
+    assert!(ok, "C-ECHO over TLS: {out}");
+    let (ok, _) = echo(tls, "ECHOSCU", "HALONG");
+    assert!(!ok, "plain DICOM on the TLS port must fail");
+
+    let mut c = dcmtk("storescu");
+    c.args(["+tla", "+cf", cert, "-aet", "STORESCU", "-aec", "HALONG"])
+        .arg(tls.ip().to_string())
+        .arg(tls.port().to_string())
+        .arg(pydicom_file("CT_small.dcm"));
+    let (ok, out) = run(c);
+    assert!(ok, "C-STORE over TLS: {out}");
+    wait_until("the instance is stored", LIMIT, || {
+        count_status(server.http, "stored") == 1
+    });
+    assert!(imaging_study(server.http, "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322").is_some());
 }

@@ -112,6 +112,13 @@ pub struct ListenerConfig {
     /// aborted. Default 30.
     #[serde(default)]
     pub write_timeout_secs: Option<u64>,
+    /// DICOM over TLS: certificate chain (PEM). With `tls_key`, the listener speaks only
+    /// TLS. Relative paths are relative to the config file's directory.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// DICOM over TLS: the private key (PEM, PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ListenerConfig {
@@ -251,6 +258,13 @@ impl Config {
         if config.data.dir.is_relative() {
             config.data.dir = config.base_dir.join(&config.data.dir);
         }
+        for l in &mut config.listeners {
+            for p in [&mut l.tls_cert, &mut l.tls_key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = config.base_dir.join(&*p);
+                }
+            }
+        }
         let problems = config.validate(path, text);
         if problems.is_empty() {
             Ok(config)
@@ -285,13 +299,15 @@ impl Config {
                 && (l.ae_title.is_some()
                     || l.allowed_callers.is_some()
                     || l.max_pdu_bytes.is_some()
-                    || l.write_timeout_secs.is_some())
+                    || l.write_timeout_secs.is_some()
+                    || l.tls_cert.is_some()
+                    || l.tls_key.is_some())
             {
                 out.push(Diagnostic::new(
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": ae_title, allowed_callers, max_pdu_bytes and write_timeout_secs apply to kind = \"dicom\" only", l.name),
+                    format!("listener \"{}\": ae_title, allowed_callers, max_pdu_bytes, write_timeout_secs, tls_cert and tls_key apply to kind = \"dicom\" only", l.name),
                 ));
             }
             if l.kind == ListenerKind::Dicom {
@@ -305,6 +321,17 @@ impl Config {
                         line,
                         col,
                         format!("listener \"{}\": ae_title must be 1 to 16 printable ASCII characters without a backslash", l.name),
+                    ));
+                }
+                if l.tls_cert.is_some() != l.tls_key.is_some() {
+                    out.push(Diagnostic::new(
+                        path,
+                        line,
+                        col,
+                        format!(
+                            "listener \"{}\": give both tls_cert and tls_key, or neither",
+                            l.name
+                        ),
                     ));
                 }
                 if l.max_pdu_bytes.is_some_and(|m| m < 4096) {

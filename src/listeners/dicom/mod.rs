@@ -12,14 +12,18 @@
 //!    the disk it is kept under `dicom/failed/` with a journal entry in status error.
 //! 5. Presentation contexts we cannot take are rejected one by one; a broken association
 //!    ends only itself.
+//!
+//! With `tls_cert` and `tls_key` a listener speaks DICOM over TLS only (rustls).
 
 mod archive;
 mod command;
 mod scp;
 mod storage_classes;
 mod syntaxes;
+mod tls;
 
 pub use archive::{file_meta, is_safe_uid, Archive, IMPLEMENTATION_CLASS_UID};
 pub use command::{parse as parse_command, response as command_response, Command};
 pub use scp::{serve, DicomSettings};
 pub use syntaxes::{abstract_syntaxes, is_storage, TRANSFER_SYNTAXES, VERIFICATION};
+pub use tls::{server_config as tls_server_config, TlsError};

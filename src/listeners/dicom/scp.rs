@@ -34,6 +34,8 @@ pub struct DicomSettings {
     /// An association silent this long is aborted.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// TLS server configuration; `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Largest command set accepted (all fragments together); real ones are < 1 KiB.
@@ -63,6 +65,10 @@ impl AccessControl for Access {
     }
 }
 
+/// What an association runs over: TCP or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 type Options = ServerAssociationOptions<'static, Access, DefaultNegotiation>;
 
 fn options(settings: &DicomSettings) -> Options {
@@ -80,6 +86,9 @@ fn options(settings: &DicomSettings) -> Options {
     }
     for uid in syntaxes::TRANSFER_SYNTAXES {
         o = o.with_transfer_syntax(*uid);
+    }
+    if let Some(tls) = &settings.tls {
+        o = o.tls_config(tls.clone());
     }
     o
 }
@@ -173,10 +182,26 @@ impl Association<'_> {
         shutdown: CancellationToken,
     ) -> Result<(), AssocError> {
         stream.set_nodelay(true)?;
-        let mut assoc = options
-            .establish_async(stream)
-            .await
-            .map_err(AssocError::Establish)?;
+        if self.settings.tls.is_some() {
+            let assoc = options
+                .establish_tls_async(stream)
+                .await
+                .map_err(AssocError::Establish)?;
+            self.serve_association(assoc, shutdown).await
+        } else {
+            let assoc = options
+                .establish_async(stream)
+                .await
+                .map_err(AssocError::Establish)?;
+            self.serve_association(assoc, shutdown).await
+        }
+    }
+
+    async fn serve_association<S: Stream>(
+        &mut self,
+        mut assoc: AsyncServerAssociation<S>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AssocError> {
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
@@ -234,9 +259,9 @@ impl Association<'_> {
         result
     }
 
-    async fn pdv(
+    async fn pdv<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         calling: &str,
         pdv: PDataValue,
         command_bytes: &mut Vec<u8>,
@@ -306,9 +331,9 @@ impl Association<'_> {
         }
     }
 
-    async fn command(
+    async fn command<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         calling: &str,
         pc_id: u8,
         cmd: Command,
@@ -412,9 +437,9 @@ impl Association<'_> {
         }
     }
 
-    async fn respond(
+    async fn respond<S: Stream>(
         &self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut AsyncServerAssociation<S>,
         pc_id: u8,
         field: u16,
         request: &Command,
