@@ -150,6 +150,7 @@ impl Engine {
                     name: l.name.clone(),
                     ae_title: l.dicom_ae_title(),
                     allowed_callers: l.allowed_callers.clone().unwrap_or_default(),
+                    allowed_peers: l.allowed_peers.clone().unwrap_or_default(),
                     max_associations: l.max_connections,
                     max_pdu: l.max_pdu_bytes.unwrap_or(65536),
                     idle_timeout: Duration::from_secs(l.idle_timeout_secs),

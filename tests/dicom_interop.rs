@@ -25,6 +25,8 @@ struct Server {
     child: Child,
     pacs: SocketAddr,
     strict: SocketAddr,
+    /// `pacs-elsewhere`: only peer 192.0.2.10 allowed.
+    elsewhere: SocketAddr,
     /// `pacs-tls`, when the config has it.
     tls: Option<SocketAddr>,
     http: SocketAddr,
@@ -58,6 +60,13 @@ kind = "dicom"
 bind = "127.0.0.1:0"
 ae_title = "HALONG"
 allowed_callers = ["MODALITY1"]
+allowed_peers = ["127.0.0.1", "::1"]
+
+[[listener]]
+name = "pacs-elsewhere"
+kind = "dicom"
+bind = "127.0.0.1:0"
+allowed_peers = ["192.0.2.10"]
 "#,
     );
     text.push_str(extra);
@@ -92,8 +101,8 @@ fn spawn(config: &Path) -> Server {
             let _ = tx.send(line);
         }
     });
-    let (mut pacs, mut strict, mut tls, mut http) = (None, None, None, None);
-    while pacs.is_none() || strict.is_none() || http.is_none() {
+    let (mut pacs, mut strict, mut elsewhere, mut tls, mut http) = (None, None, None, None, None);
+    while pacs.is_none() || strict.is_none() || elsewhere.is_none() || http.is_none() {
         let line = rx.recv_timeout(LIMIT).expect("halong logs its addresses");
         if line.contains("DICOM listener ready") {
             let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
@@ -101,6 +110,7 @@ fn spawn(config: &Path) -> Server {
                 Some("pacs") => pacs = Some(addr),
                 Some("pacs-strict") => strict = Some(addr),
                 Some("pacs-tls") => tls = Some(addr),
+                Some("pacs-elsewhere") => elsewhere = Some(addr),
                 _ => {}
             }
         } else if line.contains("HTTP API ready") {
@@ -112,6 +122,7 @@ fn spawn(config: &Path) -> Server {
         child,
         pacs: pacs.unwrap(),
         strict: strict.unwrap(),
+        elsewhere: elsewhere.unwrap(),
         tls,
         http: http.unwrap(),
     }
@@ -247,7 +258,9 @@ fn echo_store_and_rejections_with_dcmtk() {
     assert!(!ok, "a caller outside the allowlist must be rejected");
     assert!(out.contains("Calling AE Title Not Recognized"), "{out}");
     let (ok, out) = echo(server.strict, "MODALITY1", "HALONG");
-    assert!(ok, "an allowed caller: {out}");
+    assert!(ok, "an allowed caller from an allowed address: {out}");
+    let (ok, _) = echo(server.elsewhere, "MODALITY1", "HALONG");
+    assert!(!ok, "a peer address outside allowed_peers must be refused");
 
     // A non-storage SOP class is refused per context; the association still serves.
     let found = peer(&[

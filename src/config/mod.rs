@@ -104,6 +104,10 @@ pub struct ListenerConfig {
     /// DICOM: calling AE titles allowed to connect; empty means any.
     #[serde(default)]
     pub allowed_callers: Option<Vec<String>>,
+    /// DICOM: peer IP addresses allowed to connect; empty or omitted means any. Other
+    /// peers' connections are closed at once.
+    #[serde(default)]
+    pub allowed_peers: Option<Vec<std::net::IpAddr>>,
     /// DICOM: largest PDU accepted, in bytes (announced to the caller). Default 65536;
     /// at least 4096.
     #[serde(default)]
@@ -298,6 +302,7 @@ impl Config {
             if l.kind == ListenerKind::Mllp
                 && (l.ae_title.is_some()
                     || l.allowed_callers.is_some()
+                    || l.allowed_peers.is_some()
                     || l.max_pdu_bytes.is_some()
                     || l.write_timeout_secs.is_some()
                     || l.tls_cert.is_some()
@@ -307,7 +312,7 @@ impl Config {
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": ae_title, allowed_callers, max_pdu_bytes, write_timeout_secs, tls_cert and tls_key apply to kind = \"dicom\" only", l.name),
+                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, write_timeout_secs, tls_cert and tls_key apply to kind = \"dicom\" only", l.name),
                 ));
             }
             if l.kind == ListenerKind::Dicom {

@@ -28,6 +28,8 @@ pub struct DicomSettings {
     pub ae_title: String,
     /// Calling AE titles allowed; empty: any.
     pub allowed_callers: Vec<String>,
+    /// Peer addresses allowed; empty: any.
+    pub allowed_peers: Vec<std::net::IpAddr>,
     pub max_associations: usize,
     /// Largest PDU we accept (announced in the A-ASSOCIATE-AC).
     pub max_pdu: u32,
@@ -114,6 +116,12 @@ pub async fn serve(
             a = listener.accept() => a,
         };
         match accepted {
+            Ok((_, peer))
+                if !settings.allowed_peers.is_empty()
+                    && !settings.allowed_peers.contains(&peer.ip()) =>
+            {
+                tracing::info!(listener = %settings.name, %peer, "connection from an address outside allowed_peers closed");
+            }
             Ok((stream, peer)) => {
                 let (settings, options, archive, journal, shutdown) = (
                     settings.clone(),
