@@ -520,7 +520,12 @@ impl Association<'_> {
                 (Status::Received, None, command::SUCCESS)
             }
             Err((status, why, attrs)) => {
-                let kept = tokio::task::block_in_place(|| self.archive.keep_failed(&tmp));
+                let root = self.archive.root().to_path_buf();
+                let kept =
+                    tokio::task::spawn_blocking(move || Archive::at(&root).keep_failed(&tmp))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
                 reference.path = kept.unwrap_or_default();
                 reference.attributes = attrs.unwrap_or_default();
                 (Status::Error, Some(why), status)
