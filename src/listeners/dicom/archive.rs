@@ -28,7 +28,14 @@ pub struct Archive {
     root: PathBuf,
     incoming: PathBuf,
     seq: AtomicU64,
+    /// Study and series directories whose entry in their parent this process has synced.
+    /// A directory another association created is synced again rather than assumed
+    /// durable (its creator may not have synced it yet).
+    durable_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
+
+/// Above this many remembered directories the set starts again (costs one sync each).
+const MAX_REMEMBERED_DIRS: usize = 100_000;
 
 /// An instance being received.
 pub struct Incoming {
@@ -50,16 +57,8 @@ impl Archive {
             root: root.to_path_buf(),
             incoming,
             seq: AtomicU64::new(0),
+            durable_dirs: Default::default(),
         })
-    }
-
-    /// The archive at `root`, without touching `incoming/`.
-    pub fn at(root: &Path) -> Archive {
-        Archive {
-            root: root.to_path_buf(),
-            incoming: root.join("incoming"),
-            seq: AtomicU64::new(0),
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -110,8 +109,14 @@ impl Archive {
         let rel = format!("{study}/{series}/{instance}.dcm");
         let study_dir = self.root.join(study);
         let series_dir = study_dir.join(series);
-        let new_study = !study_dir.exists();
-        let new_series = !series_dir.exists();
+        let known = |d: &Path| {
+            self.durable_dirs
+                .lock()
+                .map(|set| set.contains(d))
+                .unwrap_or(false)
+        };
+        let new_study = !known(&study_dir);
+        let new_series = !known(&series_dir);
         std::fs::create_dir_all(&series_dir)?;
         std::fs::rename(tmp, self.root.join(&rel))?;
         std::thread::scope(|scope| {
@@ -128,6 +133,15 @@ impl Archive {
                 .unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")));
             data.and(dirs)
         })?;
+        if new_study || new_series {
+            if let Ok(mut set) = self.durable_dirs.lock() {
+                if set.len() > MAX_REMEMBERED_DIRS {
+                    set.clear();
+                }
+                set.insert(study_dir);
+                set.insert(series_dir);
+            }
+        }
         Ok(rel)
     }
 

@@ -134,7 +134,7 @@ pub async fn serve(
                     let _permit = permit;
                     let mut a = Association {
                         settings: &settings,
-                        archive: &archive,
+                        archive: archive.clone(),
                         journal: &journal,
                         peer,
                     };
@@ -177,7 +177,7 @@ struct Pending {
 
 struct Association<'a> {
     settings: &'a DicomSettings,
-    archive: &'a Archive,
+    archive: Arc<Archive>,
     journal: &'a Journal,
     peer: SocketAddr,
 }
@@ -493,10 +493,10 @@ impl Association<'_> {
             }
         };
         let cmd = p.command.clone();
-        let archive_root = self.archive.root().to_path_buf();
+        let archive = self.archive.clone();
         let checked = {
             let tmp = tmp.clone();
-            tokio::task::spawn_blocking(move || check_and_place(&archive_root, &tmp, &handle, &cmd))
+            tokio::task::spawn_blocking(move || check_and_place(&archive, &tmp, &handle, &cmd))
                 .await
                 .unwrap_or_else(|e| {
                     Err((command::OUT_OF_RESOURCES, format!("internal: {e}"), None))
@@ -520,12 +520,11 @@ impl Association<'_> {
                 (Status::Received, None, command::SUCCESS)
             }
             Err((status, why, attrs)) => {
-                let root = self.archive.root().to_path_buf();
-                let kept =
-                    tokio::task::spawn_blocking(move || Archive::at(&root).keep_failed(&tmp))
-                        .await
-                        .ok()
-                        .and_then(Result::ok);
+                let archive = self.archive.clone();
+                let kept = tokio::task::spawn_blocking(move || archive.keep_failed(&tmp))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
                 reference.path = kept.unwrap_or_default();
                 reference.attributes = attrs.unwrap_or_default();
                 (Status::Error, Some(why), status)
@@ -567,7 +566,7 @@ type CheckError = (u16, String, Option<crate::dicom::Attributes>);
 /// Reads the archived file's attributes, checks them against the command, and moves the
 /// file to its place.
 fn check_and_place(
-    root: &std::path::Path,
+    archive: &Archive,
     tmp: &std::path::Path,
     file: &std::fs::File,
     cmd: &Command,
@@ -603,7 +602,6 @@ fn check_and_place(
             ));
         }
     }
-    let archive = Archive::at(root);
     let rel = archive
         .place(tmp, file, study, series, &cmd.sop_instance)
         .map_err(|e| {
