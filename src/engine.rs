@@ -153,6 +153,7 @@ impl Engine {
                     allowed_peers: l.allowed_peers.clone().unwrap_or_default(),
                     max_associations: l.max_connections,
                     max_pdu: l.max_pdu_bytes.unwrap_or(65536),
+                    accept_oversized_pdus: l.accept_oversized_pdus.unwrap_or(false),
                     idle_timeout: Duration::from_secs(l.idle_timeout_secs),
                     write_timeout: Duration::from_secs(l.write_timeout_secs.unwrap_or(30)),
                     tls,

@@ -291,6 +291,25 @@ fn echo_store_and_rejections_with_dcmtk() {
         half.write_all(&[0x01, 0x00, 0x00, 0x00, 0x10, 0x00])
             .unwrap();
     }
+    // A PDU declaring 2 GiB is refused at its header, not buffered.
+    {
+        use std::io::{Read, Write};
+        let mut big = std::net::TcpStream::connect(server.pacs).unwrap();
+        big.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        big.write_all(&[0x01, 0x00, 0x7f, 0xff, 0xff, 0xff])
+            .unwrap();
+        let _ = big.write_all(&[0u8; 4096]);
+        let mut buf = [0u8; 64];
+        let closed = match big.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => true, // an A-ABORT or A-ASSOCIATE-RJ, then the close
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        };
+        assert!(closed, "an oversized PDU must end the connection");
+    }
     let (ok, out) = echo(server.pacs, "ECHOSCU", "HALONG");
     assert!(ok, "the listener still serves after junk: {out}");
 

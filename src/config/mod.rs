@@ -112,6 +112,12 @@ pub struct ListenerConfig {
     /// at least 4096.
     #[serde(default)]
     pub max_pdu_bytes: Option<u32>,
+    /// DICOM: accept PDUs longer than `max_pdu_bytes` (some devices send PDUs larger
+    /// than the maximum they were given). Off by default: such a PDU is then held in
+    /// memory whole, so a peer could make halong buffer up to 4 GiB; turn on only for
+    /// listeners whose `allowed_peers` are known devices that need it.
+    #[serde(default)]
+    pub accept_oversized_pdus: Option<bool>,
     /// DICOM: seconds a response may take to be written before the association is
     /// aborted. Default 30.
     #[serde(default)]
@@ -304,6 +310,7 @@ impl Config {
                     || l.allowed_callers.is_some()
                     || l.allowed_peers.is_some()
                     || l.max_pdu_bytes.is_some()
+                    || l.accept_oversized_pdus.is_some()
                     || l.write_timeout_secs.is_some()
                     || l.tls_cert.is_some()
                     || l.tls_key.is_some())
@@ -312,7 +319,7 @@ impl Config {
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, write_timeout_secs, tls_cert and tls_key apply to kind = \"dicom\" only", l.name),
+                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus, write_timeout_secs, tls_cert and tls_key apply to kind = \"dicom\" only", l.name),
                 ));
             }
             if l.kind == ListenerKind::Dicom {

@@ -33,6 +33,8 @@ pub struct DicomSettings {
     pub max_associations: usize,
     /// Largest PDU we accept (announced in the A-ASSOCIATE-AC).
     pub max_pdu: u32,
+    /// Take PDUs longer than `max_pdu` (held whole in memory) instead of aborting.
+    pub accept_oversized_pdus: bool,
     /// An association silent this long is aborted.
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -80,7 +82,7 @@ fn options(settings: &DicomSettings) -> Options {
         })
         .ae_title(settings.ae_title.clone())
         .max_pdu_length(settings.max_pdu)
-        .strict(false)
+        .strict(!settings.accept_oversized_pdus)
         .read_timeout(settings.idle_timeout)
         .write_timeout(settings.write_timeout);
     for uid in syntaxes::abstract_syntaxes() {
