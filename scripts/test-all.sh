@@ -30,6 +30,21 @@ done
 # A node whose application was stopped (rabbitmqctl stop_app) is started again.
 rabbitmqctl start_app >/dev/null 2>&1 || true
 rabbitmqctl await_startup --timeout 120 >/dev/null
+# dcmtk (echoscu, storescu) and pynetdicom/pydicom: real DICOM clients for the DICOM
+# interop tests.
+# openssl makes the certificate of the DICOM-over-TLS test.
+if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/echoscu ] || ! command -v openssl >/dev/null 2>&1; then
+    log "installing dcmtk and openssl"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q dcmtk openssl >/dev/null 2>&1 || {
+        apt-get update -q >/dev/null
+        apt-get install -y -q dcmtk openssl >/dev/null
+    }
+fi
+if ! python3 -c 'import pynetdicom, pydicom' 2>/dev/null; then
+    log "installing pynetdicom and pydicom (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pynetdicom pydicom
+fi
 
 log "building and running the tests"
 cargo test --locked --all-targets -- --test-threads=2 "$@"

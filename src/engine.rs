@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ListenerKind, QueueKind, Role};
 use crate::journal::{Journal, JournalOptions};
+use crate::listeners::dicom;
 use crate::listeners::mllp::{self, MllpSettings};
 use crate::pipeline::{Pipeline, Rules, Sink};
 use crate::queue::amqp::{AmqpSettings, BrokerState, Publisher};
@@ -51,6 +52,11 @@ pub enum StartError {
     Unsupported(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("listener \"{listener}\": {source}")]
+    DicomTls {
+        listener: String,
+        source: crate::listeners::dicom::TlsError,
+    },
 }
 
 /// A running engine.
@@ -92,16 +98,6 @@ impl Engine {
         let broker = amqp
             .as_ref()
             .map(|a| Arc::new(BrokerState::new(a.redacted_url())));
-        if let Some(l) = config
-            .listeners
-            .iter()
-            .find(|l| l.kind == ListenerKind::Dicom)
-        {
-            return Err(StartError::Unsupported(format!(
-                "listener \"{}\": kind = \"dicom\" is not available in this version yet",
-                l.name
-            )));
-        }
         // A store maps nothing: it reads no routes or mappings.
         let rules = if role.takes_messages() {
             Rules::load(&config).map_err(StartError::Config)?
@@ -196,6 +192,7 @@ impl Engine {
             )));
         }
         let mut listener_addrs = Vec::new();
+        let mut dicom_archive = None;
         let listeners = if role.takes_messages() {
             &config.listeners[..]
         } else {
@@ -211,6 +208,47 @@ impl Engine {
                 })?;
             let addr = socket.local_addr().expect("bound socket has an address");
             listener_addrs.push((l.name.clone(), addr));
+            if l.kind == ListenerKind::Dicom {
+                let archive = dicom_archive.get_or_insert_with(|| {
+                    crate::listeners::dicom::Archive::open(&data.join("dicom")).map(Arc::new)
+                });
+                let archive = archive.as_ref().map_err(|e| StartError::DataDir {
+                    path: data.join("dicom").display().to_string(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                })?;
+                let tls = match (&l.tls_cert, &l.tls_key) {
+                    (Some(cert), Some(key)) => {
+                        Some(dicom::tls_server_config(cert, key).map_err(|source| {
+                            StartError::DicomTls {
+                                listener: l.name.clone(),
+                                source,
+                            }
+                        })?)
+                    }
+                    _ => None,
+                };
+                let settings = dicom::DicomSettings {
+                    name: l.name.clone(),
+                    ae_title: l.dicom_ae_title(),
+                    allowed_callers: l.allowed_callers.clone().unwrap_or_default(),
+                    allowed_peers: l.allowed_peers.clone().unwrap_or_default(),
+                    max_associations: l.max_connections,
+                    max_pdu: l.max_pdu_bytes.unwrap_or(65536),
+                    accept_oversized_pdus: l.accept_oversized_pdus.unwrap_or(false),
+                    idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+                    write_timeout: Duration::from_secs(l.write_timeout_secs.unwrap_or(30)),
+                    tls,
+                };
+                tracing::info!(listener = %l.name, %addr, tls = settings.tls.is_some(), "DICOM listener ready");
+                tasks.push(tokio::spawn(dicom::serve(
+                    socket,
+                    settings,
+                    archive.clone(),
+                    journal.clone(),
+                    shutdown.clone(),
+                )));
+                continue;
+            }
             let tls = match (&l.tls_cert, &l.tls_key) {
                 (Some(c), Some(k)) => Some(crate::tls::Acceptor::load(
                     &config.resolve(c),

@@ -6,8 +6,9 @@
 //! - [`config`]: `halong.toml`, typed and documented; errors with file:line:column.
 //! - [`diag`]: diagnostics for operator-edited files, compiler style.
 //! - [`journal`]: durable append-only message log; group commit; the processing cursor.
+//! - [`dicom`]: attributes of received DICOM datasets (keywords, tags, PN/DA/TM).
 //! - [`hl7`]: HL7 v2 parsing, escapes, charsets, typed paths, ACK building.
-//! - [`listeners`]: network intake (MLLP); ACK only after the journal commit.
+//! - [`listeners`]: network intake (MLLP, DICOM); ACK only after the journal commit.
 //! - [`routes`]: `routes/*.toml`, first match wins.
 //! - [`mapping`]: `mappings/*.toml`, declarative HL7 → FHIR R4.
 //! - [`queue`]: the outbox between mapping and the store.
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod diag;
+pub mod dicom;
 pub mod engine;
 pub mod hl7;
 pub mod journal;

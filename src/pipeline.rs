@@ -118,6 +118,9 @@ pub enum Outcome {
 
 /// Parses, routes and maps one message.
 pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
+    if let Some(reference) = crate::dicom::InstanceRef::from_journal(raw) {
+        return process_dicom(rules, meta, reference);
+    }
     let msg = match crate::hl7::parse(raw) {
         Ok(m) => m,
         Err(e) => {
@@ -158,6 +161,56 @@ pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
                 "route \"{}\", mapping \"{}\": {e}",
                 route.name, route.mapping
             ),
+        },
+    }
+}
+
+/// Routes and maps one received DICOM instance. Its journal entry is a reference (the
+/// archived file and the instance's attributes), so the archive is not read here.
+fn process_dicom(
+    rules: &Rules,
+    meta: &EntryMeta,
+    reference: Result<crate::dicom::InstanceRef, String>,
+) -> Outcome {
+    let r = match reference {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Failed {
+                route: None,
+                why: format!("unreadable DICOM reference: {e}"),
+            }
+        }
+    };
+    let modality = r.attributes.modality().unwrap_or("");
+    let Some(route) = rules
+        .routes
+        .find_dicom(&meta.listener, &r.calling_ae, modality)
+    else {
+        return Outcome::Unrouted(format!(
+            "no route takes DICOM^{modality} from calling AE \"{}\" on listener \"{}\"",
+            r.calling_ae, meta.listener
+        ));
+    };
+    let Some(mapping) = rules.mappings.get(&route.mapping) else {
+        return Outcome::Failed {
+            route: Some(route.name.clone()),
+            why: format!(
+                "route \"{}\" names mapping \"{}\", which is not loaded",
+                route.name, route.mapping
+            ),
+        };
+    };
+    let ctx = RunContext {
+        source: format!("urn:halong:{}:{}", meta.listener, meta.id),
+    };
+    match mapping.run_dicom(&r.attributes, &ctx) {
+        Ok(records) => Outcome::Records {
+            route: route.name.clone(),
+            records,
+        },
+        Err(e) => Outcome::Failed {
+            route: Some(route.name.clone()),
+            why: format!("route \"{}\", mapping \"{}\": {e}", route.name, route.mapping),
         },
     }
 }

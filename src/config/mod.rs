@@ -117,6 +117,31 @@ pub struct ListenerConfig {
     /// MLLP: PEM private key for MLLP over TLS.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// DICOM: peer IP addresses allowed to connect; empty or omitted means any. Other
+    /// peers' connections are closed at once.
+    #[serde(default)]
+    pub allowed_peers: Option<Vec<std::net::IpAddr>>,
+    /// DICOM: largest PDU accepted, in bytes (announced to the caller). Default 65536;
+    /// at least 4096.
+    #[serde(default)]
+    pub max_pdu_bytes: Option<u32>,
+    /// DICOM: accept PDUs longer than `max_pdu_bytes` (some devices send PDUs larger
+    /// than the maximum they were given). Off by default: such a PDU is then held in
+    /// memory whole, so a peer could make halong buffer up to 4 GiB; turn on only for
+    /// listeners whose `allowed_peers` are known devices that need it.
+    #[serde(default)]
+    pub accept_oversized_pdus: Option<bool>,
+    /// DICOM: seconds a response may take to be written before the association is
+    /// aborted. Default 30.
+    #[serde(default)]
+    pub write_timeout_secs: Option<u64>,
+}
+
+impl ListenerConfig {
+    /// DICOM: the AE title, `HALONG` by default.
+    pub fn dicom_ae_title(&self) -> String {
+        self.ae_title.clone().unwrap_or_else(|| "HALONG".into())
+    }
 }
 
 fn default_max_message_bytes() -> usize {
@@ -344,6 +369,13 @@ impl Config {
         if config.data.dir.is_relative() {
             config.data.dir = config.base_dir.join(&config.data.dir);
         }
+        for l in &mut config.listeners {
+            for p in [&mut l.tls_cert, &mut l.tls_key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = config.base_dir.join(&*p);
+                }
+            }
+        }
         let problems = config.validate(path, text);
         if problems.is_empty() {
             Ok(config)
@@ -374,14 +406,45 @@ impl Config {
                     format!("duplicate listener name \"{}\"", l.name),
                 ));
             }
-            if l.kind == ListenerKind::Mllp && (l.ae_title.is_some() || l.allowed_callers.is_some())
+            if l.kind == ListenerKind::Mllp
+                && (l.ae_title.is_some()
+                    || l.allowed_callers.is_some()
+                    || l.allowed_peers.is_some()
+                    || l.max_pdu_bytes.is_some()
+                    || l.accept_oversized_pdus.is_some()
+                    || l.write_timeout_secs.is_some())
             {
                 out.push(Diagnostic::new(
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": ae_title and allowed_callers apply to kind = \"dicom\" only", l.name),
+                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus, and write_timeout_secs apply to kind = \"dicom\" only", l.name),
                 ));
+            }
+            if l.kind == ListenerKind::Dicom {
+                let ae = l.dicom_ae_title();
+                if ae.trim().is_empty()
+                    || ae.len() > 16
+                    || !ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+                {
+                    out.push(Diagnostic::new(
+                        path,
+                        line,
+                        col,
+                        format!("listener \"{}\": ae_title must be 1 to 16 printable ASCII characters without a backslash", l.name),
+                    ));
+                }
+                if l.max_pdu_bytes.is_some_and(|m| m < 4096) {
+                    out.push(Diagnostic::new(
+                        path,
+                        line,
+                        col,
+                        format!(
+                            "listener \"{}\": max_pdu_bytes must be at least 4096",
+                            l.name
+                        ),
+                    ));
+                }
             }
             if l.max_message_bytes < 1024 {
                 out.push(Diagnostic::new(

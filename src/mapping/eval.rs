@@ -96,6 +96,8 @@ pub struct Scope<'a> {
     pub seg: Option<usize>,
     pub instances: &'a [Instance],
     pub tables: &'a BTreeMap<String, Table>,
+    /// The DICOM instance, when the input is one (see `mapping::dicom`).
+    pub dicom: Option<&'a crate::dicom::Attributes>,
 }
 
 fn map1(v: Value, f: &mut impl FnMut(String) -> Result<Value, String>) -> Result<Value, String> {
@@ -180,7 +182,10 @@ impl Scope<'_> {
                 Value::Str(s.clone())
             }),
             Expr::Num(n) => Ok(Value::Num(n.clone())),
-            Expr::Name { name, .. } => Ok(Value::Str(name.clone())),
+            Expr::Name { name, .. } => {
+                Ok(super::dicom::value(name, self.dicom)
+                    .unwrap_or_else(|| Value::Str(name.clone())))
+            }
             Expr::Call(c) => self.call(c),
         }
     }

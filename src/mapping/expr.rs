@@ -116,6 +116,16 @@ impl Parser<'_> {
 
     fn primary(&mut self) -> Result<Expr, ExprError> {
         let start = self.pos;
+        if let Some(used) = super::dicom::attribute_len(&self.src[start..]) {
+            // A DICOM attribute: `StudyInstanceUID`, `(0020,000D)`, `PatientName.1`.
+            if !self.src[start + used..].starts_with(|c: char| c == '(' || is_word(c as u8)) {
+                self.pos = start + used;
+                return Ok(Expr::Name {
+                    name: self.src[start..start + used].to_string(),
+                    offset: start,
+                });
+            }
+        }
         match self.peek() {
             Some(b'\'') => self.string(),
             Some(c) if c.is_ascii_digit() || c == b'-' => self.number(),

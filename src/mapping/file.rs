@@ -320,6 +320,7 @@ fn check(
     allow_ref: bool,
 ) {
     match e {
+        Expr::Name { name, .. } if super::dicom::is_attribute(name) => {}
         Expr::Name { name, offset } => {
             cx.at(
                 base + offset,

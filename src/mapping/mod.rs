@@ -16,6 +16,7 @@
 //! for `each` in segment order; each gets `resourceType`, `id` and `meta.source`.
 //! Depends on `hl7` and `diag` only; logs nothing.
 
+mod dicom;
 mod eval;
 mod expr;
 mod fhir_types;
@@ -160,6 +161,24 @@ impl Mapping {
 
     /// Maps one message to its resources.
     pub fn run(&self, msg: &Message, ctx: &RunContext) -> Result<Vec<Json>, MapError> {
+        self.run_input(msg, None, ctx)
+    }
+
+    /// Maps one received DICOM instance (its attributes) to its resources.
+    pub fn run_dicom(
+        &self,
+        attrs: &crate::dicom::Attributes,
+        ctx: &RunContext,
+    ) -> Result<Vec<Json>, MapError> {
+        self.run_input(dicom::no_message(), Some(attrs), ctx)
+    }
+
+    fn run_input(
+        &self,
+        msg: &Message,
+        dicom: Option<&crate::dicom::Attributes>,
+        ctx: &RunContext,
+    ) -> Result<Vec<Json>, MapError> {
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -183,6 +202,7 @@ impl Mapping {
                     seg,
                     instances: &[],
                     tables: &self.tables,
+                    dicom,
                 };
                 let err = |field: &str, message: String| MapError {
                     resource: label.clone(),
@@ -232,6 +252,7 @@ impl Mapping {
                 seg: inst.seg,
                 instances: &instances,
                 tables: &self.tables,
+                dicom,
             };
             let mut root = Map::new();
             root.insert("resourceType".to_string(), json!(inst.resource_type));

@@ -70,7 +70,7 @@ PV1|1|I|NOI1^P203^G02||||||||||||||||VN2024-0001|||||||||||||||||||||||||2024013
 fn shipped_mappings_load() {
     let set = shipped();
     let names: Vec<&str> = set.names().collect();
-    assert_eq!(names, ["adt", "oru_r01"]);
+    assert_eq!(names, ["adt", "imaging_study", "oru_r01"]);
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //! mapping = "oru_r01"             # mappings/oru_r01.toml
 //! ```
 //!
+//! A DICOM instance has the message type `DICOM^<Modality>` (`DICOM^CT`, `DICOM^*`), and
+//! a route may also name the calling AE titles it takes: `calling_ae = ["CT01"]`
+//! (omitted or empty: any; a route with `calling_ae` takes DICOM instances only).
+//!
 //! Files are read in name order and routes in file order; the first route that matches
 //! wins. A message no route matches is kept with status `unrouted`.
 
@@ -36,6 +40,8 @@ struct RouteDef {
     from: Vec<Spanned<String>>,
     message: Vec<Spanned<String>>,
     mapping: Spanned<String>,
+    #[serde(default)]
+    calling_ae: Vec<String>,
 }
 
 /// One compiled route.
@@ -46,6 +52,8 @@ pub struct Route {
     pub from: Vec<String>,
     pub message: Vec<MessagePattern>,
     pub mapping: String,
+    /// DICOM: calling AE titles this route takes; empty: any.
+    pub calling_ae: Vec<String>,
     /// Where the route was defined, for messages to operators.
     pub file: PathBuf,
 }
@@ -90,11 +98,15 @@ impl MessagePattern {
     }
 
     pub fn matches(&self, header: &Header) -> bool {
-        let actual = [
-            &header.message_code,
-            &header.trigger_event,
-            &header.message_structure,
-        ];
+        self.matches_parts([
+            header.message_code.as_str(),
+            header.trigger_event.as_str(),
+            header.message_structure.as_str(),
+        ])
+    }
+
+    /// Matches `[type, trigger, structure]`.
+    pub fn matches_parts(&self, actual: [&str; 3]) -> bool {
         self.parts
             .iter()
             .zip(actual)
@@ -109,7 +121,22 @@ impl MessagePattern {
 impl Route {
     pub fn matches(&self, listener: &str, header: &Header) -> bool {
         (self.from.is_empty() || self.from.iter().any(|f| f == listener))
+            && self.calling_ae.is_empty()
             && self.message.iter().any(|p| p.matches(header))
+    }
+
+    /// Whether this route takes a DICOM instance of `modality` from `calling_ae`.
+    pub fn matches_dicom(&self, listener: &str, calling_ae: &str, modality: &str) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|f| f == listener))
+            && (self.calling_ae.is_empty()
+                || self
+                    .calling_ae
+                    .iter()
+                    .any(|a| a.trim() == calling_ae.trim()))
+            && self
+                .message
+                .iter()
+                .any(|p| p.matches_parts(["DICOM", modality, ""]))
     }
 }
 
@@ -165,6 +192,13 @@ impl RouteSet {
     /// The first route that takes this message.
     pub fn find(&self, listener: &str, header: &Header) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(listener, header))
+    }
+
+    /// The first route that takes a DICOM instance.
+    pub fn find_dicom(&self, listener: &str, calling_ae: &str, modality: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matches_dicom(listener, calling_ae, modality))
     }
 
     pub fn get(&self, name: &str) -> Option<&Route> {
@@ -249,6 +283,7 @@ fn load_file(
             from: def.from.into_iter().map(Spanned::into_inner).collect(),
             message: patterns,
             mapping,
+            calling_ae: def.calling_ae,
             file: file.to_path_buf(),
         });
     }

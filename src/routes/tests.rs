@@ -89,7 +89,7 @@ colour = "red"
 "#,
     )
     .unwrap_err();
-    assert_eq!(errors, vec!["lab.toml:6:1: unknown key `colour`; expected one of `name`, `description`, `from`, `message`, `mapping`"]);
+    assert_eq!(errors, vec!["lab.toml:6:1: unknown key `colour`; expected one of `name`, `description`, `from`, `message`, `mapping`, `calling_ae`"]);
 
     let errors = load(
         r#"[[route]]

@@ -45,6 +45,8 @@ impl Store {
         // occurrences of the same key is the batch's, not the tree's.
         let mut pending: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut new_per_type: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut pending_accessions: Vec<(String, &str, &str)> = Vec::new();
+        let mut relink: Vec<(String, String)> = Vec::new();
 
         for (rt, id, value, bytes) in prepared {
             let key = doc_key(rt, id);
@@ -62,10 +64,11 @@ impl Store {
             let old: Option<Value> = previous
                 .as_deref()
                 .and_then(|p| serde_json::from_slice::<Value>(p).ok());
-            let merged = old
-                .as_ref()
-                .filter(|_| keeps_absent_elements(rt))
-                .map(|o| merge_absent(o, value));
+            let merged = match old.as_ref() {
+                Some(o) if rt == "ImagingStudy" => Some(merge_study(o, value)),
+                Some(o) if keeps_absent_elements(rt) => Some(merge_absent(o, value)),
+                _ => None,
+            };
             let (value, bytes) = match merged {
                 Some(m) => {
                     let b = serde_json::to_vec(&m).expect("a serde_json::Value always serialises");
@@ -76,6 +79,31 @@ impl Store {
                     (std::borrow::Cow::Owned(m), b)
                 }
                 None => (std::borrow::Cow::Borrowed(value), bytes),
+            };
+            // Orders and studies meet by accession number (see `accession`).
+            let (value, bytes) = match accession(rt, &value) {
+                Some(acc) => {
+                    batch.insert(accession_key(&acc, rt, id), &[][..]);
+                    pending_accessions.push((acc.clone(), rt, id));
+                    if rt == "ServiceRequest" {
+                        relink.push((acc, id.to_string()));
+                        (value, bytes)
+                    } else if rt == "ImagingStudy" && value.get("basedOn").is_none() {
+                        match self.order_for(&acc, &pending_accessions)? {
+                            Some(order) => {
+                                let mut v = value.into_owned();
+                                v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
+                                let b = serde_json::to_vec(&v)
+                                    .expect("a serde_json::Value always serialises");
+                                (std::borrow::Cow::Owned(v), b)
+                            }
+                            None => (value, bytes),
+                        }
+                    } else {
+                        (value, bytes)
+                    }
+                }
+                None => (value, bytes),
             };
             let old_entries = old
                 .map(|old| index_entries(rt, id, &old))
@@ -107,8 +135,138 @@ impl Store {
         if stats.written > 0 {
             tree.apply_batch(batch)?;
         }
+        drop(_writer);
+        // Studies that arrived before their order: point them at it now.
+        let mut studies = Vec::new();
+        for (acc, order) in relink {
+            let prefix = accession_key(&acc, "ImagingStudy", "");
+            for item in tree.scan_prefix(&prefix) {
+                let (k, _) = item?;
+                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                if let Some(v) = tree.get(doc_key("ImagingStudy", &id))? {
+                    let mut study: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
+                    if study.is_object() && study.get("basedOn").is_none() {
+                        study["basedOn"] =
+                            serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
+                        studies.push(study);
+                    }
+                }
+            }
+        }
+        if !studies.is_empty() {
+            let more = self.upsert_batch(&studies)?;
+            stats.written += more.written;
+        }
         Ok(stats)
     }
+
+    /// The ServiceRequest with accession number `acc`, in this batch or stored.
+    fn order_for(
+        &self,
+        acc: &str,
+        pending: &[(String, &str, &str)],
+    ) -> Result<Option<String>, StoreError> {
+        if let Some((_, _, id)) = pending
+            .iter()
+            .find(|(a, rt, _)| a == acc && *rt == "ServiceRequest")
+        {
+            return Ok(Some(id.to_string()));
+        }
+        let prefix = accession_key(acc, "ServiceRequest", "");
+        match self.inner.tree.scan_prefix(&prefix).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(Some(
+                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Prefix of accession numbers: `a/<accession>\0<Type>\0<id>`. Entries are only added;
+/// a stale one is harmless (the record it names is read before use).
+fn accession_key(acc: &str, rt: &str, id: &str) -> Vec<u8> {
+    let mut k = b"a/".to_vec();
+    k.extend_from_slice(acc.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rt.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The accession number of an ImagingStudy or ServiceRequest: its identifier typed
+/// `ACSN` (v2-0203); for a ServiceRequest without one, its filler order number (`FILL`),
+/// which many HIS use as the accession number.
+fn accession(rt: &str, v: &Value) -> Option<String> {
+    if rt != "ImagingStudy" && rt != "ServiceRequest" {
+        return None;
+    }
+    let ids = v.get("identifier")?.as_array()?;
+    let typed = |code: &str| {
+        ids.iter().find_map(|i| {
+            let codes = i.pointer("/type/coding")?.as_array()?;
+            codes
+                .iter()
+                .any(|c| c.get("code").and_then(Value::as_str) == Some(code))
+                .then(|| i.get("value")?.as_str())
+                .flatten()
+                .filter(|s| !s.is_empty() && s.len() <= 256)
+                .map(str::to_string)
+        })
+    };
+    typed("ACSN").or_else(|| (rt == "ServiceRequest").then(|| typed("FILL")).flatten())
+}
+
+/// One ImagingStudy from many C-STOREs: the new version's elements win, elements it
+/// lacks are kept, series are merged by `uid` and their instances by `uid`, and the
+/// counts are recomputed.
+fn merge_study(old: &Value, new: &Value) -> Value {
+    let mut out = merge_absent(old, new);
+    let series = merge_by_uid(old.get("series"), new.get("series"), |o, n| {
+        let mut s = merge_absent(o, n);
+        let inst = merge_by_uid(o.get("instance"), n.get("instance"), merge_absent);
+        s["numberOfInstances"] = Value::from(inst.len());
+        s["instance"] = Value::Array(inst);
+        s
+    });
+    let instances: usize = series
+        .iter()
+        .map(|s| {
+            s.get("instance")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        })
+        .sum();
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("numberOfSeries".into(), Value::from(series.len()));
+        obj.insert("numberOfInstances".into(), Value::from(instances));
+        obj.insert("series".into(), Value::Array(series));
+    }
+    out
+}
+
+/// Union of two arrays of objects keyed by `uid`, in first-seen order; `both` merges an
+/// element present in each.
+fn merge_by_uid(
+    old: Option<&Value>,
+    new: Option<&Value>,
+    both: impl Fn(&Value, &Value) -> Value,
+) -> Vec<Value> {
+    let mut out: Vec<Value> = old.and_then(Value::as_array).cloned().unwrap_or_default();
+    for n in new.and_then(Value::as_array).into_iter().flatten() {
+        let uid = n.get("uid");
+        match out
+            .iter_mut()
+            .find(|o| uid.is_some() && o.get("uid") == uid)
+        {
+            Some(o) => *o = both(o, n),
+            None => out.push(n.clone()),
+        }
+    }
+    out
 }
 
 /// Patients and encounters are described, a part at a time, by many kinds of message
@@ -142,3 +300,130 @@ fn merge_absent(old: &Value, new: &Value) -> Value {
 
 /// Choice (`[x]`) elements of Patient and Encounter in R4.
 const CHOICE_ELEMENTS: &[&str] = &["deceased", "multipleBirth"];
+
+#[cfg(test)]
+mod imaging_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Store {
+        let db = Store::sled_config(dir).open().expect("open sled");
+        Store::open(db, dir).expect("open store")
+    }
+
+    fn study(series: &str, instance: &str, accession: Option<&str>) -> Value {
+        let mut s = json!({
+            "resourceType": "ImagingStudy",
+            "id": "st1",
+            "status": "available",
+            "subject": { "reference": "Patient/p1" },
+            "identifier": [{ "system": "urn:dicom:uid", "value": "urn:oid:1.2.3" }],
+            "numberOfSeries": 1,
+            "numberOfInstances": 1,
+            "series": [{
+                "uid": series,
+                "numberOfInstances": 1,
+                "instance": [{ "uid": instance, "number": 1 }]
+            }]
+        });
+        if let Some(a) = accession {
+            s["identifier"].as_array_mut().unwrap().push(json!({
+                "type": { "coding": [{ "code": "ACSN" }] },
+                "value": a
+            }));
+        }
+        s
+    }
+
+    fn order(id: &str, code: &str, accession: &str) -> Value {
+        json!({
+            "resourceType": "ServiceRequest",
+            "id": id,
+            "status": "active",
+            "intent": "order",
+            "subject": { "reference": "Patient/p1" },
+            "identifier": [{ "type": { "coding": [{ "code": code }] }, "value": accession }]
+        })
+    }
+
+    #[test]
+    fn instances_of_one_study_merge_by_uid_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.upsert_batch(&[study("1.1", "1.1.1", None)]).unwrap();
+        store
+            .upsert_batch(&[study("1.1", "1.1.2", None), study("1.2", "1.2.1", None)])
+            .unwrap();
+        // The same instance again changes nothing.
+        let again = store.upsert_batch(&[study("1.1", "1.1.1", None)]).unwrap();
+        assert_eq!(again.written, 0);
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["numberOfSeries"], 2);
+        assert_eq!(s["numberOfInstances"], 3);
+        assert_eq!(s["series"][0]["uid"], "1.1");
+        assert_eq!(s["series"][0]["numberOfInstances"], 2);
+        let uids: Vec<&str> = s["series"][0]["instance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["uid"].as_str().unwrap())
+            .collect();
+        assert_eq!(uids, ["1.1.1", "1.1.2"]);
+        assert_eq!(s["series"][1]["numberOfInstances"], 1);
+    }
+
+    #[test]
+    fn study_after_its_order_is_based_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[
+                order("sr1", "ACSN", "ACC-9"),
+                order("sr2", "ACSN", "ACC-10"),
+            ])
+            .unwrap();
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-9"))])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr1" }]));
+    }
+
+    #[test]
+    fn order_after_its_study_links_the_study() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-7"))])
+            .unwrap();
+        assert!(store.get("ImagingStudy", "st1").unwrap().unwrap()["basedOn"].is_null());
+        // A filler order number stands in for the accession number.
+        store
+            .upsert_batch(&[order("sr7", "FILL", "ACC-7")])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr7" }]));
+        // Later instances keep the link.
+        store
+            .upsert_batch(&[study("1.1", "1.1.2", Some("ACC-7"))])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr7" }]));
+        assert_eq!(s["numberOfInstances"], 2);
+    }
+
+    #[test]
+    fn same_batch_order_and_study_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[
+                order("sr3", "ACSN", "ACC-3"),
+                study("1.1", "1.1.1", Some("ACC-3")),
+            ])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr3" }]));
+    }
+}

@@ -1,0 +1,217 @@
+//! The text attributes of one instance.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dicom_core::header::Header;
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::tags;
+use serde::{Deserialize, Serialize};
+
+/// Values longer than this (in characters) are not kept; they are never identifiers.
+pub const MAX_VALUE_CHARS: usize = 1024;
+
+/// Top-level text attributes of a dataset, by tag. Serialised as a JSON object whose
+/// keys are eight hex digits (`"0020000D"`). Values are as decoded from the dataset (DA and TM normalised, see `normalise`),
+/// without padding; multiple values are separated by `\`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Attributes(BTreeMap<String, String>);
+
+/// Why a received dataset could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("cannot parse the dataset: {0}")]
+    Parse(String),
+}
+
+impl Attributes {
+    pub fn new() -> Attributes {
+        Attributes::default()
+    }
+
+    pub fn get(&self, tag: u32) -> Option<&str> {
+        self.0
+            .get(&format!("{tag:08X}"))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn insert(&mut self, tag: u32, value: impl Into<String>) {
+        self.0.insert(format!("{tag:08X}"), value.into());
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn study_uid(&self) -> Option<&str> {
+        self.get(tag_u32(tags::STUDY_INSTANCE_UID))
+    }
+    pub fn series_uid(&self) -> Option<&str> {
+        self.get(tag_u32(tags::SERIES_INSTANCE_UID))
+    }
+    pub fn sop_instance_uid(&self) -> Option<&str> {
+        self.get(tag_u32(tags::SOP_INSTANCE_UID))
+    }
+    pub fn sop_class_uid(&self) -> Option<&str> {
+        self.get(tag_u32(tags::SOP_CLASS_UID))
+    }
+    pub fn modality(&self) -> Option<&str> {
+        self.get(tag_u32(tags::MODALITY))
+    }
+}
+
+pub(crate) fn tag_u32(t: Tag) -> u32 {
+    (u32::from(t.0) << 16) | u32::from(t.1)
+}
+
+/// VRs whose values are kept as text.
+fn is_text(vr: VR) -> bool {
+    use VR::*;
+    matches!(
+        vr,
+        AE | AS
+            | CS
+            | DA
+            | DS
+            | DT
+            | IS
+            | LO
+            | LT
+            | PN
+            | SH
+            | ST
+            | TM
+            | UC
+            | UI
+            | UR
+            | UT
+            | US
+            | SS
+            | UL
+            | SL
+            | FL
+            | FD
+            | UV
+            | SV
+    )
+}
+
+/// Reads the text attributes of a Part 10 file, stopping before the pixel data (so a
+/// large instance costs only its header).
+pub fn extract(path: &Path) -> Result<Attributes, ExtractError> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| ExtractError::Parse(e.to_string()))?;
+    let mut out = Attributes::new();
+    for el in obj.iter() {
+        let tag = el.tag();
+        if tag.0 == 0x0002 {
+            continue;
+        }
+        let (vr, text) = if el.vr() == VR::UN {
+            // Sent as UN (unknown VR): decode it when the dictionary says it is text.
+            let Some(vr) = dictionary_vr(tag).filter(|vr| is_text(*vr) && is_string(*vr)) else {
+                continue;
+            };
+            let Ok(bytes) = el.to_bytes() else { continue };
+            (vr, String::from_utf8_lossy(&bytes).into_owned())
+        } else if is_text(el.vr()) {
+            let Ok(text) = el.to_str() else { continue };
+            (el.vr(), text.into_owned())
+        } else {
+            continue;
+        };
+        let text = text.trim_end_matches(['\0', ' ']).trim_start();
+        if text.chars().count() > MAX_VALUE_CHARS {
+            continue;
+        }
+        out.insert(tag_u32(tag), normalise(vr, text));
+    }
+    Ok(out)
+}
+
+fn is_string(vr: VR) -> bool {
+    !matches!(
+        vr,
+        VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV
+    )
+}
+
+fn dictionary_vr(tag: Tag) -> Option<VR> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    match dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)?
+        .vr()
+    {
+        VirtualVr::Exact(vr) => Some(vr),
+        _ => None,
+    }
+}
+
+/// Dates and times in the forms the mapping functions read: DA without the dots of the
+/// old `YYYY.MM.DD` form, TM without the colons of `HH:MM:SS` and with at most four
+/// fractional digits (HL7's precision; DICOM allows six).
+fn normalise(vr: VR, text: &str) -> String {
+    match vr {
+        VR::DA => text.replace('.', ""),
+        VR::TM => text
+            .split('\\')
+            .map(|t| {
+                let t = t.replace(':', "");
+                match t.split_once('.') {
+                    Some((hms, frac)) => {
+                        let frac: String = frac.chars().take(4).collect();
+                        if frac.is_empty() {
+                            hms.to_string()
+                        } else {
+                            format!("{hms}.{frac}")
+                        }
+                    }
+                    None => t,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\\"),
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_are_normalised() {
+        let table = [
+            (VR::DA, "1997.04.24", "19970424"),
+            (VR::DA, "20261120", "20261120"),
+            (VR::TM, "14:04:38", "140438"),
+            (VR::TM, "132645.921000", "132645.9210"),
+            (VR::TM, "0815", "0815"),
+            (VR::TM, "101010.\\1030", "101010\\1030"),
+            (VR::LO, "a.b:c", "a.b:c"),
+        ];
+        for (vr, input, want) in table {
+            assert_eq!(normalise(vr, input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn attributes_round_trip_as_hex_keys() {
+        let mut a = Attributes::new();
+        a.insert(0x0020_000D, "1.2.3");
+        a.insert(0x0010_0010, "");
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"00100010":"","0020000D":"1.2.3"}"#);
+        let back: Attributes = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.study_uid(), Some("1.2.3"));
+        assert_eq!(back.get(0x0010_0010), None, "empty values read as absent");
+    }
+}

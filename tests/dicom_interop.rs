@@ -1,0 +1,637 @@
+//! DICOM intake against real clients: dcmtk's `echoscu`/`storescu` and pynetdicom, on the
+//! real `halong` binary (so it can be killed with SIGKILL).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_halong");
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dicom_peer.py");
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A running `halong serve` with DICOM listeners `pacs` (any caller) and `pacs-strict`
+/// (only calling AE `MODALITY1`), both with AE title `HALONG`.
+struct Server {
+    child: Child,
+    pacs: SocketAddr,
+    strict: SocketAddr,
+    /// `pacs-elsewhere`: only peer 192.0.2.10 allowed.
+    elsewhere: SocketAddr,
+    /// `pacs-tls`, when the config has it.
+    tls: Option<SocketAddr>,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(dir: &Path) -> PathBuf {
+    setup_with(dir, "")
+}
+
+fn setup_with(dir: &Path, extra: &str) -> PathBuf {
+    let mut text =
+        config_text(&dir.join("data"), "").replace("level = \"warn\"", "level = \"info\"");
+    text.push_str(
+        r#"
+[[listener]]
+name = "pacs"
+kind = "dicom"
+bind = "127.0.0.1:0"
+ae_title = "HALONG"
+
+[[listener]]
+name = "pacs-strict"
+kind = "dicom"
+bind = "127.0.0.1:0"
+ae_title = "HALONG"
+allowed_callers = ["MODALITY1"]
+allowed_peers = ["127.0.0.1", "::1"]
+
+[[listener]]
+name = "pacs-elsewhere"
+kind = "dicom"
+bind = "127.0.0.1:0"
+allowed_peers = ["192.0.2.10"]
+"#,
+    );
+    text.push_str(extra);
+    std::fs::write(dir.join("halong.toml"), text).unwrap();
+    for sub in ["routes", "mappings"] {
+        let link = dir.join(sub);
+        if !link.exists() {
+            std::os::unix::fs::symlink(Path::new(REPO).join(sub), link).unwrap();
+        }
+    }
+    dir.join("halong.toml")
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn spawn(config: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start halong");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut pacs, mut strict, mut elsewhere, mut tls, mut http) = (None, None, None, None, None);
+    while pacs.is_none() || strict.is_none() || elsewhere.is_none() || http.is_none() {
+        let line = rx.recv_timeout(LIMIT).expect("halong logs its addresses");
+        if line.contains("DICOM listener ready") {
+            let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+            match field(&line, "listener") {
+                Some("pacs") => pacs = Some(addr),
+                Some("pacs-strict") => strict = Some(addr),
+                Some("pacs-tls") => tls = Some(addr),
+                Some("pacs-elsewhere") => elsewhere = Some(addr),
+                _ => {}
+            }
+        } else if line.contains("HTTP API ready") {
+            http = Some(field(&line, "http_addr").unwrap().parse().unwrap());
+        }
+    }
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Server {
+        child,
+        pacs: pacs.unwrap(),
+        strict: strict.unwrap(),
+        elsewhere: elsewhere.unwrap(),
+        tls,
+        http: http.unwrap(),
+    }
+}
+
+/// A dcmtk tool (the Debian package's, ahead of anything else called the same).
+fn dcmtk(tool: &str) -> Command {
+    let installed = Path::new("/usr/bin").join(tool);
+    let mut c = Command::new(if installed.exists() {
+        installed
+    } else {
+        PathBuf::from(tool)
+    });
+    // Without it dcmtk stalls ~90 ms per PDU on Linux loopback.
+    c.env("TCP_NODELAY", "1");
+    c.args(["-to", "30", "-ta", "30", "-td", "30"]);
+    c
+}
+
+fn run(mut c: Command) -> (bool, String) {
+    let out = c.output().expect("run a DICOM client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn echo(addr: SocketAddr, calling: &str, called: &str) -> (bool, String) {
+    echo_with(addr, calling, called, &[])
+}
+
+fn echo_with(addr: SocketAddr, calling: &str, called: &str, extra: &[&str]) -> (bool, String) {
+    let mut c = dcmtk("echoscu");
+    c.args(extra)
+        .args(["-aet", calling, "-aec", called])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string());
+    run(c)
+}
+
+fn storescu(addr: SocketAddr, files: &[PathBuf]) -> (bool, String) {
+    let mut c = dcmtk("storescu");
+    c.args(["-aet", "STORESCU", "-aec", "HALONG"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(files);
+    run(c)
+}
+
+fn peer(args: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(PEER)
+        .args(args)
+        .output()
+        .expect("python3 runs the pynetdicom peer");
+    assert!(
+        out.status.success(),
+        "peer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the peer prints JSON")
+}
+
+fn pydicom_file(name: &str) -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "from pydicom.data import get_testdata_file; print(get_testdata_file({name:?}))"
+            ),
+        ])
+        .output()
+        .expect("python3 with pydicom");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The mapping's ImagingStudy id: `hash(StudyInstanceUID)`.
+fn study_id(uid: &str) -> String {
+    Sha256::digest(uid.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn imaging_study(http: SocketAddr, uid: &str) -> Option<Value> {
+    let (code, v) = http_json(http, &format!("/fhir/ImagingStudy/{}", study_id(uid)));
+    (code == 200).then_some(v)
+}
+
+/// Bytes after the preamble and file meta of a Part 10 file.
+fn dataset_bytes(path: &Path) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[128..132], b"DICM", "{}", path.display());
+    assert_eq!(&b[132..136], &[2, 0, 0, 0], "{}", path.display());
+    let len = u32::from_le_bytes(b[140..144].try_into().unwrap()) as usize;
+    b[144 + len..].to_vec()
+}
+
+fn archived(data: &Path, study: &str, series: &str, instance: &str) -> PathBuf {
+    data.join("dicom")
+        .join(study)
+        .join(series)
+        .join(format!("{instance}.dcm"))
+}
+
+fn dcm_files_under(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += dcm_files_under(&p);
+        } else if p.extension().is_some_and(|x| x == "dcm") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn echo_store_and_rejections_with_dcmtk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(&setup(dir.path()));
+
+    let (ok, out) = echo(server.pacs, "ECHOSCU", "HALONG");
+    assert!(ok, "C-ECHO: {out}");
+    let (ok, out) = echo(server.pacs, "ECHOSCU", "NOT-HALONG");
+    assert!(!ok, "a wrong called AE must be rejected");
+    assert!(out.contains("Called AE Title Not Recognized"), "{out}");
+    let (ok, out) = echo(server.strict, "OTHER", "HALONG");
+    assert!(!ok, "a caller outside the allowlist must be rejected");
+    assert!(out.contains("Calling AE Title Not Recognized"), "{out}");
+    let (ok, out) = echo(server.strict, "MODALITY1", "HALONG");
+    assert!(ok, "an allowed caller from an allowed address: {out}");
+    let (ok, _) = echo(server.elsewhere, "MODALITY1", "HALONG");
+    assert!(!ok, "a peer address outside allowed_peers must be refused");
+
+    // A non-storage SOP class is refused per context; the association still serves.
+    let found = peer(&[
+        "find",
+        &server.pacs.ip().to_string(),
+        &server.pacs.port().to_string(),
+        "HALONG",
+    ]);
+    assert_eq!(found["established"], true, "{found}");
+    assert_eq!(
+        found["accepted"],
+        serde_json::json!(["1.2.840.10008.1.1"]),
+        "{found}"
+    );
+    assert!(
+        found["rejected"]["1.2.840.10008.5.1.4.31"].is_number(),
+        "worklist FIND must be a rejected context: {found}"
+    );
+    assert_eq!(found["echo"], 0, "{found}");
+
+    // Junk and a connection dropped halfway through an association request end only
+    // themselves.
+    {
+        use std::io::Write;
+        let mut junk = std::net::TcpStream::connect(server.pacs).unwrap();
+        junk.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut half = std::net::TcpStream::connect(server.pacs).unwrap();
+        half.write_all(&[0x01, 0x00, 0x00, 0x00, 0x10, 0x00])
+            .unwrap();
+    }
+    // A PDU declaring 2 GiB is refused at its header, not buffered.
+    {
+        use std::io::{Read, Write};
+        let mut big = std::net::TcpStream::connect(server.pacs).unwrap();
+        big.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        big.write_all(&[0x01, 0x00, 0x7f, 0xff, 0xff, 0xff])
+            .unwrap();
+        let _ = big.write_all(&[0u8; 4096]);
+        let mut buf = [0u8; 64];
+        let closed = match big.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => true, // an A-ABORT or A-ASSOCIATE-RJ, then the close
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        };
+        assert!(closed, "an oversized PDU must end the connection");
+    }
+    let (ok, out) = echo(server.pacs, "ECHOSCU", "HALONG");
+    assert!(ok, "the listener still serves after junk: {out}");
+
+    // A dataset without study and series: A900, kept as evidence with status error.
+    let bad = dir.path().join("no-study.dcm");
+    std::fs::write(&bad, dataset_without_study()).unwrap();
+    let sent = peer(&[
+        "send-unchecked",
+        &server.pacs.ip().to_string(),
+        &server.pacs.port().to_string(),
+        "HALONG",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(sent["results"][0]["status"], 0xA900, "{sent}");
+    wait_until("the refused instance is journaled", LIMIT, || {
+        count_status(server.http, "error") == 1
+    });
+    let (_, errors) = http_json(server.http, "/api/messages?status=error");
+    assert_eq!(
+        errors["messages"][0]["error"], "dataset lacks Study or Series Instance UID",
+        "{errors}"
+    );
+    assert_eq!(dcm_files_under(&dir.path().join("data/dicom/failed")), 1);
+
+    // The same instance on two associations: both succeed, one file, one instance.
+    let ct = pydicom_file("CT_small.dcm");
+    for _ in 0..2 {
+        let (ok, out) = storescu(server.pacs, std::slice::from_ref(&ct));
+        assert!(ok, "storescu: {out}");
+    }
+    wait_until("both C-STOREs are stored", LIMIT, || {
+        count_status(server.http, "stored") == 2
+    });
+    let study = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322";
+    let s = imaging_study(server.http, study).expect("the ImagingStudy exists");
+    assert_eq!(s["numberOfSeries"], 1, "{s}");
+    assert_eq!(s["numberOfInstances"], 1, "{s}");
+    assert_eq!(s["modality"][0]["code"], "CT");
+    assert_eq!(
+        dcm_files_under(&dir.path().join("data/dicom")),
+        2,
+        "the instance and the refused one"
+    );
+}
+
+/// A Part 10 file (explicit VR little endian) whose dataset has SOP class and instance
+/// but no study or series.
+fn dataset_without_study() -> Vec<u8> {
+    fn el(out: &mut Vec<u8>, group: u16, element: u16, vr: &[u8; 2], value: &[u8]) {
+        let mut v = value.to_vec();
+        if v.len() % 2 == 1 {
+            v.push(0);
+        }
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        out.extend_from_slice(&v);
+    }
+    let (class, instance) = (b"1.2.840.10008.5.1.4.1.1.7", b"1.2.3.999.1");
+    let mut meta = vec![0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1];
+    el(&mut meta, 2, 2, b"UI", class);
+    el(&mut meta, 2, 3, b"UI", instance);
+    el(&mut meta, 2, 0x10, b"UI", b"1.2.840.10008.1.2.1");
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    out.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    el(&mut out, 8, 0x16, b"UI", class);
+    el(&mut out, 8, 0x18, b"UI", instance);
+    el(&mut out, 0x10, 0x10, b"PN", "Nguyễn^Văn A".as_bytes());
+    out
+}
+
+#[test]
+fn pynetdicom_sends_every_bundled_storage_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = spawn(&setup(dir.path()));
+    let sent = peer(&[
+        "send-testdata",
+        &server.pacs.ip().to_string(),
+        &server.pacs.port().to_string(),
+        "HALONG",
+    ]);
+    assert_eq!(sent["established"], true);
+    let results = sent["results"].as_array().unwrap();
+    assert!(results.len() >= 100, "only {} files", results.len());
+    let mut delivered = 0;
+    let mut syntaxes = BTreeSet::new();
+    for r in results {
+        let name = r["path"].as_str().unwrap();
+        if r["client_error"].is_string() {
+            // pynetdicom could not encode it; nothing reached halong.
+            eprintln!("client could not send {name}: {}", r["client_error"]);
+            continue;
+        }
+        assert_eq!(
+            r["status"], 0,
+            "{name} ({}) was refused",
+            r["transfer_syntax"]
+        );
+        delivered += 1;
+        syntaxes.insert(r["transfer_syntax"].as_str().unwrap().to_string());
+    }
+    let skipped = results.len() - delivered;
+    assert!(skipped <= 2, "the client could not send {skipped} files");
+    assert!(
+        results
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().ends_with("/test-SR.dcm") && r["status"] == 0),
+        "the structured report is among the objects and succeeds"
+    );
+    for ts in [
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.5",
+    ] {
+        assert!(syntaxes.contains(ts), "nothing sent in {ts}: {syntaxes:?}");
+    }
+
+    wait_until("every instance is stored", LIMIT, || {
+        count_status(server.http, "stored") == delivered as u64
+    });
+
+    // Byte for byte: the dataset last sent for each instance (as the client put it on
+    // the wire) is the one archived.
+    let mut last: BTreeMap<&str, &Value> = BTreeMap::new();
+    for r in results.iter().filter(|r| r["status"] == 0) {
+        last.insert(r["sop_instance"].as_str().unwrap(), r);
+    }
+    let mut studies: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
+    let mut as_in_file = 0;
+    for (instance, r) in &last {
+        let (study, series) = (r["study"].as_str().unwrap(), r["series"].as_str().unwrap());
+        let original = Path::new(r["path"].as_str().unwrap());
+        let got = dataset_bytes(&archived(&data, study, series, instance));
+        let digest: String = Sha256::digest(&got)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            r["sent_sha256"].as_str(),
+            Some(digest.as_str()),
+            "{} archived differently from what was sent ({} bytes sent, {} archived)",
+            original.display(),
+            r["sent_bytes"],
+            got.len()
+        );
+        let offset = r["dataset_offset"].as_u64().unwrap() as usize;
+        as_in_file += usize::from(got == std::fs::read(original).unwrap()[offset..]);
+        studies
+            .entry(study)
+            .or_default()
+            .entry(series)
+            .or_default()
+            .insert(instance);
+    }
+    assert_eq!(dcm_files_under(&data.join("dicom")), last.len());
+    // The client re-encodes a few files (group lengths dropped, data re-deflated); the
+    // rest went out, and were archived, exactly as in the file.
+    assert!(
+        as_in_file + 8 >= last.len(),
+        "{as_in_file} of {}",
+        last.len()
+    );
+
+    // One ImagingStudy per study, with every series and instance.
+    for (study, series) in &studies {
+        let s = imaging_study(server.http, study).unwrap_or_else(|| panic!("no study {study}"));
+        let instances: usize = series.values().map(BTreeSet::len).sum();
+        assert_eq!(s["numberOfSeries"], series.len(), "{study}");
+        assert_eq!(s["numberOfInstances"], instances, "{study}");
+        for (uid, members) in series {
+            let got = s["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["uid"] == *uid)
+                .unwrap_or_else(|| panic!("series {uid} missing in {study}"));
+            assert_eq!(got["numberOfInstances"], members.len());
+        }
+    }
+}
+
+#[test]
+fn vietnamese_names_survive_and_sigkill_after_success_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = setup(dir.path());
+    let made = dir.path().join("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let files = peer(&["make", made.to_str().unwrap()]);
+    let files: Vec<&str> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+
+    let mut server = spawn(&config);
+    let mut args = vec![
+        "send".to_string(),
+        server.pacs.ip().to_string(),
+        server.pacs.port().to_string(),
+        "HALONG".to_string(),
+    ];
+    args.extend(files.iter().map(|f| f.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sent = peer(&args);
+    let results = sent["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["status"] == 0), "{sent}");
+
+    // Success was answered: kill at once, before the pipeline may have run.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for r in results {
+        let p = archived(
+            &data,
+            r["study"].as_str().unwrap(),
+            r["series"].as_str().unwrap(),
+            r["sop_instance"].as_str().unwrap(),
+        );
+        assert!(p.exists(), "{} lost", p.display());
+    }
+
+    let server = spawn(&config);
+    wait_until("both instances are stored after the restart", LIMIT, || {
+        count_status(server.http, "stored") == 2
+    });
+    let first = &results[0];
+    let s = imaging_study(server.http, first["study"].as_str().unwrap()).expect("study");
+    assert_eq!(s["numberOfInstances"], 1);
+    assert_eq!(s["description"], "CT sọ não");
+    assert_eq!(s["started"], "2026-11-20T08:15:00+07:00");
+    let acsn = s["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"]["coding"][0]["code"] == "ACSN")
+        .expect("accession identifier");
+    assert_eq!(acsn["value"], "ACC-0001");
+
+    let (_, found) = http_json(
+        server.http,
+        &format!("/fhir/Patient?name={}", enc("nguyen thi ngoc")),
+    );
+    assert_eq!(found["total"], 1, "{found}");
+    let p = &found["entry"][0]["resource"];
+    assert_eq!(p["name"][0]["family"], "Nguyễn");
+    assert_eq!(p["name"][0]["given"][0], "Thị Ngọc Anh");
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["birthDate"], "1990-01-01");
+    assert_eq!(
+        s["subject"]["reference"],
+        format!("Patient/{}", p["id"].as_str().unwrap())
+    );
+    let (_, found) = http_json(server.http, &format!("/fhir/Patient?name={}", enc("đặng")));
+    assert_eq!(found["entry"][0]["resource"]["name"][0]["family"], "Đặng");
+}
+
+#[test]
+fn tls_listener_serves_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = setup_with(
+        dir.path(),
+        r#"
+[[listener]]
+name = "pacs-tls"
+kind = "dicom"
+bind = "127.0.0.1:0"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+"#,
+    );
+    let server = spawn(&config);
+    let tls = server.tls.expect("the TLS listener is up");
+    let cert = cert.to_str().unwrap();
+    let (ok, out) = echo_with(tls, "ECHOSCU", "HALONG", &["+tla", "+cf", cert]);
+    assert!(ok, "C-ECHO over TLS: {out}");
+    let (ok, _) = echo(tls, "ECHOSCU", "HALONG");
+    assert!(!ok, "plain DICOM on the TLS port must fail");
+
+    let mut c = dcmtk("storescu");
+    c.args(["+tla", "+cf", cert, "-aet", "STORESCU", "-aec", "HALONG"])
+        .arg(tls.ip().to_string())
+        .arg(tls.port().to_string())
+        .arg(pydicom_file("CT_small.dcm"));
+    let (ok, out) = run(c);
+    assert!(ok, "C-STORE over TLS: {out}");
+    wait_until("the instance is stored", LIMIT, || {
+        count_status(server.http, "stored") == 1
+    });
+    assert!(imaging_study(server.http, "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322").is_some());
+}
