@@ -2,8 +2,10 @@
 //!
 //! Context rule: while a resource with `each = "SEG"` is evaluated, the current SEG
 //! instance is the context. A path to SEG (without an explicit instance) resolves in
-//! that instance; a path to another segment type resolves to the nearest instance of
-//! that type before the context segment, else to the first in the message. Without a
+//! that instance; a path to a child segment type (not a group head such as OBR, OBX,
+//! PID: typically NTE) resolves to the first one following the context segment before
+//! the next group head; otherwise a path resolves to the nearest instance of that type
+//! before the context segment, else to the first in the message. Without a
 //! context, paths resolve to the first instance. `SEG[n]` always means the n-th in the
 //! message. HL7's null marker `""` evaluates as absent in this version.
 
@@ -11,10 +13,20 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value as Json};
 
+use super::datatypes::{self, Parts};
 use super::expr::{Call, Expr};
 use super::functions;
 use super::tables::Table;
 use crate::hl7::{Message, Path, Repetition};
+
+/// Segments that open a group (a patient, a visit, an order, a result, ...). A path to
+/// any other segment type, from a context segment, first looks at the segments that
+/// follow the context up to the next group head: that is where its NTE notes are.
+const GROUP_HEADS: &[&str] = &[
+    "MSH", "PID", "PD1", "PV1", "PV2", "NK1", "IN1", "IN2", "GT1", "ORC", "OBR", "OBX", "SPM",
+    "TXA", "SCH", "RGS", "AIS", "AIG", "AIL", "AIP", "MRG", "TQ1", "AL1", "DG1", "PR1", "RXA",
+    "RXO", "RXE", "FT1",
+];
 
 /// The value of an expression.
 #[derive(Clone, Debug, PartialEq)]
@@ -135,8 +147,22 @@ impl Scope<'_> {
         let Some(cur) = self.seg else {
             return self.msg.segment_index(&path.segment, 1);
         };
-        if self.msg.segment_name(cur) == path.segment {
+        let here = self.msg.segment_name(cur);
+        if here == path.segment {
             return Some(cur);
+        }
+        // A child of the context segment (NTE after an OBX or OBR, ...): the first
+        // instance among the segments that follow it, up to the next group head.
+        if !GROUP_HEADS.contains(&path.segment.as_str()) {
+            for i in cur + 1..self.msg.segment_count() {
+                let name = self.msg.segment_name(i);
+                if name == path.segment {
+                    return Some(i);
+                }
+                if name == here || GROUP_HEADS.contains(&name) {
+                    break;
+                }
+            }
         }
         (0..cur)
             .rev()
@@ -180,6 +206,7 @@ impl Scope<'_> {
                 Value::Str(s.clone())
             }),
             Expr::Num(n) => Ok(Value::Num(n.clone())),
+            Expr::Bool(b) => Ok(Value::Bool(*b)),
             Expr::Name { name, .. } => Ok(Value::Str(name.clone())),
             Expr::Call(c) => self.call(c),
         }
@@ -344,7 +371,142 @@ impl Scope<'_> {
                     Value::List(items)
                 })
             }
+            "required" => {
+                let v = arg(0)?;
+                if v.is_absent() {
+                    let why = arg(1)?
+                        .text()
+                        .unwrap_or_else(|| "a required value is missing".into());
+                    return Err(fail(why));
+                }
+                Ok(v)
+            }
+            "default" => {
+                let v = arg(0)?;
+                if v.is_absent() {
+                    arg(1)
+                } else {
+                    Ok(v)
+                }
+            }
+            "matches" => {
+                let pat = arg(1)?.text().unwrap_or_default();
+                Ok(Value::Bool(
+                    arg(0)?.text().is_some_and(|t| functions::glob(&pat, &t)),
+                ))
+            }
+            "human_name" | "address" | "contact_point" | "identifier" | "codeable_concept" => {
+                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                    return Err(fail("the argument must be an HL7 path".into()));
+                };
+                let t = self.datatype_tables();
+                let build = |p: &Parts| match c.name.as_str() {
+                    "human_name" => datatypes::human_name(p, &t),
+                    "address" => datatypes::address(p, &t),
+                    "contact_point" => datatypes::contact_point(p, &t),
+                    "identifier" => datatypes::identifier(p, &t),
+                    _ => datatypes::codeable_concept(p, &t),
+                };
+                let all = is_all(path);
+                let items: Vec<Value> = self
+                    .parts(path)
+                    .iter()
+                    .map(|p| build(p).map_or(Value::Absent, Value::Json))
+                    .collect();
+                Ok(collect(items, all))
+            }
+            "all" => {
+                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                    return Err(fail("the argument must be an HL7 path".into()));
+                };
+                let mut items = Vec::new();
+                for seg in self.msg.segments(&path.segment) {
+                    let one = Scope {
+                        msg: self.msg,
+                        seg: Some(seg),
+                        instances: self.instances,
+                        tables: self.tables,
+                    };
+                    match one.path_value(path) {
+                        Value::List(mut l) => items.append(&mut l),
+                        v => items.push(v),
+                    }
+                }
+                Ok(collect(items, true))
+            }
+            "base64" => map1(arg(0)?, &mut |t| {
+                Ok(Value::Str(functions::base64(t.as_bytes())))
+            }),
+            "quantity" => {
+                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                    return Err(fail("the first argument must be an HL7 path".into()));
+                };
+                let units = match c.args.get(1) {
+                    Some(Expr::Path { path, .. }) => self.parts(path).into_iter().next(),
+                    Some(_) => return Err(fail("the second argument must be an HL7 path".into())),
+                    None => None,
+                };
+                let all = is_all(path);
+                let mut items = Vec::new();
+                for p in self.parts(path) {
+                    let q = datatypes::quantity(&p, units.as_ref()).map_err(fail)?;
+                    items.push(q.map_or(Value::Absent, Value::Json));
+                }
+                Ok(collect(items, all))
+            }
             other => Err(fail(format!("unknown function {other:?}"))),
+        }
+    }
+
+    /// Every piece a path selects (one per selected repetition), split into parts:
+    /// components with their subcomponents, or, when the path names a component, its
+    /// subcomponents.
+    pub fn parts(&self, path: &crate::hl7::Path) -> Vec<Parts> {
+        let Some(seg) = self.resolve(path) else {
+            return Vec::new();
+        };
+        let Some(fp) = &path.field else {
+            return Vec::new();
+        };
+        let d = *self.msg.delimiters();
+        let decode = |raw: &str| -> Option<String> {
+            if raw.is_empty() || raw == "\"\"" {
+                None
+            } else {
+                Some(self.msg.unescape(raw).into_owned())
+            }
+        };
+        let split_sub = |raw: &str| -> Vec<Option<String>> {
+            match d.subcomponent {
+                Some(sc) => raw.split(sc).map(decode).collect(),
+                None => vec![decode(raw)],
+            }
+        };
+        self.msg
+            .raws_in(seg, fp)
+            .into_iter()
+            .map(|raw| {
+                let parts = if fp.subcomponent.is_some() {
+                    vec![vec![decode(raw)]]
+                } else if fp.component.is_some() {
+                    split_sub(raw).into_iter().map(|s| vec![s]).collect()
+                } else {
+                    raw.split(d.component).map(split_sub).collect()
+                };
+                Parts { parts }
+            })
+            .collect()
+    }
+
+    fn datatype_tables(&self) -> datatypes::Tables<'_> {
+        let t = |n: &str| self.tables.get(n);
+        datatypes::Tables {
+            coding_system: t("v2_coding_system"),
+            id_systems: t("id_systems"),
+            name_use: t("v2_name_use"),
+            address_use: t("v2_address_use"),
+            telecom_use: t("v2_telecom_use"),
+            telecom_system: t("v2_telecom_system"),
         }
     }
 
@@ -378,6 +540,24 @@ impl Scope<'_> {
                     (Some(_), None) => false,
                 }
         })
+    }
+}
+
+fn is_all(path: &crate::hl7::Path) -> bool {
+    path.field
+        .is_some_and(|f| f.repetition == crate::hl7::Repetition::All)
+}
+
+/// A list for `[*]` paths (absent when every item is), else the first item.
+fn collect(items: Vec<Value>, all: bool) -> Value {
+    if all {
+        if items.iter().all(Value::is_absent) {
+            Value::Absent
+        } else {
+            Value::List(items)
+        }
+    } else {
+        items.into_iter().next().unwrap_or(Value::Absent)
     }
 }
 

@@ -1,9 +1,9 @@
 //! The expression language of mapping files.
 //!
 //! ```text
-//! expr    = path | string | number | call | name
+//! expr    = path | string | number | "true" | "false" | call | name
 //! path    = an hl7::Path, e.g. PID-3[*].4.1, OBX[2]-5, PID
-//! string  = "'" { char | "\'" | "\\" } "'"
+//! string  = "'" { char | "\'" | "\\" | "\n" } "'"
 //! number  = ["-"] digits ["." digits]
 //! call    = name "(" [expr {"," expr}] ")"
 //! name    = [A-Za-z_][A-Za-z0-9_]*     (only as a table name or resource type argument)
@@ -23,6 +23,8 @@ pub enum Expr {
     },
     Str(String),
     Num(String),
+    /// `true` or `false`.
+    Bool(bool),
     /// A bare name: a lookup table or a resource type.
     Name {
         name: String,
@@ -152,6 +154,8 @@ impl Parser<'_> {
                         path,
                         offset: start,
                     })
+                } else if word == "true" || word == "false" {
+                    Ok(Expr::Bool(word == "true"))
                 } else {
                     Ok(Expr::Name {
                         name: word.to_string(),
@@ -179,10 +183,13 @@ impl Parser<'_> {
                 }
                 '\\' => match chars.next() {
                     Some((_, e @ ('\'' | '\\'))) => out.push(e),
+                    Some((_, 'n')) => out.push('\n'),
                     Some((j, e)) => {
                         return Err(ExprError {
                             offset: self.pos + j,
-                            message: format!("unknown escape \\{e} in string (only \\' and \\\\)"),
+                            message: format!(
+                                "unknown escape \\{e} in string (only \\', \\\\ and \\n)"
+                            ),
                         })
                     }
                     None => break,
@@ -268,6 +275,7 @@ mod tests {
             Expr::Str(s) => format!("str:{s}"),
             Expr::Num(n) => format!("num:{n}"),
             Expr::Name { name, .. } => format!("name:{name}"),
+            Expr::Bool(b) => format!("bool:{b}"),
             Expr::Call(c) => format!(
                 "{}({})",
                 c.name,

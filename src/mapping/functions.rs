@@ -39,7 +39,77 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("hash", 1, None),
     f("ref", 1, Some(1)),
     f("refs", 1, Some(1)),
+    f("required", 1, Some(2)),
+    f("default", 2, Some(2)),
+    f("matches", 2, Some(2)),
+    f("human_name", 1, Some(1)),
+    f("address", 1, Some(1)),
+    f("contact_point", 1, Some(1)),
+    f("identifier", 1, Some(1)),
+    f("codeable_concept", 1, Some(1)),
+    f("quantity", 1, Some(2)),
+    f("all", 1, Some(1)),
+    f("base64", 1, Some(1)),
 ];
+
+/// Standard base64 with padding (RFC 4648), for FHIR `base64Binary`.
+pub fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Functions whose arguments must all be HL7 paths (they read the data type's parts).
+pub const PATH_ARGUMENT_FUNCTIONS: &[&str] = &[
+    "all",
+    "human_name",
+    "address",
+    "contact_point",
+    "identifier",
+    "codeable_concept",
+    "quantity",
+];
+
+/// `*` matches any run of characters, `?` one character; the rest literally, ignoring
+/// ASCII case.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi].eq_ignore_ascii_case(&t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
 
 pub fn spec(name: &str) -> Option<&'static FunctionSpec> {
     FUNCTIONS.iter().find(|s| s.name == name)

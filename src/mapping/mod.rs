@@ -16,6 +16,7 @@
 //! for `each` in segment order; each gets `resourceType`, `id` and `meta.source`.
 //! Depends on `hl7` and `diag` only; logs nothing.
 
+mod datatypes;
 mod eval;
 mod expr;
 mod fhir_types;

@@ -70,7 +70,10 @@ PV1|1|I|NOI1^P203^G02||||||||||||||||VN2024-0001|||||||||||||||||||||||||2024013
 fn shipped_mappings_load() {
     let set = shipped();
     let names: Vec<&str> = set.names().collect();
-    assert_eq!(names, ["adt", "oru_r01"]);
+    assert_eq!(
+        names,
+        ["adt", "adt_a40", "mdm_t02", "orders", "oru_r01", "siu_s12"]
+    );
 }
 
 #[test]
@@ -144,18 +147,19 @@ fn oru_r01_report_and_observations() {
         types,
         [
             "Patient",
+            "ServiceRequest",
             "DiagnosticReport",
             "Observation",
             "Observation",
             "Observation"
         ]
     );
-    let dr = &out[1];
+    let dr = &out[2];
     assert_eq!(dr["status"], "final");
     assert_eq!(dr["code"]["coding"][0]["system"], "http://loinc.org");
     assert_eq!(dr["effectiveDateTime"], "2024-01-31T07:30:00+07:00");
     assert_eq!(dr["issued"], "2024-01-31T08:59:59+07:00");
-    let refs: Vec<String> = out[2..]
+    let refs: Vec<String> = out[3..]
         .iter()
         .map(|o| format!("Observation/{}", o["id"].as_str().unwrap_or("")))
         .collect();
@@ -165,7 +169,7 @@ fn oru_r01_report_and_observations() {
             .collect()
     });
     assert_eq!(got, refs);
-    let nm = &out[2];
+    let nm = &out[3];
     assert_eq!(
         serde_json::to_string(&nm["valueQuantity"]["value"])
             .ok()
@@ -187,13 +191,13 @@ fn oru_r01_report_and_observations() {
         nm.get("encounter").is_none(),
         "no PV1, so no Encounter to refer to"
     );
-    let st = &out[3];
+    let st = &out[4];
     assert_eq!(st["valueString"], "Mẫu máu đục");
     assert_eq!(
         st["effectiveDateTime"], "2024-01-31T07:30:00+07:00",
         "falls back to OBR-7"
     );
-    let cwe = &out[4];
+    let cwe = &out[5];
     assert_eq!(cwe["status"], "preliminary");
     assert_eq!(cwe["valueCodeableConcept"]["coding"][0]["code"], "27268008");
     assert_eq!(
