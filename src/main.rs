@@ -50,6 +50,12 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run every mapping's test cases (mappings/cases/<mapping>/<case>.hl7 with the
+    /// expected <case>.json beside it); print a diff for each failure, exit 1 on any.
+    Test {
+        #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
+        config: PathBuf,
+    },
     /// Send HL7 v2 files over MLLP and print each ACK code; with --repeat or
     /// --concurrency, a load generator that reports messages/s and ACK latency.
     Send {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
             listener,
             files,
         } => map(&config, route, mapping, listener, &files),
+        Command::Test { config } => test(&config),
         Command::Send {
             files,
             to,
@@ -167,6 +174,53 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::from(1)
         }
+    }
+}
+
+fn test(path: &std::path::Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rules = match Rules::load(&config) {
+        Ok(r) => r,
+        Err(problems) => {
+            eprint!("{}", diag::render(&problems));
+            return ExitCode::from(1);
+        }
+    };
+    let dir = halong::mapping::cases::cases_dir(&config.mappings_dir());
+    let results = halong::mapping::cases::run_cases(&rules.mappings, &dir);
+    let mut failed = 0;
+    for r in &results {
+        match &r.failure {
+            None => println!("ok      {}/{}", r.mapping, r.case),
+            Some(why) => {
+                failed += 1;
+                println!("FAILED  {}/{}", r.mapping, r.case);
+                for line in why.lines() {
+                    println!("        {line}");
+                }
+            }
+        }
+    }
+    let without: Vec<&str> = rules
+        .mappings
+        .names()
+        .filter(|m| !results.iter().any(|r| r.mapping == *m))
+        .collect();
+    if !without.is_empty() {
+        println!("mappings without cases: {}", without.join(", "));
+    }
+    println!(
+        "{} cases: {} passed, {failed} failed",
+        results.len(),
+        results.len() - failed
+    );
+    if failed > 0 || results.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -16,6 +16,7 @@
 //! for `each` in segment order; each gets `resourceType`, `id` and `meta.source`.
 //! Depends on `hl7` and `diag` only; logs nothing.
 
+pub mod cases;
 mod datatypes;
 mod eval;
 mod expr;
