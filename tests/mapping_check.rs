@@ -66,7 +66,7 @@ id = "hash(OBX-x)"
         "{m}:7:20: unknown table \"v2_gendr\" (did you mean \"v2_gender\"?) (tables are mappings/tables/<name>.csv)
 {m}:8:16: unknown function \"dat\" (did you mean \"date\"?)
 {m}:9:14: the arguments of human_name() must be HL7 field paths, e.g. human_name(PID-5[*])
-{m}:11:1: resource #2 has no "type"
+{m}:11:1: resource #2 has no \"type\"
 {m}:12:8: unknown resource type \"Observaton\" (did you mean \"Observation\"?)
 {m}:18:16: expected a field number, found 'x'
 {m}:20:18: ref() to \"Patiant\", which this mapping does not produce (did you mean \"Patient\"?)
