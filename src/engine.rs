@@ -46,6 +46,7 @@ pub struct Engine {
     pub journal: Journal,
     pub store: Store,
     pub rules: Arc<RwLock<Arc<Rules>>>,
+    config: Arc<Config>,
     /// Where the HTTP API listens (useful when the config asked for port 0).
     pub http_addr: SocketAddr,
     /// Each listener's name and bound address.
@@ -153,12 +154,11 @@ impl Engine {
                 source,
             })?;
         let http_addr = http.local_addr().expect("bound socket has an address");
-        let app = crate::api::app(crate::api::AppState::new(
-            journal.clone(),
-            store.clone(),
-            outbox,
-            rules.clone(),
-        ));
+        let config = Arc::new(config);
+        let app = crate::api::app(
+            crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone())
+                .with_reload(Arc::clone(&config)),
+        );
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = axum::serve(http, app)
@@ -173,12 +173,20 @@ impl Engine {
             journal,
             store,
             rules,
+            config,
             http_addr,
             listener_addrs,
             shutdown,
             tasks,
             pipeline: Some(pipeline),
         })
+    }
+
+    /// Reloads routes and mappings (SIGHUP, `POST /api/routes/reload`): the new set is
+    /// validated first and swapped in atomically; an invalid set is refused with its
+    /// problems and the running set stays.
+    pub fn reload(&self) -> Result<Arc<Rules>, Vec<crate::diag::Diagnostic>> {
+        Rules::reload(&self.config, &self.rules)
     }
 
     /// The bound address of listener `name`.

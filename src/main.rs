@@ -132,20 +132,38 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        tracing::info!("halong is running; Ctrl-C or SIGTERM stops it");
-        wait_for_stop().await;
+        tracing::info!(
+            "halong is running; Ctrl-C or SIGTERM stops it, SIGHUP reloads routes and mappings"
+        );
+        wait_for_stop(&engine).await;
         tracing::info!("stopping");
         engine.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop() {
+/// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads routes and mappings (an invalid set
+/// is refused and logged, and the running set stays).
+async fn wait_for_stop(engine: &halong::engine::Engine) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match engine.reload() {
+                Ok(rules) => tracing::info!(
+                    routes = rules.routes.routes().len(),
+                    mappings = rules.mappings.names().count(),
+                    "SIGHUP: routes and mappings reloaded"
+                ),
+                Err(problems) => tracing::error!(
+                    problems = %diag::render(&problems).trim_end(),
+                    "SIGHUP: reload refused; the running routes and mappings stay"
+                ),
+            },
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -24,6 +24,8 @@ pub struct AppState {
     store: Store,
     outbox: Arc<Outbox>,
     rules: Arc<RwLock<Arc<Rules>>>,
+    /// The configuration routes and mappings are reloaded from; `None`: no reload.
+    reload_from: Option<Arc<crate::config::Config>>,
 }
 
 impl AppState {
@@ -38,7 +40,14 @@ impl AppState {
             store,
             outbox,
             rules,
+            reload_from: None,
         }
+    }
+
+    /// Enables `POST /api/routes/reload`, reading routes and mappings beside `config`.
+    pub fn with_reload(mut self, config: Arc<crate::config::Config>) -> Self {
+        self.reload_from = Some(config);
+        self
     }
 }
 
@@ -49,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/messages", get(messages))
         .route("/api/messages/{id}", get(message))
         .route("/api/routes", get(routes))
+        .route("/api/routes/reload", post(reload))
         .merge(fhir::routes())
         .with_state(state)
 }
@@ -135,6 +145,50 @@ async fn routes(State(s): State<AppState>) -> Response {
         })
         .collect();
     Json(json!({ "routes": list })).into_response()
+}
+
+/// Loads routes and mappings again; swaps them in only when valid. 200 with the counts,
+/// or 422 with every problem (file:line:column) while the running set stays.
+async fn reload(State(s): State<AppState>) -> Response {
+    let Some(config) = s.reload_from.clone() else {
+        return api_error(StatusCode::NOT_FOUND, "reload is not enabled here");
+    };
+    let rules = s.rules.clone();
+    let result = tokio::task::spawn_blocking(move || Rules::reload(&config, &rules)).await;
+    match result {
+        Ok(Ok(new)) => {
+            tracing::info!(
+                routes = new.routes.routes().len(),
+                mappings = new.mappings.names().count(),
+                "routes and mappings reloaded"
+            );
+            Json(json!({
+                "status": "reloaded",
+                "routes": new.routes.routes().len(),
+                "mappings": new.mappings.names().count(),
+            }))
+            .into_response()
+        }
+        Ok(Err(problems)) => {
+            tracing::warn!(
+                problems = problems.len(),
+                "reload refused; the running routes and mappings stay"
+            );
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({
+                    "error": "the new routes and mappings have problems; the running set stays",
+                    "problems": list,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reload failed: {e}"),
+        ),
+    }
 }
 
 fn api_error(code: StatusCode, text: &str) -> Response {
