@@ -9,6 +9,7 @@
 //! context, paths resolve to the first instance. `SEG[n]` always means the n-th in the
 //! message. HL7's null marker `""` evaluates as absent in this version.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value as Json};
@@ -28,20 +29,21 @@ const GROUP_HEADS: &[&str] = &[
     "RXO", "RXE", "FT1",
 ];
 
-/// The value of an expression.
+/// The value of an expression. Text borrows from the message or the mapping wherever it
+/// can (a field without escapes, a literal, a table value) and is copied only when built.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     Absent,
-    Str(String),
+    Str(Cow<'a, str>),
     /// A number, kept as its decimal text ("5.10").
-    Num(String),
+    Num(Cow<'a, str>),
     Bool(bool),
-    List(Vec<Value>),
+    List(Vec<Value<'a>>),
     /// A JSON object, e.g. a reference.
     Json(Json),
 }
 
-impl Value {
+impl<'a> Value<'a> {
     pub fn is_absent(&self) -> bool {
         matches!(self, Value::Absent)
     }
@@ -57,16 +59,24 @@ impl Value {
     }
 
     /// Text form; `None` when absent. Lists join their present items with ",".
-    pub fn text(&self) -> Option<String> {
+    pub fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Value::Absent => None,
-            Value::Str(s) | Value::Num(s) => Some(s.clone()),
-            Value::Bool(b) => Some(b.to_string()),
+            Value::Str(s) | Value::Num(s) => Some(Cow::Borrowed(s)),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
             Value::List(items) => {
-                let parts: Vec<String> = items.iter().filter_map(Value::text).collect();
-                (!parts.is_empty()).then(|| parts.join(","))
+                let parts: Vec<Cow<'_, str>> = items.iter().filter_map(Value::text).collect();
+                (!parts.is_empty()).then(|| Cow::Owned(parts.join(",")))
             }
-            Value::Json(j) => Some(j.to_string()),
+            Value::Json(j) => Some(Cow::Owned(j.to_string())),
+        }
+    }
+
+    /// The text, keeping the borrow when there is one.
+    fn into_text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Value::Str(s) | Value::Num(s) => Some(s),
+            other => other.text().map(|t| Cow::Owned(t.into_owned())),
         }
     }
 
@@ -74,10 +84,10 @@ impl Value {
     pub fn to_json(&self) -> Option<Json> {
         match self {
             Value::Absent => None,
-            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.clone())),
+            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.to_string())),
             Value::Num(n) => Some(
                 n.parse::<serde_json::Number>()
-                    .map_or_else(|_| Json::String(n.clone()), Json::Number),
+                    .map_or_else(|_| Json::String(n.to_string()), Json::Number),
             ),
             Value::Bool(b) => Some(Json::Bool(*b)),
             Value::List(items) => {
@@ -85,6 +95,15 @@ impl Value {
                 (!out.is_empty()).then_some(Json::Array(out))
             }
             Value::Json(j) => Some(j.clone()),
+        }
+    }
+
+    /// JSON for output, consuming the value (no copy of objects); `None` when absent.
+    pub fn into_json(self) -> Option<Json> {
+        match self {
+            Value::Json(j) => Some(j),
+            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.into_owned())),
+            other => other.to_json(),
         }
     }
 }
@@ -110,7 +129,10 @@ pub struct Scope<'a> {
     pub tables: &'a BTreeMap<String, Table>,
 }
 
-fn map1(v: Value, f: &mut impl FnMut(String) -> Result<Value, String>) -> Result<Value, String> {
+fn map1<'a>(
+    v: Value<'a>,
+    f: &mut impl FnMut(Cow<'a, str>) -> Result<Value<'a>, String>,
+) -> Result<Value<'a>, String> {
     match v {
         Value::Absent => Ok(Value::Absent),
         Value::List(items) => {
@@ -124,7 +146,7 @@ fn map1(v: Value, f: &mut impl FnMut(String) -> Result<Value, String>) -> Result
                 Value::List(out)
             })
         }
-        other => match other.text() {
+        other => match other.into_text() {
             Some(t) => f(t),
             None => Ok(Value::Absent),
         },
@@ -138,7 +160,7 @@ fn name_arg(e: &Expr) -> &str {
     }
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
     /// The segment a path resolves to under the context rule.
     pub fn resolve(&self, path: &Path) -> Option<usize> {
         if let Some(n) = path.instance {
@@ -170,50 +192,51 @@ impl Scope<'_> {
             .or_else(|| self.msg.segment_index(&path.segment, 1))
     }
 
-    fn path_value(&self, path: &Path) -> Value {
+    fn path_value(&self, path: &Path) -> Value<'a> {
         let Some(seg) = self.resolve(path) else {
             return Value::Absent;
         };
         let Some(fp) = &path.field else {
-            return Value::Str(self.msg.segment_text(seg).to_string());
+            return Value::Str(Cow::Borrowed(self.msg.segment_text(seg)));
         };
-        let decode = |raw: &str| {
+        let msg: &'a Message = self.msg;
+        let decode = |raw: &'a str| {
             if raw.is_empty() || raw == "\"\"" {
                 Value::Absent
             } else {
-                Value::Str(self.msg.unescape(raw).into_owned())
+                Value::Str(msg.unescape(raw))
             }
         };
         match fp.repetition {
             Repetition::All => {
-                let items: Vec<Value> = self.msg.raws_in(seg, fp).into_iter().map(decode).collect();
+                let items: Vec<Value> = msg.raws_in(seg, fp).into_iter().map(decode).collect();
                 if items.iter().all(Value::is_absent) {
                     Value::Absent
                 } else {
                     Value::List(items)
                 }
             }
-            Repetition::Index(_) => self.msg.raw_in(seg, fp).map_or(Value::Absent, decode),
+            Repetition::Index(_) => msg.raw_in(seg, fp).map_or(Value::Absent, decode),
         }
     }
 
-    pub fn eval(&self, e: &Expr) -> Result<Value, String> {
+    pub fn eval(&self, e: &'a Expr) -> Result<Value<'a>, String> {
         match e {
             Expr::Path { path, .. } => Ok(self.path_value(path)),
             Expr::Str(s) => Ok(if s.is_empty() {
                 Value::Absent
             } else {
-                Value::Str(s.clone())
+                Value::Str(Cow::Borrowed(s))
             }),
-            Expr::Num(n) => Ok(Value::Num(n.clone())),
+            Expr::Num(n) => Ok(Value::Num(Cow::Borrowed(n))),
             Expr::Bool(b) => Ok(Value::Bool(*b)),
-            Expr::Name { name, .. } => Ok(Value::Str(name.clone())),
+            Expr::Name { name, .. } => Ok(Value::Str(Cow::Borrowed(name))),
             Expr::Call(c) => self.call(c),
         }
     }
 
-    fn call(&self, c: &Call) -> Result<Value, String> {
-        let arg = |i: usize| -> Result<Value, String> {
+    fn call(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let arg = |i: usize| -> Result<Value<'a>, String> {
             match c.args.get(i) {
                 Some(e) => self.eval(e),
                 None => Ok(Value::Absent),
@@ -223,15 +246,15 @@ impl Scope<'_> {
         match c.name.as_str() {
             "exists" => Ok(Value::Bool(arg(0)?.truthy())),
             "eq" => {
-                let (a, b) = (arg(0)?.text(), arg(1)?.text());
+                let (a, b) = (arg(0)?.into_text(), arg(1)?.into_text());
                 Ok(Value::Bool(a == b))
             }
             "in" => {
-                let Some(x) = arg(0)?.text() else {
+                let Some(x) = arg(0)?.into_text() else {
                     return Ok(Value::Bool(false));
                 };
                 for i in 1..c.args.len() {
-                    if arg(i)?.text().as_deref() == Some(x.as_str()) {
+                    if arg(i)?.into_text().as_deref() == Some(&*x) {
                         return Ok(Value::Bool(true));
                     }
                 }
@@ -255,27 +278,32 @@ impl Scope<'_> {
                 Ok(Value::Absent)
             }
             "date" => map1(arg(0)?, &mut |t| {
-                functions::date(&t).map(Value::Str).map_err(fail)
+                functions::date(&t).map(owned).map_err(fail)
             }),
             "datetime" => {
-                let zone = arg(1)?.text();
+                let zone = arg(1)?.into_text();
                 map1(arg(0)?, &mut |t| {
                     functions::datetime(&t, zone.as_deref())
-                        .map(Value::Str)
+                        .map(owned)
                         .map_err(fail)
                 })
             }
             "decimal" => map1(arg(0)?, &mut |t| {
-                functions::decimal(&t).map(Value::Num).map_err(fail)
+                functions::decimal(&t)
+                    .map(|n| Value::Num(Cow::Owned(n)))
+                    .map_err(fail)
             }),
             "integer" => map1(arg(0)?, &mut |t| {
-                functions::integer(&t).map(Value::Num).map_err(fail)
+                functions::integer(&t)
+                    .map(|n| Value::Num(Cow::Owned(n)))
+                    .map_err(fail)
             }),
             "trim" | "upper" | "lower" => map1(arg(0)?, &mut |t| {
-                let t = match c.name.as_str() {
-                    "upper" => t.trim().to_uppercase(),
-                    "lower" => t.trim().to_lowercase(),
-                    _ => t.trim().to_string(),
+                let t: Cow<'a, str> = match (c.name.as_str(), t) {
+                    ("upper", t) => Cow::Owned(t.trim().to_uppercase()),
+                    ("lower", t) => Cow::Owned(t.trim().to_lowercase()),
+                    (_, Cow::Borrowed(b)) => Cow::Borrowed(b.trim()),
+                    (_, Cow::Owned(o)) => Cow::Owned(o.trim().to_string()),
                 };
                 Ok(if t.is_empty() {
                     Value::Absent
@@ -287,19 +315,19 @@ impl Scope<'_> {
                 let mut out = String::new();
                 let mut any = false;
                 for i in 0..c.args.len() {
-                    if let Some(t) = arg(i)?.text() {
+                    if let Some(t) = arg(i)?.into_text() {
                         out.push_str(&t);
                         any = true;
                     }
                 }
                 Ok(if any && !out.trim().is_empty() {
-                    Value::Str(out)
+                    owned(out)
                 } else {
                     Value::Absent
                 })
             }
             "split" => {
-                let sep = arg(1)?.text().unwrap_or_default();
+                let sep = arg(1)?.into_text().unwrap_or_default();
                 match arg(0)? {
                     Value::List(items) => {
                         let mut out = Vec::new();
@@ -320,15 +348,16 @@ impl Scope<'_> {
                 }
             }
             "join" => {
-                let sep = arg(1)?.text().unwrap_or_default();
-                let parts: Vec<String> = match arg(0)? {
+                let sep = arg(1)?.into_text().unwrap_or_default();
+                let v = arg(0)?;
+                let parts: Vec<Cow<'_, str>> = match &v {
                     Value::List(items) => items.iter().filter_map(Value::text).collect(),
                     v => v.text().into_iter().collect(),
                 };
                 Ok(if parts.is_empty() {
                     Value::Absent
                 } else {
-                    Value::Str(parts.join(&sep))
+                    owned(parts.join(&*sep))
                 })
             }
             "lookup" => {
@@ -339,21 +368,21 @@ impl Scope<'_> {
                 let default = arg(2)?;
                 map1(arg(1)?, &mut |t| {
                     Ok(match table.get(t.trim()) {
-                        Some(v) => Value::Str(v.to_string()),
+                        Some(v) => Value::Str(Cow::Borrowed(v)),
                         None => default.clone(),
                     })
                 })
             }
             "hash" => {
-                let mut parts = Vec::with_capacity(c.args.len());
+                let mut parts: Vec<Cow<'a, str>> = Vec::with_capacity(c.args.len());
                 let mut any = false;
                 for i in 0..c.args.len() {
-                    let t = arg(i)?.text();
+                    let t = arg(i)?.into_text();
                     any |= t.is_some();
                     parts.push(t.unwrap_or_default());
                 }
                 Ok(if any {
-                    Value::Str(functions::hash(&parts))
+                    owned(functions::hash(&parts))
                 } else {
                     Value::Absent
                 })
@@ -374,9 +403,10 @@ impl Scope<'_> {
             "required" => {
                 let v = arg(0)?;
                 if v.is_absent() {
-                    let why = arg(1)?
-                        .text()
-                        .unwrap_or_else(|| "a required value is missing".into());
+                    let why = arg(1)?.text().map_or_else(
+                        || "a required value is missing".to_string(),
+                        Cow::into_owned,
+                    );
                     return Err(fail(why));
                 }
                 Ok(v)
@@ -390,9 +420,11 @@ impl Scope<'_> {
                 }
             }
             "matches" => {
-                let pat = arg(1)?.text().unwrap_or_default();
+                let pat = arg(1)?.into_text().unwrap_or_default();
                 Ok(Value::Bool(
-                    arg(0)?.text().is_some_and(|t| functions::glob(&pat, &t)),
+                    arg(0)?
+                        .into_text()
+                        .is_some_and(|t| functions::glob(&pat, &t)),
                 ))
             }
             "human_name" | "address" | "contact_point" | "identifier" | "codeable_concept" => {
@@ -434,9 +466,7 @@ impl Scope<'_> {
                 }
                 Ok(collect(items, true))
             }
-            "base64" => map1(arg(0)?, &mut |t| {
-                Ok(Value::Str(functions::base64(t.as_bytes())))
-            }),
+            "base64" => map1(arg(0)?, &mut |t| Ok(owned(functions::base64(t.as_bytes())))),
             "quantity" => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
                     return Err(fail("the first argument must be an HL7 path".into()));
@@ -549,7 +579,7 @@ fn is_all(path: &crate::hl7::Path) -> bool {
 }
 
 /// A list for `[*]` paths (absent when every item is), else the first item.
-fn collect(items: Vec<Value>, all: bool) -> Value {
+fn collect(items: Vec<Value<'_>>, all: bool) -> Value<'_> {
     if all {
         if items.iter().all(Value::is_absent) {
             Value::Absent
@@ -561,6 +591,10 @@ fn collect(items: Vec<Value>, all: bool) -> Value {
     }
 }
 
-fn reference(i: &Instance) -> Value {
+fn owned<'a>(s: String) -> Value<'a> {
+    Value::Str(Cow::Owned(s))
+}
+
+fn reference<'a>(i: &Instance) -> Value<'a> {
     Value::Json(json!({ "reference": format!("{}/{}", i.resource_type, i.id) }))
 }

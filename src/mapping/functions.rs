@@ -314,31 +314,33 @@ pub fn integer(v: &str) -> Result<String, String> {
 }
 
 /// Lowercase hex SHA-256 of the parts joined with U+001F, first 32 characters.
-pub fn hash(parts: &[String]) -> String {
+pub fn hash<S: AsRef<str>>(parts: &[S]) -> String {
     let mut h = Sha256::new();
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             h.update([0x1f]);
         }
-        h.update(p.as_bytes());
+        h.update(p.as_ref().as_bytes());
     }
     let digest = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
     for b in digest.iter().take(16) {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }
 
 /// `split(x, sep)`: non-empty pieces.
-pub fn split(v: &str, sep: &str) -> Value {
+pub fn split(v: &str, sep: &str) -> Value<'static> {
     let pieces: Vec<Value> = if sep.is_empty() {
-        vec![Value::Str(v.to_string())]
+        vec![Value::Str(v.to_string().into())]
     } else {
         v.split(sep)
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| Value::Str(s.to_string()))
+            .map(|s| Value::Str(s.to_string().into()))
             .collect()
     };
     if pieces.is_empty() {

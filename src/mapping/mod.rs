@@ -198,7 +198,7 @@ impl Mapping {
                 }
                 let id = scope.eval(&rule.id).map_err(|m| err("id", m))?;
                 let id = match id {
-                    Value::Str(s) | Value::Num(s) => s,
+                    Value::Str(s) | Value::Num(s) => s.into_owned(),
                     Value::Absent => {
                         return Err(err("id", "the id expression gave no value".to_string()))
                     }
@@ -259,32 +259,28 @@ impl Mapping {
 }
 
 /// Sets a value at an output path; lists spread over `[*]` by index.
-fn set_value(root: &mut Map<String, Json>, steps: &[Step], value: Value) -> Result<(), String> {
+fn set_value(root: &mut Map<String, Json>, steps: &[Step], value: Value<'_>) -> Result<(), String> {
     let star = steps.iter().position(|s| *s == Step::All);
-    let at = |i: usize| -> Vec<Step> {
-        steps
-            .iter()
-            .map(|s| {
-                if *s == Step::All {
-                    Step::Index(i)
-                } else {
-                    s.clone()
-                }
-            })
-            .collect()
-    };
     match (star, value) {
         (_, Value::Absent) => Ok(()),
-        (Some(_), Value::List(items)) => {
+        (Some(at), Value::List(items)) => {
+            let mut path = steps.to_vec();
             for (i, item) in items.into_iter().enumerate() {
-                if let Some(j) = item.to_json() {
-                    output::set(root, &at(i), j)?;
+                if let Some(j) = item.into_json() {
+                    path[at] = Step::Index(i);
+                    output::set(root, &path, j)?;
                 }
             }
             Ok(())
         }
-        (Some(_), v) => v.to_json().map_or(Ok(()), |j| output::set(root, &at(0), j)),
-        (None, v) => v.to_json().map_or(Ok(()), |j| output::set(root, steps, j)),
+        (Some(at), v) => v.into_json().map_or(Ok(()), |j| {
+            let mut path = steps.to_vec();
+            path[at] = Step::Index(0);
+            output::set(root, &path, j)
+        }),
+        (None, v) => v
+            .into_json()
+            .map_or(Ok(()), |j| output::set(root, steps, j)),
     }
 }
 
