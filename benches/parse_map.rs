@@ -35,12 +35,7 @@ fn corpus(rules: &Rules) -> Vec<(Vec<u8>, String)> {
             continue;
         };
         let h = msg.header();
-        let Some(route) = rules
-            .routes
-            .routes()
-            .iter()
-            .find(|r| r.message.iter().any(|p| p.matches(h)))
-        else {
+        let Some(route) = rules.routes.routes().iter().find(|r| r.matches_message(h)) else {
             continue;
         };
         let m = rules.mappings.get(&route.mapping).expect("route's mapping");

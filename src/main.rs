@@ -319,11 +319,7 @@ fn map_one(
             let h = msg.header();
             let found = match listener {
                 Some(l) => rules.routes.find(l, h),
-                None => rules
-                    .routes
-                    .routes()
-                    .iter()
-                    .find(|r| r.message.iter().any(|p| p.matches(h))),
+                None => rules.routes.routes().iter().find(|r| r.matches_message(h)),
             };
             found
                 .ok_or_else(|| format!("no route takes {}", h.message_type))?

@@ -58,7 +58,7 @@ fn map_file(rules: &Rules, file: &Path) -> Result<Vec<serde_json::Value>, String
         .routes
         .routes()
         .iter()
-        .find(|r| r.message.iter().any(|p| p.matches(h)))
+        .find(|r| r.matches_message(h))
         .ok_or_else(|| format!("no route takes {}", h.message_type))?;
     let m = rules
         .mappings

@@ -86,29 +86,9 @@ pub const PATH_ARGUMENT_FUNCTIONS: &[&str] = &[
 ];
 
 /// `*` matches any run of characters, `?` one character; the rest literally, ignoring
-/// ASCII case.
+/// ASCII case (the same rule as route patterns).
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi].eq_ignore_ascii_case(&t[ti])) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    crate::routes::glob(pattern, text)
 }
 
 pub fn spec(name: &str) -> Option<&'static FunctionSpec> {
