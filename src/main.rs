@@ -32,7 +32,9 @@ enum Command {
         #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
         config: PathBuf,
     },
-    /// Map message files to FHIR resources and print them as a JSON array (no engine needed).
+    /// Map message files to FHIR resources and print them as a JSON array (no engine
+    /// needed). On stderr, a loss report per file: the segments and fields present in the
+    /// message that the mapping did not read.
     Map {
         #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
         config: PathBuf,
@@ -334,7 +336,23 @@ fn map_one(
     let ctx = halong::mapping::RunContext {
         source: format!("file:{}", file.display()),
     };
-    m.run(&msg, &ctx).map_err(|e| e.to_string())
+    let (result, unread) = m.run_with_loss_report(&msg, &ctx);
+    let records = result.map_err(|e| e.to_string())?;
+    if unread.is_empty() {
+        eprintln!(
+            "{}: mapping \"{mapping_name}\" read every field",
+            file.display()
+        );
+    } else {
+        eprintln!(
+            "{}: mapping \"{mapping_name}\" did not read {} field{}: {}",
+            file.display(),
+            unread.len(),
+            if unread.len() == 1 { "" } else { "s" },
+            unread.join(", ")
+        );
+    }
+    Ok(records)
 }
 
 fn send(

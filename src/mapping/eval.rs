@@ -127,6 +127,60 @@ pub struct Scope<'a> {
     pub seg: Option<usize>,
     pub instances: &'a [Instance],
     pub tables: &'a BTreeMap<String, Table>,
+    /// Records what is read, for the loss report; `None` in the engine.
+    pub trace: Option<&'a Trace>,
+}
+
+/// The (segment index, field) pairs a run read; field 0 is the bare segment.
+#[derive(Default)]
+pub struct Trace {
+    read: std::cell::RefCell<std::collections::HashSet<(usize, usize)>>,
+}
+
+impl Trace {
+    fn note(&self, seg: usize, field: usize) {
+        self.read.borrow_mut().insert((seg, field));
+    }
+
+    /// "PID-10", "NK1 (whole segment)", ... for every non-empty field not read, in
+    /// message order; MSH-1 and MSH-2 (the delimiters) are left out. A repeated segment
+    /// is named with its instance: "OBX[3]-18". `exists(PID)` reads no field of PID.
+    pub fn unread(&self, msg: &Message) -> Vec<String> {
+        let read = self.read.borrow();
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for seg in 0..msg.segment_count() {
+            let name = msg.segment_name(seg);
+            let n = seen.entry(name).or_insert(0);
+            *n += 1;
+            let label = if msg.segments(name).nth(1).is_some() {
+                format!("{name}[{n}]")
+            } else {
+                name.to_string()
+            };
+            let any_read = read.iter().any(|&(s, _)| s == seg);
+            if !any_read {
+                let has_data = (1..=msg.field_count(seg))
+                    .any(|f| msg.field_raw(seg, f).is_some_and(|r| !r.is_empty()));
+                if has_data && seg != 0 {
+                    out.push(format!("{label} (whole segment)"));
+                    continue;
+                }
+            }
+            for f in 1..=msg.field_count(seg) {
+                if seg == 0 && f <= 2 {
+                    continue;
+                }
+                let has = msg
+                    .field_raw(seg, f)
+                    .is_some_and(|r| !r.is_empty() && r != "\"\"");
+                if has && !read.contains(&(seg, f)) {
+                    out.push(format!("{label}-{f}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn map1<'a>(
@@ -196,6 +250,9 @@ impl<'a> Scope<'a> {
         let Some(seg) = self.resolve(path) else {
             return Value::Absent;
         };
+        if let Some(t) = self.trace {
+            t.note(seg, path.field.map_or(0, |f| f.field));
+        }
         let Some(fp) = &path.field else {
             return Value::Str(Cow::Borrowed(self.msg.segment_text(seg)));
         };
@@ -458,6 +515,7 @@ impl<'a> Scope<'a> {
                         seg: Some(seg),
                         instances: self.instances,
                         tables: self.tables,
+                        trace: self.trace,
                     };
                     match one.path_value(path) {
                         Value::List(mut l) => items.append(&mut l),
@@ -498,6 +556,9 @@ impl<'a> Scope<'a> {
         let Some(fp) = &path.field else {
             return Vec::new();
         };
+        if let Some(t) = self.trace {
+            t.note(seg, fp.field);
+        }
         let d = *self.msg.delimiters();
         let decode = |raw: &str| -> Option<String> {
             if raw.is_empty() || raw == "\"\"" {

@@ -39,7 +39,7 @@ pub use fhir_types::R4_RESOURCE_TYPES;
 pub use functions::FUNCTIONS;
 pub use tables::Table;
 
-use eval::{Instance, Scope};
+use eval::{Instance, Scope, Trace};
 use file::Rule;
 use output::Step;
 
@@ -162,6 +162,28 @@ impl Mapping {
 
     /// Maps one message to its resources.
     pub fn run(&self, msg: &Message, ctx: &RunContext) -> Result<Vec<Json>, MapError> {
+        self.run_traced(msg, ctx, None)
+    }
+
+    /// Maps one message and reports what it did not read: every non-empty field (and
+    /// every segment) of the message that no expression of this mapping looked at. For
+    /// `halong map`'s loss report; the engine calls [`Mapping::run`].
+    pub fn run_with_loss_report(
+        &self,
+        msg: &Message,
+        ctx: &RunContext,
+    ) -> (Result<Vec<Json>, MapError>, Vec<String>) {
+        let trace = Trace::default();
+        let result = self.run_traced(msg, ctx, Some(&trace));
+        (result, trace.unread(msg))
+    }
+
+    fn run_traced(
+        &self,
+        msg: &Message,
+        ctx: &RunContext,
+        trace: Option<&Trace>,
+    ) -> Result<Vec<Json>, MapError> {
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -185,6 +207,7 @@ impl Mapping {
                     seg,
                     instances: &[],
                     tables: &self.tables,
+                    trace,
                 };
                 let err = |field: &str, message: String| MapError {
                     resource: label.clone(),
@@ -234,6 +257,7 @@ impl Mapping {
                 seg: inst.seg,
                 instances: &instances,
                 tables: &self.tables,
+                trace,
             };
             let mut root = Map::new();
             root.insert("resourceType".to_string(), json!(inst.resource_type));

@@ -459,3 +459,55 @@ fn toml_syntax_and_structure_errors() {
         ["3:8: each must be a segment name like \"OBX\", found \"obx\""]
     );
 }
+
+#[test]
+fn loss_report_names_unread_fields_and_segments() {
+    let toml_text = r#"
+[[resource]]
+type = "Patient"
+when = "exists(PID)"
+id = "hash(PID-3.1)"
+[resource.set]
+"gender" = "lookup(v2_gender, PID-8)"
+"birthDate" = "if(exists(PID-8), date(PID-7), date(PID-29))"
+
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueString" = "OBX-5"
+"#;
+    let dir = dir_with(toml_text, &[("v2_gender", "code,value\nM,male\n")]);
+    let set =
+        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let m = set.get("m").unwrap_or_else(|| panic!("no m"));
+    let message = "MSH|^~\\&|LIS|LAB|||20240131||ORU^R01|1|P|2.5\r\
+PID|1||42^^^BV||TRẦN^Bình||19700101|M|||||||||||||||||||||20240101\r\
+EVN|A01\r\
+OBX|1|ST|x||a\r\
+OBX|2|ST|y||b|mg\r";
+    let (out, unread) = m.run_with_loss_report(&msg(message), &RunContext::default());
+    assert_eq!(out.map(|r| r.len()).ok(), Some(3));
+    assert_eq!(
+        unread,
+        [
+            "MSH-3",
+            "MSH-4",
+            "MSH-7",
+            "MSH-9",
+            "MSH-10",
+            "MSH-11",
+            "MSH-12",
+            "PID-1",
+            "PID-5",
+            "PID-29",
+            "EVN (whole segment)",
+            "OBX[1]-2",
+            "OBX[1]-3",
+            "OBX[2]-2",
+            "OBX[2]-3",
+            "OBX[2]-6",
+        ]
+    );
+}
