@@ -103,6 +103,19 @@ fn main() {
     let oru = oru_20();
     let oru_map = rules.mappings.get("oru_r01").expect("oru_r01");
     let corpus_bytes: u64 = corpus.iter().map(|(b, _)| b.len() as u64).sum();
+    // `cargo test --all-targets` runs this binary without `--bench` (and with test
+    // harness flags): then only check that every input maps, once.
+    if !std::env::args().any(|a| a == "--bench") {
+        for (m, name) in &corpus {
+            assert!(halong_parse_map(m, rules.mappings.get(name).unwrap()) > 0);
+        }
+        assert!(halong_parse_map(&oru, oru_map) >= 22);
+        println!(
+            "parse_map: {} corpus messages and the 20-OBX ORU map",
+            corpus.len()
+        );
+        return;
+    }
 
     let mut c = Criterion::default()
         .configure_from_args()

@@ -15,13 +15,29 @@ use std::process::Command;
 use halong::config::Config;
 use halong::pipeline::Rules;
 
-/// The goal: recall over every message of the shipped types, and of each message.
-const TARGET_OVERALL: f64 = 0.95;
-const TARGET_PER_MESSAGE: f64 = 0.85;
-/// What the shipped mappings reach today; the test fails below these, so recall can
-/// only go up. Raise them with the mappings until they meet the targets above.
-const OVERALL: f64 = 0.80;
-const PER_MESSAGE: f64 = 0.50;
+/// Recall over every message of the shipped types.
+const OVERALL: f64 = 0.95;
+/// Recall of each message of a shipped type, except the ones below.
+const PER_MESSAGE: f64 = 0.85;
+/// Messages whose expected output holds facts halong deliberately does not produce, with
+/// the floor they must still reach and why.
+const EXCEPTIONS: &[(&str, f64, &str)] = &[
+    (
+        "ADT01-23",
+        0.84,
+        "the expected output has the SSN (PID-19) as a family name and a blank identifier",
+    ),
+    (
+        "ADT-A01-01",
+        0.84,
+        "the expected output makes a second Patient of the self-guarantor (GT1) and of the Medicaid case name (IN2-7)",
+    ),
+    (
+        "MDM-T02-01",
+        0.83,
+        "the expected output has the consenter (CON-24) as a patient name and 'unknown' for a final document's status",
+    ),
+];
 /// Resource types compared.
 const TYPES: &str = "Patient,Encounter,Observation,DiagnosticReport,ServiceRequest";
 /// Message types (corpus folder names) halong ships mappings for.
@@ -137,24 +153,26 @@ fn recall_against_the_fhir_converter_corpus() {
     for (t, name, f, n) in &rows {
         let r = if *n == 0 { 1.0 } else { *f as f64 / *n as f64 };
         println!("{t:<8} {name:<32} {:>9} {r:>7.3}", format!("{f}/{n}"));
-        if r < PER_MESSAGE {
-            low.push(format!("{name} {r:.3}"));
+        let floor = EXCEPTIONS
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map_or(PER_MESSAGE, |(_, f, _)| *f);
+        if r < floor {
+            low.push(format!("{name} {r:.3} (needs {floor})"));
         }
     }
     let overall = found as f64 / total.max(1) as f64;
-    println!(
-        "overall recall {overall:.3} ({found} of {total} facts); target {TARGET_OVERALL} overall, {TARGET_PER_MESSAGE} per message; {} messages below the per-message target",
-        rows.iter()
-            .filter(|(_, _, f, n)| *n > 0 && (*f as f64 / *n as f64) < TARGET_PER_MESSAGE)
-            .count()
-    );
+    println!("overall recall {overall:.3} ({found} of {total} facts)");
+    for (name, floor, why) in EXCEPTIONS {
+        println!("below {PER_MESSAGE} by design: {name} (floor {floor}): {why}");
+    }
     assert!(
         overall >= OVERALL,
         "overall recall {overall:.3} is below {OVERALL}"
     );
     assert!(
         low.is_empty(),
-        "messages below {PER_MESSAGE}: {}",
+        "messages below their floor: {}",
         low.join(", ")
     );
 }
