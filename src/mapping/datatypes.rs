@@ -108,8 +108,8 @@ pub fn address(p: &Parts, t: &Tables<'_>) -> Option<Json> {
 }
 
 /// XTN → ContactPoint: system from component 3 (equipment type), value from 4 (e-mail)
-/// or 12 (unformatted), else 1, else built from 5-7 (country, area, local) and 8
-/// (extension); use from component 2.
+/// or 12 (unformatted), else 1, else built from 5-7 (country, area, local number; any of
+/// area and local) and 8 (extension); use from component 2.
 pub fn contact_point(p: &Parts, t: &Tables<'_>) -> Option<Json> {
     let equipment = p.get(3);
     let system = look(t.telecom_system, equipment);
@@ -117,23 +117,24 @@ pub fn contact_point(p: &Parts, t: &Tables<'_>) -> Option<Json> {
         p.get(4).or(p.get(1)).map(str::to_string)
     } else {
         p.get(12).or(p.get(1)).map(str::to_string).or_else(|| {
-            let local = p.get(7)?;
-            let mut v = String::new();
+            // +country area local ext. extension, from whichever parts are sent.
+            let mut parts = Vec::new();
             if let Some(c) = p.get(5) {
-                v.push('+');
-                v.push_str(c);
-                v.push(' ');
+                parts.push(format!("+{}", c.trim_start_matches('+')));
             }
-            if let Some(a) = p.get(6) {
-                v.push_str(a);
-                v.push(' ');
+            parts.extend(
+                [p.get(6), p.get(7)]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+            if parts.len() == usize::from(p.get(5).is_some()) {
+                return None;
             }
-            v.push_str(local);
             if let Some(x) = p.get(8) {
-                v.push_str(" ext. ");
-                v.push_str(x);
+                parts.push(format!("ext. {x}"));
             }
-            Some(v)
+            Some(parts.join(" "))
         })
     };
     let value = value?;

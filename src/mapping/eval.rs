@@ -383,6 +383,22 @@ impl<'a> Scope<'a> {
                     Value::Absent
                 })
             }
+            "template" => {
+                // Literal, placeholder, literal, ...: absent when every placeholder is.
+                let mut out = String::new();
+                let mut any = false;
+                for (i, a) in c.args.iter().enumerate() {
+                    if i % 2 == 0 {
+                        if let Expr::Str(t) = a {
+                            out.push_str(t);
+                        }
+                    } else if let Some(t) = self.eval(a)?.into_text() {
+                        any = true;
+                        out.push_str(&t);
+                    }
+                }
+                Ok(if any { owned(out) } else { Value::Absent })
+            }
             "split" => {
                 let sep = arg(1)?.into_text().unwrap_or_default();
                 match arg(0)? {

@@ -242,7 +242,15 @@ impl Parser<'_> {
         } else {
             loop {
                 self.ws();
-                args.push(self.expr()?);
+                if name == "template" && self.peek() == Some(b'\'') {
+                    let at = self.pos + 1;
+                    let Expr::Str(text) = self.string()? else {
+                        unreachable!("string() returns Expr::Str")
+                    };
+                    args.extend(template_parts(&text, at, self.depth)?);
+                } else {
+                    args.push(self.expr()?);
+                }
                 self.ws();
                 match self.peek() {
                     Some(b',') => self.pos += 1,
@@ -263,6 +271,64 @@ impl Parser<'_> {
             text: self.src[start..self.pos].to_string(),
         })))
     }
+}
+
+/// `template('{PID-5.1} {PID-5.2}')`: literal text and `{expression}` placeholders,
+/// as alternating arguments (literal, expression, literal, ...). `{{` and `}}` are
+/// literal braces. `at` is the offset of the text's first character (for errors).
+fn template_parts(text: &str, at: usize, depth: usize) -> Result<Vec<Expr>, ExprError> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut rest = text;
+    let mut pos = 0;
+    while let Some(i) = rest.find(['{', '}']) {
+        let c = rest.as_bytes()[i];
+        lit.push_str(&rest[..i]);
+        if rest[i + 1..].starts_with(char::from(c)) {
+            lit.push(char::from(c));
+            pos += i + 2;
+            rest = &rest[i + 2..];
+            continue;
+        }
+        if c == b'}' {
+            return Err(ExprError {
+                offset: at + pos + i,
+                message: "unmatched '}' in template (write }} for a brace)".to_string(),
+            });
+        }
+        let Some(end) = rest[i + 1..].find('}') else {
+            return Err(ExprError {
+                offset: at + pos + i,
+                message: "unclosed '{' in template".to_string(),
+            });
+        };
+        let inner = &rest[i + 1..i + 1 + end];
+        let mut p = Parser {
+            src: inner,
+            pos: 0,
+            depth,
+        };
+        p.ws();
+        let e = p.expr().and_then(|e| {
+            p.ws();
+            if p.pos < inner.len() {
+                Err(p.err(format!("unexpected {} in template placeholder", p.found())))
+            } else {
+                Ok(e)
+            }
+        });
+        let e = e.map_err(|e| ExprError {
+            offset: at + pos + i + 1 + e.offset,
+            message: e.message,
+        })?;
+        out.push(Expr::Str(std::mem::take(&mut lit)));
+        out.push(e);
+        pos += i + 2 + end;
+        rest = &rest[i + 2 + end..];
+    }
+    lit.push_str(rest);
+    out.push(Expr::Str(lit));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -307,6 +373,10 @@ mod tests {
             ("ref(Patient)", "ref(name:Patient)"),
             ("concat()", "concat()"),
             ("OBX[2]-5", "path:OBX[2]-5"),
+            (
+                "template('Dr. {AIP-3.2} {upper(AIP-3.3)}{{x}}')",
+                "template(str:Dr. ,path:AIP-3.2,str: ,upper(path:AIP-3.3),str:{x})",
+            ),
         ];
         for (src, want) in table {
             let got = parse(src).map(|e| shape(&e));
@@ -337,6 +407,17 @@ mod tests {
                 "expected a path, a 'string', a number or a function call, found end of expression",
             ),
             ("PID-3.1x", 7, "unexpected 'x' after path"),
+            (
+                "template('a {PID-x}')",
+                17,
+                "expected a field number, found 'x'",
+            ),
+            ("template('a {PID-5')", 12, "unclosed '{' in template"),
+            (
+                "template('a } b')",
+                12,
+                "unmatched '}' in template (write }} for a brace)",
+            ),
         ];
         for (src, offset, msg) in table {
             let e = parse(src).err();

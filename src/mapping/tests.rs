@@ -511,3 +511,112 @@ OBX|2|ST|y||b|mg\r";
         ]
     );
 }
+
+#[test]
+fn templates_required_default_matches_and_data_types() {
+    let toml_text = r#"
+[[resource]]
+type = "Patient"
+id = "required(PID-3.1, 'no patient id in PID-3')"
+[resource.set]
+"name[*]" = "human_name(PID-5[*])"
+"name[0].text" = "template('{PID-5.1.1}, {PID-5.2} ({PID-8})')"
+"address[*]" = "address(PID-11[*])"
+"telecom[*]" = "contact_point(PID-13[*])"
+"identifier[*]" = "identifier(PID-3[*])"
+"maritalStatus" = "codeable_concept(PID-16)"
+"gender" = "default(lookup(v2_gender, PID-8), 'unknown')"
+"active" = "matches(PID-3.1, 'BN*')"
+"extension[0].valueString" = "template('never {PID-99}')"
+"#;
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|HIS|BV|||20240131||ADT^A01|1|P|2.5\r\
+PID|1||BN7^^^BV^MR~079^^^&1.2.3&ISO^NI||TRẦN^Văn^Bình^Jr^Dr^^L~TRAN^Van||19700101|X|||12 Lê Lợi^P2^Huế^TTH^530000^VN^H||^PRN^PH^^84^905000001~^NET^Internet^binh@example.vn|||M^Married^HL70002\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = &out[0];
+    assert_eq!(
+        p["name"],
+        serde_json::json!([
+            {"family": "TRẦN", "given": ["Văn", "Bình"], "suffix": ["Jr"], "prefix": ["Dr"], "text": "TRẦN, Văn (X)"},
+            {"family": "TRAN", "given": ["Van"]}
+        ])
+    );
+    assert_eq!(
+        p["address"][0],
+        serde_json::json!({"line": ["12 Lê Lợi", "P2"], "city": "Huế", "state": "TTH", "postalCode": "530000", "country": "VN"})
+    );
+    assert_eq!(p["telecom"][0]["value"], "+84 905000001");
+    assert_eq!(p["telecom"][0]["system"], "phone");
+    assert_eq!(p["telecom"][1]["value"], "binh@example.vn");
+    assert_eq!(p["identifier"][0]["value"], "BN7");
+    assert_eq!(p["identifier"][0]["type"]["coding"][0]["code"], "MR");
+    assert_eq!(p["identifier"][1]["system"], "urn:oid:1.2.3");
+    assert_eq!(p["maritalStatus"]["coding"][0]["code"], "M");
+    assert_eq!(p["gender"], "unknown");
+    assert_eq!(p["active"], true);
+    assert!(
+        p.get("extension").is_none(),
+        "a template with only absent placeholders is absent"
+    );
+
+    let err = run_inline(
+        toml_text,
+        "MSH|^~\\&|HIS|BV|||20240131||ADT^A01|1|P|2.5\rPID|1||\r",
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("Patient #1 id: required(PID-3.1, 'no patient id in PID-3'): no patient id in PID-3")
+    );
+}
+
+#[test]
+fn quantities_from_nm_and_sn() {
+    let toml_text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueQuantity" = "quantity(OBX-5, OBX-6)"
+"#;
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
+OBX|1|NM|x||5.10|mmol/L^millimole per liter^UCUM\r\
+OBX|2|SN|x||<^0.5|mg/L\r\
+OBX|3|SN|x||^1^:^128\r\
+OBX|4|NM|x||12,5\r",
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        out.as_deref(),
+        Some("Observation #4 (OBX 4) valueQuantity: quantity(OBX-5, OBX-6): \"12,5\" is not a decimal")
+    );
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
+OBX|1|NM|x||5.10|mmol/L^millimole per liter^UCUM\r\
+OBX|2|SN|x||<^0.5|mg/L\r\
+OBX|3|SN|x||^1^:^128\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        serde_json::to_string(&out[0]["valueQuantity"])
+            .ok()
+            .as_deref(),
+        Some(
+            r#"{"value":5.10,"unit":"millimole per liter","system":"http://unitsofmeasure.org","code":"mmol/L"}"#
+        )
+    );
+    assert_eq!(out[1]["valueQuantity"]["comparator"], "<");
+    assert_eq!(out[1]["valueQuantity"]["unit"], "mg/L");
+    assert!(
+        out[2].get("valueQuantity").is_none(),
+        "a ratio is not a quantity"
+    );
+}
