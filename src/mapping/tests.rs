@@ -620,3 +620,53 @@ OBX|3|SN|x||^1^:^128\r",
         "a ratio is not a quantity"
     );
 }
+
+#[test]
+fn escapes_empty_and_null_fields() {
+    let toml_text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueString" = "OBX-5"
+"note[0].text" = "if(exists(OBX-6), 'units present', 'units absent')"
+"code.text" = "coalesce(OBX-3.2, OBX-3.1, 'no code')"
+"effectiveDateTime" = "datetime(OBX-14)"
+"#;
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
+OBX|1|ST|A^Na\\S\\K||5 \\T\\ 6 \\F\\ 7\\.br\\tám|\"\"|||||F|||20240131083000.12+0700\r\
+OBX|2|ST|||||||||F\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[0]["valueString"], "5 & 6 | 7\ntám");
+    assert_eq!(
+        out[0]["code"]["text"], "Na^K",
+        "an escaped ^ is data, not a separator"
+    );
+    assert_eq!(
+        out[0]["note"][0]["text"], "units absent",
+        "\"\" is HL7's null: absent"
+    );
+    assert_eq!(out[0]["effectiveDateTime"], "2024-01-31T08:30:00.12+07:00");
+    assert!(
+        out[1].get("valueString").is_none(),
+        "an empty field is absent"
+    );
+    assert_eq!(out[1]["code"]["text"], "no code");
+    assert!(out[1].get("effectiveDateTime").is_none());
+
+    // A time without a zone and no default zone is an error naming resource and field.
+    let err = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\rOBX|1|ST|A||x||||||F|||202401310830\r",
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("Observation #1 (OBX 1) effectiveDateTime: datetime(OBX-14): \"202401310830\" has a time but no zone; give a default zone, e.g. datetime(x, '+07:00')")
+    );
+}
