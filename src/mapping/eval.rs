@@ -16,18 +16,48 @@ use serde_json::{json, Value as Json};
 
 use super::datatypes::{self, Parts};
 use super::expr::{Call, Expr};
-use super::functions;
+use super::functions::{self, fid};
 use super::tables::Table;
 use crate::hl7::{Message, Path, Repetition};
 
 /// Segments that open a group (a patient, a visit, an order, a result, ...). A path to
 /// any other segment type, from a context segment, first looks at the segments that
 /// follow the context up to the next group head: that is where its NTE notes are.
-const GROUP_HEADS: &[&str] = &[
-    "MSH", "PID", "PD1", "PV1", "PV2", "NK1", "IN1", "IN2", "GT1", "ORC", "OBR", "OBX", "SPM",
-    "TXA", "SCH", "RGS", "AIS", "AIG", "AIL", "AIP", "MRG", "TQ1", "AL1", "DG1", "PR1", "RXA",
-    "RXO", "RXE", "FT1",
-];
+fn is_group_head(name: &str) -> bool {
+    // A byte match compiles to a few comparisons, not a string compare per head.
+    matches!(
+        name.as_bytes(),
+        b"MSH"
+            | b"PID"
+            | b"PD1"
+            | b"PV1"
+            | b"PV2"
+            | b"NK1"
+            | b"IN1"
+            | b"IN2"
+            | b"GT1"
+            | b"ORC"
+            | b"OBR"
+            | b"OBX"
+            | b"SPM"
+            | b"TXA"
+            | b"SCH"
+            | b"RGS"
+            | b"AIS"
+            | b"AIG"
+            | b"AIL"
+            | b"AIP"
+            | b"MRG"
+            | b"TQ1"
+            | b"AL1"
+            | b"DG1"
+            | b"PR1"
+            | b"RXA"
+            | b"RXO"
+            | b"RXE"
+            | b"FT1"
+    )
+}
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -129,6 +159,8 @@ pub struct Scope<'a> {
     pub tables: &'a BTreeMap<String, Table>,
     /// Records what is read, for the loss report; `None` in the engine.
     pub trace: Option<&'a Trace>,
+    /// The tables the data type functions read, looked up once per run.
+    pub dt: &'a datatypes::Tables<'a>,
 }
 
 /// The (segment index, field) pairs a run read; field 0 is the bare segment.
@@ -229,13 +261,13 @@ impl<'a> Scope<'a> {
         }
         // A child of the context segment (NTE after an OBX or OBR, ...): the first
         // instance among the segments that follow it, up to the next group head.
-        if !GROUP_HEADS.contains(&path.segment.as_str()) {
+        if !is_group_head(&path.segment) {
             for i in cur + 1..self.msg.segment_count() {
                 let name = self.msg.segment_name(i);
                 if name == path.segment {
                     return Some(i);
                 }
-                if name == here || GROUP_HEADS.contains(&name) {
+                if name == here || is_group_head(name) {
                     break;
                 }
             }
@@ -300,13 +332,13 @@ impl<'a> Scope<'a> {
             }
         };
         let fail = |msg: String| format!("{}: {msg}", c.text);
-        match c.name.as_str() {
-            "exists" => Ok(Value::Bool(arg(0)?.truthy())),
-            "eq" => {
+        match c.fid {
+            fid::EXISTS => Ok(Value::Bool(arg(0)?.truthy())),
+            fid::EQ => {
                 let (a, b) = (arg(0)?.into_text(), arg(1)?.into_text());
                 Ok(Value::Bool(a == b))
             }
-            "in" => {
+            fid::IN => {
                 let Some(x) = arg(0)?.into_text() else {
                     return Ok(Value::Bool(false));
                 };
@@ -317,15 +349,15 @@ impl<'a> Scope<'a> {
                 }
                 Ok(Value::Bool(false))
             }
-            "not" => Ok(Value::Bool(!arg(0)?.truthy())),
-            "if" => {
+            fid::NOT => Ok(Value::Bool(!arg(0)?.truthy())),
+            fid::IF => {
                 if arg(0)?.truthy() {
                     arg(1)
                 } else {
                     arg(2)
                 }
             }
-            "coalesce" => {
+            fid::COALESCE => {
                 for i in 0..c.args.len() {
                     let v = arg(i)?;
                     if !v.is_absent() {
@@ -334,10 +366,10 @@ impl<'a> Scope<'a> {
                 }
                 Ok(Value::Absent)
             }
-            "date" => map1(arg(0)?, &mut |t| {
+            fid::DATE => map1(arg(0)?, &mut |t| {
                 functions::date(&t).map(owned).map_err(fail)
             }),
-            "datetime" => {
+            fid::DATETIME => {
                 let zone = arg(1)?.into_text();
                 map1(arg(0)?, &mut |t| {
                     functions::datetime(&t, zone.as_deref())
@@ -345,17 +377,17 @@ impl<'a> Scope<'a> {
                         .map_err(fail)
                 })
             }
-            "decimal" => map1(arg(0)?, &mut |t| {
+            fid::DECIMAL => map1(arg(0)?, &mut |t| {
                 functions::decimal(&t)
                     .map(|n| Value::Num(Cow::Owned(n)))
                     .map_err(fail)
             }),
-            "integer" => map1(arg(0)?, &mut |t| {
+            fid::INTEGER => map1(arg(0)?, &mut |t| {
                 functions::integer(&t)
                     .map(|n| Value::Num(Cow::Owned(n)))
                     .map_err(fail)
             }),
-            "trim" | "upper" | "lower" => map1(arg(0)?, &mut |t| {
+            fid::TRIM | fid::UPPER | fid::LOWER => map1(arg(0)?, &mut |t| {
                 let t: Cow<'a, str> = match (c.name.as_str(), t) {
                     ("upper", t) => Cow::Owned(t.trim().to_uppercase()),
                     ("lower", t) => Cow::Owned(t.trim().to_lowercase()),
@@ -368,7 +400,7 @@ impl<'a> Scope<'a> {
                     Value::Str(t)
                 })
             }),
-            "concat" => {
+            fid::CONCAT => {
                 let mut out = String::new();
                 let mut any = false;
                 for i in 0..c.args.len() {
@@ -383,7 +415,7 @@ impl<'a> Scope<'a> {
                     Value::Absent
                 })
             }
-            "template" => {
+            fid::TEMPLATE => {
                 // Literal, placeholder, literal, ...: absent when every placeholder is.
                 let mut out = String::new();
                 let mut any = false;
@@ -399,7 +431,7 @@ impl<'a> Scope<'a> {
                 }
                 Ok(if any { owned(out) } else { Value::Absent })
             }
-            "split" => {
+            fid::SPLIT => {
                 let sep = arg(1)?.into_text().unwrap_or_default();
                 match arg(0)? {
                     Value::List(items) => {
@@ -420,7 +452,7 @@ impl<'a> Scope<'a> {
                         .map_or(Value::Absent, |t| functions::split(&t, &sep))),
                 }
             }
-            "join" => {
+            fid::JOIN => {
                 let sep = arg(1)?.into_text().unwrap_or_default();
                 let v = arg(0)?;
                 let parts: Vec<Cow<'_, str>> = match &v {
@@ -433,7 +465,7 @@ impl<'a> Scope<'a> {
                     owned(parts.join(&*sep))
                 })
             }
-            "lookup" => {
+            fid::LOOKUP => {
                 let name = c.args.first().map_or("", name_arg);
                 let Some(table) = self.tables.get(name) else {
                     return Err(fail(format!("unknown table {name:?}")));
@@ -446,7 +478,7 @@ impl<'a> Scope<'a> {
                     })
                 })
             }
-            "hash" => {
+            fid::HASH => {
                 let mut parts: Vec<Cow<'a, str>> = Vec::with_capacity(c.args.len());
                 let mut any = false;
                 for i in 0..c.args.len() {
@@ -460,11 +492,11 @@ impl<'a> Scope<'a> {
                     Value::Absent
                 })
             }
-            "ref" => {
+            fid::REF => {
                 let t = c.args.first().map_or("", name_arg);
                 Ok(self.nearest(t).map_or(Value::Absent, reference))
             }
-            "refs" => {
+            fid::REFS => {
                 let t = c.args.first().map_or("", name_arg);
                 let items: Vec<Value> = self.in_group(t).map(reference).collect();
                 Ok(if items.is_empty() {
@@ -473,7 +505,7 @@ impl<'a> Scope<'a> {
                     Value::List(items)
                 })
             }
-            "required" => {
+            fid::REQUIRED => {
                 let v = arg(0)?;
                 if v.is_absent() {
                     let why = arg(1)?.text().map_or_else(
@@ -484,7 +516,7 @@ impl<'a> Scope<'a> {
                 }
                 Ok(v)
             }
-            "default" => {
+            fid::DEFAULT => {
                 let v = arg(0)?;
                 if v.is_absent() {
                     arg(1)
@@ -492,7 +524,7 @@ impl<'a> Scope<'a> {
                     Ok(v)
                 }
             }
-            "matches" => {
+            fid::MATCHES => {
                 let pat = arg(1)?.into_text().unwrap_or_default();
                 Ok(Value::Bool(
                     arg(0)?
@@ -500,17 +532,21 @@ impl<'a> Scope<'a> {
                         .is_some_and(|t| functions::glob(&pat, &t)),
                 ))
             }
-            "human_name" | "address" | "contact_point" | "identifier" | "codeable_concept" => {
+            fid::HUMAN_NAME
+            | fid::ADDRESS
+            | fid::CONTACT_POINT
+            | fid::IDENTIFIER
+            | fid::CODEABLE_CONCEPT => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
                     return Err(fail("the argument must be an HL7 path".into()));
                 };
-                let t = self.datatype_tables();
+                let t = self.dt;
                 let build = |p: &Parts| match c.name.as_str() {
-                    "human_name" => datatypes::human_name(p, &t),
-                    "address" => datatypes::address(p, &t),
-                    "contact_point" => datatypes::contact_point(p, &t),
-                    "identifier" => datatypes::identifier(p, &t),
-                    _ => datatypes::codeable_concept(p, &t),
+                    "human_name" => datatypes::human_name(p, t),
+                    "address" => datatypes::address(p, t),
+                    "contact_point" => datatypes::contact_point(p, t),
+                    "identifier" => datatypes::identifier(p, t),
+                    _ => datatypes::codeable_concept(p, t),
                 };
                 let all = is_all(path);
                 let items: Vec<Value> = self
@@ -520,7 +556,7 @@ impl<'a> Scope<'a> {
                     .collect();
                 Ok(collect(items, all))
             }
-            "all" => {
+            fid::ALL => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
                     return Err(fail("the argument must be an HL7 path".into()));
                 };
@@ -532,6 +568,7 @@ impl<'a> Scope<'a> {
                         instances: self.instances,
                         tables: self.tables,
                         trace: self.trace,
+                        dt: self.dt,
                     };
                     match one.path_value(path) {
                         Value::List(mut l) => items.append(&mut l),
@@ -540,8 +577,8 @@ impl<'a> Scope<'a> {
                 }
                 Ok(collect(items, true))
             }
-            "base64" => map1(arg(0)?, &mut |t| Ok(owned(functions::base64(t.as_bytes())))),
-            "quantity" => {
+            fid::BASE64 => map1(arg(0)?, &mut |t| Ok(owned(functions::base64(t.as_bytes())))),
+            fid::QUANTITY => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
                     return Err(fail("the first argument must be an HL7 path".into()));
                 };
@@ -558,7 +595,7 @@ impl<'a> Scope<'a> {
                 }
                 Ok(collect(items, all))
             }
-            other => Err(fail(format!("unknown function {other:?}"))),
+            _ => Err(fail(format!("unknown function {:?}", c.name))),
         }
     }
 
@@ -605,18 +642,6 @@ impl<'a> Scope<'a> {
             .collect()
     }
 
-    fn datatype_tables(&self) -> datatypes::Tables<'_> {
-        let t = |n: &str| self.tables.get(n);
-        datatypes::Tables {
-            coding_system: t("v2_coding_system"),
-            id_systems: t("id_systems"),
-            name_use: t("v2_name_use"),
-            address_use: t("v2_address_use"),
-            telecom_use: t("v2_telecom_use"),
-            telecom_system: t("v2_telecom_system"),
-        }
-    }
-
     /// The instance of `t` whose context segment is nearest before or at the current
     /// context, else the first one.
     fn nearest(&self, t: &str) -> Option<&Instance> {
@@ -647,6 +672,19 @@ impl<'a> Scope<'a> {
                     (Some(_), None) => false,
                 }
         })
+    }
+}
+
+/// The tables the data type functions use, from a mapping directory's tables.
+pub fn datatype_tables(tables: &BTreeMap<String, Table>) -> datatypes::Tables<'_> {
+    let t = |n: &str| tables.get(n);
+    datatypes::Tables {
+        coding_system: t("v2_coding_system"),
+        id_systems: t("id_systems"),
+        name_use: t("v2_name_use"),
+        address_use: t("v2_address_use"),
+        telecom_use: t("v2_telecom_use"),
+        telecom_system: t("v2_telecom_system"),
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Expr {
 #[derive(Clone, Debug)]
 pub struct Call {
     pub name: String,
+    /// `functions::id_of(name)`, for dispatch.
+    pub fid: u8,
     pub args: Vec<Expr>,
     /// Offset of the function name.
     pub offset: usize,
@@ -266,6 +268,7 @@ impl Parser<'_> {
         }
         Ok(Expr::Call(Box::new(Call {
             name: name.to_string(),
+            fid: super::functions::id_of(name),
             args,
             offset: start,
             text: self.src[start..self.pos].to_string(),

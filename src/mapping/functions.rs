@@ -92,6 +92,54 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     crate::routes::glob(pattern, text)
 }
 
+/// Function numbers: the index in [`FUNCTIONS`], fixed when an expression is parsed so
+/// evaluation dispatches on a number, not on the name.
+pub mod fid {
+    pub const EXISTS: u8 = 0;
+    pub const EQ: u8 = 1;
+    pub const IN: u8 = 2;
+    pub const NOT: u8 = 3;
+    pub const IF: u8 = 4;
+    pub const COALESCE: u8 = 5;
+    pub const DATE: u8 = 6;
+    pub const DATETIME: u8 = 7;
+    pub const DECIMAL: u8 = 8;
+    pub const INTEGER: u8 = 9;
+    pub const TRIM: u8 = 10;
+    pub const UPPER: u8 = 11;
+    pub const LOWER: u8 = 12;
+    pub const CONCAT: u8 = 13;
+    pub const SPLIT: u8 = 14;
+    pub const JOIN: u8 = 15;
+    pub const LOOKUP: u8 = 16;
+    pub const HASH: u8 = 17;
+    pub const REF: u8 = 18;
+    pub const REFS: u8 = 19;
+    pub const REQUIRED: u8 = 20;
+    pub const DEFAULT: u8 = 21;
+    pub const MATCHES: u8 = 22;
+    pub const HUMAN_NAME: u8 = 23;
+    pub const ADDRESS: u8 = 24;
+    pub const CONTACT_POINT: u8 = 25;
+    pub const IDENTIFIER: u8 = 26;
+    pub const CODEABLE_CONCEPT: u8 = 27;
+    pub const QUANTITY: u8 = 28;
+    pub const ALL: u8 = 29;
+    pub const TEMPLATE: u8 = 30;
+    pub const BASE64: u8 = 31;
+    /// Not a function of the library (refused by validation before any run).
+    pub const UNKNOWN: u8 = u8::MAX;
+}
+
+/// The number of function `name`, or [`fid::UNKNOWN`].
+pub fn id_of(name: &str) -> u8 {
+    FUNCTIONS
+        .iter()
+        .position(|s| s.name == name)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(fid::UNKNOWN)
+}
+
 pub fn spec(name: &str) -> Option<&'static FunctionSpec> {
     FUNCTIONS.iter().find(|s| s.name == name)
 }

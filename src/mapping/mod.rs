@@ -184,6 +184,7 @@ impl Mapping {
         ctx: &RunContext,
         trace: Option<&Trace>,
     ) -> Result<Vec<Json>, MapError> {
+        let dt = eval::datatype_tables(&self.tables);
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -208,6 +209,7 @@ impl Mapping {
                     instances: &[],
                     tables: &self.tables,
                     trace,
+                    dt: &dt,
                 };
                 let err = |field: &str, message: String| MapError {
                     resource: label.clone(),
@@ -258,6 +260,7 @@ impl Mapping {
                 instances: &instances,
                 tables: &self.tables,
                 trace,
+                dt: &dt,
             };
             let mut root = Map::new();
             root.insert("resourceType".to_string(), json!(inst.resource_type));
