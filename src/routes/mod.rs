@@ -268,7 +268,7 @@ fn load_file(
             ));
         }
         let mapping = def.mapping.get_ref().trim().to_string();
-        if !mappings.iter().any(|m| *m == mapping) {
+        if !mappings.contains(&mapping) {
             let hint = did_you_mean(&mapping, mappings.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_else(|| format!(" (no mappings/{mapping}.toml)"));
