@@ -64,6 +64,7 @@ pub struct Engine {
     pub journal: Journal,
     pub store: Store,
     pub rules: Arc<RwLock<Arc<Rules>>>,
+    config: Arc<Config>,
     /// Where the HTTP API listens (useful when the config asked for port 0).
     pub http_addr: SocketAddr,
     /// Each listener's name and bound address.
@@ -288,10 +289,12 @@ impl Engine {
             )?),
             _ => None,
         };
+        let config = Arc::new(config);
         let app = crate::api::app(
             crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone())
                 .with_queue(role, broker.clone())
-                .with_security(config.http.token.clone(), http_tls.is_some()),
+                .with_security(config.http.token.clone(), http_tls.is_some())
+                .with_reload(Arc::clone(&config)),
         );
         let token = shutdown.clone();
         let with_tls = http_tls.is_some();
@@ -313,6 +316,7 @@ impl Engine {
             journal,
             store,
             rules,
+            config,
             http_addr,
             listener_addrs,
             role,
@@ -321,6 +325,13 @@ impl Engine {
             tasks,
             pipeline,
         })
+    }
+
+    /// Reloads routes and mappings (SIGHUP, `POST /api/routes/reload`): the new set is
+    /// validated first and swapped in atomically; an invalid set is refused with its
+    /// problems and the running set stays.
+    pub fn reload(&self) -> Result<Arc<Rules>, Vec<crate::diag::Diagnostic>> {
+        Rules::reload(&self.config, &self.rules)
     }
 
     /// The bound address of listener `name`.

@@ -43,7 +43,9 @@ enum Command {
         #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
         config: PathBuf,
     },
-    /// Map message files to FHIR resources and print them as a JSON array (no engine needed).
+    /// Map message files to FHIR resources and print them as a JSON array (no engine
+    /// needed). On stderr, a loss report per file: the segments and fields present in the
+    /// message that the mapping did not read.
     Map {
         #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
         config: PathBuf,
@@ -60,6 +62,12 @@ enum Command {
         /// HL7 v2 message files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run every mapping's test cases (mappings/cases/<mapping>/<case>.hl7 with the
+    /// expected <case>.json beside it); print a diff for each failure, exit 1 on any.
+    Test {
+        #[arg(long, short, default_value = "halong.toml", env = "HALONG_CONFIG")]
+        config: PathBuf,
     },
     /// Send HL7 v2 files over MLLP and print each ACK code; with --repeat or
     /// --concurrency, a load generator that reports messages/s and ACK latency.
@@ -119,6 +127,7 @@ fn main() -> ExitCode {
             listener,
             files,
         } => map(&config, route, mapping, listener, &files),
+        Command::Test { config } => test(&config),
         Command::Send {
             files,
             to,
@@ -300,20 +309,38 @@ fn serve(path: PathBuf, role: Option<String>) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        tracing::info!("halong is running; Ctrl-C or SIGTERM stops it");
-        wait_for_stop().await;
+        tracing::info!(
+            "halong is running; Ctrl-C or SIGTERM stops it, SIGHUP reloads routes and mappings"
+        );
+        wait_for_stop(&engine).await;
         tracing::info!("stopping");
         engine.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop() {
+/// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads routes and mappings (an invalid set
+/// is refused and logged, and the running set stays).
+async fn wait_for_stop(engine: &halong::engine::Engine) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match engine.reload() {
+                Ok(rules) => tracing::info!(
+                    routes = rules.routes.routes().len(),
+                    mappings = rules.mappings.names().count(),
+                    "SIGHUP: routes and mappings reloaded"
+                ),
+                Err(problems) => tracing::error!(
+                    problems = %diag::render(&problems).trim_end(),
+                    "SIGHUP: reload refused; the running routes and mappings stay"
+                ),
+            },
+        }
     }
 }
 
@@ -350,6 +377,53 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::from(1)
         }
+    }
+}
+
+fn test(path: &std::path::Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rules = match Rules::load(&config) {
+        Ok(r) => r,
+        Err(problems) => {
+            eprint!("{}", diag::render(&problems));
+            return ExitCode::from(1);
+        }
+    };
+    let dir = halong::mapping::cases::cases_dir(&config.mappings_dir());
+    let results = halong::mapping::cases::run_cases(&rules.mappings, &dir);
+    let mut failed = 0;
+    for r in &results {
+        match &r.failure {
+            None => println!("ok      {}/{}", r.mapping, r.case),
+            Some(why) => {
+                failed += 1;
+                println!("FAILED  {}/{}", r.mapping, r.case);
+                for line in why.lines() {
+                    println!("        {line}");
+                }
+            }
+        }
+    }
+    let without: Vec<&str> = rules
+        .mappings
+        .names()
+        .filter(|m| !results.iter().any(|r| r.mapping == *m))
+        .collect();
+    if !without.is_empty() {
+        println!("mappings without cases: {}", without.join(", "));
+    }
+    println!(
+        "{} cases: {} passed, {failed} failed",
+        results.len(),
+        results.len() - failed
+    );
+    if failed > 0 || results.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -430,11 +504,7 @@ fn map_one(
             let h = msg.header();
             let found = match listener {
                 Some(l) => rules.routes.find(l, h),
-                None => rules
-                    .routes
-                    .routes()
-                    .iter()
-                    .find(|r| r.message.iter().any(|p| p.matches(h))),
+                None => rules.routes.routes().iter().find(|r| r.matches_message(h)),
             };
             found
                 .ok_or_else(|| format!("no route takes {}", h.message_type))?
@@ -449,7 +519,23 @@ fn map_one(
     let ctx = halong::mapping::RunContext {
         source: format!("file:{}", file.display()),
     };
-    m.run(&msg, &ctx).map_err(|e| e.to_string())
+    let (result, unread) = m.run_with_loss_report(&msg, &ctx);
+    let records = result.map_err(|e| e.to_string())?;
+    if unread.is_empty() {
+        eprintln!(
+            "{}: mapping \"{mapping_name}\" read every field",
+            file.display()
+        );
+    } else {
+        eprintln!(
+            "{}: mapping \"{mapping_name}\" did not read {} field{}: {}",
+            file.display(),
+            unread.len(),
+            if unread.len() == 1 { "" } else { "s" },
+            unread.join(", ")
+        );
+    }
+    Ok(records)
 }
 
 fn send(

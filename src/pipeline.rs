@@ -88,6 +88,20 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// Loads `routes/` and `mappings/` again and, only when the new set has no problem,
+    /// swaps it in for `current` in one step; messages being mapped keep the set they
+    /// started with. An invalid set is refused with every problem and `current` stays.
+    pub fn reload(
+        config: &Config,
+        current: &RwLock<Arc<Rules>>,
+    ) -> Result<Arc<Rules>, Vec<Diagnostic>> {
+        let new = Arc::new(Rules::load(config)?);
+        *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&new);
+        Ok(new)
+    }
+}
+
 fn mapping_file_stems(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -210,7 +224,10 @@ fn process_dicom(
         },
         Err(e) => Outcome::Failed {
             route: Some(route.name.clone()),
-            why: format!("route \"{}\", mapping \"{}\": {e}", route.name, route.mapping),
+            why: format!(
+                "route \"{}\", mapping \"{}\": {e}",
+                route.name, route.mapping
+            ),
         },
     }
 }

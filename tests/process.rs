@@ -166,7 +166,7 @@ fn send_prints_each_ack_and_check_passes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (2 listeners, 3 routes"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (2 listeners, 7 routes"));
 
     let mut server = spawn(&config);
     let out = Command::new(BIN)

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -38,6 +38,8 @@ pub struct AppState {
     token: Option<Arc<str>>,
     /// Served over TLS (links say `https`).
     tls: bool,
+    /// The configuration routes and mappings are reloaded from; `None`: no reload.
+    reload_from: Option<Arc<crate::config::Config>>,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
             broker: None,
             token: None,
             tls: false,
+            reload_from: None,
         }
     }
 
@@ -72,12 +75,19 @@ impl AppState {
         self.broker = broker;
         self
     }
+
+    /// Enables `POST /api/routes/reload`, reading routes and mappings beside `config`.
+    pub fn with_reload(mut self, config: Arc<crate::config::Config>) -> Self {
+        self.reload_from = Some(config);
+        self
+    }
 }
 
 /// The whole HTTP API, testable without a socket.
 pub fn app(state: AppState) -> Router {
     let guarded = Router::new()
         .route("/api/routes", get(routes))
+        .route("/api/routes/reload", post(reload))
         .merge(messages::routes())
         .merge(fhir::routes())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -168,6 +178,50 @@ async fn routes(State(s): State<AppState>) -> Response {
         })
         .collect();
     Json(json!({ "routes": list })).into_response()
+}
+
+/// Loads routes and mappings again; swaps them in only when valid. 200 with the counts,
+/// or 422 with every problem (file:line:column) while the running set stays.
+async fn reload(State(s): State<AppState>) -> Response {
+    let Some(config) = s.reload_from.clone() else {
+        return api_error(StatusCode::NOT_FOUND, "reload is not enabled here");
+    };
+    let rules = s.rules.clone();
+    let result = tokio::task::spawn_blocking(move || Rules::reload(&config, &rules)).await;
+    match result {
+        Ok(Ok(new)) => {
+            tracing::info!(
+                routes = new.routes.routes().len(),
+                mappings = new.mappings.names().count(),
+                "routes and mappings reloaded"
+            );
+            Json(json!({
+                "status": "reloaded",
+                "routes": new.routes.routes().len(),
+                "mappings": new.mappings.names().count(),
+            }))
+            .into_response()
+        }
+        Ok(Err(problems)) => {
+            tracing::warn!(
+                problems = problems.len(),
+                "reload refused; the running routes and mappings stay"
+            );
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({
+                    "error": "the new routes and mappings have problems; the running set stays",
+                    "problems": list,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reload failed: {e}"),
+        ),
+    }
 }
 
 pub(crate) fn api_error(code: StatusCode, text: &str) -> Response {

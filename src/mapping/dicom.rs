@@ -25,7 +25,7 @@ pub fn is_attribute(name: &str) -> bool {
 }
 
 /// The value of attribute reference `name` in `input`; `None` when `name` is not one.
-pub fn value(name: &str, input: Option<&Attributes>) -> Option<Value> {
+pub fn value<'a>(name: &str, input: Option<&'a Attributes>) -> Option<Value<'a>> {
     let (r, used) = parse_attribute(name)?;
     if used != name.len() {
         return None;
@@ -39,7 +39,7 @@ pub fn value(name: &str, input: Option<&Attributes>) -> Option<Value> {
     };
     Some(
         text.filter(|t| !t.is_empty())
-            .map_or(Value::Absent, |t| Value::Str(t.to_string())),
+            .map_or(Value::Absent, |t| Value::Str(std::borrow::Cow::Borrowed(t))),
     )
 }
 
@@ -116,7 +116,7 @@ mod tests {
         // The same id the HL7 mappings give this patient: hash(PID-3.4.1, PID-3.1).
         assert_eq!(
             p["id"],
-            crate::mapping::functions::hash(&["CCCD".into(), "079190000001".into()])
+            crate::mapping::functions::hash(&["CCCD", "079190000001"])
         );
         assert_eq!(p["name"][0]["family"], "Nguyễn");
         assert_eq!(p["name"][0]["given"][0], "Thị Ngọc Anh");
@@ -124,10 +124,7 @@ mod tests {
         assert_eq!(p["gender"], "female");
         assert_eq!(p["birthDate"], "1990-01-01");
         assert_eq!(s["resourceType"], "ImagingStudy");
-        assert_eq!(
-            s["id"],
-            crate::mapping::functions::hash(&["1.2.3.4".into()])
-        );
+        assert_eq!(s["id"], crate::mapping::functions::hash(&["1.2.3.4"]));
         assert_eq!(s["meta"]["source"], "urn:halong:pacs:9");
         assert_eq!(s["identifier"][0]["value"], "urn:oid:1.2.3.4");
         assert_eq!(s["identifier"][1]["type"]["coding"][0]["code"], "ACSN");

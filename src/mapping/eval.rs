@@ -2,34 +2,78 @@
 //!
 //! Context rule: while a resource with `each = "SEG"` is evaluated, the current SEG
 //! instance is the context. A path to SEG (without an explicit instance) resolves in
-//! that instance; a path to another segment type resolves to the nearest instance of
-//! that type before the context segment, else to the first in the message. Without a
+//! that instance; a path to a child segment type (not a group head such as OBR, OBX,
+//! PID: typically NTE) resolves to the first one following the context segment before
+//! the next group head; otherwise a path resolves to the nearest instance of that type
+//! before the context segment, else to the first in the message. Without a
 //! context, paths resolve to the first instance. `SEG[n]` always means the n-th in the
 //! message. HL7's null marker `""` evaluates as absent in this version.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value as Json};
 
+use super::datatypes::{self, Parts};
 use super::expr::{Call, Expr};
-use super::functions;
+use super::functions::{self, fid};
 use super::tables::Table;
 use crate::hl7::{Message, Path, Repetition};
 
-/// The value of an expression.
+/// Segments that open a group (a patient, a visit, an order, a result, ...). A path to
+/// any other segment type, from a context segment, first looks at the segments that
+/// follow the context up to the next group head: that is where its NTE notes are.
+fn is_group_head(name: &str) -> bool {
+    // A byte match compiles to a few comparisons, not a string compare per head.
+    matches!(
+        name.as_bytes(),
+        b"MSH"
+            | b"PID"
+            | b"PD1"
+            | b"PV1"
+            | b"PV2"
+            | b"NK1"
+            | b"IN1"
+            | b"IN2"
+            | b"GT1"
+            | b"ORC"
+            | b"OBR"
+            | b"OBX"
+            | b"SPM"
+            | b"TXA"
+            | b"SCH"
+            | b"RGS"
+            | b"AIS"
+            | b"AIG"
+            | b"AIL"
+            | b"AIP"
+            | b"MRG"
+            | b"TQ1"
+            | b"AL1"
+            | b"DG1"
+            | b"PR1"
+            | b"RXA"
+            | b"RXO"
+            | b"RXE"
+            | b"FT1"
+    )
+}
+
+/// The value of an expression. Text borrows from the message or the mapping wherever it
+/// can (a field without escapes, a literal, a table value) and is copied only when built.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     Absent,
-    Str(String),
+    Str(Cow<'a, str>),
     /// A number, kept as its decimal text ("5.10").
-    Num(String),
+    Num(Cow<'a, str>),
     Bool(bool),
-    List(Vec<Value>),
+    List(Vec<Value<'a>>),
     /// A JSON object, e.g. a reference.
     Json(Json),
 }
 
-impl Value {
+impl<'a> Value<'a> {
     pub fn is_absent(&self) -> bool {
         matches!(self, Value::Absent)
     }
@@ -45,16 +89,24 @@ impl Value {
     }
 
     /// Text form; `None` when absent. Lists join their present items with ",".
-    pub fn text(&self) -> Option<String> {
+    pub fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Value::Absent => None,
-            Value::Str(s) | Value::Num(s) => Some(s.clone()),
-            Value::Bool(b) => Some(b.to_string()),
+            Value::Str(s) | Value::Num(s) => Some(Cow::Borrowed(s)),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
             Value::List(items) => {
-                let parts: Vec<String> = items.iter().filter_map(Value::text).collect();
-                (!parts.is_empty()).then(|| parts.join(","))
+                let parts: Vec<Cow<'_, str>> = items.iter().filter_map(Value::text).collect();
+                (!parts.is_empty()).then(|| Cow::Owned(parts.join(",")))
             }
-            Value::Json(j) => Some(j.to_string()),
+            Value::Json(j) => Some(Cow::Owned(j.to_string())),
+        }
+    }
+
+    /// The text, keeping the borrow when there is one.
+    fn into_text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Value::Str(s) | Value::Num(s) => Some(s),
+            other => other.text().map(|t| Cow::Owned(t.into_owned())),
         }
     }
 
@@ -62,10 +114,10 @@ impl Value {
     pub fn to_json(&self) -> Option<Json> {
         match self {
             Value::Absent => None,
-            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.clone())),
+            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.to_string())),
             Value::Num(n) => Some(
                 n.parse::<serde_json::Number>()
-                    .map_or_else(|_| Json::String(n.clone()), Json::Number),
+                    .map_or_else(|_| Json::String(n.to_string()), Json::Number),
             ),
             Value::Bool(b) => Some(Json::Bool(*b)),
             Value::List(items) => {
@@ -73,6 +125,15 @@ impl Value {
                 (!out.is_empty()).then_some(Json::Array(out))
             }
             Value::Json(j) => Some(j.clone()),
+        }
+    }
+
+    /// JSON for output, consuming the value (no copy of objects); `None` when absent.
+    pub fn into_json(self) -> Option<Json> {
+        match self {
+            Value::Json(j) => Some(j),
+            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.into_owned())),
+            other => other.to_json(),
         }
     }
 }
@@ -98,9 +159,68 @@ pub struct Scope<'a> {
     pub tables: &'a BTreeMap<String, Table>,
     /// The DICOM instance, when the input is one (see `mapping::dicom`).
     pub dicom: Option<&'a crate::dicom::Attributes>,
+    /// Records what is read, for the loss report; `None` in the engine.
+    pub trace: Option<&'a Trace>,
+    /// The tables the data type functions read, looked up once per run.
+    pub dt: &'a datatypes::Tables<'a>,
 }
 
-fn map1(v: Value, f: &mut impl FnMut(String) -> Result<Value, String>) -> Result<Value, String> {
+/// The (segment index, field) pairs a run read; field 0 is the bare segment.
+#[derive(Default)]
+pub struct Trace {
+    read: std::cell::RefCell<std::collections::HashSet<(usize, usize)>>,
+}
+
+impl Trace {
+    fn note(&self, seg: usize, field: usize) {
+        self.read.borrow_mut().insert((seg, field));
+    }
+
+    /// "PID-10", "NK1 (whole segment)", ... for every non-empty field not read, in
+    /// message order; MSH-1 and MSH-2 (the delimiters) are left out. A repeated segment
+    /// is named with its instance: "OBX[3]-18". `exists(PID)` reads no field of PID.
+    pub fn unread(&self, msg: &Message) -> Vec<String> {
+        let read = self.read.borrow();
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for seg in 0..msg.segment_count() {
+            let name = msg.segment_name(seg);
+            let n = seen.entry(name).or_insert(0);
+            *n += 1;
+            let label = if msg.segments(name).nth(1).is_some() {
+                format!("{name}[{n}]")
+            } else {
+                name.to_string()
+            };
+            let any_read = read.iter().any(|&(s, _)| s == seg);
+            if !any_read {
+                let has_data = (1..=msg.field_count(seg))
+                    .any(|f| msg.field_raw(seg, f).is_some_and(|r| !r.is_empty()));
+                if has_data && seg != 0 {
+                    out.push(format!("{label} (whole segment)"));
+                    continue;
+                }
+            }
+            for f in 1..=msg.field_count(seg) {
+                if seg == 0 && f <= 2 {
+                    continue;
+                }
+                let has = msg
+                    .field_raw(seg, f)
+                    .is_some_and(|r| !r.is_empty() && r != "\"\"");
+                if has && !read.contains(&(seg, f)) {
+                    out.push(format!("{label}-{f}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn map1<'a>(
+    v: Value<'a>,
+    f: &mut impl FnMut(Cow<'a, str>) -> Result<Value<'a>, String>,
+) -> Result<Value<'a>, String> {
     match v {
         Value::Absent => Ok(Value::Absent),
         Value::List(items) => {
@@ -114,7 +234,7 @@ fn map1(v: Value, f: &mut impl FnMut(String) -> Result<Value, String>) -> Result
                 Value::List(out)
             })
         }
-        other => match other.text() {
+        other => match other.into_text() {
             Some(t) => f(t),
             None => Ok(Value::Absent),
         },
@@ -128,7 +248,7 @@ fn name_arg(e: &Expr) -> &str {
     }
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
     /// The segment a path resolves to under the context rule.
     pub fn resolve(&self, path: &Path) -> Option<usize> {
         if let Some(n) = path.instance {
@@ -137,8 +257,22 @@ impl Scope<'_> {
         let Some(cur) = self.seg else {
             return self.msg.segment_index(&path.segment, 1);
         };
-        if self.msg.segment_name(cur) == path.segment {
+        let here = self.msg.segment_name(cur);
+        if here == path.segment {
             return Some(cur);
+        }
+        // A child of the context segment (NTE after an OBX or OBR, ...): the first
+        // instance among the segments that follow it, up to the next group head.
+        if !is_group_head(&path.segment) {
+            for i in cur + 1..self.msg.segment_count() {
+                let name = self.msg.segment_name(i);
+                if name == path.segment {
+                    return Some(i);
+                }
+                if name == here || is_group_head(name) {
+                    break;
+                }
+            }
         }
         (0..cur)
             .rev()
@@ -146,84 +280,87 @@ impl Scope<'_> {
             .or_else(|| self.msg.segment_index(&path.segment, 1))
     }
 
-    fn path_value(&self, path: &Path) -> Value {
+    fn path_value(&self, path: &Path) -> Value<'a> {
         let Some(seg) = self.resolve(path) else {
             return Value::Absent;
         };
+        if let Some(t) = self.trace {
+            t.note(seg, path.field.map_or(0, |f| f.field));
+        }
         let Some(fp) = &path.field else {
-            return Value::Str(self.msg.segment_text(seg).to_string());
+            return Value::Str(Cow::Borrowed(self.msg.segment_text(seg)));
         };
-        let decode = |raw: &str| {
+        let msg: &'a Message = self.msg;
+        let decode = |raw: &'a str| {
             if raw.is_empty() || raw == "\"\"" {
                 Value::Absent
             } else {
-                Value::Str(self.msg.unescape(raw).into_owned())
+                Value::Str(msg.unescape(raw))
             }
         };
         match fp.repetition {
             Repetition::All => {
-                let items: Vec<Value> = self.msg.raws_in(seg, fp).into_iter().map(decode).collect();
+                let items: Vec<Value> = msg.raws_in(seg, fp).into_iter().map(decode).collect();
                 if items.iter().all(Value::is_absent) {
                     Value::Absent
                 } else {
                     Value::List(items)
                 }
             }
-            Repetition::Index(_) => self.msg.raw_in(seg, fp).map_or(Value::Absent, decode),
+            Repetition::Index(_) => msg.raw_in(seg, fp).map_or(Value::Absent, decode),
         }
     }
 
-    pub fn eval(&self, e: &Expr) -> Result<Value, String> {
+    pub fn eval(&self, e: &'a Expr) -> Result<Value<'a>, String> {
         match e {
             Expr::Path { path, .. } => Ok(self.path_value(path)),
             Expr::Str(s) => Ok(if s.is_empty() {
                 Value::Absent
             } else {
-                Value::Str(s.clone())
+                Value::Str(Cow::Borrowed(s))
             }),
-            Expr::Num(n) => Ok(Value::Num(n.clone())),
-            Expr::Name { name, .. } => {
-                Ok(super::dicom::value(name, self.dicom)
-                    .unwrap_or_else(|| Value::Str(name.clone())))
-            }
+            Expr::Num(n) => Ok(Value::Num(Cow::Borrowed(n))),
+            Expr::Bool(b) => Ok(Value::Bool(*b)),
+            Expr::Name { name, .. } => Ok(super::dicom::value(name, self.dicom)
+                .unwrap_or_else(|| Value::Str(Cow::Borrowed(name)))),
             Expr::Call(c) => self.call(c),
         }
     }
 
-    fn call(&self, c: &Call) -> Result<Value, String> {
-        let arg = |i: usize| -> Result<Value, String> {
+    fn call(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let arg = |i: usize| -> Result<Value<'a>, String> {
             match c.args.get(i) {
                 Some(e) => self.eval(e),
                 None => Ok(Value::Absent),
             }
         };
         let fail = |msg: String| format!("{}: {msg}", c.text);
-        match c.name.as_str() {
-            "exists" => Ok(Value::Bool(arg(0)?.truthy())),
-            "eq" => {
-                let (a, b) = (arg(0)?.text(), arg(1)?.text());
+        match c.fid {
+            fid::EXISTS => Ok(Value::Bool(arg(0)?.truthy())),
+            fid::EQ => {
+                let (a, b) = (arg(0)?.into_text(), arg(1)?.into_text());
                 Ok(Value::Bool(a == b))
             }
-            "in" => {
-                let Some(x) = arg(0)?.text() else {
+            fid::IN => {
+                let Some(x) = arg(0)?.into_text() else {
                     return Ok(Value::Bool(false));
                 };
                 for i in 1..c.args.len() {
-                    if arg(i)?.text().as_deref() == Some(x.as_str()) {
+                    if arg(i)?.into_text().as_deref() == Some(&*x) {
                         return Ok(Value::Bool(true));
                     }
                 }
                 Ok(Value::Bool(false))
             }
-            "not" => Ok(Value::Bool(!arg(0)?.truthy())),
-            "if" => {
+            fid::NOT => Ok(Value::Bool(!arg(0)?.truthy())),
+            fid::IF => {
                 if arg(0)?.truthy() {
                     arg(1)
                 } else {
                     arg(2)
                 }
             }
-            "coalesce" => {
+            fid::COALESCE => {
                 for i in 0..c.args.len() {
                     let v = arg(i)?;
                     if !v.is_absent() {
@@ -232,28 +369,33 @@ impl Scope<'_> {
                 }
                 Ok(Value::Absent)
             }
-            "date" => map1(arg(0)?, &mut |t| {
-                functions::date(&t).map(Value::Str).map_err(fail)
+            fid::DATE => map1(arg(0)?, &mut |t| {
+                functions::date(&t).map(owned).map_err(fail)
             }),
-            "datetime" => {
-                let zone = arg(1)?.text();
+            fid::DATETIME => {
+                let zone = arg(1)?.into_text();
                 map1(arg(0)?, &mut |t| {
                     functions::datetime(&t, zone.as_deref())
-                        .map(Value::Str)
+                        .map(owned)
                         .map_err(fail)
                 })
             }
-            "decimal" => map1(arg(0)?, &mut |t| {
-                functions::decimal(&t).map(Value::Num).map_err(fail)
+            fid::DECIMAL => map1(arg(0)?, &mut |t| {
+                functions::decimal(&t)
+                    .map(|n| Value::Num(Cow::Owned(n)))
+                    .map_err(fail)
             }),
-            "integer" => map1(arg(0)?, &mut |t| {
-                functions::integer(&t).map(Value::Num).map_err(fail)
+            fid::INTEGER => map1(arg(0)?, &mut |t| {
+                functions::integer(&t)
+                    .map(|n| Value::Num(Cow::Owned(n)))
+                    .map_err(fail)
             }),
-            "trim" | "upper" | "lower" => map1(arg(0)?, &mut |t| {
-                let t = match c.name.as_str() {
-                    "upper" => t.trim().to_uppercase(),
-                    "lower" => t.trim().to_lowercase(),
-                    _ => t.trim().to_string(),
+            fid::TRIM | fid::UPPER | fid::LOWER => map1(arg(0)?, &mut |t| {
+                let t: Cow<'a, str> = match (c.name.as_str(), t) {
+                    ("upper", t) => Cow::Owned(t.trim().to_uppercase()),
+                    ("lower", t) => Cow::Owned(t.trim().to_lowercase()),
+                    (_, Cow::Borrowed(b)) => Cow::Borrowed(b.trim()),
+                    (_, Cow::Owned(o)) => Cow::Owned(o.trim().to_string()),
                 };
                 Ok(if t.is_empty() {
                     Value::Absent
@@ -261,23 +403,39 @@ impl Scope<'_> {
                     Value::Str(t)
                 })
             }),
-            "concat" => {
+            fid::CONCAT => {
                 let mut out = String::new();
                 let mut any = false;
                 for i in 0..c.args.len() {
-                    if let Some(t) = arg(i)?.text() {
+                    if let Some(t) = arg(i)?.into_text() {
                         out.push_str(&t);
                         any = true;
                     }
                 }
                 Ok(if any && !out.trim().is_empty() {
-                    Value::Str(out)
+                    owned(out)
                 } else {
                     Value::Absent
                 })
             }
-            "split" => {
-                let sep = arg(1)?.text().unwrap_or_default();
+            fid::TEMPLATE => {
+                // Literal, placeholder, literal, ...: absent when every placeholder is.
+                let mut out = String::new();
+                let mut any = false;
+                for (i, a) in c.args.iter().enumerate() {
+                    if i % 2 == 0 {
+                        if let Expr::Str(t) = a {
+                            out.push_str(t);
+                        }
+                    } else if let Some(t) = self.eval(a)?.into_text() {
+                        any = true;
+                        out.push_str(&t);
+                    }
+                }
+                Ok(if any { owned(out) } else { Value::Absent })
+            }
+            fid::SPLIT => {
+                let sep = arg(1)?.into_text().unwrap_or_default();
                 match arg(0)? {
                     Value::List(items) => {
                         let mut out = Vec::new();
@@ -297,19 +455,20 @@ impl Scope<'_> {
                         .map_or(Value::Absent, |t| functions::split(&t, &sep))),
                 }
             }
-            "join" => {
-                let sep = arg(1)?.text().unwrap_or_default();
-                let parts: Vec<String> = match arg(0)? {
+            fid::JOIN => {
+                let sep = arg(1)?.into_text().unwrap_or_default();
+                let v = arg(0)?;
+                let parts: Vec<Cow<'_, str>> = match &v {
                     Value::List(items) => items.iter().filter_map(Value::text).collect(),
                     v => v.text().into_iter().collect(),
                 };
                 Ok(if parts.is_empty() {
                     Value::Absent
                 } else {
-                    Value::Str(parts.join(&sep))
+                    owned(parts.join(&*sep))
                 })
             }
-            "lookup" => {
+            fid::LOOKUP => {
                 let name = c.args.first().map_or("", name_arg);
                 let Some(table) = self.tables.get(name) else {
                     return Err(fail(format!("unknown table {name:?}")));
@@ -317,30 +476,30 @@ impl Scope<'_> {
                 let default = arg(2)?;
                 map1(arg(1)?, &mut |t| {
                     Ok(match table.get(t.trim()) {
-                        Some(v) => Value::Str(v.to_string()),
+                        Some(v) => Value::Str(Cow::Borrowed(v)),
                         None => default.clone(),
                     })
                 })
             }
-            "hash" => {
-                let mut parts = Vec::with_capacity(c.args.len());
+            fid::HASH => {
+                let mut parts: Vec<Cow<'a, str>> = Vec::with_capacity(c.args.len());
                 let mut any = false;
                 for i in 0..c.args.len() {
-                    let t = arg(i)?.text();
+                    let t = arg(i)?.into_text();
                     any |= t.is_some();
                     parts.push(t.unwrap_or_default());
                 }
                 Ok(if any {
-                    Value::Str(functions::hash(&parts))
+                    owned(functions::hash(&parts))
                 } else {
                     Value::Absent
                 })
             }
-            "ref" => {
+            fid::REF => {
                 let t = c.args.first().map_or("", name_arg);
                 Ok(self.nearest(t).map_or(Value::Absent, reference))
             }
-            "refs" => {
+            fid::REFS => {
                 let t = c.args.first().map_or("", name_arg);
                 let items: Vec<Value> = self.in_group(t).map(reference).collect();
                 Ok(if items.is_empty() {
@@ -349,8 +508,142 @@ impl Scope<'_> {
                     Value::List(items)
                 })
             }
-            other => Err(fail(format!("unknown function {other:?}"))),
+            fid::REQUIRED => {
+                let v = arg(0)?;
+                if v.is_absent() {
+                    let why = arg(1)?.text().map_or_else(
+                        || "a required value is missing".to_string(),
+                        Cow::into_owned,
+                    );
+                    return Err(fail(why));
+                }
+                Ok(v)
+            }
+            fid::DEFAULT => {
+                let v = arg(0)?;
+                if v.is_absent() {
+                    arg(1)
+                } else {
+                    Ok(v)
+                }
+            }
+            fid::MATCHES => {
+                let pat = arg(1)?.into_text().unwrap_or_default();
+                Ok(Value::Bool(
+                    arg(0)?
+                        .into_text()
+                        .is_some_and(|t| functions::glob(&pat, &t)),
+                ))
+            }
+            fid::HUMAN_NAME
+            | fid::ADDRESS
+            | fid::CONTACT_POINT
+            | fid::IDENTIFIER
+            | fid::CODEABLE_CONCEPT => {
+                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                    return Err(fail("the argument must be an HL7 path".into()));
+                };
+                let t = self.dt;
+                let build = |p: &Parts| match c.name.as_str() {
+                    "human_name" => datatypes::human_name(p, t),
+                    "address" => datatypes::address(p, t),
+                    "contact_point" => datatypes::contact_point(p, t),
+                    "identifier" => datatypes::identifier(p, t),
+                    _ => datatypes::codeable_concept(p, t),
+                };
+                let all = is_all(path);
+                let items: Vec<Value> = self
+                    .parts(path)
+                    .iter()
+                    .map(|p| build(p).map_or(Value::Absent, Value::Json))
+                    .collect();
+                Ok(collect(items, all))
+            }
+            fid::ALL => {
+                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                    return Err(fail("the argument must be an HL7 path".into()));
+                };
+                let mut items = Vec::new();
+                for seg in self.msg.segments(&path.segment) {
+                    let one = Scope {
+                        msg: self.msg,
+                        seg: Some(seg),
+                        instances: self.instances,
+                        tables: self.tables,
+                        dicom: self.dicom,
+                        trace: self.trace,
+                        dt: self.dt,
+                    };
+                    match one.path_value(path) {
+                        Value::List(mut l) => items.append(&mut l),
+                        v => items.push(v),
+                    }
+                }
+                Ok(collect(items, true))
+            }
+            fid::BASE64 => map1(arg(0)?, &mut |t| Ok(owned(functions::base64(t.as_bytes())))),
+            fid::QUANTITY => {
+                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                    return Err(fail("the first argument must be an HL7 path".into()));
+                };
+                let units = match c.args.get(1) {
+                    Some(Expr::Path { path, .. }) => self.parts(path).into_iter().next(),
+                    Some(_) => return Err(fail("the second argument must be an HL7 path".into())),
+                    None => None,
+                };
+                let all = is_all(path);
+                let mut items = Vec::new();
+                for p in self.parts(path) {
+                    let q = datatypes::quantity(&p, units.as_ref()).map_err(fail)?;
+                    items.push(q.map_or(Value::Absent, Value::Json));
+                }
+                Ok(collect(items, all))
+            }
+            _ => Err(fail(format!("unknown function {:?}", c.name))),
         }
+    }
+
+    /// Every piece a path selects (one per selected repetition), split into parts:
+    /// components with their subcomponents, or, when the path names a component, its
+    /// subcomponents.
+    pub fn parts(&self, path: &crate::hl7::Path) -> Vec<Parts> {
+        let Some(seg) = self.resolve(path) else {
+            return Vec::new();
+        };
+        let Some(fp) = &path.field else {
+            return Vec::new();
+        };
+        if let Some(t) = self.trace {
+            t.note(seg, fp.field);
+        }
+        let d = *self.msg.delimiters();
+        let decode = |raw: &str| -> Option<String> {
+            if raw.is_empty() || raw == "\"\"" {
+                None
+            } else {
+                Some(self.msg.unescape(raw).into_owned())
+            }
+        };
+        let split_sub = |raw: &str| -> Vec<Option<String>> {
+            match d.subcomponent {
+                Some(sc) => raw.split(sc).map(decode).collect(),
+                None => vec![decode(raw)],
+            }
+        };
+        self.msg
+            .raws_in(seg, fp)
+            .into_iter()
+            .map(|raw| {
+                let parts = if fp.subcomponent.is_some() {
+                    vec![vec![decode(raw)]]
+                } else if fp.component.is_some() {
+                    split_sub(raw).into_iter().map(|s| vec![s]).collect()
+                } else {
+                    raw.split(d.component).map(split_sub).collect()
+                };
+                Parts { parts }
+            })
+            .collect()
     }
 
     /// The instance of `t` whose context segment is nearest before or at the current
@@ -386,6 +679,41 @@ impl Scope<'_> {
     }
 }
 
-fn reference(i: &Instance) -> Value {
+/// The tables the data type functions use, from a mapping directory's tables.
+pub fn datatype_tables(tables: &BTreeMap<String, Table>) -> datatypes::Tables<'_> {
+    let t = |n: &str| tables.get(n);
+    datatypes::Tables {
+        coding_system: t("v2_coding_system"),
+        id_systems: t("id_systems"),
+        name_use: t("v2_name_use"),
+        address_use: t("v2_address_use"),
+        telecom_use: t("v2_telecom_use"),
+        telecom_system: t("v2_telecom_system"),
+    }
+}
+
+fn is_all(path: &crate::hl7::Path) -> bool {
+    path.field
+        .is_some_and(|f| f.repetition == crate::hl7::Repetition::All)
+}
+
+/// A list for `[*]` paths (absent when every item is), else the first item.
+fn collect(items: Vec<Value<'_>>, all: bool) -> Value<'_> {
+    if all {
+        if items.iter().all(Value::is_absent) {
+            Value::Absent
+        } else {
+            Value::List(items)
+        }
+    } else {
+        items.into_iter().next().unwrap_or(Value::Absent)
+    }
+}
+
+fn owned<'a>(s: String) -> Value<'a> {
+    Value::Str(Cow::Owned(s))
+}
+
+fn reference<'a>(i: &Instance) -> Value<'a> {
     Value::Json(json!({ "reference": format!("{}/{}", i.resource_type, i.id) }))
 }

@@ -1,9 +1,9 @@
 //! The expression language of mapping files.
 //!
 //! ```text
-//! expr    = path | string | number | call | name
+//! expr    = path | string | number | "true" | "false" | call | name
 //! path    = an hl7::Path, e.g. PID-3[*].4.1, OBX[2]-5, PID
-//! string  = "'" { char | "\'" | "\\" } "'"
+//! string  = "'" { char | "\'" | "\\" | "\n" } "'"
 //! number  = ["-"] digits ["." digits]
 //! call    = name "(" [expr {"," expr}] ")"
 //! name    = [A-Za-z_][A-Za-z0-9_]*     (only as a table name or resource type argument)
@@ -23,6 +23,8 @@ pub enum Expr {
     },
     Str(String),
     Num(String),
+    /// `true` or `false`.
+    Bool(bool),
     /// A bare name: a lookup table or a resource type.
     Name {
         name: String,
@@ -34,6 +36,8 @@ pub enum Expr {
 #[derive(Clone, Debug)]
 pub struct Call {
     pub name: String,
+    /// `functions::id_of(name)`, for dispatch.
+    pub fid: u8,
     pub args: Vec<Expr>,
     /// Offset of the function name.
     pub offset: usize,
@@ -162,6 +166,8 @@ impl Parser<'_> {
                         path,
                         offset: start,
                     })
+                } else if word == "true" || word == "false" {
+                    Ok(Expr::Bool(word == "true"))
                 } else {
                     Ok(Expr::Name {
                         name: word.to_string(),
@@ -189,10 +195,13 @@ impl Parser<'_> {
                 }
                 '\\' => match chars.next() {
                     Some((_, e @ ('\'' | '\\'))) => out.push(e),
+                    Some((_, 'n')) => out.push('\n'),
                     Some((j, e)) => {
                         return Err(ExprError {
                             offset: self.pos + j,
-                            message: format!("unknown escape \\{e} in string (only \\' and \\\\)"),
+                            message: format!(
+                                "unknown escape \\{e} in string (only \\', \\\\ and \\n)"
+                            ),
                         })
                     }
                     None => break,
@@ -245,7 +254,15 @@ impl Parser<'_> {
         } else {
             loop {
                 self.ws();
-                args.push(self.expr()?);
+                if name == "template" && self.peek() == Some(b'\'') {
+                    let at = self.pos + 1;
+                    let Expr::Str(text) = self.string()? else {
+                        unreachable!("string() returns Expr::Str")
+                    };
+                    args.extend(template_parts(&text, at, self.depth)?);
+                } else {
+                    args.push(self.expr()?);
+                }
                 self.ws();
                 match self.peek() {
                     Some(b',') => self.pos += 1,
@@ -261,11 +278,70 @@ impl Parser<'_> {
         }
         Ok(Expr::Call(Box::new(Call {
             name: name.to_string(),
+            fid: super::functions::id_of(name),
             args,
             offset: start,
             text: self.src[start..self.pos].to_string(),
         })))
     }
+}
+
+/// `template('{PID-5.1} {PID-5.2}')`: literal text and `{expression}` placeholders,
+/// as alternating arguments (literal, expression, literal, ...). `{{` and `}}` are
+/// literal braces. `at` is the offset of the text's first character (for errors).
+fn template_parts(text: &str, at: usize, depth: usize) -> Result<Vec<Expr>, ExprError> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut rest = text;
+    let mut pos = 0;
+    while let Some(i) = rest.find(['{', '}']) {
+        let c = rest.as_bytes()[i];
+        lit.push_str(&rest[..i]);
+        if rest[i + 1..].starts_with(char::from(c)) {
+            lit.push(char::from(c));
+            pos += i + 2;
+            rest = &rest[i + 2..];
+            continue;
+        }
+        if c == b'}' {
+            return Err(ExprError {
+                offset: at + pos + i,
+                message: "unmatched '}' in template (write }} for a brace)".to_string(),
+            });
+        }
+        let Some(end) = rest[i + 1..].find('}') else {
+            return Err(ExprError {
+                offset: at + pos + i,
+                message: "unclosed '{' in template".to_string(),
+            });
+        };
+        let inner = &rest[i + 1..i + 1 + end];
+        let mut p = Parser {
+            src: inner,
+            pos: 0,
+            depth,
+        };
+        p.ws();
+        let e = p.expr().and_then(|e| {
+            p.ws();
+            if p.pos < inner.len() {
+                Err(p.err(format!("unexpected {} in template placeholder", p.found())))
+            } else {
+                Ok(e)
+            }
+        });
+        let e = e.map_err(|e| ExprError {
+            offset: at + pos + i + 1 + e.offset,
+            message: e.message,
+        })?;
+        out.push(Expr::Str(std::mem::take(&mut lit)));
+        out.push(e);
+        pos += i + 2 + end;
+        rest = &rest[i + 2 + end..];
+    }
+    lit.push_str(rest);
+    out.push(Expr::Str(lit));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -278,6 +354,7 @@ mod tests {
             Expr::Str(s) => format!("str:{s}"),
             Expr::Num(n) => format!("num:{n}"),
             Expr::Name { name, .. } => format!("name:{name}"),
+            Expr::Bool(b) => format!("bool:{b}"),
             Expr::Call(c) => format!(
                 "{}({})",
                 c.name,
@@ -309,6 +386,10 @@ mod tests {
             ("ref(Patient)", "ref(name:Patient)"),
             ("concat()", "concat()"),
             ("OBX[2]-5", "path:OBX[2]-5"),
+            (
+                "template('Dr. {AIP-3.2} {upper(AIP-3.3)}{{x}}')",
+                "template(str:Dr. ,path:AIP-3.2,str: ,upper(path:AIP-3.3),str:{x})",
+            ),
         ];
         for (src, want) in table {
             let got = parse(src).map(|e| shape(&e));
@@ -339,6 +420,17 @@ mod tests {
                 "expected a path, a 'string', a number or a function call, found end of expression",
             ),
             ("PID-3.1x", 7, "unexpected 'x' after path"),
+            (
+                "template('a {PID-x}')",
+                17,
+                "expected a field number, found 'x'",
+            ),
+            ("template('a {PID-5')", 12, "unclosed '{' in template"),
+            (
+                "template('a } b')",
+                12,
+                "unmatched '}' in template (write }} for a brace)",
+            ),
         ];
         for (src, offset, msg) in table {
             let e = parse(src).err();

@@ -340,6 +340,21 @@ fn check(
                 cx.at(at, format!("{}() {}, got {n}", c.name, spec.arity_text()));
                 return;
             }
+            if functions::PATH_ARGUMENT_FUNCTIONS.contains(&c.name.as_str()) {
+                for a in &c.args {
+                    if !matches!(a, Expr::Path { path, .. } if path.field.is_some()) {
+                        cx.at(
+                            at,
+                            format!(
+                                "the arguments of {}() must be HL7 field paths, e.g. {}(PID-5[*])",
+                                c.name, c.name
+                            ),
+                        );
+                        return;
+                    }
+                }
+                return;
+            }
             let mut args: &[Expr] = &c.args;
             if matches!(c.name.as_str(), "lookup" | "ref" | "refs") {
                 let first = &c.args[0];
@@ -393,6 +408,6 @@ fn check(
                 check(cx, a, base, tables, produced, allow_ref);
             }
         }
-        Expr::Path { .. } | Expr::Str(_) | Expr::Num(_) => {}
+        Expr::Path { .. } | Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) => {}
     }
 }

@@ -39,7 +39,106 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("hash", 1, None),
     f("ref", 1, Some(1)),
     f("refs", 1, Some(1)),
+    f("required", 1, Some(2)),
+    f("default", 2, Some(2)),
+    f("matches", 2, Some(2)),
+    f("human_name", 1, Some(1)),
+    f("address", 1, Some(1)),
+    f("contact_point", 1, Some(1)),
+    f("identifier", 1, Some(1)),
+    f("codeable_concept", 1, Some(1)),
+    f("quantity", 1, Some(2)),
+    f("all", 1, Some(1)),
+    f("template", 1, None),
+    f("base64", 1, Some(1)),
 ];
+
+/// Standard base64 with padding (RFC 4648), for FHIR `base64Binary`.
+pub fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Functions whose arguments must all be HL7 paths (they read the data type's parts).
+pub const PATH_ARGUMENT_FUNCTIONS: &[&str] = &[
+    "all",
+    "human_name",
+    "address",
+    "contact_point",
+    "identifier",
+    "codeable_concept",
+    "quantity",
+];
+
+/// `*` matches any run of characters, `?` one character; the rest literally, ignoring
+/// ASCII case (the same rule as route patterns).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    crate::routes::glob(pattern, text)
+}
+
+/// Function numbers: the index in [`FUNCTIONS`], fixed when an expression is parsed so
+/// evaluation dispatches on a number, not on the name.
+pub mod fid {
+    pub const EXISTS: u8 = 0;
+    pub const EQ: u8 = 1;
+    pub const IN: u8 = 2;
+    pub const NOT: u8 = 3;
+    pub const IF: u8 = 4;
+    pub const COALESCE: u8 = 5;
+    pub const DATE: u8 = 6;
+    pub const DATETIME: u8 = 7;
+    pub const DECIMAL: u8 = 8;
+    pub const INTEGER: u8 = 9;
+    pub const TRIM: u8 = 10;
+    pub const UPPER: u8 = 11;
+    pub const LOWER: u8 = 12;
+    pub const CONCAT: u8 = 13;
+    pub const SPLIT: u8 = 14;
+    pub const JOIN: u8 = 15;
+    pub const LOOKUP: u8 = 16;
+    pub const HASH: u8 = 17;
+    pub const REF: u8 = 18;
+    pub const REFS: u8 = 19;
+    pub const REQUIRED: u8 = 20;
+    pub const DEFAULT: u8 = 21;
+    pub const MATCHES: u8 = 22;
+    pub const HUMAN_NAME: u8 = 23;
+    pub const ADDRESS: u8 = 24;
+    pub const CONTACT_POINT: u8 = 25;
+    pub const IDENTIFIER: u8 = 26;
+    pub const CODEABLE_CONCEPT: u8 = 27;
+    pub const QUANTITY: u8 = 28;
+    pub const ALL: u8 = 29;
+    pub const TEMPLATE: u8 = 30;
+    pub const BASE64: u8 = 31;
+    /// Not a function of the library (refused by validation before any run).
+    pub const UNKNOWN: u8 = u8::MAX;
+}
+
+/// The number of function `name`, or [`fid::UNKNOWN`].
+pub fn id_of(name: &str) -> u8 {
+    FUNCTIONS
+        .iter()
+        .position(|s| s.name == name)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(fid::UNKNOWN)
+}
 
 pub fn spec(name: &str) -> Option<&'static FunctionSpec> {
     FUNCTIONS.iter().find(|s| s.name == name)
@@ -244,31 +343,33 @@ pub fn integer(v: &str) -> Result<String, String> {
 }
 
 /// Lowercase hex SHA-256 of the parts joined with U+001F, first 32 characters.
-pub fn hash(parts: &[String]) -> String {
+pub fn hash<S: AsRef<str>>(parts: &[S]) -> String {
     let mut h = Sha256::new();
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             h.update([0x1f]);
         }
-        h.update(p.as_bytes());
+        h.update(p.as_ref().as_bytes());
     }
     let digest = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
     for b in digest.iter().take(16) {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }
 
 /// `split(x, sep)`: non-empty pieces.
-pub fn split(v: &str, sep: &str) -> Value {
+pub fn split(v: &str, sep: &str) -> Value<'static> {
     let pieces: Vec<Value> = if sep.is_empty() {
-        vec![Value::Str(v.to_string())]
+        vec![Value::Str(v.to_string().into())]
     } else {
         v.split(sep)
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| Value::Str(s.to_string()))
+            .map(|s| Value::Str(s.to_string().into()))
             .collect()
     };
     if pieces.is_empty() {

@@ -16,6 +16,8 @@
 //! for `each` in segment order; each gets `resourceType`, `id` and `meta.source`.
 //! Depends on `hl7` and `diag` only; logs nothing.
 
+pub mod cases;
+mod datatypes;
 mod dicom;
 mod eval;
 mod expr;
@@ -38,7 +40,7 @@ pub use fhir_types::R4_RESOURCE_TYPES;
 pub use functions::FUNCTIONS;
 pub use tables::Table;
 
-use eval::{Instance, Scope};
+use eval::{Instance, Scope, Trace};
 use file::Rule;
 use output::Step;
 
@@ -161,7 +163,7 @@ impl Mapping {
 
     /// Maps one message to its resources.
     pub fn run(&self, msg: &Message, ctx: &RunContext) -> Result<Vec<Json>, MapError> {
-        self.run_input(msg, None, ctx)
+        self.run_traced(msg, None, ctx, None)
     }
 
     /// Maps one received DICOM instance (its attributes) to its resources.
@@ -170,15 +172,30 @@ impl Mapping {
         attrs: &crate::dicom::Attributes,
         ctx: &RunContext,
     ) -> Result<Vec<Json>, MapError> {
-        self.run_input(dicom::no_message(), Some(attrs), ctx)
+        self.run_traced(dicom::no_message(), Some(attrs), ctx, None)
     }
 
-    fn run_input(
+    /// Maps one message and reports what it did not read: every non-empty field (and
+    /// every segment) of the message that no expression of this mapping looked at. For
+    /// `halong map`'s loss report; the engine calls [`Mapping::run`].
+    pub fn run_with_loss_report(
+        &self,
+        msg: &Message,
+        ctx: &RunContext,
+    ) -> (Result<Vec<Json>, MapError>, Vec<String>) {
+        let trace = Trace::default();
+        let result = self.run_traced(msg, None, ctx, Some(&trace));
+        (result, trace.unread(msg))
+    }
+
+    fn run_traced(
         &self,
         msg: &Message,
         dicom: Option<&crate::dicom::Attributes>,
         ctx: &RunContext,
+        trace: Option<&Trace>,
     ) -> Result<Vec<Json>, MapError> {
+        let dt = eval::datatype_tables(&self.tables);
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -203,6 +220,8 @@ impl Mapping {
                     instances: &[],
                     tables: &self.tables,
                     dicom,
+                    trace,
+                    dt: &dt,
                 };
                 let err = |field: &str, message: String| MapError {
                     resource: label.clone(),
@@ -216,7 +235,7 @@ impl Mapping {
                 }
                 let id = scope.eval(&rule.id).map_err(|m| err("id", m))?;
                 let id = match id {
-                    Value::Str(s) | Value::Num(s) => s,
+                    Value::Str(s) | Value::Num(s) => s.into_owned(),
                     Value::Absent => {
                         return Err(err("id", "the id expression gave no value".to_string()))
                     }
@@ -253,6 +272,8 @@ impl Mapping {
                 instances: &instances,
                 tables: &self.tables,
                 dicom,
+                trace,
+                dt: &dt,
             };
             let mut root = Map::new();
             root.insert("resourceType".to_string(), json!(inst.resource_type));
@@ -278,32 +299,28 @@ impl Mapping {
 }
 
 /// Sets a value at an output path; lists spread over `[*]` by index.
-fn set_value(root: &mut Map<String, Json>, steps: &[Step], value: Value) -> Result<(), String> {
+fn set_value(root: &mut Map<String, Json>, steps: &[Step], value: Value<'_>) -> Result<(), String> {
     let star = steps.iter().position(|s| *s == Step::All);
-    let at = |i: usize| -> Vec<Step> {
-        steps
-            .iter()
-            .map(|s| {
-                if *s == Step::All {
-                    Step::Index(i)
-                } else {
-                    s.clone()
-                }
-            })
-            .collect()
-    };
     match (star, value) {
         (_, Value::Absent) => Ok(()),
-        (Some(_), Value::List(items)) => {
+        (Some(at), Value::List(items)) => {
+            let mut path = steps.to_vec();
             for (i, item) in items.into_iter().enumerate() {
-                if let Some(j) = item.to_json() {
-                    output::set(root, &at(i), j)?;
+                if let Some(j) = item.into_json() {
+                    path[at] = Step::Index(i);
+                    output::set(root, &path, j)?;
                 }
             }
             Ok(())
         }
-        (Some(_), v) => v.to_json().map_or(Ok(()), |j| output::set(root, &at(0), j)),
-        (None, v) => v.to_json().map_or(Ok(()), |j| output::set(root, steps, j)),
+        (Some(at), v) => v.into_json().map_or(Ok(()), |j| {
+            let mut path = steps.to_vec();
+            path[at] = Step::Index(0);
+            output::set(root, &path, j)
+        }),
+        (None, v) => v
+            .into_json()
+            .map_or(Ok(()), |j| output::set(root, steps, j)),
     }
 }
 

@@ -93,8 +93,7 @@ pub fn set(root: &mut Map<String, Json>, steps: &[Step], value: Json) -> Result<
     let Some((Step::Key(first), rest)) = steps.split_first() else {
         return Err("output path must start with an element name".to_string());
     };
-    let slot = root.entry(first.clone()).or_insert(Json::Null);
-    set_in(slot, rest, value)
+    set_in(slot_of(root, first), rest, value)
 }
 
 fn set_in(slot: &mut Json, steps: &[Step], value: Json) -> Result<(), String> {
@@ -113,7 +112,7 @@ fn set_in(slot: &mut Json, steps: &[Step], value: Json) -> Result<(), String> {
             let Json::Object(map) = slot else {
                 return Err(format!("cannot set {k:?} inside a non-object"));
             };
-            set_in(map.entry(k.clone()).or_insert(Json::Null), rest, value)
+            set_in(slot_of(map, k), rest, value)
         }
         Step::Index(i) => {
             if slot.is_null() {
@@ -129,6 +128,14 @@ fn set_in(slot: &mut Json, steps: &[Step], value: Json) -> Result<(), String> {
         }
         Step::All => Err("[*] must be resolved before setting".to_string()),
     }
+}
+
+/// The member `k` of `map`, created as null when missing; the key is copied only then.
+fn slot_of<'m>(map: &'m mut Map<String, Json>, k: &str) -> &'m mut Json {
+    if !map.contains_key(k) {
+        map.insert(k.to_string(), Json::Null);
+    }
+    map.get_mut(k).expect("just inserted")
 }
 
 fn rest_is_same(a: &Json, b: &Json) -> bool {

@@ -70,7 +70,18 @@ PV1|1|I|NOI1^P203^G02||||||||||||||||VN2024-0001|||||||||||||||||||||||||2024013
 fn shipped_mappings_load() {
     let set = shipped();
     let names: Vec<&str> = set.names().collect();
-    assert_eq!(names, ["adt", "imaging_study", "oru_r01"]);
+    assert_eq!(
+        names,
+        [
+            "adt",
+            "adt_a40",
+            "imaging_study",
+            "mdm_t02",
+            "orders",
+            "oru_r01",
+            "siu_s12"
+        ]
+    );
 }
 
 #[test]
@@ -144,18 +155,19 @@ fn oru_r01_report_and_observations() {
         types,
         [
             "Patient",
+            "ServiceRequest",
             "DiagnosticReport",
             "Observation",
             "Observation",
             "Observation"
         ]
     );
-    let dr = &out[1];
+    let dr = &out[2];
     assert_eq!(dr["status"], "final");
     assert_eq!(dr["code"]["coding"][0]["system"], "http://loinc.org");
     assert_eq!(dr["effectiveDateTime"], "2024-01-31T07:30:00+07:00");
     assert_eq!(dr["issued"], "2024-01-31T08:59:59+07:00");
-    let refs: Vec<String> = out[2..]
+    let refs: Vec<String> = out[3..]
         .iter()
         .map(|o| format!("Observation/{}", o["id"].as_str().unwrap_or("")))
         .collect();
@@ -165,7 +177,7 @@ fn oru_r01_report_and_observations() {
             .collect()
     });
     assert_eq!(got, refs);
-    let nm = &out[2];
+    let nm = &out[3];
     assert_eq!(
         serde_json::to_string(&nm["valueQuantity"]["value"])
             .ok()
@@ -187,13 +199,13 @@ fn oru_r01_report_and_observations() {
         nm.get("encounter").is_none(),
         "no PV1, so no Encounter to refer to"
     );
-    let st = &out[3];
+    let st = &out[4];
     assert_eq!(st["valueString"], "Mẫu máu đục");
     assert_eq!(
         st["effectiveDateTime"], "2024-01-31T07:30:00+07:00",
         "falls back to OBR-7"
     );
-    let cwe = &out[4];
+    let cwe = &out[5];
     assert_eq!(cwe["status"], "preliminary");
     assert_eq!(cwe["valueCodeableConcept"]["coding"][0]["code"], "27268008");
     assert_eq!(
@@ -453,5 +465,216 @@ fn toml_syntax_and_structure_errors() {
     assert_eq!(
         errors,
         ["3:8: each must be a segment name like \"OBX\", found \"obx\""]
+    );
+}
+
+#[test]
+fn loss_report_names_unread_fields_and_segments() {
+    let toml_text = r#"
+[[resource]]
+type = "Patient"
+when = "exists(PID)"
+id = "hash(PID-3.1)"
+[resource.set]
+"gender" = "lookup(v2_gender, PID-8)"
+"birthDate" = "if(exists(PID-8), date(PID-7), date(PID-29))"
+
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueString" = "OBX-5"
+"#;
+    let dir = dir_with(toml_text, &[("v2_gender", "code,value\nM,male\n")]);
+    let set =
+        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let m = set.get("m").unwrap_or_else(|| panic!("no m"));
+    let message = "MSH|^~\\&|LIS|LAB|||20240131||ORU^R01|1|P|2.5\r\
+PID|1||42^^^BV||TRẦN^Bình||19700101|M|||||||||||||||||||||20240101\r\
+EVN|A01\r\
+OBX|1|ST|x||a\r\
+OBX|2|ST|y||b|mg\r";
+    let (out, unread) = m.run_with_loss_report(&msg(message), &RunContext::default());
+    assert_eq!(out.map(|r| r.len()).ok(), Some(3));
+    assert_eq!(
+        unread,
+        [
+            "MSH-3",
+            "MSH-4",
+            "MSH-7",
+            "MSH-9",
+            "MSH-10",
+            "MSH-11",
+            "MSH-12",
+            "PID-1",
+            "PID-5",
+            "PID-29",
+            "EVN (whole segment)",
+            "OBX[1]-2",
+            "OBX[1]-3",
+            "OBX[2]-2",
+            "OBX[2]-3",
+            "OBX[2]-6",
+        ]
+    );
+}
+
+#[test]
+fn templates_required_default_matches_and_data_types() {
+    let toml_text = r#"
+[[resource]]
+type = "Patient"
+id = "required(PID-3.1, 'no patient id in PID-3')"
+[resource.set]
+"name[*]" = "human_name(PID-5[*])"
+"name[0].text" = "template('{PID-5.1.1}, {PID-5.2} ({PID-8})')"
+"address[*]" = "address(PID-11[*])"
+"telecom[*]" = "contact_point(PID-13[*])"
+"identifier[*]" = "identifier(PID-3[*])"
+"maritalStatus" = "codeable_concept(PID-16)"
+"gender" = "default(lookup(v2_gender, PID-8), 'unknown')"
+"active" = "matches(PID-3.1, 'BN*')"
+"extension[0].valueString" = "template('never {PID-99}')"
+"#;
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|HIS|BV|||20240131||ADT^A01|1|P|2.5\r\
+PID|1||BN7^^^BV^MR~079^^^&1.2.3&ISO^NI||TRẦN^Văn^Bình^Jr^Dr^^L~TRAN^Van||19700101|X|||12 Lê Lợi^P2^Huế^TTH^530000^VN^H||^PRN^PH^^84^905000001~^NET^Internet^binh@example.vn|||M^Married^HL70002\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = &out[0];
+    assert_eq!(
+        p["name"],
+        serde_json::json!([
+            {"family": "TRẦN", "given": ["Văn", "Bình"], "suffix": ["Jr"], "prefix": ["Dr"], "text": "TRẦN, Văn (X)"},
+            {"family": "TRAN", "given": ["Van"]}
+        ])
+    );
+    assert_eq!(
+        p["address"][0],
+        serde_json::json!({"line": ["12 Lê Lợi", "P2"], "city": "Huế", "state": "TTH", "postalCode": "530000", "country": "VN"})
+    );
+    assert_eq!(p["telecom"][0]["value"], "+84 905000001");
+    assert_eq!(p["telecom"][0]["system"], "phone");
+    assert_eq!(p["telecom"][1]["value"], "binh@example.vn");
+    assert_eq!(p["identifier"][0]["value"], "BN7");
+    assert_eq!(p["identifier"][0]["type"]["coding"][0]["code"], "MR");
+    assert_eq!(p["identifier"][1]["system"], "urn:oid:1.2.3");
+    assert_eq!(p["maritalStatus"]["coding"][0]["code"], "M");
+    assert_eq!(p["gender"], "unknown");
+    assert_eq!(p["active"], true);
+    assert!(
+        p.get("extension").is_none(),
+        "a template with only absent placeholders is absent"
+    );
+
+    let err = run_inline(
+        toml_text,
+        "MSH|^~\\&|HIS|BV|||20240131||ADT^A01|1|P|2.5\rPID|1||\r",
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("Patient #1 id: required(PID-3.1, 'no patient id in PID-3'): no patient id in PID-3")
+    );
+}
+
+#[test]
+fn quantities_from_nm_and_sn() {
+    let toml_text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueQuantity" = "quantity(OBX-5, OBX-6)"
+"#;
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
+OBX|1|NM|x||5.10|mmol/L^millimole per liter^UCUM\r\
+OBX|2|SN|x||<^0.5|mg/L\r\
+OBX|3|SN|x||^1^:^128\r\
+OBX|4|NM|x||12,5\r",
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        out.as_deref(),
+        Some("Observation #4 (OBX 4) valueQuantity: quantity(OBX-5, OBX-6): \"12,5\" is not a decimal")
+    );
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
+OBX|1|NM|x||5.10|mmol/L^millimole per liter^UCUM\r\
+OBX|2|SN|x||<^0.5|mg/L\r\
+OBX|3|SN|x||^1^:^128\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        serde_json::to_string(&out[0]["valueQuantity"])
+            .ok()
+            .as_deref(),
+        Some(
+            r#"{"value":5.10,"unit":"millimole per liter","system":"http://unitsofmeasure.org","code":"mmol/L"}"#
+        )
+    );
+    assert_eq!(out[1]["valueQuantity"]["comparator"], "<");
+    assert_eq!(out[1]["valueQuantity"]["unit"], "mg/L");
+    assert!(
+        out[2].get("valueQuantity").is_none(),
+        "a ratio is not a quantity"
+    );
+}
+
+#[test]
+fn escapes_empty_and_null_fields() {
+    let toml_text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"valueString" = "OBX-5"
+"note[0].text" = "if(exists(OBX-6), 'units present', 'units absent')"
+"code.text" = "coalesce(OBX-3.2, OBX-3.1, 'no code')"
+"effectiveDateTime" = "datetime(OBX-14)"
+"#;
+    let out = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
+OBX|1|ST|A^Na\\S\\K||5 \\T\\ 6 \\F\\ 7\\.br\\tám|\"\"|||||F|||20240131083000.12+0700\r\
+OBX|2|ST|||||||||F\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[0]["valueString"], "5 & 6 | 7\ntám");
+    assert_eq!(
+        out[0]["code"]["text"], "Na^K",
+        "an escaped ^ is data, not a separator"
+    );
+    assert_eq!(
+        out[0]["note"][0]["text"], "units absent",
+        "\"\" is HL7's null: absent"
+    );
+    assert_eq!(out[0]["effectiveDateTime"], "2024-01-31T08:30:00.12+07:00");
+    assert!(
+        out[1].get("valueString").is_none(),
+        "an empty field is absent"
+    );
+    assert_eq!(out[1]["code"]["text"], "no code");
+    assert!(out[1].get("effectiveDateTime").is_none());
+
+    // A time without a zone and no default zone is an error naming resource and field.
+    let err = run_inline(
+        toml_text,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\rOBX|1|ST|A||x||||||F|||202401310830\r",
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("Observation #1 (OBX 1) effectiveDateTime: datetime(OBX-14): \"202401310830\" has a time but no zone; give a default zone, e.g. datetime(x, '+07:00')")
     );
 }

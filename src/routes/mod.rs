@@ -5,8 +5,12 @@
 //! name = "lab-results"
 //! from = ["lab"]                  # listener names; omitted or empty: any listener
 //! message = ["ORU^R01"]           # MSH-9 patterns: TYPE^TRIGGER[^STRUCTURE], `*` matches any part
+//! sending_application = ["LIS*"]  # optional: MSH-3.1 patterns (`*` any run, `?` one character)
+//! sending_facility = ["BVDK_*"]   # optional: MSH-4.1 patterns
+//! processing_id = ["P"]           # optional: MSH-11.1 patterns (P production, T training, D debug)
 //! mapping = "oru_r01"             # mappings/oru_r01.toml
 //! ```
+//! An omitted or empty list matches anything; text patterns ignore ASCII case.
 //!
 //! A DICOM instance has the message type `DICOM^<Modality>` (`DICOM^CT`, `DICOM^*`), and
 //! a route may also name the calling AE titles it takes: `calling_ae = ["CT01"]`
@@ -39,6 +43,12 @@ struct RouteDef {
     #[serde(default)]
     from: Vec<Spanned<String>>,
     message: Vec<Spanned<String>>,
+    #[serde(default)]
+    sending_application: Vec<Spanned<String>>,
+    #[serde(default)]
+    sending_facility: Vec<Spanned<String>>,
+    #[serde(default)]
+    processing_id: Vec<Spanned<String>>,
     mapping: Spanned<String>,
     #[serde(default)]
     calling_ae: Vec<String>,
@@ -51,6 +61,12 @@ pub struct Route {
     pub description: Option<String>,
     pub from: Vec<String>,
     pub message: Vec<MessagePattern>,
+    /// MSH-3.1 patterns; empty: any.
+    pub sending_application: Vec<String>,
+    /// MSH-4.1 patterns; empty: any.
+    pub sending_facility: Vec<String>,
+    /// MSH-11.1 patterns; empty: any.
+    pub processing_id: Vec<String>,
     pub mapping: String,
     /// DICOM: calling AE titles this route takes; empty: any.
     pub calling_ae: Vec<String>,
@@ -122,7 +138,7 @@ impl Route {
     pub fn matches(&self, listener: &str, header: &Header) -> bool {
         (self.from.is_empty() || self.from.iter().any(|f| f == listener))
             && self.calling_ae.is_empty()
-            && self.message.iter().any(|p| p.matches(header))
+            && self.matches_message(header)
     }
 
     /// Whether this route takes a DICOM instance of `modality` from `calling_ae`.
@@ -138,6 +154,50 @@ impl Route {
                 .iter()
                 .any(|p| p.matches_parts(["DICOM", modality, ""]))
     }
+
+    /// Everything but the listener: MSH-9, MSH-3, MSH-4 and MSH-11.
+    pub fn matches_message(&self, header: &Header) -> bool {
+        let first = |raw: &str| -> String {
+            let d = header.delimiters();
+            let rep = raw.split(d.repetition).next().unwrap_or("");
+            rep.split(d.component).next().unwrap_or("").to_string()
+        };
+        let any = |patterns: &[String], value: &str| {
+            patterns.is_empty() || patterns.iter().any(|p| glob(p, value))
+        };
+        self.message.iter().any(|p| p.matches(header))
+            && any(
+                &self.sending_application,
+                &first(&header.sending_application),
+            )
+            && any(&self.sending_facility, &first(&header.sending_facility))
+            && any(&self.processing_id, &first(&header.processing_id))
+    }
+}
+
+/// `*` matches any run of characters, `?` one; the rest literally, ignoring ASCII case.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi].eq_ignore_ascii_case(&t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Every route, in match order.
@@ -242,7 +302,7 @@ fn load_file(
             ));
         }
         let mapping = def.mapping.get_ref().trim().to_string();
-        if !mappings.iter().any(|m| *m == mapping) {
+        if !mappings.contains(&mapping) {
             let hint = did_you_mean(&mapping, mappings.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_else(|| format!(" (no mappings/{mapping}.toml)"));
@@ -277,11 +337,32 @@ fn load_file(
                 Err(msg) => problems.push(at(m.span(), msg)),
             }
         }
+        let mut texts = |list: Vec<Spanned<String>>, what: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            for p in list {
+                let t = p.get_ref().trim();
+                if t.is_empty() {
+                    problems.push(at(
+                        p.span(),
+                        format!("empty {what} pattern; write e.g. \"LIS\" or \"LIS*\""),
+                    ));
+                } else {
+                    out.push(t.to_string());
+                }
+            }
+            out
+        };
+        let sending_application = texts(def.sending_application, "sending_application");
+        let sending_facility = texts(def.sending_facility, "sending_facility");
+        let processing_id = texts(def.processing_id, "processing_id");
         routes.push(Route {
             name,
             description: def.description,
             from: def.from.into_iter().map(Spanned::into_inner).collect(),
             message: patterns,
+            sending_application,
+            sending_facility,
+            processing_id,
             mapping,
             calling_ae: def.calling_ae,
             file: file.to_path_buf(),

@@ -89,7 +89,7 @@ colour = "red"
 "#,
     )
     .unwrap_err();
-    assert_eq!(errors, vec!["lab.toml:6:1: unknown key `colour`; expected one of `name`, `description`, `from`, `message`, `mapping`, `calling_ae`"]);
+    assert_eq!(errors, vec!["lab.toml:6:1: unknown key `colour`; expected one of `name`, `description`, `from`, `message`, `sending_application`, `sending_facility`, `processing_id`, `mapping`, `calling_ae`"]);
 
     let errors = load(
         r#"[[route]]
@@ -114,5 +114,76 @@ mapping = "nothing_like_it"
             "lab.toml:8:8: duplicate route name \"lab-results\" (first defined in lab.toml)",
             "lab.toml:10:11: unknown mapping \"nothing_like_it\" (no mappings/nothing_like_it.toml)",
         ]
+    );
+}
+
+fn header_from(msh3: &str, msh4: &str, msh11: &str) -> Header {
+    crate::hl7::read_header(
+        format!("MSH|^~\\&|{msh3}|{msh4}|EMR|H1|20240101||ORU^R01|C1|{msh11}|2.5\r").as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn routes_match_sending_application_facility_and_processing_id() {
+    let routes = load(
+        r#"
+[[route]]
+name = "training"
+message = ["ORU^R01"]
+processing_id = ["T", "D"]
+mapping = "oru_r01"
+
+[[route]]
+name = "lis-bvdk"
+message = ["ORU^*"]
+sending_application = ["LIS*"]
+sending_facility = ["BVDK_?INH"]
+mapping = "oru_r01"
+
+[[route]]
+name = "rest"
+message = ["*"]
+mapping = "adt"
+"#,
+    )
+    .unwrap();
+    let name = |h: &Header| routes.find("lab", h).map(|r| r.name.clone());
+    assert_eq!(
+        name(&header_from("LIS", "BVDK_TINH", "T")).as_deref(),
+        Some("training")
+    );
+    assert_eq!(
+        name(&header_from("lis2^1.2.3^ISO", "bvdk_tinh^9.9^ISO", "P")).as_deref(),
+        Some("lis-bvdk")
+    );
+    assert_eq!(
+        name(&header_from("HIS", "BVDK_TINH", "P")).as_deref(),
+        Some("rest")
+    );
+    assert_eq!(
+        name(&header_from("LIS", "BVDK_HUYEN", "P")).as_deref(),
+        Some("rest")
+    );
+    assert!(glob("*", ""));
+    assert!(glob("a*c", "abbbc"));
+    assert!(!glob("a?c", "ac"));
+}
+
+#[test]
+fn empty_header_patterns_are_errors() {
+    let e = load(
+        r#"
+[[route]]
+name = "x"
+message = ["ORU^R01"]
+sending_facility = [" "]
+mapping = "oru_r01"
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        ["lab.toml:5:21: empty sending_facility pattern; write e.g. \"LIS\" or \"LIS*\""]
     );
 }

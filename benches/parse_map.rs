@@ -1,0 +1,211 @@
+//! Parse + map throughput over the conformance corpus (`../shared/corpus/fhir-converter`
+//! beside the repository) and over an ORU^R01 with 20 OBX, against hl7-parser 0.3
+//! parsing the same bytes alone, measured in the same run.
+//!
+//! `cargo bench --bench parse_map` prints criterion's figures and, at the end, a table
+//! of MB/s per core and the ratio of halong parse+map to hl7-parser parse.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, Criterion, Throughput};
+
+use halong::config::Config;
+use halong::mapping::{Mapping, RunContext};
+use halong::pipeline::Rules;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Corpus messages that a shipped route maps, with CR segment ends as on the wire.
+fn corpus(rules: &Rules) -> Vec<(Vec<u8>, String)> {
+    let dir = repo().join("../shared/corpus/fhir-converter/messages");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let text = text.replace("\r\n", "\r").replace('\n', "\r");
+        let Ok(msg) = halong::hl7::parse(text.as_bytes()) else {
+            continue;
+        };
+        let h = msg.header();
+        let Some(route) = rules.routes.routes().iter().find(|r| r.matches_message(h)) else {
+            continue;
+        };
+        let m = rules.mappings.get(&route.mapping).expect("route's mapping");
+        if m.run(&msg, &RunContext::default()).is_ok() {
+            out.push((text.into_bytes(), route.mapping.clone()));
+        }
+    }
+    out
+}
+
+/// A synthetic ORU^R01 with 20 numeric OBX (a full blood count).
+fn oru_20() -> Vec<u8> {
+    let mut s = String::from(
+        "MSH|^~\\&|LIS|BVDK_TINH|HALONG|SO_Y_TE|20261122160000+0700||ORU^R01^ORU_R01|LAB20|P|2.5.1|||||VNM|UNICODE UTF-8\r\
+PID|1||BN000777^^^BVDK_TINH^MR~079190000777^^^CCCD^NI||Đặng^Văn^Đức||19850704|M|||12 Lê Lợi^^Quận 1^Hồ Chí Minh^700000^VNM\r\
+PV1|1|O|KB^01^^BVDK_TINH|||||||MED||||1|||||VN00012345\r\
+ORC|RE|ORD0777|FIL0777\r\
+OBR|1|ORD0777|FIL0777|58410-2^CBC panel^LN|||20261122150000+0700|||||||||||||||20261122155500+0700|||F\r",
+    );
+    for i in 1..=20 {
+        s.push_str(&format!(
+            "OBX|{i}|NM|{}-{}^Test {i}^LN||{}.{}|10*9/L^10^9/L^UCUM|4.0-10.0|{}|||F|||20261122150000+0700\r",
+            6690 + i,
+            i % 10,
+            4 + i % 7,
+            i,
+            if i % 3 == 0 { "H" } else { "N" }
+        ));
+    }
+    s.into_bytes()
+}
+
+fn hl7_parser_parse(bytes: &[u8]) -> usize {
+    let text = std::str::from_utf8(bytes).expect("UTF-8");
+    match hl7_parser::Message::parse_with_lenient_newlines(text, true) {
+        Ok(m) => m.segments().count(),
+        Err(_) => 0,
+    }
+}
+
+fn halong_parse_map(bytes: &[u8], m: &Mapping) -> usize {
+    let msg = halong::hl7::parse(bytes).expect("parses");
+    m.run(&msg, &RunContext::default()).map_or(0, |r| r.len())
+}
+
+/// Bytes per second of `f` over `set`, timed for about `budget`.
+fn rate(set: &[&[u8]], budget: Duration, mut f: impl FnMut(&[u8]) -> usize) -> f64 {
+    let bytes: usize = set.iter().map(|b| b.len()).sum();
+    let start = Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed() < budget || rounds < 3 {
+        for b in set {
+            black_box(f(b));
+        }
+        rounds += 1;
+    }
+    (bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let config = Config::load(&repo().join("halong.toml"))
+        .unwrap_or_else(|d| panic!("{}", halong::diag::render(&d)));
+    let rules = Rules::load(&config).unwrap_or_else(|d| panic!("{}", halong::diag::render(&d)));
+    let corpus = corpus(&rules);
+    let oru = oru_20();
+    let oru_map = rules.mappings.get("oru_r01").expect("oru_r01");
+    let corpus_bytes: u64 = corpus.iter().map(|(b, _)| b.len() as u64).sum();
+    // `cargo test --all-targets` runs this binary without `--bench` (and with test
+    // harness flags): then only check that every input maps, once.
+    if !std::env::args().any(|a| a == "--bench") {
+        for (m, name) in &corpus {
+            assert!(halong_parse_map(m, rules.mappings.get(name).unwrap()) > 0);
+        }
+        assert!(halong_parse_map(&oru, oru_map) >= 22);
+        println!(
+            "parse_map: {} corpus messages and the 20-OBX ORU map",
+            corpus.len()
+        );
+        return;
+    }
+
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    {
+        let mut g = c.benchmark_group("corpus");
+        g.throughput(Throughput::Bytes(corpus_bytes));
+        g.bench_function("hl7-parser parse", |b| {
+            b.iter(|| {
+                corpus
+                    .iter()
+                    .map(|(m, _)| hl7_parser_parse(m))
+                    .sum::<usize>()
+            })
+        });
+        g.bench_function("halong parse", |b| {
+            b.iter(|| {
+                corpus
+                    .iter()
+                    .map(|(m, _)| halong::hl7::parse(m).map_or(0, |m| m.segment_count()))
+                    .sum::<usize>()
+            })
+        });
+        g.bench_function("halong parse+map", |b| {
+            b.iter(|| {
+                corpus
+                    .iter()
+                    .map(|(m, name)| halong_parse_map(m, rules.mappings.get(name).unwrap()))
+                    .sum::<usize>()
+            })
+        });
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("oru_r01_20_obx");
+        g.throughput(Throughput::Bytes(oru.len() as u64));
+        g.bench_function("hl7-parser parse", |b| b.iter(|| hl7_parser_parse(&oru)));
+        g.bench_function("halong parse+map", |b| {
+            b.iter(|| halong_parse_map(&oru, oru_map))
+        });
+        g.finish();
+    }
+    c.final_summary();
+
+    // The summary: MB/s on one core and the ratio to hl7-parser, same run.
+    let budget = Duration::from_secs(2);
+    let set: Vec<&[u8]> = corpus.iter().map(|(b, _)| b.as_slice()).collect();
+    let base = rate(&set, budget, hl7_parser_parse);
+    let parse = rate(&set, budget, |b| {
+        halong::hl7::parse(b).map_or(0, |m| m.segment_count())
+    });
+    let mut i = 0;
+    let full = rate(&set, budget, |b| {
+        let name = &corpus[i % corpus.len()].1;
+        i += 1;
+        halong_parse_map(b, rules.mappings.get(name).unwrap())
+    });
+    let one = [oru.as_slice()];
+    let oru_base = rate(&one, budget, hl7_parser_parse);
+    let oru_full = rate(&one, budget, |b| halong_parse_map(b, oru_map));
+    let oru_msgs = oru_full / oru.len() as f64;
+    let mb = |r: f64| r / 1e6;
+    println!();
+    println!("summary (one core)                       MB/s   ratio to hl7-parser");
+    println!("corpus ({} messages, {} bytes)", corpus.len(), corpus_bytes);
+    println!(
+        "  hl7-parser 0.3 parse               {:>8.1}   1.00",
+        mb(base)
+    );
+    println!(
+        "  halong parse                       {:>8.1}   {:.2}",
+        mb(parse),
+        parse / base
+    );
+    println!(
+        "  halong parse+map                   {:>8.1}   {:.2}",
+        mb(full),
+        full / base
+    );
+    println!("ORU^R01 with 20 OBX ({} bytes)", oru.len());
+    println!(
+        "  hl7-parser 0.3 parse               {:>8.1}   1.00",
+        mb(oru_base)
+    );
+    println!(
+        "  halong parse+map                   {:>8.1}   {:.2}   ({:.0} messages/s)",
+        mb(oru_full),
+        oru_full / oru_base,
+        oru_msgs
+    );
+}

@@ -1,0 +1,165 @@
+//! Test cases beside the mappings: `mappings/cases/<mapping>/<case>.hl7` is an input
+//! message and `<case>.json` the resources it must map to (a JSON array, compared as
+//! JSON values, so formatting and key order do not matter). `halong test` and
+//! `cargo test` run them all.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use super::{MappingSet, RunContext};
+
+/// One case and what came of it.
+#[derive(Debug)]
+pub struct CaseResult {
+    pub mapping: String,
+    pub case: String,
+    /// `None` when the output matched; otherwise a readable explanation.
+    pub failure: Option<String>,
+}
+
+/// The cases directory of a mapping directory.
+pub fn cases_dir(mappings_dir: &Path) -> PathBuf {
+    mappings_dir.join("cases")
+}
+
+/// Runs every case under `dir` (one folder per mapping). A folder named after no
+/// mapping, an unreadable file or a case without its expected JSON is a failure.
+pub fn run_cases(set: &MappingSet, dir: &Path) -> Vec<CaseResult> {
+    let mut out = Vec::new();
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    folders.sort();
+    for folder in folders {
+        let mapping = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut inputs: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        inputs.sort();
+        for input in inputs {
+            let case = input
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let failure = run_one(set, &mapping, &input).err();
+            out.push(CaseResult {
+                mapping: mapping.clone(),
+                case,
+                failure,
+            });
+        }
+    }
+    out
+}
+
+fn run_one(set: &MappingSet, mapping: &str, input: &Path) -> Result<(), String> {
+    let m = set.get(mapping).ok_or_else(|| {
+        format!("no mapping \"{mapping}\" (the folder name must be a mapping name)")
+    })?;
+    let raw = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let msg = crate::hl7::parse(&raw).map_err(|e| format!("the input does not parse: {e}"))?;
+    let expected_path = input.with_extension("json");
+    let text = std::fs::read_to_string(&expected_path).map_err(|e| {
+        format!(
+            "{}: {e} (write the expected resources there, e.g. from `halong map --mapping {mapping} {}`)",
+            expected_path.display(),
+            input.display()
+        )
+    })?;
+    let expected: Json = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}:{}:{}: {e}",
+            expected_path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    let actual = m
+        .run(&msg, &RunContext::default())
+        .map_err(|e| format!("mapping failed: {e}"))?;
+    let actual = Json::Array(actual);
+    let mut diffs = Vec::new();
+    diff("", &expected, &actual, &mut diffs);
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        let shown = diffs.len().min(20);
+        let mut text = diffs[..shown].join("\n");
+        if diffs.len() > shown {
+            text.push_str(&format!("\n... and {} more", diffs.len() - shown));
+        }
+        Err(text)
+    }
+}
+
+/// Differences as `path: expected X, got Y` lines (JSON pointer paths).
+pub fn diff(at: &str, expected: &Json, actual: &Json, out: &mut Vec<String>) {
+    match (expected, actual) {
+        (Json::Object(e), Json::Object(a)) => {
+            for (k, ev) in e {
+                let p = format!("{at}/{k}");
+                match a.get(k) {
+                    Some(av) => diff(&p, ev, av, out),
+                    None => out.push(format!("- {p}: expected {ev}, missing")),
+                }
+            }
+            for (k, av) in a {
+                if !e.contains_key(k) {
+                    out.push(format!("+ {at}/{k}: unexpected {av}"));
+                }
+            }
+        }
+        (Json::Array(e), Json::Array(a)) => {
+            for i in 0..e.len().max(a.len()) {
+                let p = format!("{at}/{i}");
+                match (e.get(i), a.get(i)) {
+                    (Some(ev), Some(av)) => diff(&p, ev, av, out),
+                    (Some(ev), None) => out.push(format!("- {p}: expected {ev}, missing")),
+                    (None, Some(av)) => out.push(format!("+ {p}: unexpected {av}")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (e, a) if e == a => {}
+        (e, a) => out.push(format!("~ {at}: expected {e}, got {a}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_names_each_difference() {
+        let mut out = Vec::new();
+        diff(
+            "",
+            &json!([{"a": 1, "b": [1, 2], "c": "x"}]),
+            &json!([{"a": 2, "b": [1], "d": true, "c": "x"}]),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            [
+                "~ /0/a: expected 1, got 2",
+                "- /0/b/1: expected 2, missing",
+                "+ /0/d: unexpected true",
+            ]
+        );
+    }
+}

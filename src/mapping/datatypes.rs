@@ -1,0 +1,236 @@
+//! HL7 v2 data types to FHIR R4 data types: XPN → HumanName, XAD → Address,
+//! XTN → ContactPoint, CX → Identifier, CWE/CE → CodeableConcept, NM/SN → Quantity.
+//!
+//! Each function takes one selected piece of a message (a field repetition, or one
+//! component when the path names a component) already split into its parts, and builds
+//! the FHIR element, leaving out what is absent. Code systems (CWE component 3 and 6) and
+//! identifier systems (CX component 4.1) go through the operator's lookup tables
+//! `v2_coding_system` and `id_systems`; a code without a table row keeps no system.
+
+use serde_json::{Map, Value as Json};
+
+use super::tables::Table;
+
+/// One selected piece split into parts (components, or subcomponents of a component),
+/// each part split again into its subparts; all decoded, empty and `""` as `None`.
+pub struct Parts {
+    pub parts: Vec<Vec<Option<String>>>,
+}
+
+impl Parts {
+    /// Part `i` (1-based), its first subpart.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.sub(i, 1)
+    }
+
+    /// Subpart `j` of part `i` (both 1-based).
+    pub fn sub(&self, i: usize, j: usize) -> Option<&str> {
+        self.parts
+            .get(i.checked_sub(1)?)?
+            .get(j.checked_sub(1)?)?
+            .as_deref()
+    }
+}
+
+fn put(m: &mut Map<String, Json>, k: &str, v: Option<&str>) {
+    if let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) {
+        m.insert(k.to_string(), Json::String(v.to_string()));
+    }
+}
+
+fn done(m: Map<String, Json>) -> Option<Json> {
+    (!m.is_empty()).then_some(Json::Object(m))
+}
+
+/// Tables the data type functions read, when the mapping directory has them.
+pub struct Tables<'a> {
+    pub coding_system: Option<&'a Table>,
+    pub id_systems: Option<&'a Table>,
+    pub name_use: Option<&'a Table>,
+    pub address_use: Option<&'a Table>,
+    pub telecom_use: Option<&'a Table>,
+    pub telecom_system: Option<&'a Table>,
+}
+
+fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<&'t str> {
+    t?.get(code?.trim())
+}
+
+/// XPN → HumanName: family (1.1), given (2, 3), suffix (4), prefix (5, 6), use (7).
+pub fn human_name(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+    let mut m = Map::new();
+    put(&mut m, "use", look(t.name_use, p.get(7)));
+    let family = p.get(1);
+    let given: Vec<&str> = [p.get(2), p.get(3)].into_iter().flatten().collect();
+    put(&mut m, "family", family);
+    if !given.is_empty() {
+        m.insert(
+            "given".into(),
+            Json::Array(given.iter().map(|g| Json::String(g.to_string())).collect()),
+        );
+    }
+    let prefix: Vec<Json> = [p.get(5), p.get(6)]
+        .into_iter()
+        .flatten()
+        .map(|s| Json::String(s.to_string()))
+        .collect();
+    if !prefix.is_empty() {
+        m.insert("prefix".into(), Json::Array(prefix));
+    }
+    if let Some(s) = p.get(4) {
+        m.insert(
+            "suffix".into(),
+            Json::Array(vec![Json::String(s.to_string())]),
+        );
+    }
+    done(m)
+}
+
+/// XAD → Address: line (1.1, 2), city (3), state (4), postalCode (5), country (6),
+/// use (7), district (9).
+pub fn address(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+    let mut m = Map::new();
+    put(&mut m, "use", look(t.address_use, p.get(7)));
+    let lines: Vec<Json> = [p.get(1), p.get(2)]
+        .into_iter()
+        .flatten()
+        .map(|s| Json::String(s.trim().to_string()))
+        .collect();
+    if !lines.is_empty() {
+        m.insert("line".into(), Json::Array(lines));
+    }
+    put(&mut m, "city", p.get(3));
+    put(&mut m, "district", p.get(9));
+    put(&mut m, "state", p.get(4));
+    put(&mut m, "postalCode", p.get(5));
+    put(&mut m, "country", p.get(6));
+    done(m)
+}
+
+/// XTN → ContactPoint: system from component 3 (equipment type), value from 4 (e-mail)
+/// or 12 (unformatted), else 1, else built from 5-7 (country, area, local number; any of
+/// area and local) and 8 (extension); use from component 2.
+pub fn contact_point(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+    let equipment = p.get(3);
+    let system = look(t.telecom_system, equipment);
+    let value = if system == Some("email") || equipment == Some("Internet") {
+        p.get(4).or(p.get(1)).map(str::to_string)
+    } else {
+        p.get(12).or(p.get(1)).map(str::to_string).or_else(|| {
+            // +country area local ext. extension, from whichever parts are sent.
+            let mut parts = Vec::new();
+            if let Some(c) = p.get(5) {
+                parts.push(format!("+{}", c.trim_start_matches('+')));
+            }
+            parts.extend(
+                [p.get(6), p.get(7)]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+            if parts.len() == usize::from(p.get(5).is_some()) {
+                return None;
+            }
+            if let Some(x) = p.get(8) {
+                parts.push(format!("ext. {x}"));
+            }
+            Some(parts.join(" "))
+        })
+    };
+    let value = value?;
+    let mut m = Map::new();
+    put(&mut m, "system", system.or(Some("phone")));
+    put(&mut m, "value", Some(&value));
+    put(&mut m, "use", look(t.telecom_use, p.get(2)));
+    done(m)
+}
+
+/// CX → Identifier: value (1), system from the assigning authority (4.1 through
+/// `id_systems`, else 4.2 as an OID), type (5).
+pub fn identifier(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+    let value = p.get(1)?;
+    let mut m = Map::new();
+    let system = look(t.id_systems, p.sub(4, 1))
+        .map(str::to_string)
+        .or_else(|| match (p.sub(4, 2), p.sub(4, 3)) {
+            (Some(oid), Some("ISO")) => Some(format!("urn:oid:{oid}")),
+            _ => None,
+        });
+    if let Some(code) = p.get(5) {
+        let mut coding = Map::new();
+        put(
+            &mut coding,
+            "system",
+            Some("http://terminology.hl7.org/CodeSystem/v2-0203"),
+        );
+        put(&mut coding, "code", Some(code));
+        let mut ty = Map::new();
+        ty.insert("coding".into(), Json::Array(vec![Json::Object(coding)]));
+        m.insert("type".into(), Json::Object(ty));
+    }
+    put(&mut m, "system", system.as_deref());
+    put(&mut m, "value", Some(value));
+    done(m)
+}
+
+/// CWE/CE → CodeableConcept: codings from components 1-3 and 4-6 (systems through
+/// `v2_coding_system`), text from 9, else the first display.
+pub fn codeable_concept(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+    let mut codings = Vec::new();
+    for base in [1, 4] {
+        let (code, display, sys) = (p.get(base), p.get(base + 1), p.get(base + 2));
+        if code.is_none() {
+            continue;
+        }
+        let mut c = Map::new();
+        put(&mut c, "system", look(t.coding_system, sys));
+        put(&mut c, "code", code);
+        put(&mut c, "display", display);
+        codings.push(Json::Object(c));
+    }
+    let mut m = Map::new();
+    if !codings.is_empty() {
+        m.insert("coding".into(), Json::Array(codings));
+    }
+    let text = p
+        .get(9)
+        .or_else(|| p.get(1).is_none().then(|| p.get(2)).flatten());
+    put(&mut m, "text", text);
+    done(m)
+}
+
+/// A number (NM) or structured numeric (SN: comparator^num1^separator^num2) with units
+/// (a CWE: code 1, text 2) → Quantity. A ratio or range SN (num2 present) is not a
+/// quantity: `None` (map it with `valueString` or `valueRange`).
+pub fn quantity(value: &Parts, units: Option<&Parts>) -> Result<Option<Json>, String> {
+    let (comparator, number) = if value.parts.len() >= 2 {
+        if value.get(4).is_some() {
+            return Ok(None);
+        }
+        (value.get(1), value.get(2))
+    } else {
+        (None, value.get(1))
+    };
+    let Some(number) = number else {
+        return Ok(None);
+    };
+    let n = super::functions::decimal(number)?;
+    let mut m = Map::new();
+    m.insert(
+        "value".into(),
+        n.parse::<serde_json::Number>()
+            .map_or(Json::String(n.clone()), Json::Number),
+    );
+    if let Some(c) = comparator.filter(|c| matches!(*c, "<" | ">" | "<=" | ">=")) {
+        put(&mut m, "comparator", Some(c));
+    }
+    if let Some(u) = units {
+        let code = u.get(1);
+        put(&mut m, "unit", u.get(2).or(code));
+        if code.is_some() {
+            put(&mut m, "system", Some("http://unitsofmeasure.org"));
+            put(&mut m, "code", code);
+        }
+    }
+    Ok(done(m))
+}
