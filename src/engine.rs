@@ -263,6 +263,14 @@ impl Engine {
                 max_connections: l.max_connections,
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
                 tls: tls.clone(),
+                nak_unrouted: (l.unrouted_ack == crate::config::UnroutedAck::AE).then(|| {
+                    let rules = rules.clone();
+                    let check: mllp::RouteCheck = Arc::new(move |listener, header| {
+                        let rules = rules.read().expect("rules lock");
+                        rules.routes.find(listener, header).is_some()
+                    });
+                    check
+                }),
             };
             crate::telemetry::register_listener(&l.name);
             tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "MLLP listener ready");

@@ -423,3 +423,33 @@ fn connections_beyond_the_limit_wait_their_turn() {
     );
     rt.block_on(engine.shutdown());
 }
+
+#[test]
+fn unrouted_messages_can_be_naked_by_policy() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt
+        .block_on(halong::engine::Engine::start(config(
+            dir.path(),
+            "unrouted_ack = \"AE\"",
+        )))
+        .unwrap();
+    let mut his = Mllp::connect(engine.listener_addr("his").unwrap());
+    // A lab result on the admissions listener: no route takes it there.
+    let ack = his.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
+    let segs = ack_segments(&ack);
+    assert_eq!(
+        segs[1],
+        "MSA|AE|LAB0002|no route takes ORU\\S\\R01 from listener \"his\"; the message is kept with status unrouted"
+    );
+    assert!(segs[2].starts_with("ERR|||200^"), "{}", segs[2]);
+    assert_eq!(
+        engine.journal.wait_settled(1, SETTLE),
+        Some(Status::Unrouted),
+        "still journaled and visible"
+    );
+    // Routed messages are unaffected.
+    let ack = his.send(&sample("adt_a04_dang_van_duc.hl7"));
+    assert_eq!(msa_code(&ack), "AA");
+    rt.block_on(engine.shutdown());
+}

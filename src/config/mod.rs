@@ -85,6 +85,14 @@ pub enum ListenerKind {
     Dicom,
 }
 
+/// How an MLLP listener answers a message that no route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum UnroutedAck {
+    #[default]
+    AA,
+    AE,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -105,6 +113,11 @@ pub struct ListenerConfig {
     /// Seconds a connection may stay silent before it is closed. Default 300.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// MLLP: the answer to a message no route takes. `"AA"` (default): it is durably kept
+    /// with status `unrouted` and can be replayed once a route exists. `"AE"`: the sender
+    /// is told (AE, or CE in enhanced mode, with ERR code 200); the message is still kept.
+    #[serde(default)]
+    pub unrouted_ack: UnroutedAck,
     /// DICOM: this listener's AE title. Default `HALONG`.
     #[serde(default)]
     pub ae_title: Option<String>,
@@ -418,7 +431,7 @@ impl Config {
                     path,
                     line,
                     col,
-                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus, and write_timeout_secs apply to kind = \"dicom\" only", l.name),
+                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus and write_timeout_secs apply to kind = \"dicom\" only", l.name),
                 ));
             }
             if l.kind == ListenerKind::Dicom {

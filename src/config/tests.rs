@@ -85,7 +85,7 @@ kind = "amqp"
     assert_eq!(
         e,
         vec![
-            "conf/halong.toml:2:1: listener \"lab\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus, write_timeout_secs, tls_cert and tls_key apply to kind = \"dicom\" only",
+            "conf/halong.toml:2:1: listener \"lab\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus and write_timeout_secs apply to kind = \"dicom\" only",
             "conf/halong.toml:8:1: duplicate listener name \"lab\"",
             "conf/halong.toml:8:1: listener \"lab\" binds 127.0.0.1:2575 like listener \"lab\"",
             "conf/halong.toml:13:1: queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\"",

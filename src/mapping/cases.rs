@@ -1,4 +1,5 @@
-//! Test cases beside the mappings: `mappings/cases/<mapping>/<case>.hl7` is an input
+//! Test cases beside the mappings: `mappings/cases/<mapping>/<case>.hl7` (or `.dicom`, a
+//! DICOM instance's attributes as JSON) is an input
 //! message and `<case>.json` the resources it must map to (a JSON array, compared as
 //! JSON values, so formatting and key order do not matter). `halong test` and
 //! `cargo test` run them all.
@@ -45,7 +46,7 @@ pub fn run_cases(set: &MappingSet, dir: &Path) -> Vec<CaseResult> {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+                    .filter(|p| p.extension().is_some_and(|e| e == "hl7" || e == "dicom"))
                     .collect()
             })
             .unwrap_or_default();
@@ -71,7 +72,25 @@ fn run_one(set: &MappingSet, mapping: &str, input: &Path) -> Result<(), String> 
         format!("no mapping \"{mapping}\" (the folder name must be a mapping name)")
     })?;
     let raw = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
-    let msg = crate::hl7::parse(&raw).map_err(|e| format!("the input does not parse: {e}"))?;
+    // `<case>.dicom` holds a DICOM instance's attributes as JSON (tag as eight hex
+    // digits → value), the form the journal keeps for every received instance.
+    let dicom_input = input.extension().is_some_and(|e| e == "dicom");
+    let attrs: Option<crate::dicom::Attributes> = if dicom_input {
+        Some(serde_json::from_slice(&raw).map_err(|e| {
+            format!(
+                "{}: not a JSON object of DICOM attributes: {e}",
+                input.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let msg = match &attrs {
+        Some(_) => None,
+        None => {
+            Some(crate::hl7::parse(&raw).map_err(|e| format!("the input does not parse: {e}"))?)
+        }
+    };
     let expected_path = input.with_extension("json");
     let text = std::fs::read_to_string(&expected_path).map_err(|e| {
         format!(
@@ -88,9 +107,12 @@ fn run_one(set: &MappingSet, mapping: &str, input: &Path) -> Result<(), String> 
             e.column()
         )
     })?;
-    let actual = m
-        .run(&msg, &RunContext::default())
-        .map_err(|e| format!("mapping failed: {e}"))?;
+    let actual = match (&msg, &attrs) {
+        (Some(msg), _) => m.run(msg, &RunContext::default()),
+        (None, Some(a)) => m.run_dicom(a, &RunContext::default()),
+        (None, None) => unreachable!("one input is always read"),
+    }
+    .map_err(|e| format!("mapping failed: {e}"))?;
     let actual = Json::Array(actual);
     let mut diffs = Vec::new();
     diff("", &expected, &actual, &mut diffs);

@@ -150,9 +150,13 @@ impl Store {
     /// The sled configuration the engine should open its database with
     /// (`cache_capacity` = [`CACHE_CAPACITY`]).
     pub fn sled_config(db_dir: &Path) -> sled::Config {
+        // No background flusher: every batch is made durable by `sync` (which also
+        // fdatasyncs, unlike sled's flusher), and a flusher thread that outlives the
+        // `Db` keeps its file lock, so reopening in the same process could fail.
         sled::Config::new()
             .path(db_dir)
             .cache_capacity(CACHE_CAPACITY)
+            .flush_every_ms(None)
     }
 
     /// Makes everything written so far durable: `flush()`, then fdatasync of

@@ -64,51 +64,49 @@ impl Decoder for MllpCodec {
     type Error = MllpError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, MllpError> {
-        loop {
-            if !self.in_frame {
-                match memchr::memchr(SB, src) {
-                    Some(i) => {
-                        self.junk_skipped += i as u64;
-                        src.advance(i + 1);
-                        self.in_frame = true;
-                        self.scanned = 0;
-                    }
-                    None => {
-                        self.junk_skipped += src.len() as u64;
-                        src.clear();
-                        return Ok(None);
-                    }
+        if !self.in_frame {
+            match memchr::memchr(SB, src) {
+                Some(i) => {
+                    self.junk_skipped += i as u64;
+                    src.advance(i + 1);
+                    self.in_frame = true;
+                    self.scanned = 0;
+                }
+                None => {
+                    self.junk_skipped += src.len() as u64;
+                    src.clear();
+                    return Ok(None);
                 }
             }
-            // Look for EB CR in the content not yet searched.
-            let mut from = self.scanned;
-            while let Some(off) = memchr::memchr(EB, &src[from..]) {
-                let eb = from + off;
-                match src.get(eb + 1) {
-                    Some(&CR) => {
-                        let mut content = src.split_to(eb);
-                        src.advance(2);
-                        self.in_frame = false;
-                        self.scanned = 0;
-                        if content.starts_with(BOM) {
-                            content.advance(BOM.len());
-                        }
-                        if content.len() > self.max_len {
-                            return Err(self.oversized(&content));
-                        }
-                        return Ok(Some(content));
-                    }
-                    Some(_) => from = eb + 1, // a stray EB inside content
-                    None => {
-                        // EB is the last byte read; its CR may come with the next read.
-                        self.scanned = eb;
-                        return self.check_size(src);
-                    }
-                }
-            }
-            self.scanned = src.len();
-            return self.check_size(src);
         }
+        // Look for EB CR in the content not yet searched.
+        let mut from = self.scanned;
+        while let Some(off) = memchr::memchr(EB, &src[from..]) {
+            let eb = from + off;
+            match src.get(eb + 1) {
+                Some(&CR) => {
+                    let mut content = src.split_to(eb);
+                    src.advance(2);
+                    self.in_frame = false;
+                    self.scanned = 0;
+                    if content.starts_with(BOM) {
+                        content.advance(BOM.len());
+                    }
+                    if content.len() > self.max_len {
+                        return Err(self.oversized(&content));
+                    }
+                    return Ok(Some(content));
+                }
+                Some(_) => from = eb + 1, // a stray EB inside content
+                None => {
+                    // EB is the last byte read; its CR may come with the next read.
+                    self.scanned = eb;
+                    return self.check_size(src);
+                }
+            }
+        }
+        self.scanned = src.len();
+        self.check_size(src)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, MllpError> {

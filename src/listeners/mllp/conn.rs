@@ -15,8 +15,12 @@ use super::codec::{frame, MllpCodec, MllpError};
 use crate::hl7::{self, AckCode, AckError, Header, Outcome};
 use crate::journal::{Journal, NewEntry, Status};
 
+/// Tells whether some route takes a message from this listener (the listener knows no
+/// routes; the engine hands it this question).
+pub type RouteCheck = Arc<dyn Fn(&str, &Header) -> bool + Send + Sync>;
+
 /// What one MLLP listener needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MllpSettings {
     pub name: String,
     pub max_message_bytes: usize,
@@ -24,6 +28,8 @@ pub struct MllpSettings {
     pub idle_timeout: Duration,
     /// TLS for this listener (`tls_cert`/`tls_key` in the config); `None`: plain TCP.
     pub tls: Option<crate::tls::Acceptor>,
+    /// When set, a message no route takes is answered AE/CE (it is still journaled).
+    pub nak_unrouted: Option<RouteCheck>,
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled.
@@ -208,6 +214,16 @@ async fn handle_message(
                 (Outcome::Accept, _) | (_, None) => {
                     tracing::debug!(listener = %settings.name, id, %message_type, size, "message journaled");
                     let h = header.as_ref().expect("parsed messages have a header");
+                    if let Some(takes) = &settings.nak_unrouted {
+                        if !takes(&settings.name, h) {
+                            let text = format!(
+                                "no route takes {} from listener \"{}\"; the message is kept with status unrouted",
+                                h.type_trigger(),
+                                settings.name
+                            );
+                            return nak(Some(h), Outcome::Error, 200, &text, Some(&ack_id));
+                        }
+                    }
                     hl7::build_ack(
                         h,
                         AckCode::for_outcome(h, Outcome::Accept),

@@ -9,4 +9,4 @@ mod codec;
 mod conn;
 
 pub use codec::{frame, MllpCodec, MllpError, CR, EB, SB};
-pub use conn::{serve, MllpSettings};
+pub use conn::{serve, MllpSettings, RouteCheck};
