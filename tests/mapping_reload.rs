@@ -142,6 +142,7 @@ fn sighup_reloads_and_keeps_the_old_set_on_errors() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _kill = KillOnDrop(child.id());
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
@@ -200,4 +201,14 @@ fn sighup_reloads_and_keeps_the_old_set_on_errors() {
     assert!(route_names(addr).contains(&"lab-on-his".to_string()));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Kills the engine when the test ends, also when it fails half-way.
+struct KillOnDrop(u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
 }

@@ -21,6 +21,14 @@ struct Server {
     http: SocketAddr,
 }
 
+/// A failing test must not leave its engine running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Writes a config beside links to the shipped routes/ and mappings/.
 fn setup(dir: &Path) -> std::path::PathBuf {
     let text = config_text(&dir.join("data"), "").replace("level = \"warn\"", "level = \"info\"");

@@ -66,6 +66,7 @@ fn a_full_run_logs_no_patient_data() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start halong");
+    let _kill = KillOnDrop(child.id());
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -141,5 +142,15 @@ fn a_full_run_logs_no_patient_data() {
     for phi in PHI {
         let hits: Vec<&String> = log.iter().filter(|l| l.contains(phi)).collect();
         assert!(hits.is_empty(), "{phi:?} appears in the log: {hits:#?}");
+    }
+}
+
+/// Kills the engine when the test ends, also when it fails half-way.
+struct KillOnDrop(u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
     }
 }
