@@ -36,6 +36,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the data directory {path} is in use by another halong process (it holds {path}/halong.lock); stop it, or give this one its own [data] dir")]
+    DataDirInUse { path: String },
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot open the record database in {path}: {source}")]
@@ -61,6 +63,8 @@ pub enum StartError {
 
 /// A running engine.
 pub struct Engine {
+    /// Held while the engine runs (an exclusive lock on `<data>/halong.lock`).
+    _data_lock: std::fs::File,
     pub journal: Journal,
     pub store: Store,
     pub rules: Arc<RwLock<Arc<Rules>>>,
@@ -114,6 +118,8 @@ impl Engine {
             path: data.display().to_string(),
             source,
         })?;
+        // One engine per data directory: two would interleave journal writes.
+        let data_lock = lock_data_dir(data)?;
         let journal = Journal::open(
             &data.join("journal"),
             JournalOptions {
@@ -321,6 +327,7 @@ impl Engine {
         }));
         tracing::info!(%http_addr, tls = with_tls, token = config.http.token.is_some(), "HTTP API ready");
         Ok(Engine {
+            _data_lock: data_lock,
             journal,
             store,
             rules,
@@ -386,5 +393,29 @@ async fn retention(journal: Journal, days: u64, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EVERY) => {}
         }
+    }
+}
+
+/// Takes the data directory's lock file, or says who holds it.
+fn lock_data_dir(data: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = data.join("halong.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
+            path: data.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }

@@ -453,3 +453,26 @@ fn unrouted_messages_can_be_naked_by_policy() {
     assert_eq!(msa_code(&ack), "AA");
     rt.block_on(engine.shutdown());
 }
+
+#[test]
+fn a_second_engine_on_the_same_data_directory_is_refused() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let first = rt.block_on(start(dir.path()));
+    let second = rt.block_on(halong::engine::Engine::start(config(dir.path(), "")));
+    let err = second
+        .err()
+        .expect("the second engine must not start")
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "the data directory {0} is in use by another halong process (it holds {0}/halong.lock); stop it, or give this one its own [data] dir",
+            dir.path().display()
+        )
+    );
+    rt.block_on(first.shutdown());
+    // Released with the engine: a restart in the same process works.
+    let again = rt.block_on(start(dir.path()));
+    rt.block_on(again.shutdown());
+}
