@@ -401,22 +401,17 @@ impl Config {
     fn validate(&self, path: &Path, text: &str) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         let at = |needle: &str, nth: usize| locate(text, needle, nth);
+        let diag =
+            |(line, col): (usize, usize), message: &str| Diagnostic::new(path, line, col, message);
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let (line, col) = at("[[listener]]", i);
             if l.name.trim().is_empty() {
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    "listener name must not be empty",
-                ));
+                out.push(diag((line, col), "listener name must not be empty"));
             } else if !seen.insert(l.name.clone()) {
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    format!("duplicate listener name \"{}\"", l.name),
+                out.push(diag(
+                    (line, col),
+                    &format!("duplicate listener name \"{}\"", l.name),
                 ));
             }
             if l.kind == ListenerKind::Mllp
@@ -427,12 +422,7 @@ impl Config {
                     || l.accept_oversized_pdus.is_some()
                     || l.write_timeout_secs.is_some())
             {
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus and write_timeout_secs apply to kind = \"dicom\" only", l.name),
-                ));
+                out.push(diag((line, col), &format!("listener \"{}\": ae_title, allowed_callers, allowed_peers, max_pdu_bytes, accept_oversized_pdus and write_timeout_secs apply to kind = \"dicom\" only", l.name)));
             }
             if l.kind == ListenerKind::Dicom {
                 let ae = l.dicom_ae_title();
@@ -440,19 +430,12 @@ impl Config {
                     || ae.len() > 16
                     || !ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
                 {
-                    out.push(Diagnostic::new(
-                        path,
-                        line,
-                        col,
-                        format!("listener \"{}\": ae_title must be 1 to 16 printable ASCII characters without a backslash", l.name),
-                    ));
+                    out.push(diag((line, col), &format!("listener \"{}\": ae_title must be 1 to 16 printable ASCII characters without a backslash", l.name)));
                 }
                 if l.max_pdu_bytes.is_some_and(|m| m < 4096) {
-                    out.push(Diagnostic::new(
-                        path,
-                        line,
-                        col,
-                        format!(
+                    out.push(diag(
+                        (line, col),
+                        &format!(
                             "listener \"{}\": max_pdu_bytes must be at least 4096",
                             l.name
                         ),
@@ -460,22 +443,18 @@ impl Config {
                 }
             }
             if l.max_message_bytes < 1024 {
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    format!(
+                out.push(diag(
+                    (line, col),
+                    &format!(
                         "listener \"{}\": max_message_bytes must be at least 1024",
                         l.name
                     ),
                 ));
             }
             if l.max_connections == 0 {
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    format!(
+                out.push(diag(
+                    (line, col),
+                    &format!(
                         "listener \"{}\": max_connections must be at least 1",
                         l.name
                     ),
@@ -489,11 +468,9 @@ impl Config {
             }
             if let Some(other) = binds.insert(l.bind, &l.name) {
                 let (line, col) = at("[[listener]]", i);
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    format!(
+                out.push(diag(
+                    (line, col),
+                    &format!(
                         "listener \"{}\" binds {} like listener \"{}\"",
                         l.name, l.bind, other
                     ),
@@ -502,24 +479,17 @@ impl Config {
         }
         if self.queue.kind == QueueKind::Amqp && self.queue.url.is_none() {
             let (line, col) = at("[queue]", 0);
-            out.push(Diagnostic::new(
-                path,
-                line,
-                col,
+            out.push(diag(
+                (line, col),
                 "queue kind \"amqp\" needs url = \"amqp://user:pass@host:5672/%2f\"",
             ));
         }
         if self.queue.kind == QueueKind::Embedded && self.queue.role != Role::All {
             let (line, col) = at("role", 0);
-            out.push(Diagnostic::new(
-                path,
-                line,
-                col,
-                format!(
+            out.push(diag((line, col), &format!(
                     "role \"{}\" sends records through RabbitMQ: set [queue] kind = \"amqp\" and url, or use role = \"all\"",
                     self.queue.role.as_str()
-                ),
-            ));
+                )));
         }
         if self.queue.kind == QueueKind::Amqp {
             let q = &self.queue;
@@ -531,60 +501,36 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
             if bad_prefix {
                 let (line, col) = at("prefix", 0);
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
+                out.push(diag(
+                    (line, col),
                     "prefix must be 1 to 200 characters of letters, digits, '-', '_', '.' or ':'",
                 ));
             }
             if q.prefetch == 0 {
                 let (line, col) = at("prefetch", 0);
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    "prefetch must be at least 1",
-                ));
+                out.push(diag((line, col), "prefetch must be at least 1"));
             }
             if q.publish_timeout_secs == 0 {
                 let (line, col) = at("publish_timeout_secs", 0);
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    "publish_timeout_secs must be at least 1",
-                ));
+                out.push(diag((line, col), "publish_timeout_secs must be at least 1"));
             }
             if q.delivery_limit == 0 {
                 let (line, col) = at("delivery_limit", 0);
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    "delivery_limit must be at least 1",
-                ));
+                out.push(diag((line, col), "delivery_limit must be at least 1"));
             }
             if let Some(url) = &q.url {
                 if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
                     let (line, col) = at("url", 0);
-                    out.push(Diagnostic::new(
-                        path,
-                        line,
-                        col,
-                        "url must start with amqp:// or amqps://, e.g. \"amqp://user:pass@host:5672/%2f\"",
-                    ));
+                    out.push(diag((line, col), "url must start with amqp:// or amqps://, e.g. \"amqp://user:pass@host:5672/%2f\""));
                 }
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if l.tls_cert.is_some() != l.tls_key.is_some() {
                 let (line, col) = at("[[listener]]", i);
-                out.push(Diagnostic::new(
-                    path,
-                    line,
-                    col,
-                    format!(
+                out.push(diag(
+                    (line, col),
+                    &format!(
                         "listener \"{}\": give both tls_cert and tls_key, or neither",
                         l.name
                     ),
@@ -599,42 +545,25 @@ impl Config {
         let (hline, hcol) = at(http_at, 0);
         let token = self.http.token.as_deref().filter(|t| !t.is_empty());
         if token.is_none() && !self.http.bind.ip().is_loopback() {
-            out.push(Diagnostic::new(
-                path,
-                hline,
-                hcol,
-                format!(
+            out.push(diag((hline, hcol), &format!(
                     "[http] bind = \"{}\" is reachable from other machines, but no token is set: set token (or the environment variable HALONG_HTTP__TOKEN), or bind 127.0.0.1",
                     self.http.bind
-                ),
-            ));
+                )));
         }
         if let Some(t) = token {
             if t.chars().count() < MIN_TOKEN_LEN || t.chars().any(|c| c.is_whitespace()) {
-                out.push(Diagnostic::new(
-                    path,
-                    hline,
-                    hcol,
-                    format!("[http] token must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. the output of `openssl rand -hex 24`)"),
-                ));
+                out.push(diag((hline, hcol), &format!("[http] token must be at least {MIN_TOKEN_LEN} characters without spaces (e.g. the output of `openssl rand -hex 24`)")));
             }
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
-            out.push(Diagnostic::new(
-                path,
-                hline,
-                hcol,
+            out.push(diag(
+                (hline, hcol),
                 "[http]: give both tls_cert and tls_key, or neither",
             ));
         }
         if self.data.journal_segment_mib == 0 {
             let (line, col) = at("journal_segment_mib", 0);
-            out.push(Diagnostic::new(
-                path,
-                line,
-                col,
-                "journal_segment_mib must be at least 1",
-            ));
+            out.push(diag((line, col), "journal_segment_mib must be at least 1"));
         }
         out
     }
