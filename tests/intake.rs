@@ -149,6 +149,11 @@ fn accepted_messages_get_exact_acks_and_become_searchable() {
     let (code, missing) = http_json(http, "/fhir/Observation/nope");
     assert_eq!(code, 404);
     assert_eq!(missing["resourceType"], "OperationOutcome");
+    let (code, ready) = http_json(http, "/ready");
+    assert_eq!(
+        (code, &ready["ready"], &ready["problems"]),
+        (200, &serde_json::json!(true), &serde_json::json!([]))
+    );
     let (code, bad) = http_json(http, "/fhir/Patient?nam=x");
     assert_eq!(code, 400);
     assert!(bad["issue"][0]["diagnostics"]

@@ -126,7 +126,8 @@ async fn health(State(s): State<AppState>) -> Response {
 }
 
 /// 200 when this process can do its job, 503 with the reasons when not: the journal must
-/// be writable (roles that take messages in), the publisher connected to the broker
+/// be writable (roles that take messages in), the record store readable and syncing
+/// (roles that keep records), the publisher connected to the broker
 /// (edge, all with amqp) and the store consumer connected (store, all with amqp). While
 /// the broker is away an edge still acknowledges messages (they wait in the outbox); it
 /// reports 503 so an operator sees it, with the outbox size.
@@ -134,6 +135,18 @@ async fn ready(State(s): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if s.role.takes_messages() && s.journal.is_failing() {
         problems.push("the journal cannot write".to_string());
+    }
+    if s.role.keeps_records() {
+        let store = s.store.clone();
+        let readable = tokio::task::spawn_blocking(move || store.count("Patient").is_ok())
+            .await
+            .unwrap_or(false);
+        if !readable {
+            problems.push("the record store cannot be read".to_string());
+        }
+        if s.store.is_failing() {
+            problems.push("the record store cannot make records durable (sync failed)".to_string());
+        }
     }
     if let Some(b) = &s.broker {
         let last = b.last_error().unwrap_or_default();

@@ -113,6 +113,8 @@ struct Inner {
     db_file_path: PathBuf,
     /// Serialises writers: the read-previous-then-write of `upsert_batch` needs it.
     write_lock: Mutex<()>,
+    /// Set while the last `sync` failed (for `/ready`).
+    sync_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -144,6 +146,7 @@ impl Store {
                 db_file: Mutex::new(db_file),
                 db_file_path,
                 write_lock: Mutex::new(()),
+                sync_failing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -164,11 +167,28 @@ impl Store {
     /// `<db_dir>/db`. Concurrent callers take turns.
     pub fn sync(&self) -> Result<(), StoreError> {
         let file = lock(&self.inner.db_file);
-        self.inner.db.flush()?;
-        file.sync_data().map_err(|source| StoreError::Sync {
-            path: self.inner.db_file_path.clone(),
-            source,
-        })
+        let result = self
+            .inner
+            .db
+            .flush()
+            .map_err(StoreError::from)
+            .and_then(|_| {
+                file.sync_data().map_err(|source| StoreError::Sync {
+                    path: self.inner.db_file_path.clone(),
+                    source,
+                })
+            });
+        self.inner
+            .sync_failing
+            .store(result.is_err(), std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+
+    /// True while the last [`Store::sync`] failed: records are not being made durable.
+    pub fn is_failing(&self) -> bool {
+        self.inner
+            .sync_failing
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The stored resource, or `None`. A type or id that could never be stored
