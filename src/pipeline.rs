@@ -513,11 +513,9 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
             continue;
         }
         let mut statuses = Vec::with_capacity(batch.len());
-        let all: Vec<serde_json::Value> = batch
-            .iter()
-            .flat_map(|e| e.records.iter().cloned())
-            .collect();
-        if let Ok(stats) = store.upsert_batch(&all) {
+        // Borrowed, not cloned: the entries stay whole for the fallback below and for
+        // requeueing.
+        if let Ok(stats) = store.upsert_batch(batch.iter().flat_map(|e| e.records.iter())) {
             crate::telemetry::store_writes(stats.written);
             statuses.extend(batch.iter().map(|e| (e.journal_id, Status::Stored, None)));
         } else {

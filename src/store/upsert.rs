@@ -27,9 +27,13 @@ impl Store {
     /// Every resource needs string `resourceType` and `id` (a FHIR id,
     /// `[A-Za-z0-9\-.]{1,64}`); otherwise nothing is written and
     /// [`StoreError::InvalidResource`] names the position and the problem.
-    pub fn upsert_batch(&self, resources: &[Value]) -> Result<UpsertStats, StoreError> {
-        let mut prepared = Vec::with_capacity(resources.len());
-        for (position, r) in resources.iter().enumerate() {
+    pub fn upsert_batch<'v>(
+        &self,
+        resources: impl IntoIterator<Item = &'v Value>,
+    ) -> Result<UpsertStats, StoreError> {
+        let resources = resources.into_iter();
+        let mut prepared = Vec::with_capacity(resources.size_hint().0);
+        for (position, r) in resources.enumerate() {
             let (rt, id) =
                 validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
             // Serialising a `Value` cannot fail: its map keys are strings.
