@@ -152,31 +152,7 @@ pub fn process(rules: &Rules, meta: &EntryMeta, raw: &[u8]) -> Outcome {
             meta.listener
         ));
     };
-    let Some(mapping) = rules.mappings.get(&route.mapping) else {
-        return Outcome::Failed {
-            route: Some(route.name.clone()),
-            why: format!(
-                "route \"{}\" names mapping \"{}\", which is not loaded",
-                route.name, route.mapping
-            ),
-        };
-    };
-    let ctx = RunContext {
-        source: format!("urn:halong:{}:{}", meta.listener, meta.id),
-    };
-    match mapping.run(&msg, &ctx) {
-        Ok(records) => Outcome::Records {
-            route: route.name.clone(),
-            records,
-        },
-        Err(e) => Outcome::Failed {
-            route: Some(route.name.clone()),
-            why: format!(
-                "route \"{}\", mapping \"{}\": {e}",
-                route.name, route.mapping
-            ),
-        },
-    }
+    run_route(rules, route, meta, |mapping, ctx| mapping.run(&msg, ctx))
 }
 
 /// Routes and maps one received DICOM instance. Its journal entry is a reference (the
@@ -205,30 +181,43 @@ fn process_dicom(
             r.calling_ae, meta.listener
         ));
     };
+    run_route(rules, route, meta, |mapping, ctx| {
+        mapping.run_dicom(&r.attributes, ctx)
+    })
+}
+
+/// Runs the mapping `route` names on one journal entry; any failure names the route.
+fn run_route(
+    rules: &Rules,
+    route: &crate::routes::Route,
+    meta: &EntryMeta,
+    run: impl FnOnce(
+        &crate::mapping::Mapping,
+        &RunContext,
+    ) -> Result<Vec<serde_json::Value>, crate::mapping::MapError>,
+) -> Outcome {
+    let failed = |why: String| Outcome::Failed {
+        route: Some(route.name.clone()),
+        why,
+    };
     let Some(mapping) = rules.mappings.get(&route.mapping) else {
-        return Outcome::Failed {
-            route: Some(route.name.clone()),
-            why: format!(
-                "route \"{}\" names mapping \"{}\", which is not loaded",
-                route.name, route.mapping
-            ),
-        };
+        return failed(format!(
+            "route \"{}\" names mapping \"{}\", which is not loaded",
+            route.name, route.mapping
+        ));
     };
     let ctx = RunContext {
         source: format!("urn:halong:{}:{}", meta.listener, meta.id),
     };
-    match mapping.run_dicom(&r.attributes, &ctx) {
+    match run(mapping, &ctx) {
         Ok(records) => Outcome::Records {
             route: route.name.clone(),
             records,
         },
-        Err(e) => Outcome::Failed {
-            route: Some(route.name.clone()),
-            why: format!(
-                "route \"{}\", mapping \"{}\": {e}",
-                route.name, route.mapping
-            ),
-        },
+        Err(e) => failed(format!(
+            "route \"{}\", mapping \"{}\": {e}",
+            route.name, route.mapping
+        )),
     }
 }
 

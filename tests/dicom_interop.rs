@@ -4,18 +4,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const BIN: &str = env!("CARGO_BIN_EXE_halong");
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dicom_peer.py");
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -86,21 +83,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn spawn(config: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start halong");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (child, rx) = serve_logged(config, &[]);
     let (mut pacs, mut strict, mut elsewhere, mut tls, mut http) = (None, None, None, None, None);
     while pacs.is_none() || strict.is_none() || elsewhere.is_none() || http.is_none() {
         let line = rx.recv_timeout(LIMIT).expect("halong logs its addresses");

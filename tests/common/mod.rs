@@ -226,3 +226,33 @@ pub fn count_status(http: SocketAddr, status: &str) -> u64 {
     let (_, h) = http_json(http, "/health");
     h["journal"]["messages"][status].as_u64().unwrap_or(0)
 }
+
+/// Starts `halong serve --config CONFIG` (with `env` added, `RUST_LOG` removed) and hands
+/// back the process and its log lines as they arrive, so a test can wait for the lines
+/// that name its addresses.
+pub fn serve_logged(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_halong"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start halong");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}

@@ -11,7 +11,6 @@ use dicom_ul::pdu::{
     PresentationContextResultReason, UserIdentity,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::archive::{is_safe_uid, Archive, Incoming};
@@ -107,50 +106,35 @@ pub async fn serve(
 ) {
     let options = Arc::new(options(&settings));
     let settings = Arc::new(settings);
-    let slots = Arc::new(Semaphore::new(settings.max_associations));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((_, peer))
-                if !settings.allowed_peers.is_empty()
-                    && !settings.allowed_peers.contains(&peer.ip()) =>
-            {
-                tracing::info!(listener = %settings.name, %peer, "connection from an address outside allowed_peers closed");
-            }
-            Ok((stream, peer)) => {
-                let (settings, options, archive, journal, shutdown) = (
-                    settings.clone(),
-                    options.clone(),
-                    archive.clone(),
-                    journal.clone(),
-                    shutdown.clone(),
-                );
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let mut a = Association {
-                        settings: &settings,
-                        archive: archive.clone(),
-                        journal: &journal,
-                        peer,
-                    };
-                    if let Err(e) = a.run(stream, &options, shutdown).await {
-                        tracing::info!(listener = %settings.name, %peer, error = %e, "association ended with an error");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(listener = %settings.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let name = settings.name.clone();
+    let max = settings.max_associations;
+    crate::listeners::accept_bounded(listener, max, &name, &shutdown, |stream, peer, permit| {
+        if !settings.allowed_peers.is_empty() && !settings.allowed_peers.contains(&peer.ip()) {
+            tracing::info!(listener = %settings.name, %peer, "connection from an address outside allowed_peers closed");
+            drop(stream);
+            return;
         }
-    }
+        let (settings, options, archive, journal, shutdown) = (
+            settings.clone(),
+            options.clone(),
+            archive.clone(),
+            journal.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut a = Association {
+                settings: &settings,
+                archive: archive.clone(),
+                journal: &journal,
+                peer,
+            };
+            if let Err(e) = a.run(stream, &options, shutdown).await {
+                tracing::info!(listener = %settings.name, %peer, error = %e, "association ended with an error");
+            }
+        });
+    })
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -40,51 +39,35 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let settings = Arc::new(settings);
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
-    loop {
-        // Take a slot before accepting, so connections beyond the limit wait in the backlog.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let settings = settings.clone();
-                let journal = journal.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    tracing::debug!(listener = %settings.name, %peer, "connection opened");
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(listener = %settings.name, %peer, error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let served = match &settings.tls {
-                        None => connection(stream, peer, &settings, &journal, shutdown).await,
-                        Some(tls) => match tls.accept(stream).await {
-                            Ok(s) => connection(s, peer, &settings, &journal, shutdown).await,
-                            Err(e) => {
-                                tracing::info!(listener = %settings.name, %peer, error = %e, "TLS handshake failed");
-                                Ok(())
-                            }
-                        },
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(listener = %settings.name, %peer, error = %e, "connection ended with an error");
-                    }
-                    tracing::debug!(listener = %settings.name, %peer, "connection closed");
-                });
+    let name = settings.name.clone();
+    let max = settings.max_connections;
+    crate::listeners::accept_bounded(listener, max, &name, &shutdown, |stream, peer, permit| {
+        let settings = settings.clone();
+        let journal = journal.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tracing::debug!(listener = %settings.name, %peer, "connection opened");
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(listener = %settings.name, %peer, error = %e, "cannot set TCP_NODELAY");
             }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %settings.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            let served = match &settings.tls {
+                None => connection(stream, peer, &settings, &journal, shutdown).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(s) => connection(s, peer, &settings, &journal, shutdown).await,
+                    Err(e) => {
+                        tracing::info!(listener = %settings.name, %peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
+                tracing::debug!(listener = %settings.name, %peer, error = %e, "connection ended with an error");
             }
-        }
-    }
+            tracing::debug!(listener = %settings.name, %peer, "connection closed");
+        });
+    })
+    .await;
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
