@@ -327,12 +327,11 @@ fn run_mapper(
         let rules = rules.read().expect("rules lock").clone();
         let ids: Vec<u64> = (cursor..=end)
             .filter(|id| {
-                journal
-                    .entry(*id)
-                    .is_some_and(|meta| meta.status.needs_processing())
-                    // An edge's entry waiting for the broker is published from the outbox.
-                    && !(journal.entry(*id).is_some_and(|m| m.status == Status::Mapped)
-                        && outbox.contains(*id).unwrap_or(false))
+                journal.entry(*id).is_some_and(|meta| {
+                    meta.status.needs_processing()
+                        // An edge's entry waiting for the broker is published from the outbox.
+                        && !(meta.status == Status::Mapped && outbox.contains(*id).unwrap_or(false))
+                })
             })
             .collect();
         let (entries, mut statuses) = map_entries(journal, &rules, &ids);
