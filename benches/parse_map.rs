@@ -14,6 +14,10 @@ use halong::config::Config;
 use halong::mapping::{Mapping, RunContext};
 use halong::pipeline::Rules;
 
+// The allocator the `halong` binary runs with, so the figures are the engine's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

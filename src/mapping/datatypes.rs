@@ -7,17 +7,20 @@
 //! identifier systems (CX component 4.1) go through the operator's lookup tables
 //! `v2_coding_system` and `id_systems`; a code without a table row keeps no system.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value as Json};
 
 use super::tables::Table;
 
 /// One selected piece split into parts (components, or subcomponents of a component),
 /// each part split again into its subparts; all decoded, empty and `""` as `None`.
-pub struct Parts {
-    pub parts: Vec<Vec<Option<String>>>,
+/// Text borrows from the message unless decoding escapes built it.
+pub struct Parts<'a> {
+    pub parts: Vec<Vec<Option<Cow<'a, str>>>>,
 }
 
-impl Parts {
+impl Parts<'_> {
     /// Part `i` (1-based), its first subpart.
     pub fn get(&self, i: usize) -> Option<&str> {
         self.sub(i, 1)
@@ -57,7 +60,7 @@ fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<&'t str> {
 }
 
 /// XPN → HumanName: family (1.1), given (2, 3), suffix (4), prefix (5, 6), use (7).
-pub fn human_name(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+pub fn human_name(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
     let mut m = Map::new();
     put(&mut m, "use", look(t.name_use, p.get(7)));
     let family = p.get(1);
@@ -88,7 +91,7 @@ pub fn human_name(p: &Parts, t: &Tables<'_>) -> Option<Json> {
 
 /// XAD → Address: line (1.1, 2), city (3), state (4), postalCode (5), country (6),
 /// use (7), district (9).
-pub fn address(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+pub fn address(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
     let mut m = Map::new();
     put(&mut m, "use", look(t.address_use, p.get(7)));
     let lines: Vec<Json> = [p.get(1), p.get(2)]
@@ -110,7 +113,7 @@ pub fn address(p: &Parts, t: &Tables<'_>) -> Option<Json> {
 /// XTN → ContactPoint: system from component 3 (equipment type), value from 4 (e-mail)
 /// or 12 (unformatted), else 1, else built from 5-7 (country, area, local number; any of
 /// area and local) and 8 (extension); use from component 2.
-pub fn contact_point(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+pub fn contact_point(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
     let equipment = p.get(3);
     let system = look(t.telecom_system, equipment);
     let value = if system == Some("email") || equipment == Some("Internet") {
@@ -147,7 +150,7 @@ pub fn contact_point(p: &Parts, t: &Tables<'_>) -> Option<Json> {
 
 /// CX → Identifier: value (1), system from the assigning authority (4.1 through
 /// `id_systems`, else 4.2 as an OID), type (5).
-pub fn identifier(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+pub fn identifier(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
     let value = p.get(1)?;
     let mut m = Map::new();
     let system = look(t.id_systems, p.sub(4, 1))
@@ -175,7 +178,7 @@ pub fn identifier(p: &Parts, t: &Tables<'_>) -> Option<Json> {
 
 /// CWE/CE → CodeableConcept: codings from components 1-3 and 4-6 (systems through
 /// `v2_coding_system`), text from 9, else the first display.
-pub fn codeable_concept(p: &Parts, t: &Tables<'_>) -> Option<Json> {
+pub fn codeable_concept(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
     let mut codings = Vec::new();
     for base in [1, 4] {
         let (code, display, sys) = (p.get(base), p.get(base + 1), p.get(base + 2));
@@ -202,7 +205,7 @@ pub fn codeable_concept(p: &Parts, t: &Tables<'_>) -> Option<Json> {
 /// A number (NM) or structured numeric (SN: comparator^num1^separator^num2) with units
 /// (a CWE: code 1, text 2) → Quantity. A ratio or range SN (num2 present) is not a
 /// quantity: `None` (map it with `valueString` or `valueRange`).
-pub fn quantity(value: &Parts, units: Option<&Parts>) -> Result<Option<Json>, String> {
+pub fn quantity(value: &Parts<'_>, units: Option<&Parts<'_>>) -> Result<Option<Json>, String> {
     let (comparator, number) = if value.parts.len() >= 2 {
         if value.get(4).is_some() {
             return Ok(None);

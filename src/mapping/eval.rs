@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 use super::datatypes::{self, Parts};
 use super::expr::{Call, Expr};
@@ -146,8 +146,41 @@ pub struct Instance {
     /// Context segment index (`each`), `None` for a resource without `each`.
     pub seg: Option<usize>,
     pub id: String,
-    /// "Observation #3 (OBX 3)", for errors.
-    pub label: String,
+    /// `Type/id`, what `ref` and `refs` point with.
+    pub reference: String,
+    /// The n-th resource of its type in this run (1-based).
+    pub ordinal: usize,
+    /// The n-th segment of the rule's `each` type (1-based).
+    pub each_index: usize,
+}
+
+impl Instance {
+    pub fn new(
+        rule: usize,
+        resource_type: &str,
+        seg: Option<usize>,
+        id: String,
+        ordinal: usize,
+        each_index: usize,
+    ) -> Instance {
+        Instance {
+            rule,
+            resource_type: resource_type.to_string(),
+            seg,
+            reference: format!("{resource_type}/{id}"),
+            id,
+            ordinal,
+            each_index,
+        }
+    }
+}
+
+/// "Observation #3 (OBX 3)", naming a resource instance in errors.
+pub fn label(rule: &super::file::Rule, ordinal: usize, each_index: usize) -> String {
+    match &rule.each {
+        Some(seg) => format!("{} #{ordinal} ({seg} {each_index})", rule.resource_type),
+        None => format!("{} #{ordinal}", rule.resource_type),
+    }
 }
 
 /// Where an expression is evaluated.
@@ -391,9 +424,9 @@ impl<'a> Scope<'a> {
                     .map_err(fail)
             }),
             fid::TRIM | fid::UPPER | fid::LOWER => map1(arg(0)?, &mut |t| {
-                let t: Cow<'a, str> = match (c.name.as_str(), t) {
-                    ("upper", t) => Cow::Owned(t.trim().to_uppercase()),
-                    ("lower", t) => Cow::Owned(t.trim().to_lowercase()),
+                let t: Cow<'a, str> = match (c.fid, t) {
+                    (fid::UPPER, t) => Cow::Owned(t.trim().to_uppercase()),
+                    (fid::LOWER, t) => Cow::Owned(t.trim().to_lowercase()),
                     (_, Cow::Borrowed(b)) => Cow::Borrowed(b.trim()),
                     (_, Cow::Owned(o)) => Cow::Owned(o.trim().to_string()),
                 };
@@ -544,11 +577,11 @@ impl<'a> Scope<'a> {
                     return Err(fail("the argument must be an HL7 path".into()));
                 };
                 let t = self.dt;
-                let build = |p: &Parts| match c.name.as_str() {
-                    "human_name" => datatypes::human_name(p, t),
-                    "address" => datatypes::address(p, t),
-                    "contact_point" => datatypes::contact_point(p, t),
-                    "identifier" => datatypes::identifier(p, t),
+                let build = |p: &Parts| match c.fid {
+                    fid::HUMAN_NAME => datatypes::human_name(p, t),
+                    fid::ADDRESS => datatypes::address(p, t),
+                    fid::CONTACT_POINT => datatypes::contact_point(p, t),
+                    fid::IDENTIFIER => datatypes::identifier(p, t),
                     _ => datatypes::codeable_concept(p, t),
                 };
                 let all = is_all(path);
@@ -606,7 +639,7 @@ impl<'a> Scope<'a> {
     /// Every piece a path selects (one per selected repetition), split into parts:
     /// components with their subcomponents, or, when the path names a component, its
     /// subcomponents.
-    pub fn parts(&self, path: &crate::hl7::Path) -> Vec<Parts> {
+    pub fn parts(&self, path: &crate::hl7::Path) -> Vec<Parts<'a>> {
         let Some(seg) = self.resolve(path) else {
             return Vec::new();
         };
@@ -617,21 +650,21 @@ impl<'a> Scope<'a> {
             t.note(seg, fp.field);
         }
         let d = *self.msg.delimiters();
-        let decode = |raw: &str| -> Option<String> {
+        let msg: &'a Message = self.msg;
+        let decode = |raw: &'a str| -> Option<Cow<'a, str>> {
             if raw.is_empty() || raw == "\"\"" {
                 None
             } else {
-                Some(self.msg.unescape(raw).into_owned())
+                Some(msg.unescape(raw))
             }
         };
-        let split_sub = |raw: &str| -> Vec<Option<String>> {
+        let split_sub = |raw: &'a str| -> Vec<Option<Cow<'a, str>>> {
             match d.subcomponent {
                 Some(sc) => raw.split(sc).map(decode).collect(),
                 None => vec![decode(raw)],
             }
         };
-        self.msg
-            .raws_in(seg, fp)
+        msg.raws_in(seg, fp)
             .into_iter()
             .map(|raw| {
                 let parts = if fp.subcomponent.is_some() {
@@ -715,5 +748,7 @@ fn owned<'a>(s: String) -> Value<'a> {
 }
 
 fn reference<'a>(i: &Instance) -> Value<'a> {
-    Value::Json(json!({ "reference": format!("{}/{}", i.resource_type, i.id) }))
+    let mut m = serde_json::Map::with_capacity(1);
+    m.insert("reference".to_string(), Json::String(i.reference.clone()));
+    Value::Json(Json::Object(m))
 }

@@ -2,6 +2,8 @@
 //! numbers, text). Functions that need the message or the run (paths, `ref`, `refs`,
 //! `lookup`) are evaluated in `eval`.
 
+use std::borrow::Cow;
+
 use sha2::{Digest, Sha256};
 
 use super::eval::Value;
@@ -238,11 +240,18 @@ fn split_dtm(v: &str) -> Option<Dtm<'_>> {
 }
 
 fn fhir_date(date: &str) -> String {
-    match date.len() {
-        4 => date.to_string(),
-        6 => format!("{}-{}", &date[..4], &date[4..]),
-        _ => format!("{}-{}-{}", &date[..4], &date[4..6], &date[6..8]),
+    // Room for a full dateTime with fraction and zone, which `datetime` appends.
+    let mut out = String::with_capacity(32);
+    out.push_str(&date[..4]);
+    if date.len() >= 6 {
+        out.push('-');
+        out.push_str(&date[4..6]);
     }
+    if date.len() >= 8 {
+        out.push('-');
+        out.push_str(&date[6..8]);
+    }
+    out
 }
 
 /// HL7 DT/DTM → FHIR date, keeping the precision given (time and zone dropped).
@@ -263,11 +272,15 @@ pub fn datetime(v: &str, default_zone: Option<&str>) -> Result<String, String> {
         return Err(format!("{v:?} has a time but no day"));
     }
     let zone = if !d.zone.is_empty() {
-        format!("{}:{}", &d.zone[..3], &d.zone[3..])
+        Cow::Owned(format!("{}:{}", &d.zone[..3], &d.zone[3..]))
     } else {
-        match default_zone.map(normalise_zone) {
-            Some(Some(z)) => z,
-            Some(None) => {
+        match default_zone.map(|z| (z, is_fhir_zone(z))) {
+            // Already in the form FHIR wants: no copy.
+            Some((z, true)) => Cow::Borrowed(z),
+            Some((z, false)) if normalise_zone(z).is_some() => {
+                Cow::Owned(normalise_zone(z).unwrap_or_default())
+            }
+            Some(_) => {
                 return Err(format!(
                     "default zone {:?} is not like +07:00",
                     default_zone.unwrap_or("")
@@ -281,13 +294,28 @@ pub fn datetime(v: &str, default_zone: Option<&str>) -> Result<String, String> {
         }
     };
     let part = |i: usize| d.time.get(i..i + 2).unwrap_or("00");
-    out.push_str(&format!("T{}:{}:{}", part(0), part(2), part(4)));
+    for (sep, i) in [('T', 0), (':', 2), (':', 4)] {
+        out.push(sep);
+        out.push_str(part(i));
+    }
     if !d.fraction.is_empty() {
         out.push('.');
         out.push_str(d.fraction);
     }
     out.push_str(&zone);
     Ok(out)
+}
+
+/// True for a zone already written as FHIR wants it: "+07:00".
+fn is_fhir_zone(z: &str) -> bool {
+    let b = z.as_bytes();
+    b.len() == 6
+        && matches!(b[0], b'+' | b'-')
+        && b[3] == b':'
+        && digits(&z[1..3])
+        && digits(&z[4..6])
+        && num(&z[1..3]) <= 14
+        && num(&z[4..6]) <= 59
 }
 
 /// "+07:00" or "+0700" → "+07:00".

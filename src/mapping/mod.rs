@@ -30,7 +30,7 @@ mod tables;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 
 use crate::diag::Diagnostic;
 use crate::hl7::Message;
@@ -199,21 +199,19 @@ impl Mapping {
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut contexts: Vec<Option<usize>> = Vec::new();
         for (ri, rule) in self.rules.iter().enumerate() {
-            let contexts: Vec<Option<usize>> = match &rule.each {
-                Some(seg) => msg.segments(seg).map(Some).collect(),
-                None => vec![None],
-            };
-            for (k, seg) in contexts.into_iter().enumerate() {
+            contexts.clear();
+            match &rule.each {
+                Some(seg) => contexts.extend(msg.segments(seg).map(Some)),
+                None => contexts.push(None),
+            }
+            for (k, &seg) in contexts.iter().enumerate() {
                 let n = counts
                     .get(rule.resource_type.as_str())
                     .copied()
                     .unwrap_or(0)
                     + 1;
-                let label = match &rule.each {
-                    Some(name) => format!("{} #{n} ({name} {})", rule.resource_type, k + 1),
-                    None => format!("{} #{n}", rule.resource_type),
-                };
                 let scope = Scope {
                     msg,
                     seg,
@@ -223,8 +221,9 @@ impl Mapping {
                     trace,
                     dt: &dt,
                 };
+                // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
-                    resource: label.clone(),
+                    resource: eval::label(rule, n, k + 1),
                     field: field.to_string(),
                     message,
                 };
@@ -253,13 +252,7 @@ impl Mapping {
                     ));
                 }
                 counts.insert(&rule.resource_type, n);
-                instances.push(Instance {
-                    rule: ri,
-                    resource_type: rule.resource_type.clone(),
-                    seg,
-                    id,
-                    label,
-                });
+                instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
             }
         }
         // Pass 2: fields.
@@ -275,52 +268,47 @@ impl Mapping {
                 trace,
                 dt: &dt,
             };
-            let mut root = Map::new();
-            root.insert("resourceType".to_string(), json!(inst.resource_type));
-            root.insert("id".to_string(), json!(inst.id));
+            let mut head = vec![
+                ("resourceType", Json::String(rule.resource_type.clone())),
+                ("id", Json::String(inst.id.clone())),
+            ];
             if !ctx.source.is_empty() {
-                root.insert("meta".to_string(), json!({ "source": ctx.source }));
+                head.push(("meta", json!({ "source": ctx.source })));
             }
+            let mut root = output::Node::object(head);
             for set in &rule.sets {
                 let err = |message: String| MapError {
-                    resource: inst.label.clone(),
+                    resource: eval::label(rule, inst.ordinal, inst.each_index),
                     field: set.key.clone(),
                     message,
                 };
                 let value = scope.eval(&set.expr).map_err(err)?;
                 set_value(&mut root, &set.steps, value).map_err(err)?;
             }
-            let mut resource = Json::Object(root);
-            output::compact(&mut resource);
-            out.push(resource);
+            out.push(root.into_json().unwrap_or(Json::Null));
         }
         Ok(out)
     }
 }
 
 /// Sets a value at an output path; lists spread over `[*]` by index.
-fn set_value(root: &mut Map<String, Json>, steps: &[Step], value: Value<'_>) -> Result<(), String> {
-    let star = steps.iter().position(|s| *s == Step::All);
-    match (star, value) {
-        (_, Value::Absent) => Ok(()),
-        (Some(at), Value::List(items)) => {
-            let mut path = steps.to_vec();
+fn set_value<'k>(
+    root: &mut output::Node<'k>,
+    steps: &'k [Step],
+    value: Value<'_>,
+) -> Result<(), String> {
+    let star = steps.contains(&Step::All);
+    match value {
+        Value::Absent => Ok(()),
+        Value::List(items) if star => {
             for (i, item) in items.into_iter().enumerate() {
                 if let Some(j) = item.into_json() {
-                    path[at] = Step::Index(i);
-                    output::set(root, &path, j)?;
+                    root.set(steps, i, j)?;
                 }
             }
             Ok(())
         }
-        (Some(at), v) => v.into_json().map_or(Ok(()), |j| {
-            let mut path = steps.to_vec();
-            path[at] = Step::Index(0);
-            output::set(root, &path, j)
-        }),
-        (None, v) => v
-            .into_json()
-            .map_or(Ok(()), |j| output::set(root, steps, j)),
+        v => v.into_json().map_or(Ok(()), |j| root.set(steps, 0, j)),
     }
 }
 

@@ -88,17 +88,104 @@ pub fn parse_out_path(s: &str) -> Result<Vec<Step>, OutPathError> {
     Ok(steps)
 }
 
-/// Sets `value` at `steps` (which hold no `All`) under `root`. Err names the conflict.
-pub fn set(root: &mut Map<String, Json>, steps: &[Step], value: Json) -> Result<(), String> {
-    let Some((Step::Key(first), rest)) = steps.split_first() else {
-        return Err("output path must start with an element name".to_string());
-    };
-    set_in(slot_of(root, first), rest, value)
+/// A resource under construction: the structure its output paths give, with JSON
+/// values at the leaves. Object members are found by comparing the mapping's own key
+/// strings (no hashing, no key copies); [`Node::into_json`] builds the JSON once, in
+/// the order members were first set, leaving out what is empty.
+#[derive(Debug)]
+pub enum Node<'k> {
+    Empty,
+    Leaf(Json),
+    Obj(Vec<(&'k str, Node<'k>)>),
+    Arr(Vec<Node<'k>>),
 }
 
-fn set_in(slot: &mut Json, steps: &[Step], value: Json) -> Result<(), String> {
+impl<'k> Node<'k> {
+    /// An object with these members, in this order.
+    pub fn object(members: Vec<(&'k str, Json)>) -> Node<'k> {
+        Node::Obj(members.into_iter().map(|(k, v)| (k, Node::Leaf(v))).collect())
+    }
+
+    /// Sets `value` at `steps`; a `[*]` step stands for index `star`. Err names the
+    /// conflict (a place set twice with different values, a key inside an array, ...).
+    pub fn set(&mut self, steps: &'k [Step], star: usize, value: Json) -> Result<(), String> {
+        let Some((step, rest)) = steps.split_first() else {
+            return match self {
+                Node::Empty => {
+                    *self = Node::Leaf(value);
+                    Ok(())
+                }
+                Node::Leaf(old) if *old == value => Ok(()),
+                _ => Err("set twice".to_string()),
+            };
+        };
+        if let Node::Leaf(json) = self {
+            // Inside a value a function built (an Identifier, a HumanName, ...).
+            return set_in(json, steps, star, value);
+        }
+        match step {
+            Step::Key(k) => {
+                if let Node::Empty = self {
+                    *self = Node::Obj(Vec::new());
+                }
+                let Node::Obj(members) = self else {
+                    return Err(format!("cannot set {k:?} inside a non-object"));
+                };
+                let at = match members.iter().position(|(name, _)| *name == k.as_str()) {
+                    Some(at) => at,
+                    None => {
+                        members.push((k.as_str(), Node::Empty));
+                        members.len() - 1
+                    }
+                };
+                members[at].1.set(rest, star, value)
+            }
+            Step::Index(_) | Step::All => {
+                let i = match step {
+                    Step::Index(i) => *i,
+                    _ => star,
+                };
+                if let Node::Empty = self {
+                    *self = Node::Arr(Vec::new());
+                }
+                let Node::Arr(items) = self else {
+                    return Err(format!("cannot index [{i}] a non-array"));
+                };
+                if items.len() <= i {
+                    items.resize_with(i + 1, || Node::Empty);
+                }
+                items[i].set(rest, star, value)
+            }
+        }
+    }
+
+    /// The JSON, without nulls in arrays and without empty objects, arrays and strings;
+    /// `None` when nothing is left.
+    pub fn into_json(self) -> Option<Json> {
+        match self {
+            Node::Empty => None,
+            Node::Leaf(mut json) => (!compact(&mut json)).then_some(json),
+            Node::Obj(members) => {
+                let mut map = Map::with_capacity(members.len());
+                for (k, node) in members {
+                    if let Some(json) = node.into_json() {
+                        map.insert(k.to_string(), json);
+                    }
+                }
+                (!map.is_empty()).then_some(Json::Object(map))
+            }
+            Node::Arr(items) => {
+                let items: Vec<Json> = items.into_iter().filter_map(Node::into_json).collect();
+                (!items.is_empty()).then_some(Json::Array(items))
+            }
+        }
+    }
+}
+
+/// Sets `value` at `steps` inside a JSON value; `[*]` stands for index `star`.
+fn set_in(slot: &mut Json, steps: &[Step], star: usize, value: Json) -> Result<(), String> {
     let Some((step, rest)) = steps.split_first() else {
-        if !slot.is_null() && !rest_is_same(slot, &value) {
+        if !slot.is_null() && *slot != value {
             return Err("set twice".to_string());
         }
         *slot = value;
@@ -112,34 +199,29 @@ fn set_in(slot: &mut Json, steps: &[Step], value: Json) -> Result<(), String> {
             let Json::Object(map) = slot else {
                 return Err(format!("cannot set {k:?} inside a non-object"));
             };
-            set_in(slot_of(map, k), rest, value)
+            if !map.contains_key(k) {
+                map.insert(k.clone(), Json::Null);
+            }
+            let child = map.get_mut(k).expect("just inserted");
+            set_in(child, rest, star, value)
         }
-        Step::Index(i) => {
+        Step::Index(_) | Step::All => {
+            let i = match step {
+                Step::Index(i) => *i,
+                _ => star,
+            };
             if slot.is_null() {
                 *slot = Json::Array(Vec::new());
             }
             let Json::Array(items) = slot else {
                 return Err(format!("cannot index [{i}] a non-array"));
             };
-            if items.len() <= *i {
-                items.resize(*i + 1, Json::Null);
+            if items.len() <= i {
+                items.resize(i + 1, Json::Null);
             }
-            set_in(&mut items[*i], rest, value)
+            set_in(&mut items[i], rest, star, value)
         }
-        Step::All => Err("[*] must be resolved before setting".to_string()),
     }
-}
-
-/// The member `k` of `map`, created as null when missing; the key is copied only then.
-fn slot_of<'m>(map: &'m mut Map<String, Json>, k: &str) -> &'m mut Json {
-    if !map.contains_key(k) {
-        map.insert(k.to_string(), Json::Null);
-    }
-    map.get_mut(k).expect("just inserted")
-}
-
-fn rest_is_same(a: &Json, b: &Json) -> bool {
-    a == b
 }
 
 /// Removes nulls from arrays and drops empty objects and arrays; true when `v` ends up
@@ -196,17 +278,50 @@ mod tests {
 
     #[test]
     fn sets_and_compacts() {
-        let mut root = Map::new();
-        let path = |s: &str| parse_out_path(s).unwrap_or_default();
-        assert!(set(&mut root, &path("name[0].family"), json!("NGUYỄN")).is_ok());
-        assert!(set(&mut root, &path("name[0].given[1]"), json!("Ánh")).is_ok());
-        assert!(set(&mut root, &path("identifier[2].value"), json!("x")).is_ok());
-        assert!(set(&mut root, &path("name[0].family.x"), json!("y")).is_err());
-        let mut v = Json::Object(root);
-        compact(&mut v);
+        let paths: Vec<Vec<Step>> = [
+            "name[0].family",
+            "name[0].given[1]",
+            "identifier[2].value",
+            "name[0].family.x",
+            "telecom[*].value",
+            "address",
+            "address.city",
+        ]
+        .iter()
+        .map(|s| parse_out_path(s).unwrap_or_default())
+        .collect();
+        let mut root = Node::object(vec![("resourceType", json!("Patient"))]);
+        assert!(root.set(&paths[0], 0, json!("NGUYỄN")).is_ok());
+        assert!(root.set(&paths[1], 0, json!("Ánh")).is_ok());
+        assert!(root.set(&paths[2], 0, json!("x")).is_ok());
         assert_eq!(
-            v,
-            json!({"name": [{"family": "NGUYỄN", "given": ["Ánh"]}], "identifier": [{"value": "x"}]})
+            root.set(&paths[3], 0, json!("y")),
+            Err("cannot set \"x\" inside a non-object".into())
+        );
+        // The same value again is no conflict; another one is.
+        assert!(root.set(&paths[0], 0, json!("NGUYỄN")).is_ok());
+        assert_eq!(root.set(&paths[0], 0, json!("LÊ")), Err("set twice".into()));
+        assert!(root.set(&paths[4], 1, json!("0901")).is_ok());
+        // Inside a value a function built.
+        assert!(root.set(&paths[5], 0, json!({"line": ["1"]})).is_ok());
+        assert!(root.set(&paths[6], 0, json!("Huế")).is_ok());
+        let out = root.into_json();
+        // Members come out in the order they were first set.
+        let keys: Vec<&str> = out
+            .as_ref()
+            .and_then(Json::as_object)
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["resourceType", "name", "identifier", "telecom", "address"]);
+        assert_eq!(
+            out,
+            Some(json!({
+                "resourceType": "Patient",
+                "name": [{"family": "NGUYỄN", "given": ["Ánh"]}],
+                "identifier": [{"value": "x"}],
+                "telecom": [{"value": "0901"}],
+                "address": {"line": ["1"], "city": "Huế"}
+            }))
         );
     }
 }
