@@ -97,5 +97,5 @@ fn a_failing_case_prints_a_readable_diff_and_exits_1() {
         ),
         "{stdout}"
     );
-    assert!(stdout.contains(": 10 passed, 1 failed\n"), "{stdout}");
+    assert!(stdout.contains(": 15 passed, 1 failed\n"), "{stdout}");
 }
