@@ -38,6 +38,13 @@ enum Stored {
     Records(Vec<Value>),
 }
 
+/// [`Stored::Entry`] to write, borrowing the entry.
+#[derive(serde::Serialize)]
+struct StoredRef<'e> {
+    route: &'e str,
+    records: &'e [Value],
+}
+
 pub struct Outbox {
     tree: sled::Tree,
     /// Entries put (or recovered) and not yet taken, in arrival order.
@@ -90,10 +97,11 @@ impl Outbox {
     pub fn put(&self, entries: &[OutboxEntry]) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
         for e in entries {
-            let value = serde_json::to_vec(&serde_json::json!({
-                "route": e.route,
-                "records": e.records,
-            }))
+            // Serialised from borrowed parts: no copy of the records.
+            let value = serde_json::to_vec(&StoredRef {
+                route: &e.route,
+                records: &e.records,
+            })
             .expect("records serialize");
             batch.insert(&e.journal_id.to_be_bytes(), value);
         }
