@@ -75,6 +75,8 @@ pub struct Engine {
     pub listener_addrs: Vec<(String, SocketAddr)>,
     /// What this process runs.
     pub role: Role,
+    /// The DICOM archive, when a DICOM listener runs.
+    pub dicom_archive: Option<Arc<crate::listeners::dicom::Archive>>,
     /// The broker connection's state and counters (`[queue] kind = "amqp"` only).
     pub broker: Option<Arc<BrokerState>>,
     shutdown: CancellationToken,
@@ -173,6 +175,7 @@ impl Engine {
                 store.clone(),
                 rules.clone(),
                 sink,
+                data.join("dicom"),
             ))
         } else {
             None
@@ -335,6 +338,7 @@ impl Engine {
             http_addr,
             listener_addrs,
             role,
+            dicom_archive: dicom_archive.and_then(Result::ok),
             broker,
             shutdown,
             tasks,

@@ -4,9 +4,11 @@
 //! listeners ──▶ journal ──▶ mapper thread (route + map) ──▶ outbox ──▶ store thread ──▶ store
 //! ```
 //! The mapper follows the journal's durable watermark from a cursor (the first entry
-//! that still needs processing, found again at every start). It writes each batch's
-//! records to the outbox, makes the database durable, and only then marks the entries
-//! `queued`. The store thread upserts outbox entries, makes the store durable, marks the
+//! that still needs processing, found again at every start). For DICOM entries that
+//! carry their instance, it first makes the archive file match the entry and syncs the
+//! archive, once per round (see [`Settle`]), so no entry passes the cursor before its
+//! archive file is durable. It writes each batch's records to the outbox, makes the
+//! database durable, and only then marks the entries `queued`. The store thread upserts outbox entries, makes the store durable, marks the
 //! entries `stored`, and only then removes them from the outbox. A crash anywhere
 //! replays work that was not marked; replays are idempotent because record ids are
 //! deterministic.
@@ -24,7 +26,7 @@
 //! from there, not mapped again. While the broker is away, entries wait in the outbox
 //! and are sent again in arrival order when it is back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -33,6 +35,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::journal::{EntryMeta, Journal, Status};
+use crate::listeners::dicom::Settle;
 use crate::mapping::{MappingSet, RunContext};
 use crate::queue::amqp::publisher::PublishItem;
 use crate::queue::amqp::Publisher;
@@ -260,6 +263,7 @@ impl Pipeline {
         store: Store,
         rules: Arc<RwLock<Arc<Rules>>>,
         sink: Sink,
+        dicom_archive: PathBuf,
     ) -> Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         // What the mapper marks once the records are durable in the outbox.
@@ -272,7 +276,17 @@ impl Pipeline {
                 (journal.clone(), outbox.clone(), store.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("mapper".into())
-                .spawn(move || run_mapper(&journal, &outbox, &store, &rules, in_outbox, &stop))
+                .spawn(move || {
+                    run_mapper(
+                        &journal,
+                        &outbox,
+                        &store,
+                        &rules,
+                        &dicom_archive,
+                        in_outbox,
+                        &stop,
+                    )
+                })
                 .expect("spawn mapper thread")
         };
         let storer = {
@@ -308,6 +322,7 @@ fn run_mapper(
     outbox: &Outbox,
     store: &Store,
     rules: &RwLock<Arc<Rules>>,
+    dicom_archive: &Path,
     in_outbox: Status,
     stop: &AtomicBool,
 ) {
@@ -334,6 +349,11 @@ fn run_mapper(
                 })
             })
             .collect();
+        if let Err(e) = settle_archive(journal, &ids, dicom_archive) {
+            tracing::error!(error = %e, "cannot make DICOM archive files durable; nothing of this batch is marked processed until they are (check free space and the disk under the data directory's dicom/); retrying");
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
         let (entries, mut statuses) = map_entries(journal, &rules, &ids);
         if !entries.is_empty() {
             // The outbox must be durable before `queued` is recorded, or a power cut
@@ -353,6 +373,39 @@ fn run_mapper(
         outbox.release(entries);
         cursor = end + 1;
     }
+}
+
+/// For every DICOM entry among `ids` that carries its instance: makes the archive file
+/// hold the entry's bytes (rewriting it when a crash lost or damaged it), then syncs the
+/// archive once for all of them.
+fn settle_archive(journal: &Journal, ids: &[u64], archive: &Path) -> std::io::Result<()> {
+    let mut settle = Settle::new(archive);
+    for &id in ids {
+        let is_dicom = journal
+            .entry(id)
+            .is_some_and(|m| m.message_type.starts_with("DICOM^"));
+        if !is_dicom {
+            continue;
+        }
+        // An unreadable entry fails again, with its reason, when it is mapped.
+        let Ok(raw) = journal.read_raw(id) else {
+            continue;
+        };
+        if let Some(Ok((reference, Some(part10)))) = crate::dicom::InstanceRef::read_journal(&raw) {
+            settle.ensure(&reference.path, part10)?;
+        }
+    }
+    if settle.is_pending() {
+        let rebuilt = settle.rebuilt;
+        settle.sync()?;
+        if rebuilt > 0 {
+            tracing::warn!(
+                files = rebuilt,
+                "DICOM archive files lost or damaged by a crash were rebuilt from the journal"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A journal status change: id, status, error.

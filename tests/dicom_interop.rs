@@ -531,6 +531,20 @@ fn vietnamese_names_survive_and_sigkill_after_success_loses_nothing() {
     wait_until("both instances are stored after the restart", LIMIT, || {
         count_status(server.http, "stored") == 2
     });
+    for r in results {
+        let p = archived(
+            &data,
+            r["study"].as_str().unwrap(),
+            r["series"].as_str().unwrap(),
+            r["sop_instance"].as_str().unwrap(),
+        );
+        assert_eq!(
+            r["sent_sha256"].as_str().unwrap(),
+            sha256_hex(&dataset_bytes(&p)),
+            "{} is archived as sent",
+            p.display()
+        );
+    }
     let first = &results[0];
     let s = imaging_study(server.http, first["study"].as_str().unwrap()).expect("study");
     assert_eq!(s["numberOfInstances"], 1);
@@ -617,4 +631,234 @@ tls_key = "key.pem"
         count_status(server.http, "stored") == 1
     });
     assert!(imaging_study(server.http, "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322").is_some());
+}
+
+/// A DICOM listener `pacs` (AE `HALONG`, any caller) added to the shared test config.
+const PACS: &str = r#"
+[[listener]]
+name = "pacs"
+kind = "dicom"
+bind = "127.0.0.1:0"
+ae_title = "HALONG"
+"#;
+
+fn send_files(addr: SocketAddr, files: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "send".to_string(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        "HALONG".to_string(),
+    ];
+    args.extend(files.iter().map(|f| f.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sent = peer(&args);
+    assert_eq!(sent["established"], true, "{sent}");
+    sent["results"].as_array().unwrap().clone()
+}
+
+fn made(dir: &Path, kib: Option<u32>) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut args = vec!["make".to_string(), dir.to_str().unwrap().to_string()];
+    args.extend(kib.map(|k| k.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    peer(&args)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A full archive disk (injected ENOSPC, for a small instance held in memory and for a
+/// large one streamed to disk) answers A700 with a reason, journals nothing, and the
+/// association goes on: the next instance on it succeeds, and a resend of the refused
+/// one succeeds too.
+#[test]
+fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
+    use halong::dicom::InstanceRef;
+    use halong::journal::Status;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut text = config_text(&data, "");
+    text.push_str(PACS);
+    let config =
+        halong::config::Config::from_text(&Path::new(REPO).join("halong.toml"), &text, Vec::new())
+            .expect("test config is valid");
+    let engine = rt
+        .block_on(halong::engine::Engine::start(config))
+        .expect("engine starts");
+    let pacs = engine.listener_addr("pacs").unwrap();
+    let archive = engine.dicom_archive.clone().expect("the DICOM archive");
+    let small = made(&dir.path().join("small"), None);
+    // 3 MiB of pixel data: past the in-memory limit, so streamed to its file.
+    let large = made(&dir.path().join("large"), Some(3 * 1024));
+    assert!(std::fs::metadata(&large[0]).unwrap().len() > 3 << 20);
+
+    let mut id = 0;
+    for files in [&small, &large] {
+        archive.faults().fail_next_writes(1);
+        let results = send_files(pacs, &[&files[0], &files[1]]);
+        assert_eq!(results[0]["status"], 0xA700, "{results:?}");
+        assert_eq!(
+            results[0]["comment"], "archive disk is full; resend later",
+            "{results:?}"
+        );
+        assert_eq!(
+            results[1]["status"], 0,
+            "the association goes on: {results:?}"
+        );
+        id += 1;
+        assert_eq!(
+            engine.journal.durable_id(),
+            id,
+            "only the stored instance is journaled"
+        );
+        assert_eq!(engine.journal.wait_settled(id, LIMIT), Some(Status::Stored));
+        let r = &results[0];
+        let refused = archived(
+            &data,
+            r["study"].as_str().unwrap(),
+            r["series"].as_str().unwrap(),
+            r["sop_instance"].as_str().unwrap(),
+        );
+        assert!(!refused.exists(), "nothing archived for the refused one");
+
+        // The sender tries again once the disk has room.
+        let again = send_files(pacs, &[&files[0]]);
+        assert_eq!(again[0]["status"], 0, "{again:?}");
+        id += 1;
+        assert_eq!(engine.journal.wait_settled(id, LIMIT), Some(Status::Stored));
+        assert_eq!(
+            again[0]["sent_sha256"].as_str().unwrap(),
+            sha256_hex(&dataset_bytes(&refused))
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(data.join("dicom/incoming"))
+            .unwrap()
+            .count(),
+        0,
+        "no partial file stays"
+    );
+
+    // A small instance's entry carries its archive file; a large one's refers to it.
+    for (entry, carries) in [(1, true), (2, true), (3, false), (4, false)] {
+        let raw = engine.journal.read_raw(entry).unwrap();
+        let (reference, part10) = InstanceRef::read_journal(&raw).unwrap().unwrap();
+        let file = std::fs::read(data.join("dicom").join(&reference.path)).unwrap();
+        match part10 {
+            Some(bytes) => {
+                assert!(carries, "entry {entry}");
+                assert_eq!(bytes, &file[..], "entry {entry} carries the archived file");
+            }
+            None => assert!(!carries, "entry {entry} should carry its instance"),
+        }
+    }
+    rt.block_on(engine.shutdown());
+}
+
+/// A crash can lose a small instance's archive file (written, not yet synced, when the
+/// success was sent) or leave it torn. Its journal entry carries the file: the pipeline
+/// rewrites it before the entry is processed.
+#[test]
+fn an_archive_file_lost_in_a_crash_is_rebuilt_from_the_journal() {
+    use halong::dicom::InstanceRef;
+    use halong::journal::{Journal, JournalOptions, NewEntry, Status};
+    use halong::listeners::dicom::file_meta;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = setup(dir.path());
+    let files = made(&dir.path().join("made"), None);
+
+    // The journal as the listener leaves it after two successes, then a crash: the first
+    // file never reached the disk, the second is torn.
+    let journal = Journal::open(&data.join("journal"), JournalOptions::default()).unwrap();
+    let mut expected = Vec::new();
+    for (n, f) in files.iter().enumerate() {
+        let dataset = dataset_bytes(Path::new(f));
+        let attrs = halong::dicom::extract_bytes(&std::fs::read(f).unwrap()).unwrap();
+        let instance = attrs.sop_instance_uid().unwrap().to_string();
+        let mut part10 = file_meta(
+            attrs.sop_class_uid().unwrap(),
+            &instance,
+            "1.2.840.10008.1.2.1",
+            "MODALITY1",
+        );
+        part10.extend_from_slice(&dataset);
+        let path = format!(
+            "{}/{}/{instance}.dcm",
+            attrs.study_uid().unwrap(),
+            attrs.series_uid().unwrap()
+        );
+        let mut reference = InstanceRef {
+            format: halong::dicom::FORMAT.into(),
+            path: path.clone(),
+            calling_ae: "MODALITY1".into(),
+            called_ae: "HALONG".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            sop_class: attrs.sop_class_uid().unwrap().into(),
+            sop_instance: instance.clone(),
+            dataset_bytes: dataset.len() as u64,
+            inline_bytes: 0,
+            attributes: attrs.clone(),
+        };
+        let raw = reference.to_journal_with(&part10);
+        journal
+            .append_blocking(NewEntry {
+                listener: "pacs".into(),
+                peer: "127.0.0.1:4242".into(),
+                received_ms: 1_795_000_000_000,
+                message_type: "DICOM^CT".into(),
+                control_id: instance,
+                status: Status::Received,
+                error: None,
+                raw,
+            })
+            .unwrap();
+        let on_disk = data.join("dicom").join(&path);
+        if n == 1 {
+            std::fs::create_dir_all(on_disk.parent().unwrap()).unwrap();
+            std::fs::write(&on_disk, &part10[..part10.len() / 2]).unwrap();
+        }
+        expected.push((on_disk, part10, attrs));
+    }
+    drop(journal);
+    assert!(!expected[0].0.exists());
+
+    let server = spawn(&config);
+    wait_until("both instances are stored after the restart", LIMIT, || {
+        count_status(server.http, "stored") == 2
+    });
+    for (path, part10, attrs) in &expected {
+        assert_eq!(
+            &std::fs::read(path).unwrap(),
+            part10,
+            "{} is rebuilt from the journal",
+            path.display()
+        );
+        assert!(
+            imaging_study(server.http, attrs.study_uid().unwrap()).is_some(),
+            "its ImagingStudy is stored"
+        );
+    }
+    let series_dir = expected[1].0.parent().unwrap();
+    assert_eq!(
+        std::fs::read_dir(series_dir).unwrap().count(),
+        1,
+        "no temporary file stays"
+    );
 }

@@ -202,7 +202,9 @@ async fn one(State(s): State<AppState>, Path(id): Path<String>, query: ParamsRes
         let n = meta.id;
         match tokio::task::spawn_blocking(move || journal.read_raw(n)).await {
             Ok(Ok(raw)) => {
-                body["raw"] = json!(String::from_utf8_lossy(&raw).replace('\r', "\n"));
+                // A DICOM entry shows its reference, not the instance bytes it carries.
+                let raw = crate::dicom::InstanceRef::printable(&raw);
+                body["raw"] = json!(String::from_utf8_lossy(raw).replace('\r', "\n"));
             }
             _ => {
                 return api_error(

@@ -109,6 +109,20 @@ pub fn extract(path: &Path) -> Result<Attributes, ExtractError> {
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| ExtractError::Parse(e.to_string()))?;
+    Ok(attributes_of(&obj))
+}
+
+/// [`extract`] for a Part 10 file held in memory (preamble, file meta, dataset).
+pub fn extract_bytes(part10: &[u8]) -> Result<Attributes, ExtractError> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .from_reader(part10)
+        .map_err(|e| ExtractError::Parse(e.to_string()))?;
+    Ok(attributes_of(&obj))
+}
+
+fn attributes_of(obj: &dicom_object::DefaultDicomObject) -> Attributes {
     let mut out = Attributes::new();
     for el in obj.iter() {
         let tag = el.tag();
@@ -134,7 +148,7 @@ pub fn extract(path: &Path) -> Result<Attributes, ExtractError> {
         }
         out.insert(tag_u32(tag), normalise(vr, text));
     }
-    Ok(out)
+    out
 }
 
 fn is_string(vr: VR) -> bool {

@@ -11,6 +11,6 @@ mod attrs;
 mod instance;
 mod names;
 
-pub use attrs::{extract, Attributes, ExtractError, MAX_VALUE_CHARS};
+pub use attrs::{extract, extract_bytes, Attributes, ExtractError, MAX_VALUE_CHARS};
 pub use instance::{InstanceRef, FORMAT};
 pub use names::{parse_attribute, pn_component, tag_text, AttributeRef};

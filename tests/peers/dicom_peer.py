@@ -8,8 +8,9 @@ Commands (each prints one JSON document on stdout):
   send HOST PORT AE FILE...    send the given Part 10 files, one association
   send-unchecked HOST PORT AE FILE  send one file whose dataset need not parse (its file
                                meta gives SOP class, instance and transfer syntax)
-  make DIR                     write synthetic instances (UTF-8 Vietnamese names, an
-                               accession number) into DIR, print their paths
+  make DIR [KIB]               write synthetic instances (UTF-8 Vietnamese names, an
+                               accession number) into DIR, print their paths; with KIB,
+                               their pixel data is that many KiB
   find HOST PORT AE            propose Verification and Modality Worklist FIND on one
                                association; print each context's result and a C-ECHO status
 """
@@ -113,14 +114,17 @@ def send(host, port, ae_title, infos):
             results.append(dict(info, status=None, client_error=str(e)))
             continue
         code = int(status.Status) if status and "Status" in status else None
+        comment = str(status.ErrorComment) if status and "ErrorComment" in status else None
         digest, size = sent.done[-1] if sent.done else (None, None)
         sent.done.clear()
-        results.append(dict(info, status=code, sent_sha256=digest, sent_bytes=size))
+        results.append(
+            dict(info, status=code, comment=comment, sent_sha256=digest, sent_bytes=size)
+        )
     assoc.release()
     return {"established": True, "contexts": len(contexts), "results": results}
 
 
-def make(out_dir):
+def make(out_dir, pixel_kib=None):
     paths = []
     study = generate_uid()
     series = generate_uid()
@@ -152,15 +156,16 @@ def make(out_dir):
         ds.StudyDescription = "CT sọ não"
         ds.SeriesNumber = 1
         ds.InstanceNumber = n
-        ds.Rows = 2
-        ds.Columns = 2
+        side = 2 if pixel_kib is None else int((pixel_kib * 512) ** 0.5)
+        ds.Rows = side
+        ds.Columns = side
         ds.BitsAllocated = 16
         ds.BitsStored = 12
         ds.HighBit = 11
         ds.PixelRepresentation = 0
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.PixelData = b"\x00\x01" * 4
+        ds.PixelData = bytes((i * 7 + n) % 251 for i in range(side * side * 2))
         path = f"{out_dir}/synthetic_{n}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -208,7 +213,7 @@ def main():
         }
         out = send(*sys.argv[2:5], [info])
     elif cmd == "make":
-        out = make(sys.argv[2])
+        out = make(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
     elif cmd == "find":
         out = find(*sys.argv[2:5])
     else:

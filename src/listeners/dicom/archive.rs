@@ -1,17 +1,40 @@
 //! The Part 10 archive: `<data>/dicom/<study>/<series>/<instance>.dcm`.
 //!
-//! An instance is written while it arrives: the file meta information first (PS3.10
-//! §7.1), then every data PDV fragment as received, into `<data>/dicom/incoming/`. When
-//! the last fragment is in, the file is synced, renamed to its place and the directory
-//! synced. The bytes after the file meta are exactly the dataset the sender sent, in the
-//! negotiated transfer syntax. Files left in `incoming/` by a crash were never
-//! acknowledged and are removed at start.
+//! Every archived file is the file meta information (PS3.10 §7.1) followed by the
+//! dataset exactly as the sender sent it, in the negotiated transfer syntax. Two ways in:
+//!
+//! - **Small instances** (dataset up to [`INLINE_MAX`]) are gathered in memory. When the
+//!   last fragment is in, the file is written to `incoming/` and renamed to its place
+//!   without a sync ([`Archive::place_unsynced`]); the journal entry carries the whole
+//!   file, so the C-STORE success waits for one sync only: the journal's. The pipeline
+//!   later checks each such file against the journal, rewrites it if a crash lost or
+//!   damaged it, and syncs the archive once per round ([`Settle`]) before the entry can
+//!   be marked processed.
+//! - **Large instances** are streamed to a file in `incoming/` fragment by fragment;
+//!   when the last one is in, the file is synced, renamed to its place and the directory
+//!   synced ([`Archive::place`]); the journal entry is a reference to it.
+//!
+//! Files left in `incoming/` by a crash were never acknowledged and are removed at start.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
+
+/// Datasets up to this size are carried in their journal entry (see the module doc).
+/// 1 MiB holds a CT or MR slice (512 × 512 × 16 bits is 512 KiB) and most structured
+/// reports, key objects and presentation states: the instances that arrive by the
+/// thousand, where a second sync per instance would halve throughput. Larger ones
+/// (CR/DX, multi-frame) are bandwidth-bound and keep the streamed path, so memory stays
+/// bounded whatever their size.
+pub const INLINE_MAX: usize = 1024 * 1024;
+
+/// All associations together hold at most this many dataset bytes in memory; an
+/// instance that would pass it takes the streamed path instead.
+pub const INLINE_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Implementation Class UID written in the file meta of archived files (a UUID-derived
 /// UID under the 2.25 root).
@@ -31,7 +54,68 @@ pub struct Archive {
     /// Study and series directories whose entry in their parent this process has synced.
     /// A directory another association created is synced again rather than assumed
     /// durable (its creator may not have synced it yet).
-    durable_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    durable_dirs: std::sync::Mutex<HashSet<PathBuf>>,
+    /// Dataset bytes held in memory by small instances being received.
+    inline_held: AtomicUsize,
+    faults: ArchiveFaults,
+}
+
+/// Deliberate failures, for tests that prove a full disk gets A700 and leaves the
+/// association usable.
+#[derive(Debug, Default)]
+pub struct ArchiveFaults {
+    fail_writes: AtomicU32,
+}
+
+impl ArchiveFaults {
+    /// The next `n` instances fail to be written as if the disk were full (ENOSPC).
+    pub fn fail_next_writes(&self, n: u32) {
+        self.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        let took = self
+            .fail_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match took {
+            Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Memory held for one small instance, given back when dropped.
+pub struct Held {
+    archive: Arc<Archive>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Holds `n` more bytes, unless that would pass [`INLINE_MAX`] for this instance or
+    /// [`INLINE_BUDGET`] for all.
+    pub fn grow(&mut self, n: usize) -> bool {
+        if self.bytes + n > INLINE_MAX {
+            return false;
+        }
+        let budget = &self.archive.inline_held;
+        let ok = budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held + n <= INLINE_BUDGET).then_some(held + n)
+            })
+            .is_ok();
+        if ok {
+            self.bytes += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.archive
+            .inline_held
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 /// Above this many remembered directories the set starts again (costs one sync each).
@@ -58,6 +142,8 @@ impl Archive {
             incoming,
             seq: AtomicU64::new(0),
             durable_dirs: Default::default(),
+            inline_held: AtomicUsize::new(0),
+            faults: ArchiveFaults::default(),
         })
     }
 
@@ -65,32 +151,66 @@ impl Archive {
         &self.root
     }
 
-    /// Starts a file for one instance and writes its file meta information.
-    pub async fn begin(
-        &self,
-        sop_class: &str,
-        sop_instance: &str,
-        transfer_syntax: &str,
-        source_ae: &str,
-    ) -> io::Result<Incoming> {
+    pub fn faults(&self) -> &ArchiveFaults {
+        &self.faults
+    }
+
+    /// Starts holding a small instance in memory (see [`Held::grow`]).
+    pub fn hold(self: &Arc<Self>) -> Held {
+        Held {
+            archive: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Starts a file for one streamed instance and writes `head` (the file meta
+    /// information, and the first `dataset_bytes` of the dataset when some were already
+    /// received).
+    pub async fn begin(&self, head: &[u8], dataset_bytes: u64) -> io::Result<Incoming> {
+        self.faults.check()?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let path = self
             .incoming
             .join(format!("{}-{n}.part", std::process::id()));
         let file = tokio::fs::File::create(&path).await?;
         let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
-        file.write_all(&file_meta(
-            sop_class,
-            sop_instance,
-            transfer_syntax,
-            source_ae,
-        ))
-        .await?;
+        if let Err(e) = file.write_all(head).await {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
         Ok(Incoming {
             file,
             path,
-            dataset_bytes: 0,
+            dataset_bytes,
         })
+    }
+
+    /// Writes a small instance's whole Part 10 file to `<study>/<series>/<instance>.dcm`
+    /// (through `incoming/` and a rename, replacing an earlier copy) without syncing it:
+    /// its journal entry carries the bytes, and [`Settle`] makes the file durable
+    /// before the entry is processed. Returns the path relative to the archive root.
+    pub fn place_unsynced(
+        &self,
+        part10: &[u8],
+        study: &str,
+        series: &str,
+        instance: &str,
+    ) -> io::Result<String> {
+        self.faults.check()?;
+        let rel = format!("{study}/{series}/{instance}.dcm");
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .incoming
+            .join(format!("{}-{n}.part", std::process::id()));
+        let placed = std::fs::write(&tmp, part10)
+            .and_then(|()| std::fs::create_dir_all(self.root.join(study).join(series)))
+            .and_then(|()| std::fs::rename(&tmp, self.root.join(&rel)));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(rel)
     }
 
     /// Moves a finished file to `<study>/<series>/<instance>.dcm` (replacing an earlier
@@ -162,6 +282,127 @@ impl Archive {
         sync_dir(&dir)?;
         Ok(rel)
     }
+
+    /// [`Archive::keep_failed`] for a small instance held in memory.
+    pub fn keep_failed_bytes(&self, part10: &[u8]) -> io::Result<String> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .incoming
+            .join(format!("{}-{n}.part", std::process::id()));
+        std::fs::write(&tmp, part10)?;
+        self.keep_failed(&tmp).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+}
+
+/// The pipeline's side of small instances: before their journal entries are marked
+/// processed, every archive file is checked against the bytes its entry carries
+/// (rewritten when a crash lost or damaged it) and the archive is synced, once for all
+/// the files of a round.
+#[derive(Debug)]
+pub struct Settle {
+    root: PathBuf,
+    /// Files checked since the last [`Settle::sync`] (with their directories, for
+    /// systems without `syncfs`).
+    checked: Vec<PathBuf>,
+    /// Files rewritten from the journal since the last [`Settle::sync`].
+    pub rebuilt: usize,
+}
+
+impl Settle {
+    /// For the archive under `root` (`<data>/dicom`).
+    pub fn new(root: &Path) -> Settle {
+        Settle {
+            root: root.to_path_buf(),
+            checked: Vec::new(),
+            rebuilt: 0,
+        }
+    }
+
+    /// Makes sure `<root>/<rel>` holds exactly `part10`, rewriting it (through a
+    /// temporary file and a rename) when it is missing or different.
+    pub fn ensure(&mut self, rel: &str, part10: &[u8]) -> io::Result<()> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        let safe = match parts[..] {
+            [study, series, file] => {
+                is_safe_uid(study)
+                    && is_safe_uid(series)
+                    && file.strip_suffix(".dcm").is_some_and(is_safe_uid)
+            }
+            _ => false,
+        };
+        if !safe {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the journal names an archive path that is not <study>/<series>/<instance>.dcm",
+            ));
+        }
+        let path = self.root.join(rel);
+        let same = match std::fs::read(&path) {
+            Ok(on_disk) => on_disk == part10,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if !same {
+            let dir = path.parent().expect("three components");
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension("dcm.rebuild");
+            std::fs::write(&tmp, part10)?;
+            std::fs::rename(&tmp, &path)?;
+            self.rebuilt += 1;
+        }
+        self.checked.push(path);
+        Ok(())
+    }
+
+    /// True when files wait for [`Settle::sync`].
+    pub fn is_pending(&self) -> bool {
+        !self.checked.is_empty()
+    }
+
+    /// Makes every file checked since the last call durable, with its directory entries.
+    /// On Linux this is one `syncfs` of the archive's file system (one journal commit and
+    /// one cache flush for the whole round, however many files); elsewhere each file and
+    /// directory is synced. After an error, check the files again before retrying.
+    pub fn sync(&mut self) -> io::Result<()> {
+        let checked = std::mem::take(&mut self.checked);
+        self.rebuilt = 0;
+        if checked.is_empty() {
+            return Ok(());
+        }
+        sync_files(&self.root, &checked)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn sync_files(root: &Path, _files: &[PathBuf]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(root)?;
+    // SAFETY: `dir` is an open descriptor for the whole call; syncfs reads nothing else.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_files(root: &Path, files: &[PathBuf]) -> io::Result<()> {
+    let mut dirs = HashSet::new();
+    for f in files {
+        std::fs::File::open(f)?.sync_data()?;
+        let series = f.parent().expect("a file in a series directory");
+        dirs.insert(series.to_path_buf());
+        if let Some(study) = series.parent() {
+            dirs.insert(study.to_path_buf());
+        }
+    }
+    dirs.insert(root.to_path_buf());
+    for d in dirs {
+        sync_dir(&d)?;
+    }
+    Ok(())
 }
 
 impl Incoming {
@@ -170,7 +411,6 @@ impl Incoming {
         self.file.write_all(data).await
     }
 
-    /// Flushes and syncs the file; returns its path in `incoming/`.
     /// Flushes the buffer; returns the file's path in `incoming/` and the open file,
     /// which [`Archive::place`] syncs.
     pub async fn finish(mut self) -> io::Result<(PathBuf, std::fs::File)> {
@@ -261,6 +501,96 @@ mod tests {
             assert!(!is_safe_uid(bad), "{bad}");
         }
         assert!(is_safe_uid("1.2.840.10008.5.1.4.1.1.2"));
+    }
+
+    #[test]
+    fn settle_rebuilds_missing_and_damaged_files_and_leaves_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let a: &[u8] = b"first instance's Part 10 bytes";
+        let b: &[u8] = b"second instance's Part 10 bytes";
+        let c: &[u8] = b"third";
+        std::fs::create_dir_all(root.join("1.2/1.2.3")).unwrap();
+        std::fs::write(root.join("1.2/1.2.3/1.2.3.5.dcm"), &b[..7]).unwrap(); // torn
+        std::fs::write(root.join("1.2/1.2.3/1.2.3.6.dcm"), c).unwrap(); // intact
+        let mut settle = Settle::new(root);
+        assert!(!settle.is_pending());
+        settle.ensure("1.2/1.2.3/1.2.3.4.dcm", a).unwrap(); // missing
+        settle.ensure("1.2/1.2.3/1.2.3.5.dcm", b).unwrap();
+        settle.ensure("1.2/1.2.3/1.2.3.6.dcm", c).unwrap();
+        assert_eq!(settle.rebuilt, 2);
+        assert!(settle.is_pending());
+        settle.sync().unwrap();
+        assert!(!settle.is_pending());
+        for (name, want) in [("1.2.3.4.dcm", a), ("1.2.3.5.dcm", b), ("1.2.3.6.dcm", c)] {
+            assert_eq!(
+                std::fs::read(root.join("1.2/1.2.3").join(name)).unwrap(),
+                want
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(root.join("1.2/1.2.3"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 3, "no temporary file stays: {left:?}");
+
+        for bad in [
+            "../x/1.2/1.dcm",
+            "1.2/1.2.3.4.dcm",
+            "1.2/1.3/../../x.dcm",
+            "a/b/c.dcm",
+        ] {
+            let e = settle.ensure(bad, a).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_for_small_instances_is_bounded_per_instance_and_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Arc::new(Archive::open(dir.path()).unwrap());
+        let mut one = archive.hold();
+        assert!(one.grow(INLINE_MAX - 10));
+        assert!(!one.grow(11), "past INLINE_MAX for one instance");
+        assert!(one.grow(10));
+        let mut held: Vec<Held> = (1..INLINE_BUDGET / INLINE_MAX)
+            .map(|_| {
+                let mut h = archive.hold();
+                assert!(h.grow(INLINE_MAX));
+                h
+            })
+            .collect();
+        let mut last = archive.hold();
+        assert!(!last.grow(1), "past INLINE_BUDGET for all");
+        held.pop();
+        drop(one);
+        assert!(last.grow(INLINE_MAX), "memory given back is usable again");
+        drop((held, last));
+        assert_eq!(archive.inline_held.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn injected_disk_full_fails_the_next_writes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path()).unwrap();
+        archive.faults().fail_next_writes(2);
+        for _ in 0..2 {
+            let e = archive
+                .place_unsynced(b"x", "1.2", "1.2.3", "1.2.3.4")
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        }
+        let rel = archive
+            .place_unsynced(b"x", "1.2", "1.2.3", "1.2.3.4")
+            .unwrap();
+        assert_eq!(rel, "1.2/1.2.3/1.2.3.4.dcm");
+        assert_eq!(std::fs::read(dir.path().join(rel)).unwrap(), b"x");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("incoming"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

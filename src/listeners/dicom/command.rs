@@ -219,7 +219,7 @@ mod tests {
             bytes.len() - 12
         );
         // Odd-length UIDs are padded with NUL to even length.
-        assert!(bytes.len() % 2 == 0);
+        assert!(bytes.len().is_multiple_of(2));
     }
 
     #[test]
