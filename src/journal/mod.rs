@@ -15,9 +15,11 @@
 //! 5. Status changes are appended as small frames that ride along with the next batch;
 //!    they are not waited for. Losing the last few on a crash only means a message is
 //!    processed again, which is idempotent downstream.
-//! 6. Retention ([`Journal::prune`]) deletes only whole, closed segments whose every
-//!    entry is `stored`, from the oldest on; a message not yet stored is never pruned.
-//!    Ids stay dense from the oldest kept entry.
+//! 6. Retention ([`Journal::prune`], [`Journal::prune_where`]) deletes only whole,
+//!    closed segments whose every entry is finished (`stored`; `queued` where records
+//!    leave through RabbitMQ), from the oldest on; a message not yet stored is never
+//!    pruned. Ids stay dense from the oldest kept entry. The order against the DICOM
+//!    archive is in [`crate::retention`].
 //!
 //! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
 //! [`frame`]). A new segment starts when the current one passes the configured size.
@@ -632,6 +634,18 @@ impl Journal {
     /// being written. Entries not yet stored (received, queued, error, unrouted) are
     /// therefore never pruned. Everything recorded so far is synced first.
     pub fn prune(&self, cutoff_ms: i64) -> Result<PruneReport, JournalError> {
+        self.prune_where(|e| e.status == Status::Stored && e.received_ms < cutoff_ms)
+    }
+
+    /// Retention with the caller's rule: like [`Journal::prune`], but a segment goes when
+    /// `may_go` holds for each of its entries. The rule must hold only for entries that
+    /// are finished (`stored`, or `queued` where records leave through RabbitMQ), so the
+    /// invariant stays: nothing not yet stored is pruned. It runs under the journal's
+    /// index lock and must not call back into the journal.
+    pub fn prune_where(
+        &self,
+        may_go: impl Fn(&EntryMeta) -> bool,
+    ) -> Result<PruneReport, JournalError> {
         self.sync_blocking()?;
         let dir = &self.shared.dir;
         let segments = list_segments(dir)?;
@@ -643,10 +657,7 @@ impl Journal {
         for &n in older {
             let count = index.entries.iter().take_while(|e| e.segment == n).count();
             let rest_elsewhere = index.entries.iter().skip(count).any(|e| e.segment == n);
-            let qualifies = !rest_elsewhere
-                && index.entries[..count]
-                    .iter()
-                    .all(|e| e.status == Status::Stored && e.received_ms < cutoff_ms);
+            let qualifies = !rest_elsewhere && index.entries[..count].iter().all(&may_go);
             if !qualifies || n == last {
                 break;
             }
@@ -673,7 +684,7 @@ impl Journal {
         Ok(report)
     }
 
-    /// Ids whose records sit in the outbox (status `queued`).
+    /// Ids of the entries with `status`.
     pub fn ids_with_status(&self, status: Status) -> Vec<u64> {
         let index = self.shared.index.read().expect("journal index lock");
         index

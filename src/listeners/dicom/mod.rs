@@ -22,7 +22,7 @@ mod storage_classes;
 mod syntaxes;
 mod tls;
 
-pub use archive::{file_meta, is_safe_uid, Archive, IMPLEMENTATION_CLASS_UID};
+pub use archive::{file_meta, is_safe_uid, Archive, ArchivePruneReport, IMPLEMENTATION_CLASS_UID};
 pub use command::{parse as parse_command, response as command_response, Command};
 pub use scp::{serve, DicomSettings};
 pub use syntaxes::{abstract_syntaxes, is_storage, TRANSFER_SYNTAXES, VERIFICATION};
