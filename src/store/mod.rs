@@ -115,6 +115,22 @@ struct Inner {
     write_lock: Mutex<()>,
     /// Set while the last `sync` failed (for `/ready`).
     sync_failing: std::sync::atomic::AtomicBool,
+    faults: Faults,
+}
+
+/// Deliberate failures, for tests that prove a store that cannot make records durable
+/// is reported and recovers.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_sync: std::sync::atomic::AtomicBool,
+}
+
+impl Faults {
+    /// While set, every [`Store::sync`] fails as if `fdatasync` had returned EIO.
+    pub fn fail_sync(&self, on: bool) {
+        self.fail_sync
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Store {
@@ -147,6 +163,7 @@ impl Store {
                 db_file_path,
                 write_lock: Mutex::new(()),
                 sync_failing: std::sync::atomic::AtomicBool::new(false),
+                faults: Faults::default(),
             }),
         })
     }
@@ -173,7 +190,17 @@ impl Store {
             .flush()
             .map_err(StoreError::from)
             .and_then(|_| {
-                file.sync_data().map_err(|source| StoreError::Sync {
+                let injected = self
+                    .inner
+                    .faults
+                    .fail_sync
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                let synced = if injected {
+                    Err(std::io::Error::other("injected fdatasync failure"))
+                } else {
+                    file.sync_data()
+                };
+                synced.map_err(|source| StoreError::Sync {
                     path: self.inner.db_file_path.clone(),
                     source,
                 })
@@ -189,6 +216,10 @@ impl Store {
         self.inner
             .sync_failing
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     /// The stored resource, or `None`. A type or id that could never be stored
