@@ -60,7 +60,11 @@ pub fn redact_values(text: &str) -> String {
             return out;
         };
         let inner = &body[..end];
-        let before = out.trim_end().rsplit(char::is_whitespace).next().unwrap_or("");
+        let before = out
+            .trim_end()
+            .rsplit(char::is_whitespace)
+            .next()
+            .unwrap_or("");
         if NAMES_AFTER.contains(&before) || KEY_NAMES.contains(&inner) {
             out.push('"');
             out.push_str(inner);

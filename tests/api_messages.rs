@@ -269,7 +269,10 @@ fn error_texts_show_values_only_with_include_raw_and_the_token() {
         Some(Status::Error)
     );
     let stored = engine.journal.entry(1).unwrap().error.unwrap();
-    assert!(stored.contains("\"Đặng\""), "the journal keeps the whole text: {stored}");
+    assert!(
+        stored.contains("\"Đặng\""),
+        "the journal keeps the whole text: {stored}"
+    );
 
     let get = |path: &str| json(http, "GET", path, Some(TOKEN));
     let (code, list) = get("/api/messages?status=error");
@@ -290,7 +293,10 @@ fn error_texts_show_values_only_with_include_raw_and_the_token() {
     for (what, v) in [("list", &list), ("one", &one), ("replay", &replayed)] {
         let text = v.to_string();
         for phi in ["Đặng", "BN000777", "19850704"] {
-            assert!(!text.contains(phi), "{what} shows no patient data ({phi}): {text}");
+            assert!(
+                !text.contains(phi),
+                "{what} shows no patient data ({phi}): {text}"
+            );
         }
     }
     assert_eq!(one["error"], list["messages"][0]["error"]);
