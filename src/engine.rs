@@ -388,6 +388,12 @@ impl Engine {
         if let Some(p) = self.pipeline.take() {
             let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
         }
+        // Status changes and trail steps ride along with commits; the last ones are
+        // made durable here rather than left to the next start's replay.
+        let journal = self.journal.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || journal.sync_blocking()).await {
+            tracing::error!(error = %e, "final journal sync failed");
+        }
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final store sync failed");
         }

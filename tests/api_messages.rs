@@ -241,8 +241,28 @@ fn errors_keep_their_route_across_a_restart() {
     let (_, v) = get(http, "/api/messages?status=error&route=lab-results");
     assert_eq!(message_ids(&v), [1]);
     assert_eq!(v["messages"][0]["route"], "lab-results");
+    // The trail of the first run is kept in the journal.
+    let stages = |one: &Value| -> Vec<String> {
+        one["trail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, one) = get(http, "/api/messages/1");
+    assert_eq!(stages(&one), ["received", "routed", "error"], "{one}");
+    assert_eq!(one["trail"][1]["detail"], "lab-results");
     let (_, r) = post(http, "/api/messages/replay?status=error&route=lab-results");
     assert_eq!(r["replayed"][0]["status"], "stored", "{r}");
+    rt.block_on(engine.shutdown());
+    let engine = rt.block_on(site.start());
+    let (_, one) = get(engine.http_addr, "/api/messages/1");
+    assert_eq!(
+        stages(&one),
+        ["received", "routed", "error", "replay", "routed", "queued", "stored"],
+        "{one}"
+    );
     rt.block_on(engine.shutdown());
 }
 
