@@ -1,5 +1,6 @@
 //! Record-store benchmark: insert synthetic patients with Vietnamese names, each with
-//! clinical records, then print name, identifier and clinical search latency. It only
+//! clinical records, then print name, identifier, clinical (by patient, and by code
+//! without a patient) search latency. It only
 //! prints numbers, and ratios against a baseline measured in the same run: the same
 //! queries on the first `HALONG_BENCH_BASELINE` patients (default 10,000) before the rest
 //! are loaded. Since search cost should follow the size of the answer and not of the
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use halong::store::{ClinicalQuery, DateOrder, PatientQuery, Store, CACHE_CAPACITY};
+use halong::store::{ClinicalQuery, DateOrder, PatientQuery, Store, TokenQuery, CACHE_CAPACITY};
 
 const FAMILIES: &[&str] = &[
     "Nguyễn", "Nguyễn", "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ",
@@ -59,6 +60,15 @@ fn synthetic_records(i: usize, records: usize) -> Vec<Value> {
         "subject": {"reference": format!("Patient/{pid}")},
         "period": {"start": format!("2024-{:02}-{:02}T08:00:00+07:00", 1 + i % 12, 1 + i % 28)}
     })];
+    if i < RARE_CODE_PATIENTS {
+        out.push(json!({
+            "resourceType": "Observation", "id": format!("ob-{i:08x}-rare"), "status": "final",
+            "subject": {"reference": format!("Patient/{pid}")},
+            "code": {"coding": [{"system": "http://loinc.org", "code": RARE_CODE}]},
+            "valueString": "Negative",
+            "effectiveDateTime": format!("2024-02-{:02}T10:00:00+07:00", 1 + i % 28)
+        }));
+    }
     for k in 0..records {
         out.push(json!({
             "resourceType": "Observation", "id": format!("ob-{i:08x}-{k}"), "status": "final",
@@ -70,6 +80,11 @@ fn synthetic_records(i: usize, records: usize) -> Vec<Value> {
     }
     out
 }
+
+/// The first this many patients also have one Observation with [`RARE_CODE`], so a
+/// code search (without a patient) has the same answer at every store size.
+const RARE_CODE_PATIENTS: usize = 20;
+const RARE_CODE: &str = "94500-6";
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -101,6 +116,7 @@ struct Timings {
     all: Vec<Duration>,
     ident: (Duration, Duration),
     clinical: (Duration, Duration),
+    by_code: (Duration, Duration),
     everything: (Duration, Duration),
 }
 
@@ -152,6 +168,17 @@ fn measure(store: &Store, loaded: usize, reps: usize) -> Timings {
         store.search_clinical(&q, 0, 50).unwrap().total
     });
     let clinical = p50_p99(&t);
+    let (t, _) = time(reps, |_| {
+        let q = ClinicalQuery {
+            resource_type: "Observation".into(),
+            codes: vec![TokenQuery::parse(&format!("http://loinc.org|{RARE_CODE}"))],
+            order: DateOrder::Descending,
+            ..Default::default()
+        };
+        let found = store.search_clinical(&q, 0, 50).unwrap().total;
+        assert_eq!(found, RARE_CODE_PATIENTS.min(loaded));
+    });
+    let by_code = p50_p99(&t);
     let (t, _) = time(reps, |k| {
         let pid = format!("pt-{:08x}", (k * 7919) % loaded);
         store.everything_page(&pid, 0, 100).unwrap().unwrap().total
@@ -162,6 +189,7 @@ fn measure(store: &Store, loaded: usize, reps: usize) -> Timings {
         all,
         ident,
         clinical,
+        by_code,
         everything,
     }
 }
@@ -264,6 +292,11 @@ fn main() {
             "Observation?patient=&_sort=-date",
             full.clinical,
             baseline.clinical,
+        ),
+        (
+            "Observation?code=http://loinc.org|94500-6&_sort=-date (no patient; 20 hits)",
+            full.by_code,
+            baseline.by_code,
         ),
         ("Patient/$everything", full.everything, baseline.everything),
     ] {

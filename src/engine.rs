@@ -194,13 +194,6 @@ impl Engine {
             "engine starting"
         );
 
-        if config.data.journal_retention_days > 0 {
-            tasks.push(tokio::spawn(retention(
-                journal.clone(),
-                config.data.journal_retention_days,
-                shutdown.clone(),
-            )));
-        }
         let mut listener_addrs = Vec::new();
         let mut dicom_archive = None;
         let listeners = if role.takes_messages() {
@@ -208,6 +201,35 @@ impl Engine {
         } else {
             &[]
         };
+        let policy = crate::retention::Policy {
+            journal_days: config.data.journal_retention_days,
+            dicom_days: config.data.dicom_retention_days,
+            queued_is_done: amqp.is_some(),
+        };
+        if policy.is_active() {
+            // The archive is pruned even when no DICOM listener is configured any more.
+            let archive_dir = data.join("dicom");
+            let archive = if policy.dicom_days > 0
+                && (archive_dir.is_dir() || listeners.iter().any(|l| l.kind == ListenerKind::Dicom))
+            {
+                let opened = crate::listeners::dicom::Archive::open(&archive_dir)
+                    .map(Arc::new)
+                    .map_err(|e| StartError::DataDir {
+                        path: archive_dir.display().to_string(),
+                        source: e,
+                    })?;
+                dicom_archive = Some(Ok(opened.clone()));
+                Some(opened)
+            } else {
+                None
+            };
+            tasks.push(tokio::spawn(retention(
+                journal.clone(),
+                archive,
+                policy,
+                shutdown.clone(),
+            )));
+        }
         for l in listeners {
             let socket = TcpListener::bind(l.bind)
                 .await
@@ -370,28 +392,53 @@ impl Engine {
         if let Some(p) = self.pipeline.take() {
             let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
         }
+        // Status changes and trail steps ride along with commits; the last ones are
+        // made durable here rather than left to the next start's replay.
+        let journal = self.journal.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || journal.sync_blocking()).await {
+            tracing::error!(error = %e, "final journal sync failed");
+        }
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "final store sync failed");
         }
     }
 }
 
-/// Prunes the journal at start and every hour (see [`Journal::prune`]).
-async fn retention(journal: Journal, days: u64, shutdown: CancellationToken) {
+/// Runs a retention pass ([`crate::retention::run_once`]) at start and every hour.
+async fn retention(
+    journal: Journal,
+    archive: Option<Arc<crate::listeners::dicom::Archive>>,
+    policy: crate::retention::Policy,
+    shutdown: CancellationToken,
+) {
     const EVERY: Duration = Duration::from_secs(3600);
     loop {
-        let cutoff = chrono::Utc::now().timestamp_millis() - (days as i64) * 86_400_000;
-        let j = journal.clone();
-        match tokio::task::spawn_blocking(move || j.prune(cutoff)).await {
-            Ok(Ok(r)) if r.segments > 0 => tracing::info!(
-                segments = r.segments,
-                entries = r.entries,
-                first_kept = r.first_kept,
-                "retention pruned the journal"
-            ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "journal retention failed"),
-            Err(e) => tracing::error!(error = %e, "journal retention task failed"),
+        let (j, a) = (journal.clone(), archive.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            crate::retention::run_once(&j, a.as_deref(), &policy, std::time::SystemTime::now())
+        });
+        match pass.await {
+            Ok(Ok(r)) => {
+                if r.archive.files > 0 || r.archive.dirs > 0 {
+                    tracing::info!(
+                        files = r.archive.files,
+                        bytes = r.archive.bytes,
+                        directories = r.archive.dirs,
+                        held = r.archive.held,
+                        "retention pruned the DICOM archive"
+                    );
+                }
+                if r.journal.segments > 0 {
+                    tracing::info!(
+                        segments = r.journal.segments,
+                        entries = r.journal.entries,
+                        first_kept = r.journal.first_kept,
+                        "retention pruned the journal"
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

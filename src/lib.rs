@@ -16,6 +16,7 @@
 //! - [`api`]: HTTP: `/fhir`, `/api`, `/health`.
 //! - [`pipeline`]: wires journal → routes → mapping → outbox → store.
 //! - [`engine`]: starts and stops everything from a config.
+//! - [`retention`]: prunes old archived DICOM files, then old journal segments.
 //! - [`send`]: the MLLP client and load generator behind `halong send`.
 //! - [`telemetry`]: logging without patient data; metric names.
 //! - [`tls`]: rustls identities for HTTPS and MLLP over TLS.
@@ -31,6 +32,7 @@ pub mod listeners;
 pub mod mapping;
 pub mod pipeline;
 pub mod queue;
+pub mod retention;
 pub mod routes;
 pub mod send;
 pub mod store;

@@ -25,6 +25,59 @@ pub fn log_phi() -> bool {
     LOG_PHI.get().copied().unwrap_or(false)
 }
 
+/// Words after which a quoted part names configuration, not message content.
+const NAMES_AFTER: [&str; 6] = ["route", "mapping", "listener", "AE", "table", "function"];
+/// Quoted parts that are FHIR key names, not values.
+const KEY_NAMES: [&str; 2] = ["id", "resourceType"];
+/// What a hidden value is shown as.
+pub const HIDDEN: &str = "\"…\"";
+
+/// An error text without the values it quotes. Processing errors name routes, mappings
+/// and fields, and quote the value that failed (`"Đặng" is not a valid HL7 date`), which
+/// may be patient data. Every double-quoted part becomes `"…"` unless it follows one of
+/// `route`, `mapping`, `listener`, `AE`, `table`, `function` (names from halong's own
+/// files and config) or is a FHIR key name (`"id"`, `"resourceType"`). Quoted parts use
+/// Rust's escapes (`\"`, `\\`); an unterminated quote hides the rest of the text.
+pub fn redact_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..start]);
+        let body = &rest[start + 1..];
+        let mut escaped = false;
+        let end = body.char_indices().find_map(|(i, c)| {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                return Some(i);
+            }
+            None
+        });
+        let Some(end) = end else {
+            out.push_str(HIDDEN);
+            return out;
+        };
+        let inner = &body[..end];
+        let before = out
+            .trim_end()
+            .rsplit(char::is_whitespace)
+            .next()
+            .unwrap_or("");
+        if NAMES_AFTER.contains(&before) || KEY_NAMES.contains(&inner) {
+            out.push('"');
+            out.push_str(inner);
+            out.push('"');
+        } else {
+            out.push_str(HIDDEN);
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 // ---------------------------------------------------------------------------------
 // Metrics (Prometheus text at `/metrics`). Names, one place:
 
@@ -150,4 +203,37 @@ pub fn end_to_end(received_ms: i64) {
 pub fn set_gauges(journal_lag: u64, outbox_depth: usize) {
     metrics::gauge!(JOURNAL_LAG).set(journal_lag as f64);
     metrics::gauge!(OUTBOX_DEPTH).set(outbox_depth as f64);
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_values;
+
+    #[test]
+    fn quoted_values_are_hidden_and_names_kept() {
+        for (text, want) in [
+            (
+                "route \"lab-results\", mapping \"oru_r01\": Patient birthDate: \"Đặng\" is not a valid HL7 date",
+                "route \"lab-results\", mapping \"oru_r01\": Patient birthDate: \"…\" is not a valid HL7 date",
+            ),
+            (
+                "no route takes DICOM^CT from calling AE \"CT01\" on listener \"pacs\"",
+                "no route takes DICOM^CT from calling AE \"CT01\" on listener \"pacs\"",
+            ),
+            (
+                "record store refused the records: Patient: \"id\" \"a b\" is not a FHIR id",
+                "record store refused the records: Patient: \"id\" \"…\" is not a FHIR id",
+            ),
+            // Escaped quotes inside a value do not end it early.
+            (
+                "x: \"say \\\"Nguyễn\\\" \\\\\" is not a decimal",
+                "x: \"…\" is not a decimal",
+            ),
+            ("x: \"19850704 unterminated", "x: \"…\""),
+            ("no quotes at all", "no quotes at all"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_values(text), want, "{text}");
+        }
+    }
 }

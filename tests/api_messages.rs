@@ -241,7 +241,97 @@ fn errors_keep_their_route_across_a_restart() {
     let (_, v) = get(http, "/api/messages?status=error&route=lab-results");
     assert_eq!(message_ids(&v), [1]);
     assert_eq!(v["messages"][0]["route"], "lab-results");
+    // The trail of the first run is kept in the journal.
+    let stages = |one: &Value| -> Vec<String> {
+        one["trail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, one) = get(http, "/api/messages/1");
+    assert_eq!(stages(&one), ["received", "routed", "error"], "{one}");
+    assert_eq!(one["trail"][1]["detail"], "lab-results");
     let (_, r) = post(http, "/api/messages/replay?status=error&route=lab-results");
     assert_eq!(r["replayed"][0]["status"], "stored", "{r}");
+    rt.block_on(engine.shutdown());
+    let engine = rt.block_on(site.start());
+    let (_, one) = get(engine.http_addr, "/api/messages/1");
+    assert_eq!(
+        stages(&one),
+        ["received", "routed", "error", "replay", "routed", "queued", "stored"],
+        "{one}"
+    );
+    rt.block_on(engine.shutdown());
+}
+
+/// An error that quotes a patient's value (here the family name a broken mapping reads
+/// as a birth date) is listed without it; the full text needs `include=raw` and the token.
+#[test]
+fn error_texts_show_values_only_with_include_raw_and_the_token() {
+    const TOKEN: &str = "s3cret-operator-token-0123";
+    let rt = runtime();
+    let site = Site::new(&format!("token = \"{TOKEN}\""), "");
+    let mapping = site.path().join("mappings/oru_r01.toml");
+    let text = std::fs::read_to_string(&mapping).unwrap();
+    let reads_the_name = r#""birthDate" = "date(PID-5.1)""#;
+    std::fs::write(&mapping, text.replace(ORIGINAL, reads_the_name)).unwrap();
+    let engine = rt.block_on(site.start());
+    let http = engine.http_addr;
+    let lab = engine.listener_addr("lab").unwrap();
+    assert_eq!(
+        msa_code(&mllp_send(lab, &sample("oru_r01_dang_van_duc_glucose.hl7"))),
+        "AA"
+    );
+    assert_eq!(
+        engine.journal.wait_settled(1, Duration::from_secs(30)),
+        Some(Status::Error)
+    );
+    let stored = engine.journal.entry(1).unwrap().error.unwrap();
+    assert!(
+        stored.contains("\"Đặng\""),
+        "the journal keeps the whole text: {stored}"
+    );
+
+    let get = |path: &str| json(http, "GET", path, Some(TOKEN));
+    let (code, list) = get("/api/messages?status=error");
+    assert_eq!(code, 200);
+    let error = list["messages"][0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("route \"lab-results\", mapping \"oru_r01\": "),
+        "route and mapping stay named: {error}"
+    );
+    assert!(
+        error.ends_with("birthDate: date(PID-5.1): \"…\" is not a valid HL7 date"),
+        "{error}"
+    );
+    assert_eq!(list["messages"][0]["route"], "lab-results");
+    let (_, one) = get("/api/messages/1");
+    let (_, replayed) = json(http, "POST", "/api/messages/1/replay", Some(TOKEN));
+    assert_eq!(replayed["replayed"][0]["status"], "error", "{replayed}");
+    for (what, v) in [("list", &list), ("one", &one), ("replay", &replayed)] {
+        let text = v.to_string();
+        for phi in ["Đặng", "BN000777", "19850704"] {
+            assert!(
+                !text.contains(phi),
+                "{what} shows no patient data ({phi}): {text}"
+            );
+        }
+    }
+    assert_eq!(one["error"], list["messages"][0]["error"]);
+    let error_step = one["trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "error")
+        .expect("an error step");
+    assert_eq!(error_step["detail"], one["error"]);
+
+    let (code, full) = get("/api/messages/1?include=raw");
+    assert_eq!(code, 200);
+    assert_eq!(full["error"].as_str(), Some(&*stored));
+    assert!(full["trail"].to_string().contains("Đặng"));
+    assert!(full["raw"].as_str().unwrap().contains("Đặng^Văn^Đức"));
     rt.block_on(engine.shutdown());
 }

@@ -1,7 +1,14 @@
 //! Retention: old journal segments go once every message in them is stored; nothing
-//! not yet stored is ever pruned; ids continue after a restart.
+//! not yet stored is ever pruned; ids continue after a restart. Archived DICOM files go
+//! by age unless a journal entry still needs them, and a DICOM entry goes only after its
+//! file.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use halong::dicom::{InstanceRef, FORMAT};
 use halong::journal::{Journal, JournalOptions, NewEntry, Status};
+use halong::listeners::dicom::Archive;
+use halong::retention::{run_once, Policy};
 
 fn entry(n: u64, received_ms: i64) -> NewEntry {
     NewEntry {
@@ -106,4 +113,286 @@ fn prunes_only_stored_old_segments_and_keeps_ids_dense() {
     assert_eq!(journal.first_unprocessed(), 11);
     let recent: Vec<u64> = journal.recent(100, None).iter().map(|e| e.id).collect();
     assert_eq!(recent, (first_kept..=11).rev().collect::<Vec<_>>());
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Archives one instance through the archive's own placement, last written `age` ago.
+fn archived(archive: &Archive, uids: (&str, &str, &str), now: SystemTime, age: Duration) -> String {
+    let (study, series, instance) = uids;
+    let tmp = archive
+        .root()
+        .join("incoming")
+        .join(format!("{instance}.part"));
+    std::fs::write(&tmp, b"DICM and a dataset").unwrap();
+    let file = std::fs::File::options().write(true).open(&tmp).unwrap();
+    let rel = archive.place(&tmp, &file, study, series, instance).unwrap();
+    file.set_modified(now - age).unwrap();
+    rel
+}
+
+/// A refused instance's copy under `failed/`, written `age` ago.
+fn refused(archive: &Archive, name: &str, now: SystemTime, age: Duration) -> String {
+    let tmp = archive.root().join("incoming").join(format!("{name}.part"));
+    std::fs::write(&tmp, b"not DICOM").unwrap();
+    let rel = archive.keep_failed(&tmp).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(archive.root().join(&rel))
+        .unwrap()
+        .set_modified(now - age)
+        .unwrap();
+    rel
+}
+
+fn dicom_entry(rel: &str, sop_instance: &str, received_ms: i64, status: Status) -> NewEntry {
+    let reference = InstanceRef {
+        format: FORMAT.into(),
+        path: rel.into(),
+        calling_ae: "CT01".into(),
+        called_ae: "HALONG".into(),
+        transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        sop_class: "1.2.840.10008.5.1.4.1.1.2".into(),
+        sop_instance: sop_instance.into(),
+        dataset_bytes: 18,
+        attributes: Default::default(),
+        inline_bytes: 0,
+    };
+    NewEntry {
+        listener: "pacs".into(),
+        peer: "127.0.0.1:1".into(),
+        received_ms,
+        message_type: "DICOM^CT".into(),
+        control_id: sop_instance.into(),
+        status,
+        error: (status == Status::Error).then(|| "mapping failed".to_string()),
+        raw: reference.to_json(),
+    }
+}
+
+fn exists(archive: &Archive, rel: &str) -> bool {
+    archive.root().join(rel).exists()
+}
+
+#[test]
+fn archive_retention_keeps_what_is_not_yet_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Archive::open(&dir.path().join("dicom")).unwrap();
+    let journal = Journal::open(&dir.path().join("journal"), JournalOptions::default()).unwrap();
+    let now = SystemTime::now();
+    let old = 40 * DAY;
+    let at = |age: Duration| ms(now - age);
+
+    // (label, file, status of its entry): every file is older than the 30-day cutoff
+    // except "recent".
+    let stored = archived(&archive, ("1.1", "1.1.1", "1.1.1.1"), now, old);
+    let stored_sibling = archived(&archive, ("1.1", "1.1.2", "1.1.2.1"), now, old);
+    let waiting = archived(&archive, ("1.1", "1.1.2", "1.1.2.2"), now, old);
+    let mapping_error = archived(&archive, ("1.2", "1.2.1", "1.2.1.1"), now, old);
+    let unrouted = archived(&archive, ("1.2", "1.2.1", "1.2.1.2"), now, old);
+    let in_outbox = archived(&archive, ("1.3", "1.3.1", "1.3.1.1"), now, old);
+    let recent = archived(&archive, ("1.4", "1.4.1", "1.4.1.1"), now, DAY);
+    let resent = archived(&archive, ("1.5", "1.5.1", "1.5.1.1"), now, old);
+    let orphan = archived(&archive, ("1.6", "1.6.1", "1.6.1.1"), now, old);
+    let refused_copy = refused(&archive, "7-1", now, old);
+    let refused_recent = refused(&archive, "7-2", now, DAY);
+    for (rel, sop, status) in [
+        (&stored, "1.1.1.1", Status::Stored),
+        (&stored_sibling, "1.1.2.1", Status::Stored),
+        (&waiting, "1.1.2.2", Status::Received),
+        (&mapping_error, "1.2.1.1", Status::Error),
+        (&unrouted, "1.2.1.2", Status::Unrouted),
+        (&in_outbox, "1.3.1.1", Status::Queued),
+        (&recent, "1.4.1.1", Status::Stored),
+        // Stored long ago, then the same instance arrived again and is not stored yet.
+        (&resent, "1.5.1.1", Status::Stored),
+        (&resent, "1.5.1.1", Status::Routed),
+        (&refused_copy, "7.1", Status::Error),
+        (&refused_recent, "7.2", Status::Error),
+    ] {
+        journal
+            .append_blocking(dicom_entry(rel, sop, at(old), status))
+            .unwrap();
+    }
+
+    // Retention off for the archive: nothing goes.
+    let off = Policy {
+        journal_days: 0,
+        dicom_days: 0,
+        queued_is_done: false,
+    };
+    let r = run_once(&journal, Some(&archive), &off, now).unwrap();
+    assert_eq!(r.archive.files, 0);
+    assert!(exists(&archive, &stored) && exists(&archive, &orphan));
+
+    let embedded = Policy {
+        journal_days: 0,
+        dicom_days: 30,
+        queued_is_done: false,
+    };
+    let r = run_once(&journal, Some(&archive), &embedded, now).unwrap();
+    for gone in [&stored, &stored_sibling, &orphan, &refused_copy] {
+        assert!(!exists(&archive, gone), "{gone} pruned");
+    }
+    for kept in [
+        &waiting,
+        &mapping_error,
+        &unrouted,
+        &in_outbox,
+        &recent,
+        &resent,
+        &refused_recent,
+    ] {
+        assert!(exists(&archive, kept), "{kept} kept");
+    }
+    assert_eq!((r.archive.files, r.archive.held), (4, 5), "{r:?}");
+    // Emptied directories go: study 1.6 and series 1.1.1 entirely; 1.1 keeps 1.1.2.
+    assert!(!archive.root().join("1.6").exists());
+    assert!(!archive.root().join("1.1/1.1.1").exists());
+    assert!(archive.root().join("1.1/1.1.2").is_dir());
+    assert!(archive.root().join("failed").is_dir());
+    assert!(archive.root().join("incoming").is_dir());
+    assert_eq!(r.archive.dirs, 3, "{r:?}");
+    // The journal is untouched: its entries stay, with their status.
+    assert_eq!(journal.entry(1).unwrap().status, Status::Stored);
+
+    // Through RabbitMQ, `queued` is finished: the broker has the records.
+    let amqp = Policy {
+        queued_is_done: true,
+        ..embedded
+    };
+    let r = run_once(&journal, Some(&archive), &amqp, now).unwrap();
+    assert_eq!(r.archive.files, 1, "{r:?}");
+    assert!(!exists(&archive, &in_outbox));
+    assert!(!archive.root().join("1.3").exists());
+
+    // Once the waiting and the resent instances are stored, their files may go too; the
+    // error and the unrouted instance still stay.
+    journal.set_status(3, Status::Stored, None);
+    journal.set_status(9, Status::Stored, None);
+    let r = run_once(&journal, Some(&archive), &embedded, now).unwrap();
+    assert_eq!(r.archive.files, 2, "{r:?}");
+    assert!(!archive.root().join("1.1").exists() && !archive.root().join("1.5").exists());
+    assert!(exists(&archive, &mapping_error) && exists(&archive, &unrouted));
+
+    // A placement after the pass is untouched by the next one: the same instance sent
+    // again is a new file, judged by its new time.
+    let again = archived(&archive, ("1.1", "1.1.1", "1.1.1.1"), now, Duration::ZERO);
+    assert_eq!(again, stored);
+    run_once(&journal, Some(&archive), &embedded, now).unwrap();
+    assert!(exists(&archive, &again));
+}
+
+#[test]
+fn a_dicom_entry_goes_only_after_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Archive::open(&dir.path().join("dicom")).unwrap();
+    // One entry per segment, so each entry can go on its own.
+    let journal = Journal::open(
+        &dir.path().join("journal"),
+        JournalOptions { segment_bytes: 1 },
+    )
+    .unwrap();
+    let now = SystemTime::now();
+    let hl7 = |n: u64, age: Duration| {
+        let mut e = entry(n, ms(now - age));
+        e.status = Status::Stored;
+        e
+    };
+    let old_file = archived(&archive, ("2.1", "2.1.1", "2.1.1.1"), now, 20 * DAY);
+    let newer_file = archived(&archive, ("2.1", "2.1.1", "2.1.1.2"), now, 5 * DAY);
+    journal.append_blocking(hl7(1, 20 * DAY)).unwrap();
+    journal
+        .append_blocking(dicom_entry(
+            &old_file,
+            "2.1.1.1",
+            ms(now - 20 * DAY),
+            Status::Stored,
+        ))
+        .unwrap();
+    journal
+        .append_blocking(dicom_entry(
+            &newer_file,
+            "2.1.1.2",
+            ms(now - 5 * DAY),
+            Status::Stored,
+        ))
+        .unwrap();
+    journal.append_blocking(hl7(4, 5 * DAY)).unwrap();
+    journal.append_blocking(hl7(5, Duration::ZERO)).unwrap();
+
+    // Journal: 1 day; archive: 10 days. Entry 3 is past the journal's day but its file
+    // (5 days) stays, so the entry stays, and with it everything after it.
+    let policy = Policy {
+        journal_days: 1,
+        dicom_days: 10,
+        queued_is_done: false,
+    };
+    let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
+    assert_eq!(r.archive.files, 1);
+    assert!(!exists(&archive, &old_file) && exists(&archive, &newer_file));
+    assert_eq!(r.journal.first_kept, 3, "{r:?}");
+    assert!(journal.entry(2).is_none() && journal.entry(3).is_some());
+
+    // Six days later the file is 11 days old: file first, then its entry and the ones
+    // after it that are past a day.
+    let later = now + 6 * DAY;
+    let r = run_once(&journal, Some(&archive), &policy, later).unwrap();
+    assert_eq!(r.archive.files, 1);
+    assert!(!exists(&archive, &newer_file));
+    assert!(!archive.root().join("2.1").exists());
+    assert_eq!(r.journal.first_kept, 6, "{r:?}");
+
+    // Without archive retention a DICOM entry is never pruned (its file is kept forever).
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), JournalOptions { segment_bytes: 1 }).unwrap();
+    journal
+        .append_blocking(dicom_entry(
+            "3.1/3.1.1/3.1.1.1.dcm",
+            "3.1.1.1",
+            ms(now - 20 * DAY),
+            Status::Stored,
+        ))
+        .unwrap();
+    journal.append_blocking(hl7(2, 20 * DAY)).unwrap();
+    let keep_files = Policy {
+        journal_days: 1,
+        dicom_days: 0,
+        queued_is_done: false,
+    };
+    let r = run_once(&journal, None, &keep_files, now).unwrap();
+    assert_eq!((r.journal.entries, r.journal.first_kept), (0, 1));
+}
+
+#[test]
+fn journal_retention_through_rabbitmq_counts_queued_as_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), JournalOptions { segment_bytes: 1 }).unwrap();
+    let now = SystemTime::now();
+    for n in 1..=3 {
+        let mut e = entry(n, ms(now - 5 * DAY));
+        e.status = if n == 3 {
+            Status::Mapped
+        } else {
+            Status::Queued
+        };
+        journal.append_blocking(e).unwrap();
+    }
+    journal.append_blocking(entry(4, ms(now))).unwrap();
+    let mut policy = Policy {
+        journal_days: 1,
+        dicom_days: 0,
+        queued_is_done: false,
+    };
+    // Embedded: `queued` records are still in the outbox.
+    let r = run_once(&journal, None, &policy, now).unwrap();
+    assert_eq!(r.journal.entries, 0);
+    policy.queued_is_done = true;
+    let r = run_once(&journal, None, &policy, now).unwrap();
+    // 1 and 2 go; 3 (mapped, not yet confirmed by the broker) stops the pass.
+    assert_eq!((r.journal.entries, r.journal.first_kept), (2, 3));
 }

@@ -240,6 +240,44 @@ fn no_ack_when_the_journal_cannot_commit() {
     rt.block_on(engine.shutdown());
 }
 
+#[test]
+fn ready_names_the_record_store_while_it_cannot_sync_and_recovers() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(start(dir.path()));
+    let http = engine.http_addr;
+    assert_eq!(http_json(http, "/ready").0, 200);
+    let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
+    engine.store.faults().fail_sync(true);
+    // The journal still takes the message: the store is not on the ACK path.
+    let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
+    assert_eq!(msa_code(&ack), "AA");
+    let id = engine.journal.durable_id();
+    let mut seen = serde_json::Value::Null;
+    wait_until("/ready reports the store", SETTLE, || {
+        let (code, body) = http_json(http, "/ready");
+        seen = body;
+        code == 503
+    });
+    assert_eq!(seen["ready"], false);
+    assert_eq!(
+        seen["problems"],
+        serde_json::json!(["the record store cannot make records durable (sync failed)"])
+    );
+    assert_ne!(engine.journal.entry(id).unwrap().status, Status::Stored);
+
+    engine.store.faults().fail_sync(false);
+    assert_eq!(
+        engine.journal.wait_settled(id, SETTLE),
+        Some(Status::Stored),
+        "the message is stored once the disk takes writes again"
+    );
+    let (code, body) = http_json(http, "/ready");
+    assert_eq!((code, &body["problems"]), (200, &serde_json::json!([])));
+    assert_eq!(engine.store.count("Observation").unwrap(), 2);
+    rt.block_on(engine.shutdown());
+}
+
 /// Every kind of bad input gets a clear answer and leaves a journal entry with its reason.
 #[test]
 fn bad_input_is_answered_and_kept() {

@@ -2,8 +2,10 @@
 //! its processing trail, and replay.
 //!
 //! Lists carry ids, times, types, control ids, routes, statuses and errors, never
-//! message content. The raw message is returned only with `include=raw`, and only when
-//! the API is guarded by the operator token.
+//! message content. Errors and trail details are shown without the values they quote
+//! ([`crate::telemetry::redact_values`]: a failing date or name is patient data). The
+//! raw message and the full error texts are returned only with `include=raw`, and only
+//! when the API is guarded by the operator token.
 
 // Parameter checks return the finished error response; it is built once per request.
 #![allow(clippy::result_large_err)]
@@ -42,7 +44,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/messages/{id}/replay", post(replay_one))
 }
 
-fn summary(e: &EntryMeta) -> Value {
+/// One message without its content; `full` keeps the values its error quotes.
+fn summary(e: &EntryMeta, full: bool) -> Value {
+    let error = e.error.as_deref().map(|t| {
+        if full {
+            t.to_string()
+        } else {
+            crate::telemetry::redact_values(t)
+        }
+    });
     json!({
         "id": e.id,
         "received": chrono::DateTime::from_timestamp_millis(e.received_ms)
@@ -53,7 +63,7 @@ fn summary(e: &EntryMeta) -> Value {
         "control_id": &*e.control_id,
         "route": e.route_name(),
         "status": e.status.as_str(),
-        "error": e.error.as_deref(),
+        "error": error,
         "size": e.size,
     })
 }
@@ -158,7 +168,11 @@ async fn list(State(s): State<AppState>, query: ParamsResult) -> Response {
         .await
         .unwrap_or_default();
     let more = found.len() > limit;
-    let page: Vec<Value> = found.iter().take(limit).map(summary).collect();
+    let page: Vec<Value> = found
+        .iter()
+        .take(limit)
+        .map(|e| summary(e, false))
+        .collect();
     let next = more.then(|| found.get(limit - 1)).flatten().map(|last| {
         format!(
             "/api/messages?{}",
@@ -189,15 +203,23 @@ async fn one(State(s): State<AppState>, Path(id): Path<String>, query: ParamsRes
     let Some(meta) = id.parse::<u64>().ok().and_then(|n| s.journal.entry(n)) else {
         return api_error(StatusCode::NOT_FOUND, &format!("no message {id}"));
     };
-    let mut body = summary(&meta);
-    body["trail"] = json!(s.journal.trail(meta.id));
-    if include_raw {
-        if !auth::has_token(&s) {
-            return api_error(
-                StatusCode::FORBIDDEN,
-                "message content is shown only when the API is guarded by a token: set [http] token (or HALONG_HTTP__TOKEN)",
-            );
+    if include_raw && !auth::has_token(&s) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "message content is shown only when the API is guarded by a token: set [http] token (or HALONG_HTTP__TOKEN)",
+        );
+    }
+    let mut body = summary(&meta, include_raw);
+    let mut trail = s.journal.trail(meta.id);
+    if !include_raw {
+        for step in &mut trail {
+            if let Some(d) = &mut step.detail {
+                *d = crate::telemetry::redact_values(d);
+            }
         }
+    }
+    body["trail"] = json!(trail);
+    if include_raw {
         let journal = s.journal.clone();
         let n = meta.id;
         match tokio::task::spawn_blocking(move || journal.read_raw(n)).await {
@@ -279,6 +301,9 @@ async fn run_replay(s: AppState, ids: Vec<u64>, more: bool) -> Response {
                 }
                 if let Some(e) = journal.entry(r.id).and_then(|m| m.error) {
                     v["error"] = json!(&*e);
+                }
+                if let Some(e) = v["error"].as_str() {
+                    v["error"] = json!(crate::telemetry::redact_values(e));
                 }
                 v
             })

@@ -56,6 +56,16 @@ pub struct DataConfig {
     /// them. Default 0: keep everything.
     #[serde(default)]
     pub journal_retention_days: u64,
+    /// Retention of the DICOM archive: files under `<dir>/dicom/` (instances, and the
+    /// copies of refused instances under `failed/`) received more than this many days ago
+    /// are deleted, then the study and series directories left empty (checked at start
+    /// and every hour). An instance whose journal entry is not yet stored (or, with
+    /// `[queue] kind = "amqp"`, queued) is never deleted. A DICOM instance's journal
+    /// entry is kept until its file is gone, so with a DICOM listener and
+    /// `journal_retention_days` set this must be set too. At most 36500. Default 0: keep
+    /// every file.
+    #[serde(default)]
+    pub dicom_retention_days: u64,
 }
 
 impl Default for DataConfig {
@@ -64,6 +74,7 @@ impl Default for DataConfig {
             dir: default_data_dir(),
             journal_segment_mib: default_segment_mib(),
             journal_retention_days: 0,
+            dicom_retention_days: 0,
         }
     }
 }
@@ -565,6 +576,28 @@ impl Config {
             let (line, col) = at("journal_segment_mib", 0);
             out.push(diag((line, col), "journal_segment_mib must be at least 1"));
         }
+        for (key, days) in [
+            ("journal_retention_days", self.data.journal_retention_days),
+            ("dicom_retention_days", self.data.dicom_retention_days),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                out.push(diag(
+                    locate_key(text, key),
+                    &format!("{key} must be at most {MAX_RETENTION_DAYS} (0 keeps everything)"),
+                ));
+            }
+        }
+        let has_dicom = self.listeners.iter().any(|l| l.kind == ListenerKind::Dicom);
+        if has_dicom && self.data.journal_retention_days > 0 && self.data.dicom_retention_days == 0
+        {
+            out.push(diag(
+                locate_key(text, "journal_retention_days"),
+                &format!(
+                    "journal_retention_days = {} would have to keep the journal entries of DICOM files kept forever (a DICOM entry goes only after its file): set [data] dicom_retention_days too (e.g. {}), or journal_retention_days = 0",
+                    self.data.journal_retention_days, self.data.journal_retention_days
+                ),
+            ));
+        }
         out
     }
 
@@ -588,6 +621,24 @@ impl Config {
     pub fn listener_names(&self) -> Vec<String> {
         self.listeners.iter().map(|l| l.name.clone()).collect()
     }
+}
+
+/// Retention periods above this many days (100 years) are refused.
+const MAX_RETENTION_DAYS: u64 = 36_500;
+
+/// Line and column of the line that sets `key` (not a comment that names it), or (0, 0).
+fn locate_key(text: &str, key: &str) -> (usize, usize) {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return crate::diag::line_col(text, offset + line.len() - trimmed.len());
+            }
+        }
+        offset += line.len();
+    }
+    (0, 0)
 }
 
 /// Line and column of the `nth` occurrence of `needle` in `text`, or (0, 0).

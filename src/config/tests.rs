@@ -179,3 +179,40 @@ fn amqp_queue_problems_name_their_position() {
     );
     assert!(errors("[queue]\nrole = \"stor\"\n")[0].contains("unknown variant `stor`"));
 }
+
+#[test]
+fn retention_keys_are_checked_with_their_position() {
+    let dicom = "[[listener]]\nname = \"pacs\"\nkind = \"dicom\"\nbind = \"127.0.0.1:11112\"\n";
+    let c = parse(&format!(
+        "[data]\n# dicom_retention_days = 1\njournal_retention_days = 30\ndicom_retention_days = 90\n{dicom}"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.data.journal_retention_days, c.data.dicom_retention_days),
+        (30, 90)
+    );
+    assert_eq!(parse("").unwrap().data.dicom_retention_days, 0);
+
+    // Journal retention with a DICOM listener and files kept forever: the DICOM entries
+    // could never go, so the operator is told (at the key, not at the comment naming it).
+    let e = errors(&format!(
+        "[data]\n# journal_retention_days = 1\n  journal_retention_days = 30\n{dicom}"
+    ));
+    assert_eq!(
+        e,
+        vec!["conf/halong.toml:3:3: journal_retention_days = 30 would have to keep the journal entries of DICOM files kept forever (a DICOM entry goes only after its file): set [data] dicom_retention_days too (e.g. 30), or journal_retention_days = 0"]
+    );
+    // Without a DICOM listener the journal alone is fine.
+    parse("[data]\njournal_retention_days = 30\n").unwrap();
+
+    let e = errors("[data]\ndicom_retention_days = 36501\njournal_retention_days = 99999999999\n");
+    assert_eq!(
+        e,
+        vec![
+            "conf/halong.toml:3:1: journal_retention_days must be at most 36500 (0 keeps everything)",
+            "conf/halong.toml:2:1: dicom_retention_days must be at most 36500 (0 keeps everything)",
+        ]
+    );
+    let e = errors("[data]\ndicom_retention_days = -1\n");
+    assert!(e[0].starts_with("conf/halong.toml:2:24:"), "{e:?}");
+}

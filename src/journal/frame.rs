@@ -5,8 +5,17 @@
 //! payload = kind:u8 body
 //! kind 1 (entry)  : id:u64le received_ms:i64le status:u8
 //!                   listener:str peer:str message_type:str control_id:str error:str raw:bytes
-//! kind 2 (status) : id:u64le status:u8 error:str
+//! kind 2 (status) : id:u64le status:u8 error:str          (written before trails were kept)
+//! kind 3 (status) : id:u64le status:u8 at_ms:i64le error:str
+//! kind 4 (step)   : id:u64le at_ms:i64le stage:str detail:str
 //! str / bytes     = len:u32le data[len]               (strings are UTF-8)
+//! ```
+//!
+//! Kinds 3 and 4 are the processing trail: a status change with its time, and a step
+//! that changes no status (the route taken, a replay). A journal holding them cannot be
+//! opened by a halong older than they are (it stops at the unknown kind).
+//!
+//! ```text
 //! ```
 
 use super::Status;
@@ -14,6 +23,8 @@ use super::Status;
 pub const HEADER_LEN: usize = 8;
 pub const KIND_ENTRY: u8 = 1;
 pub const KIND_STATUS: u8 = 2;
+pub const KIND_STATUS_AT: u8 = 3;
+pub const KIND_STEP: u8 = 4;
 /// Largest payload a frame may declare; anything above is treated as corruption.
 pub const MAX_PAYLOAD: usize = 1 << 30;
 
@@ -37,6 +48,14 @@ pub enum Frame<'a> {
         id: u64,
         status: Status,
         error: &'a str,
+        /// When it changed (absent in kind 2 frames).
+        at_ms: Option<i64>,
+    },
+    Step {
+        id: u64,
+        at_ms: i64,
+        stage: &'a str,
+        detail: &'a str,
     },
 }
 
@@ -70,12 +89,23 @@ pub fn encode_entry(buf: &mut Vec<u8>, f: &EntryFields<'_>) -> usize {
     raw_at
 }
 
-pub fn encode_status(buf: &mut Vec<u8>, id: u64, status: Status, error: &str) {
+pub fn encode_status(buf: &mut Vec<u8>, id: u64, status: Status, at_ms: i64, error: &str) {
     let start = begin(buf);
-    buf.push(KIND_STATUS);
+    buf.push(KIND_STATUS_AT);
     buf.extend_from_slice(&id.to_le_bytes());
     buf.push(status as u8);
+    buf.extend_from_slice(&at_ms.to_le_bytes());
     put_bytes(buf, error.as_bytes());
+    finish(buf, start);
+}
+
+pub fn encode_step(buf: &mut Vec<u8>, id: u64, at_ms: i64, stage: &str, detail: &str) {
+    let start = begin(buf);
+    buf.push(KIND_STEP);
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(&at_ms.to_le_bytes());
+    put_bytes(buf, stage.as_bytes());
+    put_bytes(buf, detail.as_bytes());
     finish(buf, start);
 }
 
@@ -165,7 +195,36 @@ pub fn decode(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
             let id = r.u64()?;
             let status = r.status()?;
             let error = r.str()?;
-            Ok(Frame::Status { id, status, error })
+            Ok(Frame::Status {
+                id,
+                status,
+                error,
+                at_ms: None,
+            })
+        }
+        KIND_STATUS_AT => {
+            let id = r.u64()?;
+            let status = r.status()?;
+            let at_ms = r.u64()? as i64;
+            let error = r.str()?;
+            Ok(Frame::Status {
+                id,
+                status,
+                error,
+                at_ms: Some(at_ms),
+            })
+        }
+        KIND_STEP => {
+            let id = r.u64()?;
+            let at_ms = r.u64()? as i64;
+            let stage = r.str()?;
+            let detail = r.str()?;
+            Ok(Frame::Step {
+                id,
+                at_ms,
+                stage,
+                detail,
+            })
         }
         _ => Err(FrameError::Corrupt("unknown frame kind")),
     }
@@ -249,11 +308,51 @@ mod tests {
     #[test]
     fn status_round_trips() {
         let mut buf = Vec::new();
-        encode_status(&mut buf, 9, Status::Error, "bad date");
+        encode_status(&mut buf, 9, Status::Error, 1_700_000_000_123, "bad date");
         match decode(&buf).unwrap() {
-            Frame::Status { id, status, error } => {
-                assert_eq!((id, status, error), (9, Status::Error, "bad date"))
+            Frame::Status {
+                id,
+                status,
+                error,
+                at_ms,
+            } => assert_eq!(
+                (id, status, error, at_ms),
+                (9, Status::Error, "bad date", Some(1_700_000_000_123))
+            ),
+            f => panic!("unexpected {f:?}"),
+        }
+        // A status frame written before trails were kept still reads.
+        let mut old = Vec::new();
+        let start = begin(&mut old);
+        old.push(KIND_STATUS);
+        old.extend_from_slice(&9u64.to_le_bytes());
+        old.push(Status::Stored as u8);
+        put_bytes(&mut old, b"");
+        finish(&mut old, start);
+        match decode(&old).unwrap() {
+            Frame::Status {
+                id, status, at_ms, ..
+            } => {
+                assert_eq!((id, status, at_ms), (9, Status::Stored, None))
             }
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+
+    #[test]
+    fn step_round_trips() {
+        let mut buf = Vec::new();
+        encode_step(&mut buf, 4, 1_700_000_000_456, "routed", "lab-results");
+        match decode(&buf).unwrap() {
+            Frame::Step {
+                id,
+                at_ms,
+                stage,
+                detail,
+            } => assert_eq!(
+                (id, at_ms, stage, detail),
+                (4, 1_700_000_000_456, "routed", "lab-results")
+            ),
             f => panic!("unexpected {f:?}"),
         }
     }

@@ -12,12 +12,15 @@
 //!    not consumed. Nothing in a failed batch is ever reported durable.
 //! 4. Ids are dense, start at 1 and follow commit order, so "every id up to the
 //!    durable watermark is on disk" holds, and the pipeline's cursor is just an id.
-//! 5. Status changes are appended as small frames that ride along with the next batch;
-//!    they are not waited for. Losing the last few on a crash only means a message is
-//!    processed again, which is idempotent downstream.
-//! 6. Retention ([`Journal::prune`]) deletes only whole, closed segments whose every
-//!    entry is `stored`, from the oldest on; a message not yet stored is never pruned.
-//!    Ids stay dense from the oldest kept entry.
+//! 5. Status changes and processing-trail steps are appended as small frames that ride
+//!    along with the next batch; they are not waited for. Losing the last few on a crash
+//!    only means a message is processed again, which is idempotent downstream, and its
+//!    trail misses those steps.
+//! 6. Retention ([`Journal::prune`], [`Journal::prune_where`]) deletes only whole,
+//!    closed segments whose every entry is finished (`stored`; `queued` where records
+//!    leave through RabbitMQ), from the oldest on; a message not yet stored is never
+//!    pruned. Ids stay dense from the oldest kept entry. The order against the DICOM
+//!    archive is in [`crate::retention`].
 //!
 //! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
 //! [`frame`]). A new segment starts when the current one passes the configured size.
@@ -93,9 +96,9 @@ impl Status {
 }
 
 impl EntryMeta {
-    /// The route that took the message: recorded in memory when it was processed in
-    /// this run, else (after a restart) the route an error names — processing errors
-    /// start with `route "<name>"`.
+    /// The route that took the message: its last `routed` trail step (kept in the
+    /// journal), else the route an error names — processing errors start with
+    /// `route "<name>"` (entries written before trails were kept).
     pub fn route_name(&self) -> Option<&str> {
         if let Some(r) = self.route.as_deref() {
             return Some(r);
@@ -132,8 +135,8 @@ pub struct EntryMeta {
     pub status: Status,
     pub error: Option<Box<str>>,
     pub size: u32,
-    /// The route that took the message, once routed (kept in memory only: after a
-    /// restart it is known again when the message is processed or replayed).
+    /// The route that took the message, once routed (from its `routed` trail steps, so
+    /// it is known again after a restart).
     pub route: Option<Arc<str>>,
     #[serde(skip)]
     segment: u32,
@@ -196,7 +199,10 @@ impl Faults {
 
 enum Cmd {
     Append(NewEntry, oneshot::Sender<Result<u64, JournalError>>),
-    Status(u64, Status, Option<String>),
+    /// Id, new status, error, when.
+    Status(u64, Status, Option<String>, i64),
+    /// A trail step that changes no status.
+    Step(u64, Step),
     /// Resolves once everything sent before it is durable.
     Sync(oneshot::Sender<Result<(), JournalError>>),
 }
@@ -332,10 +338,11 @@ impl Journal {
     pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut index = Index::default();
+        let mut trails = std::collections::BTreeMap::new();
         let mut segments = list_segments(dir)?;
         let last = segments.last().copied();
         for &n in &segments {
-            recover_segment(dir, n, Some(n) == last, &mut index)?;
+            recover_segment(dir, n, Some(n) == last, &mut index, &mut trails)?;
         }
         if segments.is_empty() {
             segments.push(1);
@@ -362,7 +369,7 @@ impl Journal {
             changes: Mutex::new(0),
             changes_cv: Condvar::new(),
             failing: AtomicBool::new(false),
-            trails: Mutex::new(std::collections::BTreeMap::new()),
+            trails: Mutex::new(trails),
         });
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
@@ -419,8 +426,8 @@ impl Journal {
                 None => false,
             });
         }
+        let at_ms = now_ms();
         {
-            let at_ms = now_ms();
             let mut trails = self.shared.trails.lock().expect("journal trails lock");
             for (id, status, error) in &changes {
                 trails.entry(*id).or_default().push(Step {
@@ -434,13 +441,13 @@ impl Journal {
             }
         }
         for (id, status, error) in changes {
-            let _ = self.tx.send(Cmd::Status(id, status, error));
+            let _ = self.tx.send(Cmd::Status(id, status, error, at_ms));
         }
         *self.shared.changes.lock().expect("journal changes lock") += 1;
         self.shared.changes_cv.notify_all();
     }
 
-    /// Records which route took entry `id` (in memory, with a trail step).
+    /// Records which route took entry `id` (the route in memory, and a trail step).
     pub fn set_route(&self, id: u64, route: &str) {
         {
             let mut index = self.shared.index.write().expect("journal index lock");
@@ -453,21 +460,27 @@ impl Journal {
         self.add_step(id, "routed", Some(route.to_string()));
     }
 
-    /// Appends a step to the trail of entry `id` (in memory).
+    /// Appends a step to the trail of entry `id` (in memory now, on disk with the next
+    /// commit, like a status change).
     pub fn add_step(&self, id: u64, stage: &str, detail: Option<String>) {
-        let mut trails = self.shared.trails.lock().expect("journal trails lock");
-        trails.entry(id).or_default().push(Step {
+        let step = Step {
             stage: stage.to_string(),
             at_ms: now_ms(),
             detail,
-        });
-        while trails.len() > TRAIL_CAP {
-            trails.pop_first();
+        };
+        {
+            let mut trails = self.shared.trails.lock().expect("journal trails lock");
+            trails.entry(id).or_default().push(step.clone());
+            while trails.len() > TRAIL_CAP {
+                trails.pop_first();
+            }
         }
+        let _ = self.tx.send(Cmd::Step(id, step));
     }
 
-    /// The processing trail of entry `id`: its arrival, then every recorded step
-    /// (since this process started; older steps are summarised by the status).
+    /// The processing trail of entry `id`: its arrival, then every recorded step (kept
+    /// in the journal, so it survives a restart, for the newest [`TRAIL_CAP`] entries;
+    /// entries written before trails were kept show their last status instead).
     pub fn trail(&self, id: u64) -> Vec<Step> {
         let Some(meta) = self.entry(id) else {
             return Vec::new();
@@ -632,6 +645,18 @@ impl Journal {
     /// being written. Entries not yet stored (received, queued, error, unrouted) are
     /// therefore never pruned. Everything recorded so far is synced first.
     pub fn prune(&self, cutoff_ms: i64) -> Result<PruneReport, JournalError> {
+        self.prune_where(|e| e.status == Status::Stored && e.received_ms < cutoff_ms)
+    }
+
+    /// Retention with the caller's rule: like [`Journal::prune`], but a segment goes when
+    /// `may_go` holds for each of its entries. The rule must hold only for entries that
+    /// are finished (`stored`, or `queued` where records leave through RabbitMQ), so the
+    /// invariant stays: nothing not yet stored is pruned. It runs under the journal's
+    /// index lock and must not call back into the journal.
+    pub fn prune_where(
+        &self,
+        may_go: impl Fn(&EntryMeta) -> bool,
+    ) -> Result<PruneReport, JournalError> {
         self.sync_blocking()?;
         let dir = &self.shared.dir;
         let segments = list_segments(dir)?;
@@ -643,10 +668,7 @@ impl Journal {
         for &n in older {
             let count = index.entries.iter().take_while(|e| e.segment == n).count();
             let rest_elsewhere = index.entries.iter().skip(count).any(|e| e.segment == n);
-            let qualifies = !rest_elsewhere
-                && index.entries[..count]
-                    .iter()
-                    .all(|e| e.status == Status::Stored && e.received_ms < cutoff_ms);
+            let qualifies = !rest_elsewhere && index.entries[..count].iter().all(&may_go);
             if !qualifies || n == last {
                 break;
             }
@@ -673,7 +695,7 @@ impl Journal {
         Ok(report)
     }
 
-    /// Ids whose records sit in the outbox (status `queued`).
+    /// Ids of the entries with `status`.
     pub fn ids_with_status(&self, status: Status) -> Vec<u64> {
         let index = self.shared.index.read().expect("journal index lock");
         index
@@ -788,8 +810,17 @@ impl Committer {
                     });
                     id += 1;
                 }
-                Cmd::Status(sid, status, error) => {
-                    frame::encode_status(buf, sid, status, error.as_deref().unwrap_or(""));
+                Cmd::Status(sid, status, error, at_ms) => {
+                    frame::encode_status(buf, sid, status, at_ms, error.as_deref().unwrap_or(""));
+                }
+                Cmd::Step(sid, step) => {
+                    frame::encode_step(
+                        buf,
+                        sid,
+                        step.at_ms,
+                        &step.stage,
+                        step.detail.as_deref().unwrap_or(""),
+                    );
                 }
                 Cmd::Sync(reply) => syncs.push(reply),
             }
@@ -907,7 +938,14 @@ fn recover_segment(
     n: u32,
     is_last: bool,
     index: &mut Index,
+    trails: &mut std::collections::BTreeMap<u64, Vec<Step>>,
 ) -> Result<(), JournalError> {
+    let mut push = |id: u64, step: Step| {
+        trails.entry(id).or_default().push(step);
+        while trails.len() > TRAIL_CAP {
+            trails.pop_first();
+        }
+    };
     let path = segment_path(dir, n);
     let data = std::fs::read(&path).map_err(io_err(&path))?;
     let mut pos = 0usize;
@@ -980,10 +1018,48 @@ fn recover_segment(
                     raw_offset: (pos + frame::HEADER_LEN + raw_offset_in_payload) as u64,
                 });
             }
-            frame::Frame::Status { id, status, error } => {
+            frame::Frame::Status {
+                id,
+                status,
+                error,
+                at_ms,
+            } => {
                 if let Some(e) = index.get_mut(id) {
                     e.status = status;
                     e.error = (!error.is_empty()).then(|| Box::from(error));
+                    if let Some(at_ms) = at_ms {
+                        push(
+                            id,
+                            Step {
+                                stage: status.as_str().to_string(),
+                                at_ms,
+                                detail: (!error.is_empty()).then(|| error.to_string()),
+                            },
+                        );
+                    }
+                }
+            }
+            frame::Frame::Step {
+                id,
+                at_ms,
+                stage,
+                detail,
+            } => {
+                if index.get_mut(id).is_some() {
+                    if stage == "routed" && !detail.is_empty() {
+                        let route = index.intern_route(detail);
+                        if let Some(e) = index.get_mut(id) {
+                            e.route = Some(route);
+                        }
+                    }
+                    push(
+                        id,
+                        Step {
+                            stage: stage.to_string(),
+                            at_ms,
+                            detail: (!detail.is_empty()).then(|| detail.to_string()),
+                        },
+                    );
                 }
             }
         }

@@ -206,3 +206,43 @@ fn a_late_queued_never_overwrites_stored() {
         "and on disk too"
     );
 }
+
+#[test]
+fn trails_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        for n in 1..=3 {
+            j.append_blocking(entry(n)).unwrap();
+        }
+        j.set_route(1, "lab-results");
+        j.set_status(
+            1,
+            Status::Error,
+            Some("route \"lab-results\": bad date".into()),
+        );
+        j.add_step(1, "replay", None);
+        j.set_route(1, "lab-results");
+        j.set_statuses(vec![
+            (1, Status::Queued, None),
+            (2, Status::Unrouted, Some("no route".into())),
+        ]);
+        j.set_status(1, Status::Stored, None);
+        j.sync_blocking().unwrap();
+        (j.trail(1), j.trail(2), j.trail(3))
+    };
+    let stages: Vec<&str> = before.0.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(
+        stages,
+        ["received", "routed", "error", "replay", "routed", "queued", "stored"]
+    );
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(
+        (j.trail(1), j.trail(2), j.trail(3)),
+        before,
+        "the same steps, times and details"
+    );
+    assert_eq!(j.trail(3).len(), 1, "only its arrival");
+    assert_eq!(j.entry(1).unwrap().route_name(), Some("lab-results"));
+    assert_eq!(j.entry(1).unwrap().status, Status::Stored);
+}

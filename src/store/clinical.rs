@@ -4,16 +4,23 @@
 //!
 //! Records are found through the reference index `r/<patient id>\0<Type>/<id>`, so a
 //! search costs the number of records of the patient (and of the patients merged into
-//! it), not the size of the store. Only a search without a patient scans every record
-//! of the type.
+//! it), not the size of the store. A search without a patient finds its candidates in
+//! the code and date keys (`k/`, `t/`, `s/`, `e/`, see [`super::index`]): every code
+//! asked for is one key range; dates are bounded as described at [`date_candidates`].
+//! The candidates are a superset of the answer; each is read and checked with the same
+//! test as before, so the results are those of a scan of every record of the type
+//! (which still happens when there is neither a code nor a bounding date).
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::dates::DateFilter;
+use super::dates::{DateCmp, DateFilter};
 use super::error::StoreError;
-use super::index::{doc_key, link_prefix, ref_prefix, DOC};
+use super::index::{
+    doc_key, id_at_end, link_prefix, ref_prefix, typed_from, typed_prefix, CODE, DOC, POINT,
+    SPAN_END, SPAN_START,
+};
 use super::Store;
 
 /// Resource types searchable by patient, date and code.
@@ -140,6 +147,28 @@ impl Store {
         offset: usize,
         count: usize,
     ) -> Result<Page, StoreError> {
+        self.search_clinical_with(q, offset, count, true)
+    }
+
+    /// [`Store::search_clinical`] reading every record of the type instead of the code
+    /// and date keys (the reference the indexed search must agree with).
+    #[cfg(test)]
+    pub(crate) fn search_clinical_by_scan(
+        &self,
+        q: &ClinicalQuery,
+        offset: usize,
+        count: usize,
+    ) -> Result<Page, StoreError> {
+        self.search_clinical_with(q, offset, count, false)
+    }
+
+    fn search_clinical_with(
+        &self,
+        q: &ClinicalQuery,
+        offset: usize,
+        count: usize,
+        use_keys: bool,
+    ) -> Result<Page, StoreError> {
         let mut found: Vec<Value> = Vec::new();
         let accept = |r: &Value, family: Option<&[String]>| -> bool {
             if let Some(family) = family {
@@ -184,19 +213,168 @@ impl Store {
                     }
                 }
             }
-            None => {
-                let prefix = doc_key(&q.resource_type, "");
-                for entry in self.inner.tree.scan_prefix(&prefix) {
-                    let (key, bytes) = entry?;
-                    let r = super::parse_record(&key, &bytes)?;
-                    if accept(&r, None) {
-                        found.push(r);
+            None => match if use_keys { self.candidates(q)? } else { None } {
+                Some(ids) => {
+                    for id in ids {
+                        if let Some(r) = self.get_key(&doc_key(&q.resource_type, &id))? {
+                            if accept(&r, None) {
+                                found.push(r);
+                            }
+                        }
                     }
                 }
-            }
+                None => {
+                    let prefix = doc_key(&q.resource_type, "");
+                    for entry in self.inner.tree.scan_prefix(&prefix) {
+                        let (key, bytes) = entry?;
+                        let r = super::parse_record(&key, &bytes)?;
+                        if accept(&r, None) {
+                            found.push(r);
+                        }
+                    }
+                }
+            },
         }
         sort_by_date(&mut found, q.order);
         Ok(paginate(found, offset, count))
+    }
+
+    /// Ids of the records of the type that may match `q` (without a patient), from the
+    /// code and date keys; `None` when no criterion narrows the search.
+    fn candidates(&self, q: &ClinicalQuery) -> Result<Option<BTreeSet<String>>, StoreError> {
+        let rt = q.resource_type.as_str();
+        let mut out: Option<BTreeSet<String>> = None;
+        if !q.codes.is_empty() {
+            let mut ids = BTreeSet::new();
+            for t in &q.codes {
+                let mut prefix = typed_prefix(CODE, rt, t.code.as_bytes());
+                if let Some(system) = &t.system {
+                    prefix.extend_from_slice(system.as_bytes());
+                    prefix.push(0);
+                }
+                self.ids_in(self.inner.tree.scan_prefix(&prefix), &mut ids)?;
+            }
+            out = Some(ids);
+        }
+        if let Some(dated) = self.date_candidates(rt, &q.dates)? {
+            out = Some(match out {
+                Some(coded) => coded.intersection(&dated).cloned().collect(),
+                None => dated,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ids of the records of type `rt` whose date may satisfy every filter; `None` when
+    /// the filters bound nothing (none, or only `ne`).
+    ///
+    /// A point date `d` (start = end) satisfies `eq X` only within `[X, X~]` (`X~`: every
+    /// text starting with X), `le X` only at or below `X~`, `lt X` only below `X`, and
+    /// `ge X`/`gt X` only at or above `X` or when `d` is a beginning of `X` (`2024` reaches
+    /// past `2024-05`): one range of `t/` keys, plus an exact look-up per beginning.
+    /// A span satisfies `ge X`/`gt X` only when it ends at or after `X`, is open, or its
+    /// end is a beginning of `X`: a range of `e/` keys (open ends sort last). Without
+    /// `ge`/`gt`, its start must be at or above every `eq X` and below every `le`/`lt`
+    /// bound: a range of `s/` keys.
+    fn date_candidates(
+        &self,
+        rt: &str,
+        dates: &[DateFilter],
+    ) -> Result<Option<BTreeSet<String>>, StoreError> {
+        const AFTER: &str = "\u{7f}";
+        if dates.iter().all(|f| f.cmp == DateCmp::Ne) {
+            return Ok(None);
+        }
+        let max = |a: Option<String>, b: String| Some(a.map_or(b.clone(), |a| a.max(b)));
+        let min = |a: Option<String>, b: String| Some(a.map_or(b.clone(), |a| a.min(b)));
+        // Bounds on a point's date, and on a span's start.
+        let (mut lower, mut upper): (Option<String>, Option<String>) = (None, None);
+        let (mut span_lower, mut span_upper): (Option<String>, Option<String>) = (None, None);
+        // The largest `ge`/`gt` value: a span must reach it.
+        let mut reach: Option<String> = None;
+        for f in dates {
+            let v = f.value.clone();
+            let v_hi = format!("{v}{AFTER}");
+            match f.cmp {
+                DateCmp::Eq => {
+                    lower = max(lower, v.clone());
+                    upper = min(upper, v_hi);
+                    span_lower = max(span_lower, v);
+                }
+                DateCmp::Le => {
+                    upper = min(upper, v_hi.clone());
+                    span_upper = min(span_upper, v_hi);
+                }
+                DateCmp::Lt => {
+                    upper = min(upper, v.clone());
+                    span_upper = min(span_upper, v);
+                }
+                DateCmp::Ge | DateCmp::Gt => {
+                    lower = max(lower, v.clone());
+                    reach = max(reach, v);
+                }
+                DateCmp::Ne => {}
+            }
+        }
+        let mut ids = BTreeSet::new();
+        let tree = &self.inner.tree;
+        // Points.
+        let from = typed_from(POINT, rt, lower.as_deref().unwrap_or("").as_bytes());
+        let to = match &upper {
+            Some(u) => typed_from(POINT, rt, format!("{u}\u{1}").as_bytes()),
+            None => typed_from(POINT, rt, b"\xff"),
+        };
+        if from < to {
+            self.ids_in(tree.range(from..to), &mut ids)?;
+        }
+        for f in dates {
+            if matches!(f.cmp, DateCmp::Ge | DateCmp::Gt) {
+                for n in 1..f.value.len() {
+                    let prefix = typed_prefix(POINT, rt, &f.value.as_bytes()[..n]);
+                    self.ids_in(tree.scan_prefix(&prefix), &mut ids)?;
+                }
+            }
+        }
+        // Spans.
+        match &reach {
+            Some(x) => {
+                let from = typed_from(SPAN_END, rt, x.as_bytes());
+                let to = typed_from(SPAN_END, rt, b"\xff");
+                self.ids_in(tree.range(from..to), &mut ids)?;
+                for n in 1..x.len() {
+                    let prefix = typed_prefix(SPAN_END, rt, &x.as_bytes()[..n]);
+                    self.ids_in(tree.scan_prefix(&prefix), &mut ids)?;
+                }
+            }
+            None => {
+                let from = typed_from(
+                    SPAN_START,
+                    rt,
+                    span_lower.as_deref().unwrap_or("").as_bytes(),
+                );
+                let to = match &span_upper {
+                    Some(u) => typed_from(SPAN_START, rt, format!("{u}\u{1}").as_bytes()),
+                    None => typed_from(SPAN_START, rt, b"\xff"),
+                };
+                if from < to {
+                    self.ids_in(tree.range(from..to), &mut ids)?;
+                }
+            }
+        }
+        Ok(Some(ids))
+    }
+
+    /// Adds the record ids at the end of the keys of `iter`.
+    fn ids_in(
+        &self,
+        iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        ids: &mut BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        for entry in iter {
+            let (key, _) = entry?;
+            ids.insert(String::from_utf8_lossy(id_at_end(&key)).into_owned());
+        }
+        Ok(())
     }
 
     /// The patient, the patients merged into it, and every record referencing any of
@@ -314,7 +492,7 @@ pub fn record_date_range(r: &Value) -> Option<(String, String)> {
 /// The codings a `code` search looks at: `code` (Observation, DiagnosticReport,
 /// ServiceRequest), `type` (Encounter, DocumentReference), `procedureCode` and
 /// `series.modality` (ImagingStudy).
-fn record_codings(r: &Value) -> Vec<&Value> {
+pub(crate) fn record_codings(r: &Value) -> Vec<&Value> {
     let mut out: Vec<&Value> = Vec::new();
     fn concept<'a>(c: &'a Value, out: &mut Vec<&'a Value>) {
         if let Some(list) = c.get("coding").and_then(Value::as_array) {

@@ -26,10 +26,25 @@ pub(crate) const REF: &[u8] = b"r/";
 pub(crate) const LINK: &[u8] = b"l/";
 /// Prefix of per-type counts: `c/<Type>`.
 pub(crate) const COUNT: &[u8] = b"c/";
+/// Prefix of clinical codes: `k/<Type>\0<code>\0<system>\0<id>`.
+pub(crate) const CODE: &[u8] = b"k/";
+/// Prefix of clinical dates that are one point (start = end): `t/<Type>\0<date>\0<id>`.
+pub(crate) const POINT: &[u8] = b"t/";
+/// Prefix of the starts of clinical dates that span (a period, open or not):
+/// `s/<Type>\0<start>\0<id>`.
+pub(crate) const SPAN_START: &[u8] = b"s/";
+/// Prefix of the ends of spans: `e/<Type>\0<end>\0<id>`, an open end written as
+/// [`OPEN_END`].
+pub(crate) const SPAN_END: &[u8] = b"e/";
+/// The end of an open period in `e/` keys: after every date.
+pub(crate) const OPEN_END: &[u8] = b"\x7f";
 /// Layout version key.
 pub(crate) const LAYOUT_KEY: &[u8] = b"m/layout";
-/// The layout version this code writes and reads.
-pub(crate) const LAYOUT_VERSION: &str = "1";
+/// The layout version this code writes and reads (2: code and date keys of clinical
+/// records; a layout 1 store gains them at open, see `Store::open`).
+pub(crate) const LAYOUT_VERSION: &str = "2";
+/// The layout before the clinical code and date keys.
+pub(crate) const LAYOUT_WITHOUT_CLINICAL_KEYS: &str = "1";
 
 /// Identifier systems and values longer than this are not indexed (they are kept in
 /// the record); it bounds key sizes against hostile input.
@@ -219,10 +234,77 @@ pub(crate) fn merge_links(id: &str, v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `<prefix><Type>\0<text>\0`: the keys of one type with exactly this text (a code, a
+/// date) at the front.
+pub(crate) fn typed_prefix(prefix: &[u8], rt: &str, text: &[u8]) -> Vec<u8> {
+    cat(&[prefix, rt.as_bytes(), b"\0", text, b"\0"])
+}
+
+/// `<prefix><Type>\0<text>`: where keys with text from `text` on start.
+pub(crate) fn typed_from(prefix: &[u8], rt: &str, text: &[u8]) -> Vec<u8> {
+    cat(&[prefix, rt.as_bytes(), b"\0", text])
+}
+
+/// The record id at the end of a code or date key (after its last NUL; ids have none).
+pub(crate) fn id_at_end(key: &[u8]) -> &[u8] {
+    key.iter()
+        .rposition(|&b| b == 0)
+        .map_or(key, |nul| &key[nul + 1..])
+}
+
+/// The code and date keys of a clinical record ([`super::CLINICAL_TYPES`]): one `k/`
+/// per coding with a code, and its date as a point (`t/`) or a span (`s/` and `e/`).
+pub(crate) fn clinical_entries(
+    rt: &str,
+    id: &str,
+    v: &Value,
+    out: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    if !super::CLINICAL_TYPES.contains(&rt) {
+        return;
+    }
+    let id = id.as_bytes();
+    for coding in super::clinical::record_codings(v) {
+        let Some(code) = coding.get("code").and_then(Value::as_str) else {
+            continue;
+        };
+        let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
+        out.insert(
+            cat(&[
+                &typed_prefix(CODE, rt, code.as_bytes()),
+                system.as_bytes(),
+                b"\0",
+                id,
+            ]),
+            Vec::new(),
+        );
+    }
+    if let Some((lo, hi)) = super::clinical::record_date_range(v) {
+        if lo == hi {
+            out.insert(
+                cat(&[&typed_prefix(POINT, rt, lo.as_bytes()), id]),
+                Vec::new(),
+            );
+        } else {
+            let end = if hi.is_empty() {
+                OPEN_END
+            } else {
+                hi.as_bytes()
+            };
+            out.insert(
+                cat(&[&typed_prefix(SPAN_START, rt, lo.as_bytes()), id]),
+                Vec::new(),
+            );
+            out.insert(cat(&[&typed_prefix(SPAN_END, rt, end), id]), Vec::new());
+        }
+    }
+}
+
 /// Every index entry (key → value) the resource implies. The resource's own `d/` key
 /// and the counts are not included.
 pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
+    clinical_entries(rt, id, v, &mut out);
     if rt == "Patient" {
         let toks = name_tokens(v);
         let list = toks

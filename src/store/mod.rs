@@ -31,7 +31,9 @@
 //!    the query has one, else those of the most selective *pair* of query tokens
 //!    (Vietnamese names share few syllables, so every single token is common while
 //!    pairs are not). Remaining tokens are checked against the token list stored in
-//!    the index value; only the returned patients are read and parsed.
+//!    the index value; only the returned patients are read and parsed. A clinical
+//!    search without a patient reads the code and date key ranges its criteria bound
+//!    (`k/`, `t/`, `s/`, `e/`) and then only the records found there.
 //! 8. **No logging.** Nothing here logs; errors carry ids and type names, never names,
 //!    identifiers or other record content.
 //!
@@ -49,7 +51,7 @@
 //!
 //! | key                                    | value                                                          |
 //! |----------------------------------------|----------------------------------------------------------------|
-//! | `m/layout`                             | layout version, ASCII `"1"`                                    |
+//! | `m/layout`                             | layout version, ASCII `"2"` (a `"1"` store is upgraded at open) |
 //! | `d/<Type>/<id>`                        | the resource, compact JSON (`serde_json`)                      |
 //! | `c/<Type>`                             | number of stored resources, u64 big-endian                     |
 //! | `n/<token>\0<patient id>`              | all name tokens of the patient, space-joined                   |
@@ -58,6 +60,10 @@
 //! | `i/<value>\0<system>\0<patient id>`    | empty (system empty when absent)                               |
 //! | `r/<patient id>\0<Type>/<id>`          | empty: `<Type>/<id>` references the patient                    |
 //! | `l/<survivor id>\0<merged id>`         | empty: a `Patient.link` (`replaced-by`/`replaces`) merge       |
+//! | `k/<Type>\0<code>\0<system>\0<id>`     | empty: a clinical record's coding (layout 2)                   |
+//! | `t/<Type>\0<date>\0<id>`               | empty: a clinical record's date, when one point (layout 2)     |
+//! | `s/<Type>\0<start>\0<id>`              | empty: the start of a clinical record's period (layout 2)      |
+//! | `e/<Type>\0<end>\0<id>`                | empty: its end, `\x7f` when open (layout 2)                    |
 //!
 //! Name tokens are [`normalize`]d text (lowercase, no marks, `đ` → `d`), cut to
 //! [`normalize::MAX_TOKEN_BYTES`]; a patient's tokens come from every `name[*]`'s
@@ -115,6 +121,22 @@ struct Inner {
     write_lock: Mutex<()>,
     /// Set while the last `sync` failed (for `/ready`).
     sync_failing: std::sync::atomic::AtomicBool,
+    faults: Faults,
+}
+
+/// Deliberate failures, for tests that prove a store that cannot make records durable
+/// is reported and recovers.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_sync: std::sync::atomic::AtomicBool,
+}
+
+impl Faults {
+    /// While set, every [`Store::sync`] fails as if `fdatasync` had returned EIO.
+    pub fn fail_sync(&self, on: bool) {
+        self.fail_sync
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Store {
@@ -132,6 +154,11 @@ impl Store {
                 tree.insert(index::LAYOUT_KEY, index::LAYOUT_VERSION.as_bytes())?;
             }
             Some(v) if v.as_ref() == index::LAYOUT_VERSION.as_bytes() => {}
+            Some(v) if v.as_ref() == index::LAYOUT_WITHOUT_CLINICAL_KEYS.as_bytes() => {
+                add_clinical_keys(&tree)?;
+                tree.flush()?;
+                tree.insert(index::LAYOUT_KEY, index::LAYOUT_VERSION.as_bytes())?;
+            }
             Some(v) => {
                 return Err(StoreError::UnsupportedLayout {
                     found: String::from_utf8_lossy(&v).into_owned(),
@@ -147,6 +174,7 @@ impl Store {
                 db_file_path,
                 write_lock: Mutex::new(()),
                 sync_failing: std::sync::atomic::AtomicBool::new(false),
+                faults: Faults::default(),
             }),
         })
     }
@@ -173,7 +201,17 @@ impl Store {
             .flush()
             .map_err(StoreError::from)
             .and_then(|_| {
-                file.sync_data().map_err(|source| StoreError::Sync {
+                let injected = self
+                    .inner
+                    .faults
+                    .fail_sync
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                let synced = if injected {
+                    Err(std::io::Error::other("injected fdatasync failure"))
+                } else {
+                    file.sync_data()
+                };
+                synced.map_err(|source| StoreError::Sync {
                     path: self.inner.db_file_path.clone(),
                     source,
                 })
@@ -189,6 +227,10 @@ impl Store {
         self.inner
             .sync_failing
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     /// The stored resource, or `None`. A type or id that could never be stored
@@ -219,6 +261,32 @@ impl Store {
             Some(bytes) => parse_record(key, &bytes).map(Some),
         }
     }
+}
+
+/// Writes the code and date keys of every clinical record of a layout 1 store (at open,
+/// before anything else uses it). Idempotent: interrupted, it runs again at the next open.
+fn add_clinical_keys(tree: &sled::Tree) -> Result<(), StoreError> {
+    const PER_BATCH: usize = 10_000;
+    for rt in CLINICAL_TYPES {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in tree.scan_prefix(index::doc_key(rt, "")) {
+            let (key, bytes) = entry?;
+            let record = parse_record(&key, &bytes)?;
+            let id = String::from_utf8_lossy(&key[index::doc_key(rt, "").len()..]).into_owned();
+            let mut keys = std::collections::BTreeMap::new();
+            index::clinical_entries(rt, &id, &record, &mut keys);
+            for (k, v) in keys {
+                batch.insert(k, v);
+            }
+            n += 1;
+            if n % PER_BATCH == 0 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
 }
 
 fn parse_record(key: &[u8], bytes: &[u8]) -> Result<Value, StoreError> {

@@ -693,3 +693,231 @@ fn merges_follow_links_both_ways_stop_on_cycles_and_are_removed_with_the_link() 
     family.sort();
     assert_eq!(family, ["a", "c", "e"]);
 }
+
+/// Observations and Encounters with every shape of date (day, month, dateTime points,
+/// closed, open and inverted periods, none) and codes with and without a system.
+fn clinical_records(next: &mut impl FnMut(usize) -> usize, n: usize, round: usize) -> Vec<Value> {
+    let dates = [
+        "2024",
+        "2024-05",
+        "2024-05-12",
+        "2024-05-12T08:30:00+07:00",
+        "2024-06-01",
+        "2023-12-31",
+        "2025-01-02T00:00:00+07:00",
+        "2024-05-30",
+    ];
+    let codes = [
+        ("http://loinc.org", "2345-7"),
+        ("http://loinc.org", "718-7"),
+        ("", "2345-7"),
+        ("local", "GLU"),
+    ];
+    (0..n)
+        .map(|i| {
+            let pick = |next: &mut dyn FnMut(usize) -> usize| dates[next(dates.len())].to_string();
+            let (system, code) = codes[next(codes.len())];
+            let mut coding = json!({ "code": code });
+            if !system.is_empty() {
+                coding["system"] = json!(system);
+            }
+            let id = format!("r{i:03}");
+            let subject = json!({ "reference": format!("Patient/p{}", i % 7) });
+            if i % 3 == 0 {
+                let mut period = serde_json::Map::new();
+                match next(4) {
+                    0 => {
+                        period.insert("start".into(), json!(pick(next)));
+                    }
+                    1 => {
+                        period.insert("start".into(), json!(pick(next)));
+                        period.insert("end".into(), json!(pick(next)));
+                    }
+                    2 => {
+                        period.insert("end".into(), json!(pick(next)));
+                    }
+                    _ => {}
+                }
+                json!({"resourceType": "Encounter", "id": id, "subject": subject,
+                       "type": [{ "coding": [coding] }], "period": period, "round": round})
+            } else {
+                let mut o = json!({"resourceType": "Observation", "id": id, "subject": subject,
+                                   "code": { "coding": [coding] }, "round": round});
+                match next(3) {
+                    0 => o["effectiveDateTime"] = json!(pick(next)),
+                    1 => o["effectivePeriod"] = json!({"start": pick(next), "end": pick(next)}),
+                    _ => {}
+                }
+                o
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn clinical_search_without_a_patient_agrees_with_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut seed: u64 = 0x5eed_1234;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    store
+        .upsert_batch(&clinical_records(&mut next, 300, 0))
+        .unwrap();
+    // Write them all again with other dates and codes: stale keys would show.
+    store
+        .upsert_batch(&clinical_records(&mut next, 300, 1))
+        .unwrap();
+    let values = [
+        "2024",
+        "2024-05",
+        "2024-05-12",
+        "2024-05-12T08:30",
+        "2024-05-12T08:30:00+07:00",
+        "2023",
+        "2025-01",
+        "2024-06-01",
+        "2024-05-3",
+    ];
+    let prefixes = ["", "eq", "ne", "ge", "le", "gt", "lt"];
+    let code_queries = [
+        "2345-7",
+        "http://loinc.org|2345-7",
+        "|2345-7",
+        "718-7",
+        "local|GLU",
+        "nope",
+    ];
+    let check = |q: &ClinicalQuery| {
+        for (offset, count) in [(0, 1000), (3, 5)] {
+            let by_keys = store.search_clinical(q, offset, count).unwrap();
+            let by_scan = store.search_clinical_by_scan(q, offset, count).unwrap();
+            assert_eq!(by_keys.total, by_scan.total, "{q:?}");
+            assert_eq!(ids(&by_keys.resources), ids(&by_scan.resources), "{q:?}");
+        }
+    };
+    let mut nonempty = 0;
+    for _ in 0..400 {
+        let mut q = ClinicalQuery {
+            resource_type: ["Observation", "Encounter"][next(2)].into(),
+            order: [DateOrder::Ascending, DateOrder::Descending][next(2)],
+            ..Default::default()
+        };
+        for _ in 0..next(3) {
+            let text = format!(
+                "{}{}",
+                prefixes[next(prefixes.len())],
+                values[next(values.len())]
+            );
+            if let Ok(f) = DateFilter::parse(&text) {
+                q.dates.push(f);
+            }
+        }
+        for _ in 0..next(3) {
+            q.codes
+                .push(TokenQuery::parse(code_queries[next(code_queries.len())]));
+        }
+        check(&q);
+        if store.search_clinical(&q, 0, 1).unwrap().total > 0 {
+            nonempty += 1;
+        }
+    }
+    assert!(nonempty > 100, "the queries find something: {nonempty}");
+}
+
+#[test]
+fn clinical_keys_follow_updates_and_are_added_to_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = |code: &str, date: &str| ClinicalQuery {
+        resource_type: "Observation".into(),
+        codes: vec![TokenQuery::parse(code)],
+        dates: vec![DateFilter::parse(date).unwrap()],
+        ..Default::default()
+    };
+    let obs = |code: &str, date: &str| {
+        json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+               "effectiveDateTime": date})
+    };
+    {
+        let store = open(dir.path());
+        store.upsert_batch(&[obs("2345-7", "2024-05-12")]).unwrap();
+        assert_eq!(
+            store
+                .search_clinical(&q("2345-7", "2024-05"), 0, 10)
+                .unwrap()
+                .total,
+            1
+        );
+        // A corrected result: other code and date. The old keys go.
+        store.upsert_batch(&[obs("718-7", "2024-06-01")]).unwrap();
+        assert_eq!(
+            store
+                .search_clinical(&q("2345-7", "ge2000"), 0, 10)
+                .unwrap()
+                .total,
+            0
+        );
+        assert_eq!(
+            store
+                .search_clinical(&q("718-7", "2024-05"), 0, 10)
+                .unwrap()
+                .total,
+            0
+        );
+        assert_eq!(
+            store
+                .search_clinical(&q("718-7", "ge2024-06"), 0, 10)
+                .unwrap()
+                .total,
+            1
+        );
+        // A layout 1 store: written before these keys existed.
+        let tree = &store.inner.tree;
+        for prefix in [
+            index::CODE,
+            index::POINT,
+            index::SPAN_START,
+            index::SPAN_END,
+        ] {
+            for k in tree.scan_prefix(prefix).keys() {
+                tree.remove(k.unwrap()).unwrap();
+            }
+        }
+        tree.insert(
+            index::LAYOUT_KEY,
+            index::LAYOUT_WITHOUT_CLINICAL_KEYS.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            store
+                .search_clinical(&q("718-7", "ge2024-06"), 0, 10)
+                .unwrap()
+                .total,
+            0
+        );
+        store.sync().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store
+            .search_clinical(&q("718-7", "ge2024-06"), 0, 10)
+            .unwrap()
+            .total,
+        1
+    );
+    assert_eq!(
+        store
+            .inner
+            .tree
+            .get(index::LAYOUT_KEY)
+            .unwrap()
+            .unwrap()
+            .as_ref(),
+        index::LAYOUT_VERSION.as_bytes()
+    );
+}

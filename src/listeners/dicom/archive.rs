@@ -55,6 +55,10 @@ pub struct Archive {
     /// A directory another association created is synced again rather than assumed
     /// durable (its creator may not have synced it yet).
     durable_dirs: std::sync::Mutex<HashSet<PathBuf>>,
+    /// Held while a file is moved into place and while retention removes one, so a file
+    /// placed again during a retention pass is judged by its new time, and a directory is
+    /// never removed between its creation and the rename into it.
+    layout: std::sync::Mutex<()>,
     /// Dataset bytes held in memory by small instances being received.
     inline_held: AtomicUsize,
     faults: ArchiveFaults,
@@ -118,6 +122,18 @@ impl Drop for Held {
     }
 }
 
+/// What [`Archive::prune`] removed or kept.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ArchivePruneReport {
+    /// Files removed, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Study and series directories removed because they were left empty.
+    pub dirs: u64,
+    /// Files old enough to go that stayed because a journal entry still needs them.
+    pub held: u64,
+}
+
 /// Above this many remembered directories the set starts again (costs one sync each).
 const MAX_REMEMBERED_DIRS: usize = 100_000;
 
@@ -144,6 +160,7 @@ impl Archive {
             durable_dirs: Default::default(),
             inline_held: AtomicUsize::new(0),
             faults: ArchiveFaults::default(),
+            layout: Default::default(),
         })
     }
 
@@ -203,9 +220,12 @@ impl Archive {
         let tmp = self
             .incoming
             .join(format!("{}-{n}.part", std::process::id()));
-        let placed = std::fs::write(&tmp, part10)
-            .and_then(|()| std::fs::create_dir_all(self.root.join(study).join(series)))
-            .and_then(|()| std::fs::rename(&tmp, self.root.join(&rel)));
+        let placed = std::fs::write(&tmp, part10).and_then(|()| {
+            // Retention never removes the directory between its creation and the rename.
+            let _layout = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+            std::fs::create_dir_all(self.root.join(study).join(series))
+                .and_then(|()| std::fs::rename(&tmp, self.root.join(&rel)))
+        });
         if let Err(e) = placed {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -235,10 +255,13 @@ impl Archive {
                 .map(|set| set.contains(d))
                 .unwrap_or(false)
         };
-        let new_study = !known(&study_dir);
-        let new_series = !known(&series_dir);
-        std::fs::create_dir_all(&series_dir)?;
-        std::fs::rename(tmp, self.root.join(&rel))?;
+        let (new_study, new_series) = {
+            let _layout = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+            let new = (!known(&study_dir), !known(&series_dir));
+            std::fs::create_dir_all(&series_dir)?;
+            std::fs::rename(tmp, self.root.join(&rel))?;
+            new
+        };
         std::thread::scope(|scope| {
             let data = scope.spawn(|| file.sync_data());
             let mut dirs = sync_dir(&series_dir);
@@ -403,6 +426,97 @@ fn sync_files(root: &Path, files: &[PathBuf]) -> io::Result<()> {
         sync_dir(&d)?;
     }
     Ok(())
+}
+
+impl Archive {
+    /// Retention: removes the files last written before `cutoff` for which `held` (given
+    /// the path relative to the root, as a journal entry names it) is false, then the
+    /// study and series directories left empty. `incoming/` is never touched, nor is the
+    /// `failed/` directory itself. Each file's time is read and the file removed under
+    /// the placement lock, so an instance sent again while the pass runs keeps its new
+    /// file. A file that cannot be removed stops the pass with its error.
+    pub fn prune(
+        &self,
+        cutoff: std::time::SystemTime,
+        held: &dyn Fn(&str) -> bool,
+    ) -> io::Result<ArchivePruneReport> {
+        let mut report = ArchivePruneReport::default();
+        let mut tops: Vec<_> = std::fs::read_dir(&self.root)?
+            .collect::<io::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "incoming")
+            .collect();
+        tops.sort();
+        for top in tops {
+            self.prune_under(&top, 0, cutoff, held, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Prunes `rel` (a file, or a directory at `depth` below the root, at most study/
+    /// series) and removes it when it is an emptied study or series directory.
+    fn prune_under(
+        &self,
+        rel: &str,
+        depth: usize,
+        cutoff: std::time::SystemTime,
+        held: &dyn Fn(&str) -> bool,
+        report: &mut ArchivePruneReport,
+    ) -> io::Result<()> {
+        let path = self.root.join(rel);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if meta.is_file() {
+            if meta.modified()? >= cutoff {
+                return Ok(());
+            }
+            if held(rel) {
+                report.held += 1;
+                return Ok(());
+            }
+            let _layout = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+            // Judged again under the lock: the instance may have been placed anew.
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if meta.is_file() && meta.modified()? < cutoff {
+                std::fs::remove_file(&path)?;
+                report.files += 1;
+                report.bytes += meta.len();
+            }
+            return Ok(());
+        }
+        if !meta.is_dir() || depth > 1 {
+            return Ok(());
+        }
+        let mut children: Vec<_> = std::fs::read_dir(&path)?
+            .collect::<io::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|e| format!("{rel}/{}", e.file_name().to_string_lossy()))
+            .collect();
+        children.sort();
+        for child in &children {
+            self.prune_under(child, depth + 1, cutoff, held, report)?;
+        }
+        if rel == "failed" {
+            return Ok(());
+        }
+        let _layout = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+        // Fails, and so keeps the directory, when anything is left in it.
+        if std::fs::remove_dir(&path).is_ok() {
+            report.dirs += 1;
+            if let Ok(mut set) = self.durable_dirs.lock() {
+                set.remove(&path);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Incoming {

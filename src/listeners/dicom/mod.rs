@@ -28,8 +28,8 @@ mod syntaxes;
 mod tls;
 
 pub use archive::{
-    file_meta, is_safe_uid, Archive, ArchiveFaults, Settle, IMPLEMENTATION_CLASS_UID,
-    INLINE_BUDGET, INLINE_MAX,
+    file_meta, is_safe_uid, Archive, ArchiveFaults, ArchivePruneReport, Settle,
+    IMPLEMENTATION_CLASS_UID, INLINE_BUDGET, INLINE_MAX,
 };
 pub use command::{parse as parse_command, response as command_response, Command};
 pub use scp::{serve, DicomSettings};

@@ -1,0 +1,157 @@
+//! Retention: what old data goes, when, and in which order.
+//!
+//! Two keys decide it (`[data]` in `halong.toml`, 0 = keep forever):
+//! - `journal_retention_days`: journal segments whose every message is finished and older
+//!   than that go (see [`Journal::prune_where`]).
+//! - `dicom_retention_days`: archived DICOM files (`<data>/dicom/<study>/<series>/…`,
+//!   `failed/…`) last written before that go, then the study and series directories left
+//!   empty.
+//!
+//! Invariants:
+//! 1. Nothing not yet stored is pruned. A message is finished when it is `stored`, or
+//!    `queued` where records leave through RabbitMQ (`[queue] kind = "amqp"`: the broker
+//!    confirmed them and the edge holds nothing more). An archived file stays while any
+//!    journal entry naming it is unfinished (received, routed, mapped, queued in the
+//!    embedded outbox, error, unrouted), so an instance can always be mapped, replayed or
+//!    inspected until its records are stored. The one exception is `failed/`: those are
+//!    copies of instances the sender was told were refused (C-STORE failure status), kept
+//!    for inspection only; they go by age even while their entry says `error` (the entry
+//!    itself stays, with its reason and attributes).
+//! 2. A DICOM instance's journal entry never goes before its file: a DICOM entry is
+//!    pruned only once it is older than both retention periods, and each pass prunes the
+//!    archive first and the journal after (not at all when the archive pass failed). So
+//!    every archived file keeps its record in the message browser while it exists, and a
+//!    record may outlive its file (it keeps the instance's text attributes, which is what
+//!    mapping reads, so it can still be listed and replayed; the image is gone).
+//!    Because a file kept forever would keep its entry, and the journal is pruned only
+//!    from the oldest segment on, `halong check` refuses `journal_retention_days` without
+//!    `dicom_retention_days` when a DICOM listener is configured.
+//! 3. A file's age is its modification time: when it was received. The same instance
+//!    sent again replaces the file and starts its age anew. A file no entry names (its
+//!    entry already pruned, or left by a crash before its C-STORE was answered) goes
+//!    by age alone.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::dicom::InstanceRef;
+use crate::journal::{EntryMeta, Journal, JournalError, PruneReport, Status};
+use crate::listeners::dicom::{Archive, ArchivePruneReport};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The retention settings of one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `[data] journal_retention_days`; 0 keeps the journal.
+    pub journal_days: u64,
+    /// `[data] dicom_retention_days`; 0 keeps archived files.
+    pub dicom_days: u64,
+    /// Records leave through RabbitMQ, so `queued` is finished.
+    pub queued_is_done: bool,
+}
+
+impl Policy {
+    /// True when a pass would prune anything at all.
+    pub fn is_active(&self) -> bool {
+        self.journal_days > 0 || self.dicom_days > 0
+    }
+
+    /// A message whose processing is over (nothing of it is still on its way).
+    pub fn is_finished(&self, status: Status) -> bool {
+        status == Status::Stored || (self.queued_is_done && status == Status::Queued)
+    }
+}
+
+/// What one pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    pub archive: ArchivePruneReport,
+    pub journal: PruneReport,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("DICOM archive retention failed in {path}: {source}; the journal is not pruned until it succeeds")]
+    Archive {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("journal retention failed: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// True for the journal entry of a DICOM instance.
+pub fn is_dicom(e: &EntryMeta) -> bool {
+    e.message_type.starts_with("DICOM^")
+}
+
+/// Paths (relative to the archive root) that journal entries still need.
+fn held_paths(journal: &Journal, policy: &Policy) -> HashSet<String> {
+    let mut held = HashSet::new();
+    for s in 1..=7u8 {
+        let Some(status) = Status::from_u8(s) else {
+            continue;
+        };
+        if policy.is_finished(status) {
+            continue;
+        }
+        for id in journal.ids_with_status(status) {
+            let Some(meta) = journal.entry(id) else {
+                continue;
+            };
+            if !is_dicom(&meta) {
+                continue;
+            }
+            let Ok(raw) = journal.read_raw(id) else {
+                continue;
+            };
+            if let Some(Ok(r)) = InstanceRef::from_journal(&raw) {
+                let refused_copy = r.path.starts_with("failed/") && meta.status == Status::Error;
+                if !r.path.is_empty() && !refused_copy {
+                    held.insert(r.path);
+                }
+            }
+        }
+    }
+    held
+}
+
+/// One retention pass at `now`: the archive first, then the journal (invariant 2).
+/// Blocking: run it on a blocking thread.
+pub fn run_once(
+    journal: &Journal,
+    archive: Option<&Archive>,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Report, RetentionError> {
+    let mut report = Report::default();
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if let (Some(archive), true) = (archive, policy.dicom_days > 0) {
+        let cutoff = now
+            .checked_sub(Duration::from_secs(policy.dicom_days * 86_400))
+            .unwrap_or(UNIX_EPOCH);
+        let held = held_paths(journal, policy);
+        report.archive = archive
+            .prune(cutoff, &|rel| held.contains(rel))
+            .map_err(|source| RetentionError::Archive {
+                path: archive.root().display().to_string(),
+                source,
+            })?;
+    }
+    if policy.journal_days > 0 {
+        let journal_cutoff = now_ms - policy.journal_days as i64 * DAY_MS;
+        let dicom_cutoff = (policy.dicom_days > 0).then(|| {
+            // Never later than the archive's cutoff, so the file went first.
+            now_ms - policy.dicom_days as i64 * DAY_MS
+        });
+        report.journal = journal.prune_where(|e| {
+            policy.is_finished(e.status)
+                && e.received_ms < journal_cutoff
+                && (!is_dicom(e) || dicom_cutoff.is_some_and(|c| e.received_ms < c))
+        })?;
+    }
+    Ok(report)
+}
