@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::dates::{DateCmp, DateFilter};
+use super::dates::{instant_range, neighbour_day, DateCmp, DateFilter};
 use super::error::StoreError;
 use super::index::{
     doc_key, id_at_end, link_prefix, ref_prefix, typed_from, typed_prefix, CODE, DOC, POINT,
@@ -293,8 +293,22 @@ impl Store {
         // The largest `ge`/`gt` value: a span must reach it.
         let mut reach: Option<String> = None;
         for f in dates {
-            let v = f.value.clone();
-            let v_hi = format!("{v}{AFTER}");
+            // `v`: the lowest text a match can start with; `v_hi`, `v_below`: the bounds
+            // for `le`/`eq` and for `lt`. A time with a zone is compared as an instant
+            // (see `dates`), and a record written in another zone may carry the day
+            // before or after: such a value widens the key ranges by a day each way.
+            let (v, v_hi, v_below) = match (instant_range(&f.value), f.value.get(..10)) {
+                (Some(_), Some(day)) => {
+                    let after = neighbour_day(day, 1).unwrap_or_else(|| day.to_string());
+                    let after = format!("{after}{AFTER}");
+                    (neighbour_day(day, -1).unwrap_or_default(), after.clone(), after)
+                }
+                _ => (
+                    f.value.clone(),
+                    format!("{}{AFTER}", f.value),
+                    f.value.clone(),
+                ),
+            };
             match f.cmp {
                 DateCmp::Eq => {
                     lower = max(lower, v.clone());
@@ -306,8 +320,8 @@ impl Store {
                     span_upper = min(span_upper, v_hi);
                 }
                 DateCmp::Lt => {
-                    upper = min(upper, v.clone());
-                    span_upper = min(span_upper, v);
+                    upper = min(upper, v_below.clone());
+                    span_upper = min(span_upper, v_below);
                 }
                 DateCmp::Ge | DateCmp::Gt => {
                     lower = max(lower, v.clone());

@@ -1,9 +1,11 @@
 //! FHIR date search (`birthdate=ge1990`, `date=le2024-03-01`) with date precision.
 //!
 //! A date or dateTime of any precision stands for the range of every instant that
-//! starts with its text: `1990` is all of 1990, `1990-05` all of May. Ranges are
-//! compared as text, which orders ISO 8601 correctly as long as both sides use the same
-//! time zone (halong's mappings write the sender's local time, so they do).
+//! starts with its text: `1990` is all of 1990, `1990-05` all of May. When the
+//! parameter and the record both carry a time with a zone, the two ranges are compared
+//! as instants (`ge2024-01-02T00:00:00Z` finds `2024-01-02T06:30:00+07:00`); otherwise
+//! as text, which compares calendar dates as written (a record's date is the day in its
+//! own zone, as the sender wrote it).
 //! Following FHIR R4 (search, "date"): `eq` — the record's range lies within the
 //! parameter's; `ne` — it does not; `ge`/`le` — it reaches at or after / at or before
 //! the parameter's range; `gt`/`lt` — it reaches strictly after / before it.
@@ -56,6 +58,18 @@ impl DateFilter {
     /// Whether a record whose time runs from `lo` to `hi` (`hi` empty: still open)
     /// satisfies the filter.
     pub fn matches(&self, lo: &str, hi: &str) -> bool {
+        let instants = (
+            instant_range(&self.value),
+            instant_range(lo),
+            if hi.is_empty() {
+                Some((i64::MAX, i64::MAX))
+            } else {
+                instant_range(hi)
+            },
+        );
+        if let (Some((p_lo, p_hi)), Some((r_lo, _)), Some((_, r_hi))) = instants {
+            return self.cmp.holds(p_lo, p_hi, r_lo, r_hi);
+        }
         let p_lo = self.value.as_str();
         let p_hi = format!("{p_lo}{AFTER}");
         let r_hi: Option<String> = (!hi.is_empty()).then(|| format!("{hi}{AFTER}"));
@@ -69,6 +83,105 @@ impl DateFilter {
             DateCmp::Lt => lo < p_lo,
         }
     }
+}
+
+impl DateCmp {
+    /// The comparison on ranges `[p_lo, p_hi)` (the parameter) and `[r_lo, r_hi)` (the
+    /// record; `r_hi` = `i64::MAX` when open), the same rules as the text comparison.
+    fn holds(self, p_lo: i64, p_hi: i64, r_lo: i64, r_hi: i64) -> bool {
+        let open = r_hi == i64::MAX;
+        let within = r_lo >= p_lo && !open && r_hi <= p_hi;
+        match self {
+            DateCmp::Eq => within,
+            DateCmp::Ne => !within,
+            DateCmp::Ge => r_hi > p_lo,
+            DateCmp::Le => r_lo < p_hi,
+            DateCmp::Gt => r_hi > p_hi,
+            DateCmp::Lt => r_lo < p_lo,
+        }
+    }
+}
+
+/// `YYYY-MM-DDThh:mm[:ss[.f…]]` with `Z` or `±hh:mm`: the range of milliseconds since
+/// 1970 UTC it stands for at its precision (a minute, a second, a millisecond).
+/// `None` for a date without a time, or a time without a zone.
+pub fn instant_range(v: &str) -> Option<(i64, i64)> {
+    let b = v.as_bytes();
+    if b.len() < 17 || !is_fhir_date(&v[..10]) || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = v.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (year, month, day) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hour, minute) = (n(11..13)?, n(14..16)?);
+    let mut at = 16;
+    let (mut second, mut millis, mut step) = (0, 0, 60_000);
+    if b.get(at) == Some(&b':') {
+        second = n(at + 1..at + 3)?;
+        at += 3;
+        step = 1_000;
+        if b.get(at) == Some(&b'.') {
+            let digits = b[at + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 {
+                return None;
+            }
+            let first3 = &v[at + 1..at + 1 + digits.min(3)];
+            millis = first3.parse::<i64>().ok()? * 10_i64.pow(3 - first3.len() as u32);
+            at += 1 + digits;
+            step = 1;
+        }
+    }
+    let offset_minutes = match &v[at..] {
+        "Z" => 0,
+        z if z.len() == 6 && matches!(b[at], b'+' | b'-') && b[at + 3] == b':' => {
+            let m = n(at + 1..at + 3)? * 60 + n(at + 4..at + 6)?;
+            if b[at] == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let start = ((days * 24 + hour) * 60 + minute - offset_minutes) * 60_000 + second * 1_000 + millis;
+    Some((start, start + step))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The calendar day before or after `YYYY-MM-DD` (`delta` = -1 or 1), as text.
+pub fn neighbour_day(date: &str, delta: i64) -> Option<String> {
+    let n = |r: std::ops::Range<usize>| date.get(r).and_then(|s| s.parse::<i64>().ok());
+    let days = days_from_civil(n(0..4)?, n(5..7)?, n(8..10)?) + delta;
+    // Inverse of `days_from_civil`.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    Some(format!("{y:04}-{m:02}-{d:02}"))
 }
 
 fn is_fhir_date(v: &str) -> bool {
@@ -128,6 +241,42 @@ mod tests {
         // An open period reaches every later date.
         assert!(f("ge2030").matches("2024-01-02", ""));
         assert!(!f("eq2024").matches("2024-01-02", ""));
+    }
+
+    #[test]
+    fn times_in_other_zones_compare_as_instants() {
+        // 06:30 in Hà Nội is 23:30 UTC the day before.
+        let r = "2024-01-02T06:30:00+07:00";
+        let table = [
+            ("ge2024-01-01T23:30:00Z", true),
+            ("gt2024-01-01T23:29:59Z", true),
+            ("ge2024-01-01T23:30:01Z", false),
+            ("lt2024-01-01T23:30:01Z", true),
+            ("le2024-01-01T23:29:59Z", false),
+            ("eq2024-01-01T23:30Z", true),
+            ("eq2024-01-02T06:30+07:00", true),
+            ("eq2024-01-02T01:30:00+02:00", true),
+            ("ne2024-01-02T06:30:00+07:00", false),
+            ("ge2024-01-02T00:00:00Z", false),
+            // A parameter without a zone, or a date alone: the calendar as written.
+            ("ge2024-01-02", true),
+            ("eq2024-01-01", false),
+        ];
+        for (q, want) in table {
+            assert_eq!(f(q).matches(r, r), want, "{q}");
+        }
+        // An open period reaches every later instant.
+        assert!(f("ge2030-01-01T00:00:00Z").matches(r, ""));
+        assert!(!f("eq2024-01-02T06:30:00+07:00").matches(r, ""));
+        assert_eq!(
+            instant_range("1970-01-01T07:00+07:00"),
+            Some((0, 60_000))
+        );
+        assert_eq!(instant_range("2000-03-01T00:00:00.25Z").map(|r| r.1 - r.0), Some(1));
+        assert_eq!(instant_range("2024-01-02"), None);
+        assert_eq!(instant_range("2024-01-02T06:30:00"), None);
+        assert_eq!(neighbour_day("2024-03-01", -1).as_deref(), Some("2024-02-29"));
+        assert_eq!(neighbour_day("2023-12-31", 1).as_deref(), Some("2024-01-01"));
     }
 
     #[test]

@@ -921,3 +921,50 @@ fn clinical_keys_follow_updates_and_are_added_to_an_older_store() {
         index::LAYOUT_VERSION.as_bytes()
     );
 }
+
+#[test]
+fn times_in_another_zone_are_found_by_instant_without_a_patient() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let obs = |id: &str, date: &str| {
+        json!({"resourceType": "Observation", "id": id, "subject": {"reference": "Patient/p1"},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+               "effectiveDateTime": date})
+    };
+    let enc = json!({"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"},
+                     "period": {"start": "2024-01-02T06:00:00+07:00", "end": "2024-01-02T06:45:00+07:00"}});
+    // 06:30 in Hà Nội is 23:30 UTC the day before; 2024-01-03 01:00 is still 2 January in UTC.
+    store
+        .upsert_batch(&[
+            obs("early", "2024-01-02T06:30:00+07:00"),
+            obs("late", "2024-01-03T01:00:00+07:00"),
+            enc,
+        ])
+        .unwrap();
+    let found = |rt: &str, dates: &[&str]| -> Vec<String> {
+        let q = ClinicalQuery {
+            resource_type: rt.into(),
+            dates: dates.iter().map(|d| DateFilter::parse(d).unwrap()).collect(),
+            ..Default::default()
+        };
+        let page = store.search_clinical(&q, 0, 10).unwrap();
+        let by_scan = store.search_clinical_by_scan(&q, 0, 10).unwrap();
+        let ids: Vec<String> = page
+            .resources
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(page.total, by_scan.total, "{dates:?}");
+        ids
+    };
+    assert_eq!(found("Observation", &["ge2024-01-01T23:30:00Z", "lt2024-01-02T00:00:00Z"]), ["early"]);
+    assert_eq!(found("Observation", &["ge2024-01-02T00:00:00Z", "le2024-01-02T23:59:59Z"]), ["late"]);
+    assert_eq!(found("Observation", &["eq2024-01-02T18:00Z"]), ["late"]);
+    assert_eq!(found("Observation", &["eq2024-01-02T18:01Z"]), Vec::<String>::new());
+    assert_eq!(found("Observation", &["eq2024-01-02T18:00:00Z"]), ["late"]);
+    // A period reaches an instant in another zone.
+    assert_eq!(found("Encounter", &["ge2024-01-01T23:40:00Z"]), ["e1"]);
+    assert_eq!(found("Encounter", &["ge2024-01-01T23:46:00Z"]), Vec::<String>::new());
+    assert_eq!(found("Encounter", &["le2024-01-01T23:00:00Z"]), ["e1"]);
+    assert_eq!(found("Encounter", &["lt2024-01-01T23:00:00Z"]), Vec::<String>::new());
+}

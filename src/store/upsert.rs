@@ -31,9 +31,10 @@ impl Store {
         &self,
         resources: impl IntoIterator<Item = &'v Value>,
     ) -> Result<UpsertStats, StoreError> {
-        let resources = resources.into_iter();
-        let mut prepared = Vec::with_capacity(resources.size_hint().0);
-        for (position, r) in resources.enumerate() {
+        let resources = fold_studies(resources.into_iter().collect());
+        let mut prepared = Vec::with_capacity(resources.len());
+        for (position, r) in resources.iter().enumerate() {
+            let r: &Value = r;
             let (rt, id) =
                 validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
             // Serialising a `Value` cannot fail: its map keys are strings.
@@ -227,6 +228,47 @@ fn accession(rt: &str, v: &Value) -> Option<String> {
 /// One ImagingStudy from many C-STOREs: the new version's elements win, elements it
 /// lacks are kept, series are merged by `uid` and their instances by `uid`, and the
 /// counts are recomputed.
+/// The instances of one study arrive as one ImagingStudy record per C-STORE. Those of
+/// one batch are merged here first, in memory, and the result takes the place of the
+/// last of them: the stored study is then read, merged and rewritten once per batch,
+/// not once per instance (the same result: [`merge_study`] keeps first-seen order and
+/// lets later values win either way). Other records pass through untouched.
+fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
+    use std::borrow::Cow;
+    let study_id = |r: &Value| -> Option<String> {
+        let valid = validate(r).is_ok_and(|(rt, _)| rt == "ImagingStudy");
+        valid.then(|| r["id"].as_str().map(str::to_string)).flatten()
+    };
+    let mut last: HashMap<String, usize> = HashMap::new();
+    let mut repeated = false;
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(id) = study_id(r) {
+            repeated |= last.insert(id, i).is_some();
+        }
+    }
+    if !repeated {
+        return resources.into_iter().map(Cow::Borrowed).collect();
+    }
+    let mut merged: HashMap<String, Value> = HashMap::new();
+    let mut out = Vec::with_capacity(resources.len());
+    for (i, r) in resources.into_iter().enumerate() {
+        let Some(id) = study_id(r) else {
+            out.push(Cow::Borrowed(r));
+            continue;
+        };
+        let so_far = match merged.remove(&id) {
+            Some(acc) => Cow::Owned(merge_study(&acc, r)),
+            None => Cow::Borrowed(r),
+        };
+        if last.get(&id) == Some(&i) {
+            out.push(so_far);
+        } else {
+            merged.insert(id, so_far.into_owned());
+        }
+    }
+    out
+}
+
 fn merge_study(old: &Value, new: &Value) -> Value {
     let mut out = merge_absent(old, new);
     let series = merge_by_uid(old.get("series"), new.get("series"), |o, n| {
@@ -375,6 +417,39 @@ mod imaging_tests {
             .collect();
         assert_eq!(uids, ["1.1.1", "1.1.2"]);
         assert_eq!(s["series"][1]["numberOfInstances"], 1);
+    }
+
+    #[test]
+    fn a_batch_of_instances_gives_the_study_one_at_a_time_would() {
+        let patient = json!({ "resourceType": "Patient", "id": "p1", "gender": "female" });
+        let mut later = study("1.1", "1.1.3", None);
+        later["description"] = json!("CT ngực");
+        let arrivals = [
+            study("1.2", "1.2.1", None),
+            patient.clone(),
+            study("1.1", "1.1.2", None),
+            later,
+            study("1.2", "1.2.1", None),
+        ];
+        let one_by_one = tempfile::tempdir().unwrap();
+        let one_by_one = open(one_by_one.path());
+        let batched = tempfile::tempdir().unwrap();
+        let batched = open(batched.path());
+        for store in [&one_by_one, &batched] {
+            store.upsert_batch(&[study("1.1", "1.1.1", None)]).unwrap();
+        }
+        for r in &arrivals {
+            one_by_one.upsert_batch([r]).unwrap();
+        }
+        let stats = batched.upsert_batch(&arrivals).unwrap();
+        // The patient and the study, each written once.
+        assert_eq!(stats.written, 2);
+        let a = one_by_one.get("ImagingStudy", "st1").unwrap().unwrap();
+        let b = batched.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(a.to_string(), b.to_string());
+        assert_eq!(b["numberOfInstances"], 4);
+        assert_eq!(b["description"], "CT ngực");
+        assert_eq!(batched.get("Patient", "p1").unwrap(), Some(patient));
     }
 
     #[test]
