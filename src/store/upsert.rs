@@ -236,7 +236,8 @@ fn accession(rt: &str, v: &Value) -> Option<String> {
 fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
     use std::borrow::Cow;
     let study_id = |r: &Value| -> Option<String> {
-        let valid = validate(r).is_ok_and(|(rt, _)| rt == "ImagingStudy");
+        let valid = r.get("resourceType").and_then(Value::as_str) == Some("ImagingStudy")
+            && validate(r).is_ok();
         valid.then(|| r["id"].as_str().map(str::to_string)).flatten()
     };
     let mut last: HashMap<String, usize> = HashMap::new();
