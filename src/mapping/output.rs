@@ -103,7 +103,12 @@ pub enum Node<'k> {
 impl<'k> Node<'k> {
     /// An object with these members, in this order.
     pub fn object(members: Vec<(&'k str, Json)>) -> Node<'k> {
-        Node::Obj(members.into_iter().map(|(k, v)| (k, Node::Leaf(v))).collect())
+        Node::Obj(
+            members
+                .into_iter()
+                .map(|(k, v)| (k, Node::Leaf(v)))
+                .collect(),
+        )
     }
 
     /// Sets `value` at `steps`; a `[*]` step stands for index `star`. Err names the
@@ -312,7 +317,10 @@ mod tests {
             .and_then(Json::as_object)
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        assert_eq!(keys, ["resourceType", "name", "identifier", "telecom", "address"]);
+        assert_eq!(
+            keys,
+            ["resourceType", "name", "identifier", "telecom", "address"]
+        );
         assert_eq!(
             out,
             Some(json!({

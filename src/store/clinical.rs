@@ -301,7 +301,11 @@ impl Store {
                 (Some(_), Some(day)) => {
                     let after = neighbour_day(day, 1).unwrap_or_else(|| day.to_string());
                     let after = format!("{after}{AFTER}");
-                    (neighbour_day(day, -1).unwrap_or_default(), after.clone(), after)
+                    (
+                        neighbour_day(day, -1).unwrap_or_default(),
+                        after.clone(),
+                        after,
+                    )
                 }
                 _ => (
                     f.value.clone(),

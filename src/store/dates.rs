@@ -126,7 +126,10 @@ pub fn instant_range(v: &str) -> Option<(i64, i64)> {
         at += 3;
         step = 1_000;
         if b.get(at) == Some(&b'.') {
-            let digits = b[at + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let digits = b[at + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
             if digits == 0 {
                 return None;
             }
@@ -152,7 +155,8 @@ pub fn instant_range(v: &str) -> Option<(i64, i64)> {
         return None;
     }
     let days = days_from_civil(year, month, day);
-    let start = ((days * 24 + hour) * 60 + minute - offset_minutes) * 60_000 + second * 1_000 + millis;
+    let start =
+        ((days * 24 + hour) * 60 + minute - offset_minutes) * 60_000 + second * 1_000 + millis;
     Some((start, start + step))
 }
 
@@ -268,15 +272,21 @@ mod tests {
         // An open period reaches every later instant.
         assert!(f("ge2030-01-01T00:00:00Z").matches(r, ""));
         assert!(!f("eq2024-01-02T06:30:00+07:00").matches(r, ""));
+        assert_eq!(instant_range("1970-01-01T07:00+07:00"), Some((0, 60_000)));
         assert_eq!(
-            instant_range("1970-01-01T07:00+07:00"),
-            Some((0, 60_000))
+            instant_range("2000-03-01T00:00:00.25Z").map(|r| r.1 - r.0),
+            Some(1)
         );
-        assert_eq!(instant_range("2000-03-01T00:00:00.25Z").map(|r| r.1 - r.0), Some(1));
         assert_eq!(instant_range("2024-01-02"), None);
         assert_eq!(instant_range("2024-01-02T06:30:00"), None);
-        assert_eq!(neighbour_day("2024-03-01", -1).as_deref(), Some("2024-02-29"));
-        assert_eq!(neighbour_day("2023-12-31", 1).as_deref(), Some("2024-01-01"));
+        assert_eq!(
+            neighbour_day("2024-03-01", -1).as_deref(),
+            Some("2024-02-29")
+        );
+        assert_eq!(
+            neighbour_day("2023-12-31", 1).as_deref(),
+            Some("2024-01-01")
+        );
     }
 
     #[test]

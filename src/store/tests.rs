@@ -944,7 +944,10 @@ fn times_in_another_zone_are_found_by_instant_without_a_patient() {
     let found = |rt: &str, dates: &[&str]| -> Vec<String> {
         let q = ClinicalQuery {
             resource_type: rt.into(),
-            dates: dates.iter().map(|d| DateFilter::parse(d).unwrap()).collect(),
+            dates: dates
+                .iter()
+                .map(|d| DateFilter::parse(d).unwrap())
+                .collect(),
             ..Default::default()
         };
         let page = store.search_clinical(&q, 0, 10).unwrap();
@@ -957,14 +960,35 @@ fn times_in_another_zone_are_found_by_instant_without_a_patient() {
         assert_eq!(page.total, by_scan.total, "{dates:?}");
         ids
     };
-    assert_eq!(found("Observation", &["ge2024-01-01T23:30:00Z", "lt2024-01-02T00:00:00Z"]), ["early"]);
-    assert_eq!(found("Observation", &["ge2024-01-02T00:00:00Z", "le2024-01-02T23:59:59Z"]), ["late"]);
+    assert_eq!(
+        found(
+            "Observation",
+            &["ge2024-01-01T23:30:00Z", "lt2024-01-02T00:00:00Z"]
+        ),
+        ["early"]
+    );
+    assert_eq!(
+        found(
+            "Observation",
+            &["ge2024-01-02T00:00:00Z", "le2024-01-02T23:59:59Z"]
+        ),
+        ["late"]
+    );
     assert_eq!(found("Observation", &["eq2024-01-02T18:00Z"]), ["late"]);
-    assert_eq!(found("Observation", &["eq2024-01-02T18:01Z"]), Vec::<String>::new());
+    assert_eq!(
+        found("Observation", &["eq2024-01-02T18:01Z"]),
+        Vec::<String>::new()
+    );
     assert_eq!(found("Observation", &["eq2024-01-02T18:00:00Z"]), ["late"]);
     // A period reaches an instant in another zone.
     assert_eq!(found("Encounter", &["ge2024-01-01T23:40:00Z"]), ["e1"]);
-    assert_eq!(found("Encounter", &["ge2024-01-01T23:46:00Z"]), Vec::<String>::new());
+    assert_eq!(
+        found("Encounter", &["ge2024-01-01T23:46:00Z"]),
+        Vec::<String>::new()
+    );
     assert_eq!(found("Encounter", &["le2024-01-01T23:00:00Z"]), ["e1"]);
-    assert_eq!(found("Encounter", &["lt2024-01-01T23:00:00Z"]), Vec::<String>::new());
+    assert_eq!(
+        found("Encounter", &["lt2024-01-01T23:00:00Z"]),
+        Vec::<String>::new()
+    );
 }

@@ -238,7 +238,9 @@ fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
     let study_id = |r: &Value| -> Option<String> {
         let valid = r.get("resourceType").and_then(Value::as_str) == Some("ImagingStudy")
             && validate(r).is_ok();
-        valid.then(|| r["id"].as_str().map(str::to_string)).flatten()
+        valid
+            .then(|| r["id"].as_str().map(str::to_string))
+            .flatten()
     };
     let mut last: HashMap<String, usize> = HashMap::new();
     let mut repeated = false;

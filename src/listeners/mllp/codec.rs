@@ -224,7 +224,9 @@ mod tests {
     #[test]
     fn framing_table() {
         let msg = "MSH|^~\\&|A\rPID|1\r";
-        let cases: Vec<(&str, Vec<&[u8]>, Vec<Out>, u64)> = vec![
+        // Name, the reads, the frames expected, the junk bytes expected.
+        type Case<'a> = (&'a str, Vec<&'a [u8]>, Vec<Out>, u64);
+        let cases: Vec<Case> = vec![
             (
                 "one frame",
                 vec![b"\x0bMSH|^~\\&|A\rPID|1\r\x1c\x0d"],
