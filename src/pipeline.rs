@@ -340,7 +340,7 @@ fn run_mapper(
         }
         let end = durable.min(cursor + BATCH - 1);
         let rules = rules.read().expect("rules lock").clone();
-        let ids: Vec<u64> = (cursor..=end)
+        let mut ids: Vec<u64> = (cursor..=end)
             .filter(|id| {
                 journal.entry(*id).is_some_and(|meta| {
                     meta.status.needs_processing()
@@ -349,12 +349,16 @@ fn run_mapper(
                 })
             })
             .collect();
-        if let Err(e) = settle_archive(journal, &ids, dicom_archive) {
-            tracing::error!(error = %e, "cannot make DICOM archive files durable; nothing of this batch is marked processed until they are (check free space and the disk under the data directory's dicom/); retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            continue;
-        }
+        let unusable = match settle_archive(journal, &mut ids, dicom_archive) {
+            Ok(unusable) => unusable,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make DICOM archive files durable; nothing of this batch is marked processed until they are (check free space and the disk under the data directory's dicom/); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
         let (entries, mut statuses) = map_entries(journal, &rules, &ids);
+        statuses.extend(unusable);
         if !entries.is_empty() {
             // The outbox must be durable before `queued` is recorded, or a power cut
             // could leave queued entries with no records anywhere.
@@ -377,10 +381,17 @@ fn run_mapper(
 
 /// For every DICOM entry among `ids` that carries its instance: makes the archive file
 /// hold the entry's bytes (rewriting it when a crash lost or damaged it), then syncs the
-/// archive once for all of them.
-fn settle_archive(journal: &Journal, ids: &[u64], archive: &Path) -> std::io::Result<()> {
+/// archive once for all of them. An entry whose archive path cannot be used is taken out
+/// of `ids` and returned with status `error` and the reason, so it cannot hold up the
+/// others; an I/O error fails the whole round, to be retried.
+fn settle_archive(
+    journal: &Journal,
+    ids: &mut Vec<u64>,
+    archive: &Path,
+) -> std::io::Result<Vec<StatusChange>> {
     let mut settle = Settle::new(archive);
-    for &id in ids {
+    let mut unusable = Vec::new();
+    for &id in ids.iter() {
         let is_dicom = journal
             .entry(id)
             .is_some_and(|m| m.message_type.starts_with("DICOM^"));
@@ -392,9 +403,15 @@ fn settle_archive(journal: &Journal, ids: &[u64], archive: &Path) -> std::io::Re
             continue;
         };
         if let Some(Ok((reference, Some(part10)))) = crate::dicom::InstanceRef::read_journal(&raw) {
-            settle.ensure(&reference.path, part10)?;
+            match settle.ensure(&reference.path, part10) {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    unusable.push((id, Status::Error, Some(e.to_string())));
+                }
+                other => other?,
+            }
         }
     }
+    ids.retain(|id| !unusable.iter().any(|(u, _, _)| u == id));
     if settle.is_pending() {
         let rebuilt = settle.rebuilt;
         settle.sync()?;
@@ -405,7 +422,7 @@ fn settle_archive(journal: &Journal, ids: &[u64], archive: &Path) -> std::io::Re
             );
         }
     }
-    Ok(())
+    Ok(unusable)
 }
 
 /// A journal status change: id, status, error.

@@ -836,13 +836,38 @@ fn an_archive_file_lost_in_a_crash_is_rebuilt_from_the_journal() {
         }
         expected.push((on_disk, part10, attrs));
     }
+    // A damaged entry naming a path outside the archive: it must be marked `error`, not
+    // hold up the others.
+    let part10 = &expected[0].1;
+    let mut bad =
+        InstanceRef::from_journal(&journal.read_raw(1).expect("the first entry reads back"))
+            .expect("a DICOM entry")
+            .expect("a readable reference");
+    bad.path = "../outside/1.2.dcm".into();
+    bad.sop_instance = "1.2".into();
+    journal
+        .append_blocking(NewEntry {
+            listener: "pacs".into(),
+            peer: "127.0.0.1:4242".into(),
+            received_ms: 1_795_000_000_000,
+            message_type: "DICOM^CT".into(),
+            control_id: "1.2".into(),
+            status: Status::Received,
+            error: None,
+            raw: bad.to_journal_with(part10),
+        })
+        .unwrap();
     drop(journal);
     assert!(!expected[0].0.exists());
 
     let server = spawn(&config);
     wait_until("both instances are stored after the restart", LIMIT, || {
-        count_status(server.http, "stored") == 2
+        count_status(server.http, "stored") == 2 && count_status(server.http, "error") == 1
     });
+    assert!(
+        !data.join("outside").exists(),
+        "nothing is written outside the archive"
+    );
     for (path, part10, attrs) in &expected {
         assert_eq!(
             &std::fs::read(path).unwrap(),
