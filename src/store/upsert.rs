@@ -66,13 +66,23 @@ impl Store {
             // A previous version that no longer parses cannot tell which entries it
             // had; it is overwritten anyway (readers tolerate stale entries: search
             // skips ids without a record).
-            let old: Option<Value> = previous
+            let mut old: Option<Value> = previous
                 .as_deref()
                 .and_then(|p| serde_json::from_slice::<Value>(p).ok());
-            let merged = match old.as_ref() {
-                Some(o) if rt == "ImagingStudy" => Some(merge_study(o, value)),
-                Some(o) if keeps_absent_elements(rt) => Some(merge_absent(o, value)),
-                _ => None,
+            // A study is merged from its old version by value, so its index entries are
+            // read first.
+            let mut old_study_entries = None;
+            let merged = match old.take() {
+                Some(o) if rt == "ImagingStudy" => {
+                    old_study_entries = Some(index_entries(rt, id, &o));
+                    Some(merge_study(o, value))
+                }
+                Some(o) => {
+                    let m = keeps_absent_elements(rt).then(|| merge_absent(&o, value));
+                    old = Some(o);
+                    m
+                }
+                None => None,
             };
             let (value, bytes) = match merged {
                 Some(m) => {
@@ -110,9 +120,12 @@ impl Store {
                 }
                 None => (value, bytes),
             };
-            let old_entries = old
-                .map(|old| index_entries(rt, id, &old))
-                .unwrap_or_default();
+            let old_entries = match old_study_entries {
+                Some(entries) => entries,
+                None => old
+                    .map(|old| index_entries(rt, id, &old))
+                    .unwrap_or_default(),
+            };
             let new_entries = index_entries(rt, id, &value);
             for k in old_entries.keys() {
                 if !new_entries.contains_key(k) {
@@ -260,7 +273,7 @@ fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
             continue;
         };
         let so_far = match merged.remove(&id) {
-            Some(acc) => Cow::Owned(merge_study(&acc, r)),
+            Some(acc) => Cow::Owned(merge_study(acc, r)),
             None => Cow::Borrowed(r),
         };
         if last.get(&id) == Some(&i) {
@@ -272,11 +285,21 @@ fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
     out
 }
 
-fn merge_study(old: &Value, new: &Value) -> Value {
-    let mut out = merge_absent(old, new);
-    let series = merge_by_uid(old.get("series"), new.get("series"), |o, n| {
-        let mut s = merge_absent(o, n);
-        let inst = merge_by_uid(o.get("instance"), n.get("instance"), merge_absent);
+fn merge_study(old: Value, new: &Value) -> Value {
+    // The old study is taken apart rather than copied: its series and instances move
+    // into the result, so a study of thousands of instances costs one pass, not a copy.
+    let Value::Object(mut old) = old else {
+        return new.clone();
+    };
+    let old_series = old.remove("series");
+    let mut out = merge_absent_owned(Value::Object(old), new);
+    let series = merge_by_uid(old_series, new.get("series"), |o, n| {
+        let Value::Object(mut o) = o else {
+            return n.clone();
+        };
+        let old_instances = o.remove("instance");
+        let mut s = merge_absent_owned(Value::Object(o), n);
+        let inst = merge_by_uid(old_instances, n.get("instance"), merge_absent_owned);
         s["numberOfInstances"] = Value::from(inst.len());
         s["instance"] = Value::Array(inst);
         s
@@ -298,21 +321,42 @@ fn merge_study(old: &Value, new: &Value) -> Value {
 }
 
 /// Union of two arrays of objects keyed by `uid`, in first-seen order; `both` merges an
-/// element present in each.
+/// element present in each (the old one given by value). Elements are found by a map of
+/// their string uids, so merging into a long array costs what is new.
 fn merge_by_uid(
-    old: Option<&Value>,
+    old: Option<Value>,
     new: Option<&Value>,
-    both: impl Fn(&Value, &Value) -> Value,
+    both: impl Fn(Value, &Value) -> Value,
 ) -> Vec<Value> {
-    let mut out: Vec<Value> = old.and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut out: Vec<Value> = match old {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let mut at: HashMap<String, usize> = HashMap::with_capacity(out.len());
+    for (i, o) in out.iter().enumerate() {
+        if let Some(uid) = o.get("uid").and_then(Value::as_str) {
+            at.entry(uid.to_string()).or_insert(i);
+        }
+    }
     for n in new.and_then(Value::as_array).into_iter().flatten() {
-        let uid = n.get("uid");
-        match out
-            .iter_mut()
-            .find(|o| uid.is_some() && o.get("uid") == uid)
-        {
-            Some(o) => *o = both(o, n),
-            None => out.push(n.clone()),
+        let found = match n.get("uid") {
+            None => None,
+            Some(Value::String(uid)) => at.get(uid.as_str()).copied(),
+            // A uid that is not a string (never written by our mappings) is compared
+            // as a value.
+            Some(uid) => out.iter().position(|o| o.get("uid") == Some(uid)),
+        };
+        match found {
+            Some(i) => {
+                let o = std::mem::take(&mut out[i]);
+                out[i] = both(o, n);
+            }
+            None => {
+                if let Some(uid) = n.get("uid").and_then(Value::as_str) {
+                    at.entry(uid.to_string()).or_insert(out.len());
+                }
+                out.push(n.clone());
+            }
         }
     }
     out
@@ -343,6 +387,26 @@ fn merge_absent(old: &Value, new: &Value) -> Value {
             continue;
         }
         out.insert(k.clone(), v.clone());
+    }
+    Value::Object(out)
+}
+
+/// [`merge_absent`] taking the old version by value: its kept elements move instead of
+/// being copied.
+fn merge_absent_owned(old: Value, new: &Value) -> Value {
+    let (Value::Object(old), Some(new_map)) = (old, new.as_object()) else {
+        return new.clone();
+    };
+    let mut out = new_map.clone();
+    for (k, v) in old {
+        if out.contains_key(&k) {
+            continue;
+        }
+        let choice = CHOICE_ELEMENTS.iter().find(|c| k.starts_with(**c));
+        if choice.is_some_and(|c| new_map.keys().any(|nk| nk.starts_with(*c))) {
+            continue;
+        }
+        out.insert(k, v);
     }
     Value::Object(out)
 }
