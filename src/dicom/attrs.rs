@@ -14,9 +14,74 @@ pub const MAX_VALUE_CHARS: usize = 1024;
 /// Top-level text attributes of a dataset, by tag. Serialised as a JSON object whose
 /// keys are eight hex digits (`"0020000D"`). Values are as decoded from the dataset (DA and TM normalised, see `normalise`),
 /// without padding; multiple values are separated by `\`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Attributes(BTreeMap<String, String>);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes(BTreeMap<u32, String>);
+
+impl Serialize for Attributes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// A tag as its eight hex digits, written without an allocation.
+        struct Hex(u32);
+        impl Serialize for Hex {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+                let mut buf = [0u8; 8];
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = DIGITS[((self.0 >> (28 - 4 * i)) & 0xF) as usize];
+                }
+                s.serialize_str(std::str::from_utf8(&buf).expect("hex digits are ASCII"))
+            }
+        }
+        serializer.collect_map(self.0.iter().map(|(tag, value)| (Hex(*tag), value)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A key of eight hex digits, read without an allocation.
+        struct Key(u32);
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+                struct KeyVisitor;
+                impl serde::de::Visitor<'_> for KeyVisitor {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a tag of eight hex digits")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
+                        (key.len() == 8)
+                            .then(|| u32::from_str_radix(key, 16).ok())
+                            .flatten()
+                            .map(Key)
+                            .ok_or_else(|| {
+                                E::custom(format!(
+                                    "attribute key {key:?} is not a tag of eight hex digits"
+                                ))
+                            })
+                    }
+                }
+                d.deserialize_str(KeyVisitor)
+            }
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Attributes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of attribute values keyed by eight hex digits")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Attributes, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((Key(tag), value)) = map.next_entry::<Key, String>()? {
+                    out.insert(tag, value);
+                }
+                Ok(Attributes(out))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
 
 /// Why a received dataset could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +97,13 @@ impl Attributes {
 
     pub fn get(&self, tag: u32) -> Option<&str> {
         self.0
-            .get(&format!("{tag:08X}"))
+            .get(&tag)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
     }
 
     pub fn insert(&mut self, tag: u32, value: impl Into<String>) {
-        self.0.insert(format!("{tag:08X}"), value.into());
+        self.0.insert(tag, value.into());
     }
 
     pub fn len(&self) -> usize {
@@ -142,13 +207,19 @@ fn attributes_of(obj: &dicom_object::DefaultDicomObject) -> Attributes {
         } else {
             continue;
         };
-        let text = text.trim_end_matches(['\0', ' ']).trim_start();
-        if text.chars().count() > MAX_VALUE_CHARS {
-            continue;
-        }
-        out.insert(tag_u32(tag), normalise(vr, text));
+        keep(&mut out, tag, vr, &text);
     }
     out
+}
+
+/// Adds one decoded text value: without surrounding padding, DA and TM normalised;
+/// values longer than [`MAX_VALUE_CHARS`] are left out.
+fn keep(out: &mut Attributes, tag: Tag, vr: VR, text: &str) {
+    let text = text.trim_end_matches(['\0', ' ']).trim_start();
+    if text.len() > MAX_VALUE_CHARS && text.chars().count() > MAX_VALUE_CHARS {
+        return;
+    }
+    out.insert(tag_u32(tag), normalise(vr, text));
 }
 
 fn is_string(vr: VR) -> bool {
@@ -227,5 +298,12 @@ mod tests {
         let back: Attributes = serde_json::from_str(&json).unwrap();
         assert_eq!(back.study_uid(), Some("1.2.3"));
         assert_eq!(back.get(0x0010_0010), None, "empty values read as absent");
+        assert_eq!(back, a);
+        let from_value: Attributes = serde_json::from_value(serde_json::json!({"7FE00010": "x"})).unwrap();
+        assert_eq!(from_value.get(0x7FE0_0010), Some("x"));
+        for bad in [r#"{"0020000":"x"}"#, r#"{"0020000G":"x"}"#, r#"{"PatientName":"x"}"#] {
+            let e = serde_json::from_str::<Attributes>(bad).unwrap_err();
+            assert!(e.to_string().contains("not a tag of eight hex digits"), "{bad}: {e}");
+        }
     }
 }
