@@ -161,6 +161,33 @@ impl Engine {
         let rules = Arc::new(RwLock::new(Arc::new(rules)));
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        let listeners = if role.takes_messages() {
+            &config.listeners[..]
+        } else {
+            &[]
+        };
+        let policy = crate::retention::Policy {
+            journal_days: config.data.journal_retention_days,
+            dicom_days: config.data.dicom_retention_days,
+            queued_is_done: amqp.is_some(),
+        };
+        // The archive is opened for a DICOM listener, and for retention even when no
+        // DICOM listener is configured any more.
+        let archive_dir = data.join("dicom");
+        let dicom_archive = if listeners.iter().any(|l| l.kind == ListenerKind::Dicom)
+            || (policy.is_active() && policy.dicom_days > 0 && archive_dir.is_dir())
+        {
+            Some(
+                crate::listeners::dicom::Archive::open(&archive_dir)
+                    .map(Arc::new)
+                    .map_err(|e| StartError::DataDir {
+                        path: archive_dir.display().to_string(),
+                        source: e,
+                    })?,
+            )
+        } else {
+            None
+        };
         let pipeline = if role.takes_messages() {
             let sink = match (&amqp, &broker) {
                 (Some(settings), Some(state)) => Sink::Publish(
@@ -175,7 +202,7 @@ impl Engine {
                 store.clone(),
                 rules.clone(),
                 sink,
-                data.join("dicom"),
+                dicom::Settle::new(&archive_dir, dicom_archive.clone()),
             ))
         } else {
             None
@@ -195,34 +222,8 @@ impl Engine {
         );
 
         let mut listener_addrs = Vec::new();
-        let mut dicom_archive = None;
-        let listeners = if role.takes_messages() {
-            &config.listeners[..]
-        } else {
-            &[]
-        };
-        let policy = crate::retention::Policy {
-            journal_days: config.data.journal_retention_days,
-            dicom_days: config.data.dicom_retention_days,
-            queued_is_done: amqp.is_some(),
-        };
         if policy.is_active() {
-            // The archive is pruned even when no DICOM listener is configured any more.
-            let archive_dir = data.join("dicom");
-            let archive = if policy.dicom_days > 0
-                && (archive_dir.is_dir() || listeners.iter().any(|l| l.kind == ListenerKind::Dicom))
-            {
-                let opened = crate::listeners::dicom::Archive::open(&archive_dir)
-                    .map(Arc::new)
-                    .map_err(|e| StartError::DataDir {
-                        path: archive_dir.display().to_string(),
-                        source: e,
-                    })?;
-                dicom_archive = Some(Ok(opened.clone()));
-                Some(opened)
-            } else {
-                None
-            };
+            let archive = dicom_archive.clone().filter(|_| policy.dicom_days > 0);
             tasks.push(tokio::spawn(retention(
                 journal.clone(),
                 archive,
@@ -241,13 +242,9 @@ impl Engine {
             let addr = socket.local_addr().expect("bound socket has an address");
             listener_addrs.push((l.name.clone(), addr));
             if l.kind == ListenerKind::Dicom {
-                let archive = dicom_archive.get_or_insert_with(|| {
-                    crate::listeners::dicom::Archive::open(&data.join("dicom")).map(Arc::new)
-                });
-                let archive = archive.as_ref().map_err(|e| StartError::DataDir {
-                    path: data.join("dicom").display().to_string(),
-                    source: std::io::Error::new(e.kind(), e.to_string()),
-                })?;
+                let archive = dicom_archive
+                    .as_ref()
+                    .expect("opened above for every DICOM listener");
                 let tls = match (&l.tls_cert, &l.tls_key) {
                     (Some(cert), Some(key)) => {
                         Some(dicom::tls_server_config(cert, key).map_err(|source| {
@@ -360,7 +357,7 @@ impl Engine {
             http_addr,
             listener_addrs,
             role,
-            dicom_archive: dicom_archive.and_then(Result::ok),
+            dicom_archive,
             broker,
             shutdown,
             tasks,

@@ -26,7 +26,7 @@
 //! from there, not mapped again. While the broker is away, entries wait in the outbox
 //! and are sent again in arrival order when it is back.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -238,6 +238,9 @@ const BATCH: u64 = 512;
 const LINGER: Duration = Duration::from_millis(10);
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
+/// How long the store thread gathers more entries for a batch that updates an imaging
+/// study (see [`gather_more`]); the delay until its records are searchable.
+const STUDY_LINGER: Duration = Duration::from_millis(100);
 
 /// Outbox entries the publish thread sends per round (each holds a message's records).
 const PUBLISH_BATCH: usize = 256;
@@ -263,7 +266,7 @@ impl Pipeline {
         store: Store,
         rules: Arc<RwLock<Arc<Rules>>>,
         sink: Sink,
-        dicom_archive: PathBuf,
+        settle: Settle,
     ) -> Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         // What the mapper marks once the records are durable in the outbox.
@@ -282,7 +285,7 @@ impl Pipeline {
                         &outbox,
                         &store,
                         &rules,
-                        &dicom_archive,
+                        settle,
                         in_outbox,
                         &stop,
                     )
@@ -322,7 +325,7 @@ fn run_mapper(
     outbox: &Outbox,
     store: &Store,
     rules: &RwLock<Arc<Rules>>,
-    dicom_archive: &Path,
+    mut settle: Settle,
     in_outbox: Status,
     stop: &AtomicBool,
 ) {
@@ -349,7 +352,8 @@ fn run_mapper(
                 })
             })
             .collect();
-        let unusable = match settle_archive(journal, &mut ids, dicom_archive) {
+        let mut read = std::collections::HashMap::new();
+        let unusable = match settle_archive(journal, &mut ids, &mut settle, &mut read) {
             Ok(unusable) => unusable,
             Err(e) => {
                 tracing::error!(error = %e, "cannot make DICOM archive files durable; nothing of this batch is marked processed until they are (check free space and the disk under the data directory's dicom/); retrying");
@@ -357,7 +361,7 @@ fn run_mapper(
                 continue;
             }
         };
-        let (entries, mut statuses) = map_entries(journal, &rules, &ids);
+        let (entries, mut statuses) = map_entries(journal, &rules, &ids, read);
         statuses.extend(unusable);
         if !entries.is_empty() {
             // The outbox must be durable before `queued` is recorded, or a power cut
@@ -379,17 +383,20 @@ fn run_mapper(
     }
 }
 
-/// For every DICOM entry among `ids` that carries its instance: makes the archive file
-/// hold the entry's bytes (rewriting it when a crash lost or damaged it), then syncs the
-/// archive once for all of them. An entry whose archive path cannot be used is taken out
-/// of `ids` and returned with status `error` and the reason, so it cannot hold up the
-/// others; an I/O error fails the whole round, to be retried.
+/// For every DICOM entry among `ids` that carries its instance: writes its archive file
+/// from the entry's bytes (or rewrites it when a crash damaged it), then syncs the
+/// archive once for all of them. An entry whose archive path cannot be used (not a safe
+/// path, or a file or directory in the way) is taken out of `ids` and returned with
+/// status `error` and the reason, so it cannot hold up the others; any other I/O error
+/// (a full or failing disk) fails the whole round, to be retried. The entries read are
+/// left in `read`, so mapping does not read them again.
 fn settle_archive(
     journal: &Journal,
     ids: &mut Vec<u64>,
-    archive: &Path,
+    settle: &mut Settle,
+    read: &mut std::collections::HashMap<u64, Vec<u8>>,
 ) -> std::io::Result<Vec<StatusChange>> {
-    let mut settle = Settle::new(archive);
+    settle.reset();
     let mut unusable = Vec::new();
     for &id in ids.iter() {
         let is_dicom = journal
@@ -404,12 +411,20 @@ fn settle_archive(
         };
         if let Some(Ok((reference, Some(part10)))) = crate::dicom::InstanceRef::read_journal(&raw) {
             match settle.ensure(&reference.path, part10) {
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    unusable.push((id, Status::Error, Some(e.to_string())));
+                Err(e) if is_entry_specific(&e) => {
+                    unusable.push((
+                        id,
+                        Status::Error,
+                        Some(format!(
+                            "cannot write the archive file {}: {e}",
+                            reference.path
+                        )),
+                    ));
                 }
                 other => other?,
             }
         }
+        read.insert(id, raw);
     }
     ids.retain(|id| !unusable.iter().any(|(u, _, _)| u == id));
     if settle.is_pending() {
@@ -418,11 +433,17 @@ fn settle_archive(
         if rebuilt > 0 {
             tracing::warn!(
                 files = rebuilt,
-                "DICOM archive files lost or damaged by a crash were rebuilt from the journal"
+                "DICOM archive files damaged by a crash were rewritten from the journal"
             );
         }
     }
     Ok(unusable)
+}
+
+/// Whether an archive write failed because of this entry's path rather than the disk.
+fn is_entry_specific(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), InvalidData | NotADirectory | IsADirectory)
 }
 
 /// A journal status change: id, status, error.
@@ -430,10 +451,12 @@ type StatusChange = (u64, Status, Option<String>);
 
 /// Routes and maps entries `ids`: the records of those that mapped, and the final
 /// statuses of those that did not. Routes are recorded in the journal.
+/// `read` holds entries already read from the journal.
 fn map_entries(
     journal: &Journal,
     rules: &Rules,
     ids: &[u64],
+    mut read: std::collections::HashMap<u64, Vec<u8>>,
 ) -> (Vec<OutboxEntry>, Vec<StatusChange>) {
     let mut entries = Vec::new();
     let mut statuses = Vec::new();
@@ -441,7 +464,7 @@ fn map_entries(
         let Some(meta) = journal.entry(id) else {
             continue;
         };
-        let raw = match journal.read_raw(id) {
+        let raw = match read.remove(&id).map_or_else(|| journal.read_raw(id), Ok) {
             Ok(r) => r,
             Err(e) => {
                 statuses.push((
@@ -529,7 +552,7 @@ pub fn replay(
             }),
         }
     }
-    let (entries, mut statuses) = map_entries(journal, rules, &runnable);
+    let (entries, mut statuses) = map_entries(journal, rules, &runnable, Default::default());
     if !entries.is_empty() {
         outbox
             .put(&entries)
@@ -564,11 +587,36 @@ pub fn replay(
     Ok(report)
 }
 
+/// Adds entries put within [`STUDY_LINGER`] to a batch that updates an imaging study.
+/// Each C-STORE makes its own version of the study; the store merges a batch's versions
+/// in memory and then reads, merges and rewrites the stored study once. A modality
+/// sending over one association gives the pipeline a few instances per round, and the
+/// stored study grows with every instance, so rewriting it per round would cost time
+/// proportional to the study's size per few instances; gathering for a moment makes
+/// that once per many.
+fn gather_more(outbox: &Outbox, batch: &mut Vec<OutboxEntry>) {
+    let until = std::time::Instant::now() + STUDY_LINGER;
+    while batch.len() < STORE_BATCH {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let more = outbox.take(STORE_BATCH - batch.len(), left);
+        if more.is_empty() {
+            break;
+        }
+        batch.extend(more);
+    }
+}
+
 fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
-        let batch = outbox.take(STORE_BATCH, Duration::from_millis(200));
+        let mut batch = outbox.take(STORE_BATCH, Duration::from_millis(200));
         if batch.is_empty() {
             continue;
+        }
+        if batch.len() < STORE_BATCH && batch.iter().any(OutboxEntry::has_imaging_study) {
+            gather_more(outbox, &mut batch);
         }
         let mut statuses = Vec::with_capacity(batch.len());
         // Borrowed, not cloned: the entries stay whole for the fallback below and for

@@ -676,10 +676,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A full archive disk (injected ENOSPC, for a small instance held in memory and for a
-/// large one streamed to disk) answers A700 with a reason, journals nothing, and the
-/// association goes on: the next instance on it succeeds, and a resend of the refused
-/// one succeeds too.
+/// A full archive disk (injected ENOSPC). A large instance, streamed to its file while it
+/// arrives, gets A700 with a reason, nothing is journaled, the association goes on (the
+/// next instance on it succeeds) and a resend of the refused one succeeds. A small one
+/// is durable in its journal entry before its file is written, so it succeeds; the
+/// pipeline keeps trying to write its file and processes the entry once the disk has
+/// room.
 #[test]
 fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
     use halong::dicom::InstanceRef;
@@ -707,45 +709,68 @@ fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
     let large = made(&dir.path().join("large"), Some(3 * 1024));
     assert!(std::fs::metadata(&large[0]).unwrap().len() > 3 << 20);
 
-    let mut id = 0;
-    for files in [&small, &large] {
-        archive.faults().fail_next_writes(1);
-        let results = send_files(pacs, &[&files[0], &files[1]]);
-        assert_eq!(results[0]["status"], 0xA700, "{results:?}");
-        assert_eq!(
-            results[0]["comment"], "archive disk is full; resend later",
-            "{results:?}"
-        );
-        assert_eq!(
-            results[1]["status"], 0,
-            "the association goes on: {results:?}"
-        );
-        id += 1;
-        assert_eq!(
-            engine.journal.durable_id(),
-            id,
-            "only the stored instance is journaled"
-        );
+    // Small: both succeed; the first attempt to write their files fails, a later one
+    // writes them.
+    archive.faults().fail_next_writes(1);
+    let results = send_files(pacs, &[&small[0], &small[1]]);
+    for r in &results {
+        assert_eq!(r["status"], 0, "{results:?}");
+    }
+    for id in [1, 2] {
         assert_eq!(engine.journal.wait_settled(id, LIMIT), Some(Status::Stored));
-        let r = &results[0];
-        let refused = archived(
+    }
+    assert_eq!(
+        archive.faults().pending_failures(),
+        0,
+        "the injected failure was met by the pipeline"
+    );
+    for r in &results {
+        let file = archived(
             &data,
             r["study"].as_str().unwrap(),
             r["series"].as_str().unwrap(),
             r["sop_instance"].as_str().unwrap(),
         );
-        assert!(!refused.exists(), "nothing archived for the refused one");
-
-        // The sender tries again once the disk has room.
-        let again = send_files(pacs, &[&files[0]]);
-        assert_eq!(again[0]["status"], 0, "{again:?}");
-        id += 1;
-        assert_eq!(engine.journal.wait_settled(id, LIMIT), Some(Status::Stored));
         assert_eq!(
-            again[0]["sent_sha256"].as_str().unwrap(),
-            sha256_hex(&dataset_bytes(&refused))
+            r["sent_sha256"].as_str().unwrap(),
+            sha256_hex(&dataset_bytes(&file))
         );
     }
+
+    // Large: A700 for the first, the association goes on.
+    archive.faults().fail_next_writes(1);
+    let results = send_files(pacs, &[&large[0], &large[1]]);
+    assert_eq!(results[0]["status"], 0xA700, "{results:?}");
+    assert_eq!(
+        results[0]["comment"], "archive disk is full; resend later",
+        "{results:?}"
+    );
+    assert_eq!(
+        results[1]["status"], 0,
+        "the association goes on: {results:?}"
+    );
+    assert_eq!(
+        engine.journal.durable_id(),
+        3,
+        "only the stored instance is journaled"
+    );
+    assert_eq!(engine.journal.wait_settled(3, LIMIT), Some(Status::Stored));
+    let r = &results[0];
+    let refused = archived(
+        &data,
+        r["study"].as_str().unwrap(),
+        r["series"].as_str().unwrap(),
+        r["sop_instance"].as_str().unwrap(),
+    );
+    assert!(!refused.exists(), "nothing archived for the refused one");
+    // The sender tries again once the disk has room.
+    let again = send_files(pacs, &[&large[0]]);
+    assert_eq!(again[0]["status"], 0, "{again:?}");
+    assert_eq!(engine.journal.wait_settled(4, LIMIT), Some(Status::Stored));
+    assert_eq!(
+        again[0]["sent_sha256"].as_str().unwrap(),
+        sha256_hex(&dataset_bytes(&refused))
+    );
     assert_eq!(
         std::fs::read_dir(data.join("dicom/incoming"))
             .unwrap()

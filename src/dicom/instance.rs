@@ -10,8 +10,8 @@
 //!
 //! `json` is an [`InstanceRef`] serialised on one line (JSON text written by serde_json
 //! never holds a raw newline), `format` first. `part10` is the whole Part 10 file as
-//! archived (preamble, file meta, dataset as received), so the archive file can be
-//! rebuilt from the journal when a crash lost it before it was synced.
+//! archived (preamble, file meta, dataset as received): the pipeline writes the archive
+//! file from it, and writes it again when a crash lost or damaged it before it was synced.
 
 use serde::{Deserialize, Serialize};
 

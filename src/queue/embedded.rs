@@ -31,6 +31,15 @@ pub struct OutboxEntry {
     pub records: Vec<Value>,
 }
 
+impl OutboxEntry {
+    /// Whether one of the records is an ImagingStudy.
+    pub fn has_imaging_study(&self) -> bool {
+        self.records
+            .iter()
+            .any(|r| r.get("resourceType").and_then(Value::as_str) == Some("ImagingStudy"))
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 enum Stored {

@@ -4,12 +4,11 @@
 //! dataset exactly as the sender sent it, in the negotiated transfer syntax. Two ways in:
 //!
 //! - **Small instances** (dataset up to [`INLINE_MAX`]) are gathered in memory. When the
-//!   last fragment is in, the file is written to `incoming/` and renamed to its place
-//!   without a sync ([`Archive::place_unsynced`]); the journal entry carries the whole
-//!   file, so the C-STORE success waits for one sync only: the journal's. The pipeline
-//!   later checks each such file against the journal, rewrites it if a crash lost or
-//!   damaged it, and syncs the archive once per round ([`Settle`]) before the entry can
-//!   be marked processed.
+//!   last fragment is in, the journal entry is written carrying the whole file, so the
+//!   C-STORE success waits for one sync only, the journal's, and for no file creation.
+//!   The pipeline then writes each such file to its place from the journal entry (or
+//!   checks it, and rewrites it if a crash damaged it) and syncs the archive once per
+//!   round ([`Settle`]) before the entry can be marked processed.
 //! - **Large instances** are streamed to a file in `incoming/` fragment by fragment;
 //!   when the last one is in, the file is synced, renamed to its place and the directory
 //!   synced ([`Archive::place`]); the journal entry is a reference to it.
@@ -75,6 +74,11 @@ impl ArchiveFaults {
     /// The next `n` instances fail to be written as if the disk were full (ENOSPC).
     pub fn fail_next_writes(&self, n: u32) {
         self.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    /// Injected failures not met yet.
+    pub fn pending_failures(&self) -> u32 {
+        self.fail_writes.load(Ordering::SeqCst)
     }
 
     fn check(&self) -> io::Result<()> {
@@ -203,34 +207,10 @@ impl Archive {
         })
     }
 
-    /// Writes a small instance's whole Part 10 file to `<study>/<series>/<instance>.dcm`
-    /// (through `incoming/` and a rename, replacing an earlier copy) without syncing it:
-    /// its journal entry carries the bytes, and [`Settle`] makes the file durable
-    /// before the entry is processed. Returns the path relative to the archive root.
-    pub fn place_unsynced(
-        &self,
-        part10: &[u8],
-        study: &str,
-        series: &str,
-        instance: &str,
-    ) -> io::Result<String> {
-        self.faults.check()?;
-        let rel = format!("{study}/{series}/{instance}.dcm");
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .incoming
-            .join(format!("{}-{n}.part", std::process::id()));
-        let placed = std::fs::write(&tmp, part10).and_then(|()| {
-            // Retention never removes the directory between its creation and the rename.
-            let _layout = self.layout.lock().unwrap_or_else(|p| p.into_inner());
-            std::fs::create_dir_all(self.root.join(study).join(series))
-                .and_then(|()| std::fs::rename(&tmp, self.root.join(&rel)))
-        });
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(rel)
+    /// Where an instance is filed: `<study>/<series>/<instance>.dcm`, relative to the
+    /// archive root (the UIDs checked with [`is_safe_uid`] by the caller).
+    pub fn relative_path(study: &str, series: &str, instance: &str) -> String {
+        format!("{study}/{series}/{instance}.dcm")
     }
 
     /// Moves a finished file to `<study>/<series>/<instance>.dcm` (replacing an earlier
@@ -246,7 +226,7 @@ impl Archive {
         series: &str,
         instance: &str,
     ) -> io::Result<String> {
-        let rel = format!("{study}/{series}/{instance}.dcm");
+        let rel = Archive::relative_path(study, series, instance);
         let study_dir = self.root.join(study);
         let series_dir = study_dir.join(series);
         let known = |d: &Path| {
@@ -320,31 +300,36 @@ impl Archive {
 }
 
 /// The pipeline's side of small instances: before their journal entries are marked
-/// processed, every archive file is checked against the bytes its entry carries
-/// (rewritten when a crash lost or damaged it) and the archive is synced, once for all
-/// the files of a round.
+/// processed, every archive file is written from the bytes its entry carries (or, when
+/// it is there already, checked against them and rewritten if a crash damaged it), and
+/// the archive is synced, once for all the files of a round.
 #[derive(Debug)]
 pub struct Settle {
     root: PathBuf,
-    /// Files checked since the last [`Settle::sync`] (with their directories, for
-    /// systems without `syncfs`).
+    /// The archive the listeners use, for its placement lock (retention must not remove
+    /// a directory between its creation and the file's arrival) and its injected faults.
+    /// `None` when no DICOM listener runs: nothing else then writes to the archive.
+    archive: Option<Arc<Archive>>,
+    /// Files written or checked since the last [`Settle::sync`] (with their directories,
+    /// for systems without `syncfs`).
     checked: Vec<PathBuf>,
-    /// Files rewritten from the journal since the last [`Settle::sync`].
+    /// Files found damaged and rewritten from the journal since the last [`Settle::sync`].
     pub rebuilt: usize,
 }
 
 impl Settle {
     /// For the archive under `root` (`<data>/dicom`).
-    pub fn new(root: &Path) -> Settle {
+    pub fn new(root: &Path, archive: Option<Arc<Archive>>) -> Settle {
         Settle {
             root: root.to_path_buf(),
+            archive,
             checked: Vec::new(),
             rebuilt: 0,
         }
     }
 
-    /// Makes sure `<root>/<rel>` holds exactly `part10`, rewriting it (through a
-    /// temporary file and a rename) when it is missing or different.
+    /// Makes sure `<root>/<rel>` holds exactly `part10`: writes it when it is missing,
+    /// and rewrites it (through a temporary file and a rename) when it differs.
     pub fn ensure(&mut self, rel: &str, part10: &[u8]) -> io::Result<()> {
         let parts: Vec<&str> = rel.split('/').collect();
         let safe = match parts[..] {
@@ -362,18 +347,31 @@ impl Settle {
             ));
         }
         let path = self.root.join(rel);
-        let same = match std::fs::read(&path) {
-            Ok(on_disk) => on_disk == part10,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        let on_disk = match std::fs::read(&path) {
+            Ok(on_disk) => Some(on_disk),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        if !same {
+        if on_disk.as_deref() != Some(part10) {
+            if let Some(archive) = &self.archive {
+                archive.faults.check()?;
+            }
             let dir = path.parent().expect("three components");
+            let _layout = self
+                .archive
+                .as_ref()
+                .map(|a| a.layout.lock().unwrap_or_else(|p| p.into_inner()));
             std::fs::create_dir_all(dir)?;
-            let tmp = path.with_extension("dcm.rebuild");
-            std::fs::write(&tmp, part10)?;
-            std::fs::rename(&tmp, &path)?;
-            self.rebuilt += 1;
+            if on_disk.is_none() {
+                // A torn write is found different by the next check and rewritten: the
+                // entry is not marked processed before the sync below.
+                write_new(&path, part10)?;
+            } else {
+                let tmp = path.with_extension("dcm.rebuild");
+                std::fs::write(&tmp, part10)?;
+                std::fs::rename(&tmp, &path)?;
+                self.rebuilt += 1;
+            }
         }
         self.checked.push(path);
         Ok(())
@@ -396,6 +394,23 @@ impl Settle {
         }
         sync_files(&self.root, &checked)
     }
+
+    /// Forgets the files checked since the last [`Settle::sync`] (a round that failed is
+    /// checked again from the start).
+    pub fn reset(&mut self) {
+        self.checked.clear();
+        self.rebuilt = 0;
+    }
+}
+
+/// Creates `path` (which must not exist) holding `bytes`.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 #[cfg(target_os = "linux")]
@@ -618,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn settle_rebuilds_missing_and_damaged_files_and_leaves_good_ones() {
+    fn settle_writes_missing_files_rewrites_damaged_ones_and_leaves_good_ones() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let a: &[u8] = b"first instance's Part 10 bytes";
@@ -627,12 +642,12 @@ mod tests {
         std::fs::create_dir_all(root.join("1.2/1.2.3")).unwrap();
         std::fs::write(root.join("1.2/1.2.3/1.2.3.5.dcm"), &b[..7]).unwrap(); // torn
         std::fs::write(root.join("1.2/1.2.3/1.2.3.6.dcm"), c).unwrap(); // intact
-        let mut settle = Settle::new(root);
+        let mut settle = Settle::new(root, None);
         assert!(!settle.is_pending());
         settle.ensure("1.2/1.2.3/1.2.3.4.dcm", a).unwrap(); // missing
         settle.ensure("1.2/1.2.3/1.2.3.5.dcm", b).unwrap();
         settle.ensure("1.2/1.2.3/1.2.3.6.dcm", c).unwrap();
-        assert_eq!(settle.rebuilt, 2);
+        assert_eq!(settle.rebuilt, 1, "the damaged one (a missing one is simply written)");
         assert!(settle.is_pending());
         settle.sync().unwrap();
         assert!(!settle.is_pending());
@@ -686,25 +701,21 @@ mod tests {
     #[test]
     fn injected_disk_full_fails_the_next_writes_only() {
         let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(dir.path()).unwrap();
+        let archive = Arc::new(Archive::open(dir.path()).unwrap());
+        let mut settle = Settle::new(dir.path(), Some(archive.clone()));
         archive.faults().fail_next_writes(2);
+        let rel = Archive::relative_path("1.2", "1.2.3", "1.2.3.4");
         for _ in 0..2 {
-            let e = archive
-                .place_unsynced(b"x", "1.2", "1.2.3", "1.2.3.4")
-                .unwrap_err();
+            let e = settle.ensure(&rel, b"x").unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+            settle.reset();
         }
-        let rel = archive
-            .place_unsynced(b"x", "1.2", "1.2.3", "1.2.3.4")
-            .unwrap();
+        assert!(!dir.path().join(&rel).exists());
+        settle.ensure(&rel, b"x").unwrap();
+        settle.sync().unwrap();
         assert_eq!(rel, "1.2/1.2.3/1.2.3.4.dcm");
         assert_eq!(std::fs::read(dir.path().join(rel)).unwrap(), b"x");
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("incoming"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(archive.faults().pending_failures(), 0);
     }
 
     #[test]

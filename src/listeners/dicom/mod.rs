@@ -4,10 +4,10 @@
 //! 1. A C-STORE success (0000) is sent only after
 //!    [`Journal::append`](crate::journal::Journal::append) has returned for the
 //!    instance's journal entry, i.e. the entry is synced. A small instance (dataset up
-//!    to [`INLINE_MAX`]) is in that entry whole, and its archive file is written (not yet
-//!    synced); the pipeline rebuilds the file from the entry if a crash lost it, and
-//!    syncs it, before the entry can be marked processed. A large instance's file is
-//!    synced and in its place before its entry (a reference to the file) is appended.
+//!    to [`INLINE_MAX`]) is in that entry whole; the pipeline writes its archive file
+//!    from the entry (or rewrites it if a crash damaged it) and syncs it before the
+//!    entry can be marked processed. A large instance's file is synced and in its
+//!    place before its entry (a reference to the file) is appended.
 //! 2. Memory is bounded whatever the instance size: small instances are held in memory
 //!    up to [`INLINE_MAX`] each and [`INLINE_BUDGET`] for all associations together;
 //!    beyond that datasets are streamed to disk PDV by PDV, through a write buffer.

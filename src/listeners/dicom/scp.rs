@@ -510,7 +510,7 @@ impl Association<'_> {
         };
         let cmd = p.command.clone();
         let archive = self.archive.clone();
-        // Small: the entry carries the file (its archive copy is not synced yet).
+        // Small: the entry carries the file (the pipeline writes its archive copy).
         // Large: the entry refers to a file already synced.
         let mut inline: Option<(Vec<u8>, Held)> = None;
         let checked = match p.body {
@@ -519,10 +519,11 @@ impl Association<'_> {
             }
             Body::Memory { part10, meta, held } => {
                 reference.dataset_bytes = (part10.len() - meta) as u64;
-                // Parsing the attributes and writing the file to the page cache take
-                // about 100 µs for a CT slice: done here, on the association's task,
-                // rather than paying two thread hand-offs per instance.
-                match check_and_write(&archive, &part10, &cmd) {
+                // Parsing the attributes takes tens of µs for a CT slice: done here, on
+                // the association's task, rather than paying two thread hand-offs per
+                // instance. The archive file is written by the pipeline from the
+                // journal entry (see `Settle`), off the sender's round trip.
+                match check_small(&part10, &cmd) {
                     Ok(ok) => {
                         inline = Some((part10, held));
                         Ok(ok)
@@ -673,19 +674,17 @@ fn check<'a>(
     Ok((study, series))
 }
 
-/// A small instance: reads its attributes from memory, checks them, and writes the
-/// file to its place without syncing it (the journal entry will carry the bytes).
-fn check_and_write(
-    archive: &Archive,
+/// A small instance: reads its attributes from memory, checks them, and names its
+/// place in the archive. Nothing is written here: the journal entry carries the bytes,
+/// and the pipeline writes and syncs the file before the entry is processed.
+fn check_small(
     part10: &[u8],
     cmd: &Command,
 ) -> Result<(String, crate::dicom::Attributes), CheckError> {
     let attrs = crate::dicom::extract_bytes(part10)
         .map_err(|e| (command::CANNOT_UNDERSTAND, e.to_string(), None))?;
     let (study, series) = check(&attrs, cmd)?;
-    let rel = archive
-        .place_unsynced(part10, study, series, &cmd.sop_instance)
-        .map_err(|e| (command::OUT_OF_RESOURCES, archive_failure(&e), None))?;
+    let rel = Archive::relative_path(study, series, &cmd.sop_instance);
     Ok((rel, attrs))
 }
 
