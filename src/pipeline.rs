@@ -280,15 +280,7 @@ impl Pipeline {
             std::thread::Builder::new()
                 .name("mapper".into())
                 .spawn(move || {
-                    run_mapper(
-                        &journal,
-                        &outbox,
-                        &store,
-                        &rules,
-                        settle,
-                        in_outbox,
-                        &stop,
-                    )
+                    run_mapper(&journal, &outbox, &store, &rules, settle, in_outbox, &stop)
                 })
                 .expect("spawn mapper thread")
         };

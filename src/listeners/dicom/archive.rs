@@ -647,7 +647,10 @@ mod tests {
         settle.ensure("1.2/1.2.3/1.2.3.4.dcm", a).unwrap(); // missing
         settle.ensure("1.2/1.2.3/1.2.3.5.dcm", b).unwrap();
         settle.ensure("1.2/1.2.3/1.2.3.6.dcm", c).unwrap();
-        assert_eq!(settle.rebuilt, 1, "the damaged one (a missing one is simply written)");
+        assert_eq!(
+            settle.rebuilt, 1,
+            "the damaged one (a missing one is simply written)"
+        );
         assert!(settle.is_pending());
         settle.sync().unwrap();
         assert!(!settle.is_pending());
