@@ -136,7 +136,7 @@ pub(crate) fn tag_u32(t: Tag) -> u32 {
 }
 
 /// VRs whose values are kept as text.
-fn is_text(vr: VR) -> bool {
+pub(crate) fn is_text(vr: VR) -> bool {
     use VR::*;
     matches!(
         vr,
@@ -179,6 +179,14 @@ pub fn extract(path: &Path) -> Result<Attributes, ExtractError> {
 
 /// [`extract`] for a Part 10 file held in memory (preamble, file meta, dataset).
 pub fn extract_bytes(part10: &[u8]) -> Result<Attributes, ExtractError> {
+    match super::scan::attributes(part10) {
+        Some(attributes) => Ok(attributes),
+        None => read_general(part10),
+    }
+}
+
+/// [`extract_bytes`] with dicom-rs's parser, for every dataset the fast reader leaves.
+pub(crate) fn read_general(part10: &[u8]) -> Result<Attributes, ExtractError> {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .read_preamble(dicom_object::file::ReadPreamble::Always)
@@ -214,7 +222,7 @@ fn attributes_of(obj: &dicom_object::DefaultDicomObject) -> Attributes {
 
 /// Adds one decoded text value: without surrounding padding, DA and TM normalised;
 /// values longer than [`MAX_VALUE_CHARS`] are left out.
-fn keep(out: &mut Attributes, tag: Tag, vr: VR, text: &str) {
+pub(crate) fn keep(out: &mut Attributes, tag: Tag, vr: VR, text: &str) {
     let text = text.trim_end_matches(['\0', ' ']).trim_start();
     if text.len() > MAX_VALUE_CHARS && text.chars().count() > MAX_VALUE_CHARS {
         return;
@@ -222,14 +230,14 @@ fn keep(out: &mut Attributes, tag: Tag, vr: VR, text: &str) {
     out.insert(tag_u32(tag), normalise(vr, text));
 }
 
-fn is_string(vr: VR) -> bool {
+pub(crate) fn is_string(vr: VR) -> bool {
     !matches!(
         vr,
         VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV
     )
 }
 
-fn dictionary_vr(tag: Tag) -> Option<VR> {
+pub(crate) fn dictionary_vr(tag: Tag) -> Option<VR> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     match dicom_dictionary_std::StandardDataDictionary
         .by_tag(tag)?
@@ -299,11 +307,19 @@ mod tests {
         assert_eq!(back.study_uid(), Some("1.2.3"));
         assert_eq!(back.get(0x0010_0010), None, "empty values read as absent");
         assert_eq!(back, a);
-        let from_value: Attributes = serde_json::from_value(serde_json::json!({"7FE00010": "x"})).unwrap();
+        let from_value: Attributes =
+            serde_json::from_value(serde_json::json!({"7FE00010": "x"})).unwrap();
         assert_eq!(from_value.get(0x7FE0_0010), Some("x"));
-        for bad in [r#"{"0020000":"x"}"#, r#"{"0020000G":"x"}"#, r#"{"PatientName":"x"}"#] {
+        for bad in [
+            r#"{"0020000":"x"}"#,
+            r#"{"0020000G":"x"}"#,
+            r#"{"PatientName":"x"}"#,
+        ] {
             let e = serde_json::from_str::<Attributes>(bad).unwrap_err();
-            assert!(e.to_string().contains("not a tag of eight hex digits"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("not a tag of eight hex digits"),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -10,6 +10,7 @@
 mod attrs;
 mod instance;
 mod names;
+mod scan;
 
 pub use attrs::{extract, extract_bytes, Attributes, ExtractError, MAX_VALUE_CHARS};
 pub use instance::{InstanceRef, FORMAT};
