@@ -95,17 +95,30 @@ fn failed_sync_fails_the_batch_and_consumes_no_ids() {
     );
 }
 
+/// Where the frames of the current segment end (an entry's raw bytes end its frame).
+fn frames_end(j: &Journal) -> u64 {
+    let index = j.shared.index.read().unwrap();
+    let last = index.entries.last().unwrap();
+    last.raw_offset + u64::from(last.size)
+}
+
 #[test]
 fn torn_tail_is_cut_off_at_open() {
+    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    {
+    let end = {
         let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
         j.append_blocking(entry(1)).unwrap();
         j.append_blocking(entry(2)).unwrap();
-    }
+        frames_end(&j)
+    };
     let seg = segment_path(dir.path(), 1);
-    let full = std::fs::metadata(&seg).unwrap().len();
-    // A torn write: half of a third frame.
+    let data = std::fs::read(&seg).unwrap();
+    assert!(
+        data.len() as u64 > end && is_zero_tail(&data[end as usize..]),
+        "zeros are written ahead of the frames"
+    );
+    // A torn write: half of a third frame, where the next commit writes.
     let mut third = Vec::new();
     frame::encode_entry(
         &mut third,
@@ -121,13 +134,70 @@ fn torn_tail_is_cut_off_at_open() {
             raw: b"MSH|torn",
         },
     );
-    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&third[..third.len() / 2]).unwrap();
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&third[..third.len() / 2], end).unwrap();
     drop(f);
     let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
     assert_eq!(j.durable_id(), 2);
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), full);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        end,
+        "cut at the torn frame"
+    );
     assert_eq!(j.append_blocking(entry(3)).unwrap(), 3);
+    drop(j);
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(j.read_raw(3).unwrap(), b"MSH|^~\\&|message 3");
+}
+
+/// Zeros written ahead end a segment wherever they are: in the current one (the next
+/// commit writes over them) and in an earlier one a crash left untrimmed at rotation.
+#[test]
+fn zeros_written_ahead_end_a_segment_and_are_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let end = {
+        let j = Journal::open(dir.path(), JournalOptions { segment_bytes: 200 }).unwrap();
+        for n in 1..=4 {
+            j.append_blocking(entry(n)).unwrap();
+        }
+        frames_end(&j)
+    };
+    let segments = list_segments(dir.path()).unwrap();
+    assert!(segments.len() > 1);
+    let first = segment_path(dir.path(), segments[0]);
+    let trimmed = std::fs::read(&first).unwrap();
+    assert!(
+        !is_zero_tail(&trimmed[trimmed.len() - 1..]),
+        "a finished segment is trimmed to its frames"
+    );
+    // As if a crash came before the trim.
+    let mut untrimmed = trimmed.clone();
+    untrimmed.extend(std::iter::repeat_n(0u8, 5000));
+    std::fs::write(&first, &untrimmed).unwrap();
+
+    let current = segment_path(dir.path(), *segments.last().unwrap());
+    let prepared = std::fs::metadata(&current).unwrap().len();
+    assert!(prepared >= end + ZERO_AHEAD / 2);
+    let j = Journal::open(dir.path(), JournalOptions { segment_bytes: 200 }).unwrap();
+    assert_eq!(j.durable_id(), 4);
+    assert_eq!(
+        std::fs::metadata(&current).unwrap().len(),
+        prepared,
+        "the zeros ahead are kept, not cut off as a torn write"
+    );
+    assert_eq!(j.append_blocking(entry(5)).unwrap(), 5);
+    assert!(
+        frames_end(&j) > end,
+        "written over the zeros, in the same segment"
+    );
+    drop(j);
+    let j = Journal::open(dir.path(), JournalOptions { segment_bytes: 200 }).unwrap();
+    for n in 1..=5u64 {
+        assert_eq!(
+            j.read_raw(n).unwrap(),
+            format!("MSH|^~\\&|message {n}").into_bytes()
+        );
+    }
 }
 
 #[test]
