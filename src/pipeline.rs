@@ -323,19 +323,29 @@ fn run_mapper(
 ) {
     let mut cursor = journal.first_unprocessed();
     tracing::info!(cursor, "mapper starts");
+    let mut aside = SetAside::default();
     while !stop.load(Ordering::SeqCst) {
         let mut durable = journal.wait_durable_beyond(cursor - 1, Duration::from_millis(200));
-        if durable < cursor {
+        let retry = aside.is_due();
+        if durable < cursor && !retry {
             continue;
         }
-        if durable < cursor + BATCH - 1 {
+        if durable >= cursor && durable < cursor + BATCH - 1 {
             // Under light load, gather a few milliseconds' worth so the database syncs
             // below stay few and leave the disk to the journal's ACK path.
             durable = journal.wait_durable_beyond(cursor + BATCH - 2, LINGER);
         }
-        let end = durable.min(cursor + BATCH - 1);
+        let end = if durable >= cursor {
+            durable.min(cursor + BATCH - 1)
+        } else {
+            cursor - 1
+        };
         let rules = rules.read().expect("rules lock").clone();
-        let mut ids: Vec<u64> = (cursor..=end)
+        let retrying = if retry { aside.take() } else { Vec::new() };
+        let mut ids: Vec<u64> = retrying
+            .iter()
+            .copied()
+            .chain(cursor..=end)
             .filter(|id| {
                 journal.entry(*id).is_some_and(|meta| {
                     meta.status.needs_processing()
@@ -346,9 +356,13 @@ fn run_mapper(
             .collect();
         let mut read = std::collections::HashMap::new();
         let unusable = match settle_archive(journal, &mut ids, &mut settle, &mut read) {
-            Ok(unusable) => unusable,
+            Ok(settled) => {
+                aside.add(settled.set_aside, settled.error);
+                settled.unusable
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot make DICOM archive files durable; nothing of this batch is marked processed until they are (check free space and the disk under the data directory's dicom/); retrying");
+                aside.put_back(retrying);
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
@@ -364,6 +378,7 @@ fn run_mapper(
                 .and_then(|()| store.sync().map_err(|e| e.to_string()));
             if let Err(e) = written {
                 tracing::error!(error = %e, "outbox write failed; retrying this batch");
+                aside.put_back(retrying);
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
@@ -375,21 +390,95 @@ fn run_mapper(
     }
 }
 
+/// How often DICOM entries set aside (their archive file could not be written) are
+/// tried again.
+const ARCHIVE_RETRY: Duration = Duration::from_millis(500);
+/// While archive files cannot be written, the error is logged again this often.
+const ARCHIVE_REPORT: Duration = Duration::from_secs(60);
+
+/// DICOM entries whose archive file could not be written (a full or failing disk). They
+/// stay `received` and are tried again every [`ARCHIVE_RETRY`], while everything else,
+/// HL7 messages included, goes on; a restart finds them again from the journal.
+#[derive(Default)]
+struct SetAside {
+    ids: Vec<u64>,
+    retry_at: Option<std::time::Instant>,
+    /// Since when archive writes fail, and when that was last logged.
+    failing: Option<(std::time::Instant, std::time::Instant)>,
+}
+
+impl SetAside {
+    fn is_due(&self) -> bool {
+        !self.ids.is_empty() && self.retry_at.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
+    /// The oldest entries set aside, at most a round's worth (each is read again).
+    fn take(&mut self) -> Vec<u64> {
+        let n = self.ids.len().min(BATCH as usize);
+        self.ids.drain(..n).collect()
+    }
+
+    /// Entries of a round that did not complete: tried again at the next one.
+    fn put_back(&mut self, ids: Vec<u64>) {
+        self.ids.extend(ids);
+        self.ids.sort_unstable();
+        self.ids.dedup();
+        self.retry_at = None;
+    }
+
+    /// The outcome of a round's archive writes.
+    fn add(&mut self, ids: Vec<u64>, error: Option<std::io::Error>) {
+        let now = std::time::Instant::now();
+        match (error, self.failing) {
+            (Some(e), None) => {
+                tracing::error!(error = %e, entries = ids.len(), "cannot write DICOM archive files (check free space and the disk under the data directory's dicom/); those instances wait, the rest goes on; retrying");
+                self.failing = Some((now, now));
+            }
+            (Some(e), Some((since, logged))) if now - logged >= ARCHIVE_REPORT => {
+                tracing::error!(error = %e, waiting = self.ids.len() + ids.len(), failing_for_secs = (now - since).as_secs(), "DICOM archive files still cannot be written; retrying");
+                self.failing = Some((since, now));
+            }
+            (None, Some(_)) if self.ids.is_empty() => {
+                tracing::info!("DICOM archive files can be written again; the instances that waited are processed");
+                self.failing = None;
+            }
+            _ => {}
+        }
+        if !ids.is_empty() {
+            self.put_back(ids);
+            self.retry_at = Some(now + ARCHIVE_RETRY);
+        }
+    }
+}
+
+/// What [`settle_archive`] did with a round's entries.
+struct Settled {
+    /// Entries whose archive path cannot be used: status `error` with the reason.
+    unusable: Vec<StatusChange>,
+    /// Entries whose file could not be written (the disk): to be tried again.
+    set_aside: Vec<u64>,
+    /// The first such write error.
+    error: Option<std::io::Error>,
+}
+
 /// For every DICOM entry among `ids` that carries its instance: writes its archive file
 /// from the entry's bytes (or rewrites it when a crash damaged it), then syncs the
 /// archive once for all of them. An entry whose archive path cannot be used (not a safe
 /// path, or a file or directory in the way) is taken out of `ids` and returned with
-/// status `error` and the reason, so it cannot hold up the others; any other I/O error
-/// (a full or failing disk) fails the whole round, to be retried. The entries read are
-/// left in `read`, so mapping does not read them again.
+/// status `error` and the reason; one whose file cannot be written (a full or failing
+/// disk) is taken out to be tried again. Neither holds up the others. A failed sync of
+/// the archive fails the whole round, to be retried. The entries read are left in
+/// `read`, so mapping does not read them again.
 fn settle_archive(
     journal: &Journal,
     ids: &mut Vec<u64>,
     settle: &mut Settle,
     read: &mut std::collections::HashMap<u64, Vec<u8>>,
-) -> std::io::Result<Vec<StatusChange>> {
+) -> std::io::Result<Settled> {
     settle.reset();
     let mut unusable = Vec::new();
+    let mut set_aside = Vec::new();
+    let mut error = None;
     for &id in ids.iter() {
         let is_dicom = journal
             .entry(id)
@@ -413,12 +502,16 @@ fn settle_archive(
                         )),
                     ));
                 }
-                other => other?,
+                Err(e) => {
+                    set_aside.push(id);
+                    error.get_or_insert(e);
+                }
+                Ok(()) => {}
             }
         }
         read.insert(id, raw);
     }
-    ids.retain(|id| !unusable.iter().any(|(u, _, _)| u == id));
+    ids.retain(|id| !unusable.iter().any(|(u, _, _)| u == id) && !set_aside.contains(id));
     if settle.is_pending() {
         let rebuilt = settle.rebuilt;
         settle.sync()?;
@@ -429,7 +522,11 @@ fn settle_archive(
             );
         }
     }
-    Ok(unusable)
+    Ok(Settled {
+        unusable,
+        set_aside,
+        error,
+    })
 }
 
 /// Whether an archive write failed because of this entry's path rather than the disk.

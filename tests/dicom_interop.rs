@@ -656,6 +656,24 @@ fn send_files(addr: SocketAddr, files: &[&str]) -> Vec<Value> {
     sent["results"].as_array().unwrap().clone()
 }
 
+/// The engine in this process, with the MLLP listeners of `config_text` and [`PACS`].
+fn engine_with_pacs(data: &Path) -> (tokio::runtime::Runtime, halong::engine::Engine) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut text = config_text(data, "");
+    text.push_str(PACS);
+    let config =
+        halong::config::Config::from_text(&Path::new(REPO).join("halong.toml"), &text, Vec::new())
+            .expect("test config is valid");
+    let engine = rt
+        .block_on(halong::engine::Engine::start(config))
+        .expect("engine starts");
+    (rt, engine)
+}
+
 fn made(dir: &Path, kib: Option<u32>) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
     let mut args = vec!["make".to_string(), dir.to_str().unwrap().to_string()];
@@ -687,21 +705,9 @@ fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
     use halong::dicom::InstanceRef;
     use halong::journal::Status;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut text = config_text(&data, "");
-    text.push_str(PACS);
-    let config =
-        halong::config::Config::from_text(&Path::new(REPO).join("halong.toml"), &text, Vec::new())
-            .expect("test config is valid");
-    let engine = rt
-        .block_on(halong::engine::Engine::start(config))
-        .expect("engine starts");
+    let (rt, engine) = engine_with_pacs(&data);
     let pacs = engine.listener_addr("pacs").unwrap();
     let archive = engine.dicom_archive.clone().expect("the DICOM archive");
     let small = made(&dir.path().join("small"), None);
@@ -792,6 +798,54 @@ fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
             None => assert!(!carries, "entry {entry} should carry its instance"),
         }
     }
+    rt.block_on(engine.shutdown());
+}
+
+/// While the archive disk refuses writes, a small instance is acknowledged (it is in the
+/// journal) and waits, still `received`; an HL7 message that arrives after it is
+/// processed all the same. When the disk takes writes again the instance is archived
+/// and stored.
+#[test]
+fn a_full_archive_disk_holds_up_only_the_instances_waiting_for_it() {
+    use halong::journal::Status;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (rt, engine) = engine_with_pacs(&data);
+    let archive = engine.dicom_archive.clone().expect("the DICOM archive");
+    let small = made(&dir.path().join("small"), None);
+
+    archive.faults().fail_next_writes(u32::MAX);
+    let results = send_files(engine.listener_addr("pacs").unwrap(), &[&small[0]]);
+    assert_eq!(results[0]["status"], 0, "{results:?}");
+    let mut his = Mllp::connect(engine.listener_addr("his").unwrap());
+    let ack = his.send(&sample("adt_a04_dang_van_duc.hl7"));
+    assert_eq!(msa_code(&ack), "AA", "{ack}");
+    assert_eq!(
+        engine.journal.wait_settled(2, LIMIT),
+        Some(Status::Stored),
+        "the admission after the waiting instance is stored"
+    );
+    assert_eq!(
+        engine.journal.entry(1).unwrap().status,
+        Status::Received,
+        "the instance waits for the disk"
+    );
+    let r = &results[0];
+    let file = archived(
+        &data,
+        r["study"].as_str().unwrap(),
+        r["series"].as_str().unwrap(),
+        r["sop_instance"].as_str().unwrap(),
+    );
+    assert!(!file.exists());
+
+    archive.faults().fail_next_writes(0);
+    assert_eq!(engine.journal.wait_settled(1, LIMIT), Some(Status::Stored));
+    assert_eq!(
+        r["sent_sha256"].as_str().unwrap(),
+        sha256_hex(&dataset_bytes(&file))
+    );
     rt.block_on(engine.shutdown());
 }
 
