@@ -188,6 +188,8 @@ impl Engine {
         } else {
             None
         };
+        let settle = dicom::Settle::new(&archive_dir, dicom_archive.clone());
+        let archive_health = settle.health();
         let pipeline = if role.takes_messages() {
             let sink = match (&amqp, &broker) {
                 (Some(settings), Some(state)) => Sink::Publish(
@@ -202,7 +204,7 @@ impl Engine {
                 store.clone(),
                 rules.clone(),
                 sink,
-                dicom::Settle::new(&archive_dir, dicom_archive.clone()),
+                settle,
             ))
         } else {
             None
@@ -329,6 +331,7 @@ impl Engine {
         let app = crate::api::app(
             crate::api::AppState::new(journal.clone(), store.clone(), outbox, rules.clone())
                 .with_queue(role, broker.clone())
+                .with_archive_health(archive_health)
                 .with_security(config.http.token.clone(), http_tls.is_some())
                 .with_reload(Arc::clone(&config)),
         );

@@ -358,6 +358,7 @@ fn run_mapper(
         let unusable = match settle_archive(journal, &mut ids, &mut settle, &mut read) {
             Ok(settled) => {
                 aside.add(settled.set_aside, settled.error);
+                settle.set_failing(aside.failing.is_some());
                 settled.unusable
             }
             Err(e) => {

@@ -839,9 +839,20 @@ fn a_full_archive_disk_holds_up_only_the_instances_waiting_for_it() {
         r["sop_instance"].as_str().unwrap(),
     );
     assert!(!file.exists());
+    let (code, ready) = http_json(engine.http_addr, "/ready");
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("DICOM archive files cannot be written"),
+        "{ready}"
+    );
 
     archive.faults().fail_next_writes(0);
     assert_eq!(engine.journal.wait_settled(1, LIMIT), Some(Status::Stored));
+    let (code, ready) = http_json(engine.http_addr, "/ready");
+    assert_eq!(code, 200, "ready again once the files are written: {ready}");
     assert_eq!(
         r["sent_sha256"].as_str().unwrap(),
         sha256_hex(&dataset_bytes(&file))

@@ -40,6 +40,8 @@ pub struct AppState {
     tls: bool,
     /// The configuration routes and mappings are reloaded from; `None`: no reload.
     reload_from: Option<Arc<crate::config::Config>>,
+    /// Set while DICOM archive files cannot be written (instances wait in the journal).
+    archive_failing: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl AppState {
@@ -66,7 +68,14 @@ impl AppState {
             token: None,
             tls: false,
             reload_from: None,
+            archive_failing: None,
         }
+    }
+
+    /// Reports in `/ready` while `flag` is set: the DICOM archive cannot be written.
+    pub fn with_archive_health(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.archive_failing = Some(flag);
+        self
     }
 
     /// What this process runs and, with RabbitMQ, the broker connection (for `/ready`).
@@ -135,6 +144,15 @@ async fn ready(State(s): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if s.role.takes_messages() && s.journal.is_failing() {
         problems.push("the journal cannot write".to_string());
+    }
+    if s.archive_failing
+        .as_ref()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        problems.push(
+            "DICOM archive files cannot be written; received instances wait in the journal"
+                .to_string(),
+        );
     }
     if s.role.keeps_records() {
         let store = s.store.clone();

@@ -315,6 +315,8 @@ pub struct Settle {
     checked: Vec<PathBuf>,
     /// Files found damaged and rewritten from the journal since the last [`Settle::sync`].
     pub rebuilt: usize,
+    /// Set by the pipeline while archive files cannot be written; read by `/ready`.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Settle {
@@ -325,7 +327,19 @@ impl Settle {
             archive,
             checked: Vec::new(),
             rebuilt: 0,
+            failing: Default::default(),
         }
+    }
+
+    /// The flag the pipeline sets while archive files cannot be written.
+    pub fn health(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.failing.clone()
+    }
+
+    /// Records whether archive files can be written (see [`Settle::health`]).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes sure `<root>/<rel>` holds exactly `part10`: writes it when it is missing,
