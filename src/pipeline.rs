@@ -354,6 +354,9 @@ fn run_mapper(
                 })
             })
             .collect();
+        // After a failed round the entries it set aside are also in the range again.
+        ids.sort_unstable();
+        ids.dedup();
         let mut read = std::collections::HashMap::new();
         let unusable = match settle_archive(journal, &mut ids, &mut settle, &mut read) {
             Ok(settled) => {
