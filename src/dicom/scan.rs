@@ -32,6 +32,7 @@ const MAX_DEPTH: usize = 16;
 
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 const CHARSET: (u16, u16) = (0x0008, 0x0005);
+const PIXEL_REPRESENTATION: (u16, u16) = (0x0028, 0x0103);
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
@@ -68,21 +69,35 @@ pub(crate) fn attributes(part10: &[u8]) -> Option<Attributes> {
     if r.at != meta_end || r.peek_group() == Some(0x0002) {
         return None;
     }
+    // The syntaxes the listener takes whose dataset is explicit VR little endian: the
+    // uncompressed one, JPEG, JPEG-LS, JPEG 2000 and RLE (encapsulated pixel data).
     let syntax = match transfer_syntax? {
         b"1.2.840.10008.1.2" => Syntax::Implicit,
-        b"1.2.840.10008.1.2.1" | b"1.2.840.10008.1.2.5" => Syntax::Explicit,
-        ts if ts.starts_with(b"1.2.840.10008.1.2.4.") => Syntax::Explicit,
+        b"1.2.840.10008.1.2.1"
+        | b"1.2.840.10008.1.2.4.50"
+        | b"1.2.840.10008.1.2.4.51"
+        | b"1.2.840.10008.1.2.4.57"
+        | b"1.2.840.10008.1.2.4.70"
+        | b"1.2.840.10008.1.2.4.80"
+        | b"1.2.840.10008.1.2.4.81"
+        | b"1.2.840.10008.1.2.4.90"
+        | b"1.2.840.10008.1.2.4.91"
+        | b"1.2.840.10008.1.2.5" => Syntax::Explicit,
         _ => return None,
     };
     let mut charset = Charset::Latin1;
+    // After a non-zero Pixel Representation the general parser reads "US or SS"
+    // elements as SS.
+    let mut signed = false;
     let mut out = Attributes::new();
     while r.at < part10.len() {
         let e = r.header(syntax)?;
-        if e.tag == PIXEL_DATA {
-            break;
-        }
         if e.tag.0 == 0xFFFE {
             return None;
+        }
+        // The general parser stops at the first element at or past the pixel data.
+        if e.tag >= PIXEL_DATA {
+            break;
         }
         if e.len == UNDEFINED {
             if e.vr != Some(VR::SQ) {
@@ -117,7 +132,15 @@ pub(crate) fn attributes(part10: &[u8]) -> Option<Attributes> {
             }
         }
         let tag = Tag(e.tag.0, e.tag.1);
-        let text = match e.vr {
+        if e.tag == PIXEL_REPRESENTATION && e.vr == Some(VR::US) {
+            signed = value.get(..2).is_some_and(|v| v != [0, 0]);
+        }
+        let vr = if signed && is_us_or_ss(tag) {
+            Some(VR::SS)
+        } else {
+            e.vr
+        };
+        let text = match vr {
             Some(VR::UN) => {
                 // Sent as UN: decoded when the dictionary says it is text (as bytes read
                 // as UTF-8, like the general path).
@@ -160,9 +183,9 @@ fn decode(vr: VR, value: &[u8], charset: Charset) -> Option<String> {
     if let Some(numbers) = numbers(vr, value) {
         return numbers;
     }
-    // AE, AS, CS and UR are always in the default repertoire.
+    // AE, AS and CS are always in the default repertoire.
     let charset = match vr {
-        VR::AE | VR::AS | VR::CS | VR::UR => Charset::Latin1,
+        VR::AE | VR::AS | VR::CS => Charset::Latin1,
         _ => charset,
     };
     let one = |part: &[u8]| -> Option<String> {
@@ -217,6 +240,14 @@ fn numbers(vr: VR, value: &[u8]) -> Option<Option<String>> {
         VR::FD => join(value, f64::from_le_bytes),
         _ => return None,
     })
+}
+
+/// Whether the dictionary gives `tag` "US or SS" (decided by Pixel Representation).
+fn is_us_or_ss(tag: Tag) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .is_some_and(|entry| entry.vr() == VirtualVr::Xs)
 }
 
 /// The VR the general parser gives an implicit VR element: the dictionary's, with
@@ -375,9 +406,9 @@ impl<'a> Reader<'a> {
 
     /// Steps over one element inside an item.
     fn skip_element(&mut self, syntax: Syntax, e: Header, depth: usize) -> Option<()> {
-        // A character set inside an item changes how the general parser decodes what
-        // follows; leave such datasets to it.
-        if e.tag == CHARSET || e.tag.0 == 0xFFFE {
+        // A character set or a pixel representation inside an item changes how the
+        // general parser decodes what follows; leave such datasets to it.
+        if e.tag == CHARSET || e.tag == PIXEL_REPRESENTATION || e.tag.0 == 0xFFFE {
             return None;
         }
         if e.len == UNDEFINED {
@@ -456,6 +487,85 @@ mod tests {
             "only {} files read fast: {fast:?}",
             fast.len()
         );
+    }
+
+    /// A Part 10 file: file meta with its group length and `ts`, then explicit VR
+    /// little endian elements (tag, VR, value) with 2-byte lengths.
+    /// Tag, VR and value of one element.
+    type Element<'a> = ((u16, u16), &'a [u8; 2], &'a [u8]);
+
+    fn part10(ts: &str, elements: &[Element<'_>]) -> Vec<u8> {
+        let element = |out: &mut Vec<u8>, tag: (u16, u16), vr: &[u8; 2], value: &[u8]| {
+            out.extend_from_slice(&tag.0.to_le_bytes());
+            out.extend_from_slice(&tag.1.to_le_bytes());
+            out.extend_from_slice(vr);
+            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            out.extend_from_slice(value);
+        };
+        let mut ts = ts.as_bytes().to_vec();
+        if ts.len() % 2 == 1 {
+            ts.push(0);
+        }
+        let mut meta = Vec::new();
+        element(&mut meta, (0x0002, 0x0010), b"UI", &ts);
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        element(
+            &mut out,
+            (0x0002, 0x0000),
+            b"UL",
+            &(meta.len() as u32).to_le_bytes(),
+        );
+        out.extend_from_slice(&meta);
+        for (tag, vr, value) in elements {
+            element(&mut out, *tag, vr, value);
+        }
+        out
+    }
+
+    fn same_as_general(bytes: &[u8]) -> Attributes {
+        let quick = attributes(bytes).expect("read by the fast reader");
+        let general = super::super::attrs::read_general(bytes).unwrap();
+        assert_eq!(quick, general);
+        quick
+    }
+
+    #[test]
+    fn stops_at_the_pixel_data_or_what_would_follow_it() {
+        let bytes = part10(
+            "1.2.840.10008.1.2.1",
+            &[
+                ((0x0008, 0x0060), b"CS", b"SR"),
+                ((0x7FE1, 0x0010), b"LO", b"VENDOR"),
+            ],
+        );
+        let a = same_as_general(&bytes);
+        assert_eq!(a.modality(), Some("SR"));
+        assert_eq!(a.get(0x7FE1_0010), None);
+    }
+
+    #[test]
+    fn signed_pixel_data_makes_us_or_ss_elements_signed() {
+        let bytes = part10(
+            "1.2.840.10008.1.2.1",
+            &[
+                ((0x0028, 0x0103), b"US", &1u16.to_le_bytes()),
+                // Pixel Padding Value, "US or SS", sent as US: -2000 for signed data.
+                ((0x0028, 0x0120), b"US", &(-2000i16).to_le_bytes()),
+            ],
+        );
+        assert_eq!(same_as_general(&bytes).get(0x0028_0120), Some("-2000"));
+    }
+
+    #[test]
+    fn deflated_and_unknown_syntaxes_go_to_the_general_parser() {
+        for ts in [
+            "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2.4.95",
+            "1.2.3.4",
+        ] {
+            assert!(attributes(&part10(ts, &[])).is_none(), "{ts}");
+        }
     }
 
     #[test]
