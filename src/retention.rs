@@ -79,6 +79,8 @@ pub enum RetentionError {
     },
     #[error("journal retention failed: {0}")]
     Journal(#[from] JournalError),
+    #[error("DICOM archive retention skipped: journal entry {id} cannot be read ({why}), so the file it may still need is unknown; nothing is pruned until it can be read")]
+    Unreadable { id: u64, why: String },
 }
 
 /// True for the journal entry of a DICOM instance.
@@ -86,8 +88,9 @@ pub fn is_dicom(e: &EntryMeta) -> bool {
     e.message_type.starts_with("DICOM^")
 }
 
-/// Paths (relative to the archive root) that journal entries still need.
-fn held_paths(journal: &Journal, policy: &Policy) -> HashSet<String> {
+/// Paths (relative to the archive root) that journal entries still need. An unfinished
+/// DICOM entry that cannot be read fails the pass: its file might be one of them.
+fn held_paths(journal: &Journal, policy: &Policy) -> Result<HashSet<String>, RetentionError> {
     let mut held = HashSet::new();
     for s in 1..=7u8 {
         let Some(status) = Status::from_u8(s) else {
@@ -103,18 +106,24 @@ fn held_paths(journal: &Journal, policy: &Policy) -> HashSet<String> {
             if !is_dicom(&meta) {
                 continue;
             }
-            let Ok(raw) = journal.read_raw(id) else {
-                continue;
-            };
-            if let Some(Ok(r)) = InstanceRef::from_journal(&raw) {
-                let refused_copy = r.path.starts_with("failed/") && meta.status == Status::Error;
-                if !r.path.is_empty() && !refused_copy {
-                    held.insert(r.path);
+            let unreadable = |why: String| RetentionError::Unreadable { id, why };
+            let raw = journal
+                .read_raw(id)
+                .map_err(|e| unreadable(e.to_string()))?;
+            match InstanceRef::from_journal(&raw) {
+                Some(Ok(r)) => {
+                    let refused_copy =
+                        r.path.starts_with("failed/") && meta.status == Status::Error;
+                    if !r.path.is_empty() && !refused_copy {
+                        held.insert(r.path);
+                    }
                 }
+                Some(Err(why)) => return Err(unreadable(why)),
+                None => {}
             }
         }
     }
-    held
+    Ok(held)
 }
 
 /// One retention pass at `now`: the archive first, then the journal (invariant 2).
@@ -133,7 +142,7 @@ pub fn run_once(
         let cutoff = now
             .checked_sub(Duration::from_secs(policy.dicom_days * 86_400))
             .unwrap_or(UNIX_EPOCH);
-        let held = held_paths(journal, policy);
+        let held = held_paths(journal, policy)?;
         report.archive = archive
             .prune(cutoff, &|rel| held.contains(rel))
             .map_err(|source| RetentionError::Archive {

@@ -287,6 +287,40 @@ fn archive_retention_keeps_what_is_not_yet_stored() {
     assert!(exists(&archive, &again));
 }
 
+/// An unfinished DICOM entry that cannot be read might name any file: the archive pass
+/// fails with the entry's id and prunes nothing, rather than losing that file.
+#[test]
+fn an_unreadable_unfinished_entry_stops_archive_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Archive::open(&dir.path().join("dicom")).unwrap();
+    let journal = Journal::open(&dir.path().join("journal"), JournalOptions::default()).unwrap();
+    let now = SystemTime::now();
+    let old = 40 * DAY;
+    let waiting = archived(&archive, ("1.1", "1.1.1", "1.1.1.1"), now, old);
+    let mut broken = dicom_entry(&waiting, "1.1.1.1", ms(now - old), Status::Received);
+    // A reference line whose attributes cannot be read.
+    let mut raw = broken.raw.clone();
+    let at = raw
+        .windows(2)
+        .position(|w| w == b"{}")
+        .expect("empty attributes");
+    raw.splice(at..at + 2, br#"{"PatientName":"x"}"#.iter().copied());
+    broken.raw = raw;
+    journal.append_blocking(broken).unwrap();
+
+    let policy = Policy {
+        journal_days: 0,
+        dicom_days: 30,
+        queued_is_done: false,
+    };
+    let e = run_once(&journal, Some(&archive), &policy, now).unwrap_err();
+    assert!(
+        e.to_string().contains("journal entry 1 cannot be read"),
+        "{e}"
+    );
+    assert!(exists(&archive, &waiting), "the file it may need stays");
+}
+
 #[test]
 fn a_dicom_entry_goes_only_after_its_file() {
     let dir = tempfile::tempdir().unwrap();
