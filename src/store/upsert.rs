@@ -31,12 +31,15 @@ impl Store {
         &self,
         resources: impl IntoIterator<Item = &'v Value>,
     ) -> Result<UpsertStats, StoreError> {
-        let resources = fold_studies(resources.into_iter().collect());
-        let mut prepared = Vec::with_capacity(resources.len());
+        let resources: Vec<&Value> = resources.into_iter().collect();
         for (position, r) in resources.iter().enumerate() {
+            validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
+        }
+        let resources = fold_studies(resources);
+        let mut prepared = Vec::with_capacity(resources.len());
+        for r in resources.iter() {
             let r: &Value = r;
-            let (rt, id) =
-                validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
+            let (rt, id) = validate(r).expect("valid records fold into valid records");
             // Serialising a `Value` cannot fail: its map keys are strings.
             let bytes = serde_json::to_vec(r).expect("a serde_json::Value always serialises");
             prepared.push((rt, id, r, bytes));
@@ -238,20 +241,16 @@ fn accession(rt: &str, v: &Value) -> Option<String> {
     typed("ACSN").or_else(|| (rt == "ServiceRequest").then(|| typed("FILL")).flatten())
 }
 
-/// One ImagingStudy from many C-STOREs: the new version's elements win, elements it
-/// lacks are kept, series are merged by `uid` and their instances by `uid`, and the
-/// counts are recomputed.
 /// The instances of one study arrive as one ImagingStudy record per C-STORE. Those of
 /// one batch are merged here first, in memory, and the result takes the place of the
 /// last of them: the stored study is then read, merged and rewritten once per batch,
 /// not once per instance (the same result: [`merge_study`] keeps first-seen order and
-/// lets later values win either way). Other records pass through untouched.
+/// lets later values win either way). Other records pass through untouched. Every
+/// record has been validated.
 fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
     use std::borrow::Cow;
     let study_id = |r: &Value| -> Option<String> {
-        let valid = r.get("resourceType").and_then(Value::as_str) == Some("ImagingStudy")
-            && validate(r).is_ok();
-        valid
+        (r["resourceType"] == "ImagingStudy")
             .then(|| r["id"].as_str().map(str::to_string))
             .flatten()
     };
@@ -285,6 +284,9 @@ fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
     out
 }
 
+/// One ImagingStudy from many C-STOREs: the new version's elements win, elements it
+/// lacks are kept, series are merged by `uid` and their instances by `uid`, and the
+/// counts are recomputed.
 fn merge_study(old: Value, new: &Value) -> Value {
     // The old study is taken apart rather than copied: its series and instances move
     // into the result, so a study of thousands of instances costs one pass, not a copy.
@@ -458,6 +460,24 @@ mod imaging_tests {
             "subject": { "reference": "Patient/p1" },
             "identifier": [{ "type": { "coding": [{ "code": code }] }, "value": accession }]
         })
+    }
+
+    #[test]
+    fn an_invalid_record_is_named_by_its_place_in_the_batch_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let bad = json!({ "resourceType": "Patient" });
+        let batch = [
+            study("1.2", "1.2.1", None),
+            bad,
+            study("1.2", "1.2.2", None),
+        ];
+        let err = store.upsert_batch(&batch).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidResource { position: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(store.count("ImagingStudy").unwrap(), 0);
     }
 
     #[test]
