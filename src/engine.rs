@@ -175,7 +175,7 @@ impl Engine {
         // DICOM listener is configured any more.
         let archive_dir = data.join("dicom");
         let dicom_archive = if listeners.iter().any(|l| l.kind == ListenerKind::Dicom)
-            || (policy.is_active() && policy.dicom_days > 0 && archive_dir.is_dir())
+            || (policy.dicom_days > 0 && archive_dir.is_dir())
         {
             Some(
                 crate::listeners::dicom::Archive::open(&archive_dir)
@@ -225,10 +225,9 @@ impl Engine {
 
         let mut listener_addrs = Vec::new();
         if policy.is_active() {
-            let archive = dicom_archive.clone().filter(|_| policy.dicom_days > 0);
             tasks.push(tokio::spawn(retention(
                 journal.clone(),
-                archive,
+                dicom_archive.clone(),
                 policy,
                 shutdown.clone(),
             )));

@@ -214,6 +214,12 @@ fn archived(data: &Path, study: &str, series: &str, instance: &str) -> PathBuf {
         .join(format!("{instance}.dcm"))
 }
 
+/// Where the instance of one of the peer's send results is archived.
+fn sent_file(data: &Path, result: &Value) -> PathBuf {
+    let uid = |k: &str| result[k].as_str().unwrap();
+    archived(data, uid("study"), uid("series"), uid("sop_instance"))
+}
+
 fn dcm_files_under(dir: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -518,12 +524,7 @@ fn vietnamese_names_survive_and_sigkill_after_success_loses_nothing() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     for r in results {
-        let p = archived(
-            &data,
-            r["study"].as_str().unwrap(),
-            r["series"].as_str().unwrap(),
-            r["sop_instance"].as_str().unwrap(),
-        );
+        let p = sent_file(&data, r);
         assert!(p.exists(), "{} lost", p.display());
     }
 
@@ -532,12 +533,7 @@ fn vietnamese_names_survive_and_sigkill_after_success_loses_nothing() {
         count_status(server.http, "stored") == 2
     });
     for r in results {
-        let p = archived(
-            &data,
-            r["study"].as_str().unwrap(),
-            r["series"].as_str().unwrap(),
-            r["sop_instance"].as_str().unwrap(),
-        );
+        let p = sent_file(&data, r);
         assert_eq!(
             r["sent_sha256"].as_str().unwrap(),
             sha256_hex(&dataset_bytes(&p)),
@@ -731,12 +727,7 @@ fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
         "the injected failure was met by the pipeline"
     );
     for r in &results {
-        let file = archived(
-            &data,
-            r["study"].as_str().unwrap(),
-            r["series"].as_str().unwrap(),
-            r["sop_instance"].as_str().unwrap(),
-        );
+        let file = sent_file(&data, r);
         assert_eq!(
             r["sent_sha256"].as_str().unwrap(),
             sha256_hex(&dataset_bytes(&file))
@@ -762,12 +753,7 @@ fn a_full_archive_disk_gets_a700_and_the_association_goes_on() {
     );
     assert_eq!(engine.journal.wait_settled(3, LIMIT), Some(Status::Stored));
     let r = &results[0];
-    let refused = archived(
-        &data,
-        r["study"].as_str().unwrap(),
-        r["series"].as_str().unwrap(),
-        r["sop_instance"].as_str().unwrap(),
-    );
+    let refused = sent_file(&data, r);
     assert!(!refused.exists(), "nothing archived for the refused one");
     // The sender tries again once the disk has room.
     let again = send_files(pacs, &[&large[0]]);
@@ -832,12 +818,7 @@ fn a_full_archive_disk_holds_up_only_the_instances_waiting_for_it() {
         "the instance waits for the disk"
     );
     let r = &results[0];
-    let file = archived(
-        &data,
-        r["study"].as_str().unwrap(),
-        r["series"].as_str().unwrap(),
-        r["sop_instance"].as_str().unwrap(),
-    );
+    let file = sent_file(&data, r);
     assert!(!file.exists());
     let (code, ready) = http_json(engine.http_addr, "/ready");
     assert_eq!(code, 503, "{ready}");

@@ -14,9 +14,6 @@
 //! Kinds 3 and 4 are the processing trail: a status change with its time, and a step
 //! that changes no status (the route taken, a replay). A journal holding them cannot be
 //! opened by a halong older than they are (it stops at the unknown kind).
-//!
-//! ```text
-//! ```
 
 use super::Status;
 

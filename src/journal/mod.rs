@@ -902,7 +902,6 @@ impl Committer {
     }
 
     fn write_out(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         self.file.write_all_at(buf, self.len)?;
         let end = self.len + buf.len() as u64;
         if end > self.prepared || self.prepared - end < ZERO_AHEAD / 4 {

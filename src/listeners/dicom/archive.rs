@@ -417,14 +417,17 @@ impl Settle {
     }
 }
 
-/// Creates `path` (which must not exist) holding `bytes`.
+/// Creates `path` (which must not exist) holding `bytes`; a file that could not be
+/// written whole is removed, so the next attempt finds it missing, not damaged.
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)?;
-    f.write_all(bytes)
+    f.write_all(bytes).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
 }
 
 #[cfg(target_os = "linux")]

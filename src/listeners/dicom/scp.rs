@@ -528,9 +528,6 @@ impl Association<'_> {
                         inline = Some((part10, held));
                         Ok(ok)
                     }
-                    Err((status, why, attrs)) if status == command::OUT_OF_RESOURCES => {
-                        Err((status, why, attrs, None))
-                    }
                     Err((status, why, attrs)) => {
                         // Kept as evidence, synced: off the runtime's threads.
                         let kept =
