@@ -25,7 +25,9 @@ pub fn unescape<'a>(raw: &'a str, d: &Delimiters, charset: Charset) -> Cow<'a, s
     let Some(esc) = d.escape else {
         return Cow::Borrowed(raw);
     };
-    if !raw.contains(esc) {
+    // A byte search (delimiters are ASCII; a false hit only takes the slow path below):
+    // most fields are a few bytes long, too short for a vectorised search to pay.
+    if !raw.bytes().any(|b| u32::from(b) == u32::from(esc)) {
         return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());

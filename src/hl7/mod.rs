@@ -25,5 +25,6 @@ pub use ack::{
 };
 pub use charset::Charset;
 pub use escape::{escape, unescape};
-pub use parse::{parse, read_header, Delimiters, Header, Message, ParseError};
+pub(crate) use parse::piece;
+pub use parse::{name_code, parse, read_header, Delimiters, Header, Message, ParseError};
 pub use path::{FieldPath, Path, PathError, Repetition};

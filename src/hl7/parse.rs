@@ -196,6 +196,8 @@ struct Span {
 struct Segment {
     start: u32,
     end: u32,
+    /// The name, packed by [`name_code`].
+    code: u32,
     /// Index of its first field in `Message::fields`.
     first_field: u32,
     field_count: u32,
@@ -290,10 +292,7 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
     let mut fields = Vec::with_capacity(bytes.len() / 8);
     let mut pos = 0usize;
     while pos < bytes.len() {
-        let end = bytes[pos..]
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .map_or(bytes.len(), |i| pos + i);
+        let end = memchr::memchr2(b'\r', b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
         let line = &bytes[pos..end];
         if !line.iter().all(u8::is_ascii_whitespace) {
             let index = segments.len() + 1;
@@ -324,14 +323,13 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
                     });
                 }
                 let mut fstart = pos + 4;
-                for (i, &b) in line.iter().enumerate().skip(4) {
-                    if b == sep {
-                        fields.push(Span {
-                            start: fstart as u32,
-                            end: (pos + i) as u32,
-                        });
-                        fstart = pos + i + 1;
-                    }
+                for i in memchr::memchr_iter(sep, &line[4..]) {
+                    let at = pos + 4 + i;
+                    fields.push(Span {
+                        start: fstart as u32,
+                        end: at as u32,
+                    });
+                    fstart = at + 1;
                 }
                 fields.push(Span {
                     start: fstart as u32,
@@ -341,6 +339,7 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
             segments.push(Segment {
                 start: pos as u32,
                 end: end as u32,
+                code: u32::from_le_bytes([line[0], line[1], line[2], 0]),
                 first_field: first_field as u32,
                 field_count: (fields.len() - first_field) as u32,
             });
@@ -363,12 +362,40 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
     })
 }
 
-/// The `n`th (1-based) piece of `s` split on `sep`; with no separator only piece 1 exists.
-fn piece(s: &str, sep: Option<char>, n: usize) -> Option<&str> {
-    match sep {
-        Some(c) => s.split(c).nth(n.checked_sub(1)?),
-        None => (n == 1).then_some(s),
+/// A segment name packed into a number, so finding segments by name compares numbers,
+/// not strings. A name that is not three bytes long gets a code no segment has.
+pub fn name_code(name: &str) -> u32 {
+    match name.as_bytes() {
+        [a, b, c] => u32::from_le_bytes([*a, *b, *c, 0]),
+        _ => u32::MAX,
     }
+}
+
+/// The `n`th (1-based) piece of `s` split on `sep`; with no separator only piece 1 exists.
+pub(crate) fn piece(s: &str, sep: Option<char>, n: usize) -> Option<&str> {
+    let Some(c) = sep else {
+        return (n == 1).then_some(s);
+    };
+    let skip = n.checked_sub(1)?;
+    if !c.is_ascii() {
+        return s.split(c).nth(skip);
+    }
+    // An ASCII delimiter never occurs inside a multi-byte character, so the byte offsets
+    // where it occurs are character boundaries. Pieces are short: a plain loop beats a
+    // vectorised search here.
+    let b = c as u8;
+    let mut start = 0;
+    let mut at = 0;
+    for (i, &x) in s.as_bytes().iter().enumerate() {
+        if x == b {
+            if at == skip {
+                return Some(&s[start..i]);
+            }
+            at += 1;
+            start = i + 1;
+        }
+    }
+    (at == skip).then(|| &s[start..])
 }
 
 impl Message {
@@ -407,9 +434,23 @@ impl Message {
             .map_or("", |s| &self.text[s.start as usize..s.end as usize])
     }
 
+    /// The name of segment `i` packed by [`name_code`]; `u32::MAX` when out of range.
+    pub fn segment_code(&self, i: usize) -> u32 {
+        self.segments.get(i).map_or(u32::MAX, |s| s.code)
+    }
+
     /// Indices (0-based, in message order) of every segment named `name`.
-    pub fn segments<'a>(&'a self, name: &'a str) -> impl Iterator<Item = usize> + 'a {
-        (0..self.segments.len()).filter(move |&i| self.segment_name(i) == name)
+    pub fn segments(&self, name: &str) -> impl Iterator<Item = usize> + '_ {
+        self.segments_coded(name_code(name))
+    }
+
+    /// Indices (0-based, in message order) of every segment whose name has this code.
+    pub fn segments_coded(&self, code: u32) -> impl Iterator<Item = usize> + '_ {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.code == code)
+            .map(|(i, _)| i)
     }
 
     /// Index of the `instance`th (1-based) segment named `name`.
@@ -583,6 +624,31 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_and_name_codes() {
+        let table: [(&str, Option<char>, usize, Option<&str>); 10] = [
+            ("a^b^c", Some('^'), 1, Some("a")),
+            ("a^b^c", Some('^'), 2, Some("b")),
+            ("a^b^c", Some('^'), 3, Some("c")),
+            ("a^b^c", Some('^'), 4, None),
+            ("a^b^c", Some('^'), 0, None),
+            ("^^Đức", Some('^'), 3, Some("Đức")),
+            ("^^", Some('^'), 2, Some("")),
+            ("", Some('^'), 1, Some("")),
+            ("a&b", None, 1, Some("a&b")),
+            ("a&b", None, 2, None),
+        ];
+        for (s, sep, n, want) in table {
+            assert_eq!(piece(s, sep, n), want, "{s:?} {sep:?} {n}");
+        }
+        let m = msg("MSH|^~\\&|A|B\rPID|1\rOBX|1\rOBX|2\r");
+        assert_eq!(m.segments("OBX").collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(m.segment_code(1), name_code("PID"));
+        assert_eq!(m.segment_code(9), u32::MAX);
+        assert_eq!(m.segments("OB").count(), 0, "not a three-letter name");
+        assert_eq!(m.segments("OBXX").count(), 0);
+    }
 
     fn p(s: &str) -> Path {
         match Path::parse(s) {

@@ -13,14 +13,84 @@ use serde_json::{Map, Value as Json};
 
 use super::tables::Table;
 
-/// One selected piece split into parts (components, or subcomponents of a component),
-/// each part split again into its subparts; all decoded, empty and `""` as `None`.
-/// Text borrows from the message unless decoding escapes built it.
-pub struct Parts<'a> {
-    pub parts: Vec<Vec<Option<Cow<'a, str>>>>,
+/// One selected piece seen as parts (components, or subcomponents of a component), each
+/// part made of subparts; empty and `""` read as `None`. Text without escapes is split
+/// only when a part is asked for and borrows from the message; text with escapes is
+/// split and decoded once, up front.
+pub struct Parts<'a>(Inner<'a>);
+
+enum Inner<'a> {
+    Raw {
+        text: &'a str,
+        part: Option<char>,
+        sub: Option<char>,
+        /// Byte offsets of the first [`CUTS`] part separators, found in one pass.
+        cuts: [u32; CUTS],
+        /// How many of `cuts` are set.
+        n: usize,
+        /// There are more separators than `cuts` holds (parts past them are searched).
+        more: bool,
+    },
+    Decoded(Vec<Vec<Option<Cow<'a, str>>>>),
 }
 
-impl Parts<'_> {
+/// Part separators remembered per piece; XPN, XAD, XTN, CX and CWE have fewer parts.
+const CUTS: usize = 24;
+
+impl<'a> Parts<'a> {
+    /// `text` (escape-free) split on `part` and each part on `sub`.
+    pub fn raw(text: &'a str, part: Option<char>, sub: Option<char>) -> Parts<'a> {
+        let mut cuts = [0u32; CUTS];
+        let mut n = 0;
+        let mut more = false;
+        // Delimiters are ASCII (see `Delimiters`), so their byte offsets are character
+        // boundaries.
+        if let Some(b) = part.filter(char::is_ascii).map(|c| c as u8) {
+            for (i, &x) in text.as_bytes().iter().enumerate() {
+                if x == b {
+                    if n == CUTS {
+                        more = true;
+                        break;
+                    }
+                    cuts[n] = i as u32;
+                    n += 1;
+                }
+            }
+        } else if let Some(c) = part {
+            more = text.contains(c);
+        }
+        Parts(Inner::Raw {
+            text,
+            part,
+            sub,
+            cuts,
+            n,
+            more,
+        })
+    }
+
+    /// Parts already split and decoded.
+    pub fn decoded(parts: Vec<Vec<Option<Cow<'a, str>>>>) -> Parts<'a> {
+        Parts(Inner::Decoded(parts))
+    }
+
+    /// How many parts there are.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Inner::Raw {
+                text,
+                part,
+                n,
+                more,
+                ..
+            } => match part {
+                Some(c) if *more => text.matches(*c).count() + 1,
+                _ => n + 1,
+            },
+            Inner::Decoded(parts) => parts.len(),
+        }
+    }
+
     /// Part `i` (1-based), its first subpart.
     pub fn get(&self, i: usize) -> Option<&str> {
         self.sub(i, 1)
@@ -28,10 +98,33 @@ impl Parts<'_> {
 
     /// Subpart `j` of part `i` (both 1-based).
     pub fn sub(&self, i: usize, j: usize) -> Option<&str> {
-        self.parts
-            .get(i.checked_sub(1)?)?
-            .get(j.checked_sub(1)?)?
-            .as_deref()
+        match &self.0 {
+            Inner::Raw {
+                text,
+                part,
+                sub,
+                cuts,
+                n,
+                more,
+            } => {
+                let k = i.checked_sub(1)?;
+                let p = if k <= *n && !(*more && k == *n) {
+                    let start = if k == 0 { 0 } else { cuts[k - 1] as usize + 1 };
+                    let end = if k < *n { cuts[k] as usize } else { text.len() };
+                    &text[start..end]
+                } else if *more {
+                    crate::hl7::piece(text, *part, i)?
+                } else {
+                    return None;
+                };
+                let s = crate::hl7::piece(p, *sub, j)?;
+                (!s.is_empty() && s != "\"\"").then_some(s)
+            }
+            Inner::Decoded(parts) => parts
+                .get(i.checked_sub(1)?)?
+                .get(j.checked_sub(1)?)?
+                .as_deref(),
+        }
     }
 }
 
@@ -206,7 +299,7 @@ pub fn codeable_concept(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
 /// (a CWE: code 1, text 2) → Quantity. A ratio or range SN (num2 present) is not a
 /// quantity: `None` (map it with `valueString` or `valueRange`).
 pub fn quantity(value: &Parts<'_>, units: Option<&Parts<'_>>) -> Result<Option<Json>, String> {
-    let (comparator, number) = if value.parts.len() >= 2 {
+    let (comparator, number) = if value.len() >= 2 {
         if value.get(4).is_some() {
             return Ok(None);
         }
@@ -236,4 +329,53 @@ pub fn quantity(value: &Parts<'_>, units: Option<&Parts<'_>>) -> Result<Option<J
         }
     }
     Ok(done(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Parts::decoded` holds for escape-free `text`: split on `part`, then `sub`.
+    fn eager<'a>(text: &'a str, part: Option<char>, sub: Option<char>) -> Parts<'a> {
+        let split = |t: &'a str, c: Option<char>| -> Vec<&'a str> {
+            match c {
+                Some(c) => t.split(c).collect(),
+                None => vec![t],
+            }
+        };
+        let opt = |s: &'a str| (!s.is_empty() && s != "\"\"").then_some(Cow::Borrowed(s));
+        Parts::decoded(
+            split(text, part)
+                .into_iter()
+                .map(|p| split(p, sub).into_iter().map(opt).collect())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn split_when_asked_agrees_with_split_up_front() {
+        let long: String = (1..=30)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join("^");
+        let texts = [
+            "",
+            "x",
+            "Nguyễn&Thị^Ngọc^^Đ&\"\"&3^\"\"",
+            "^^^^",
+            "a&b&c",
+            long.as_str(),
+        ];
+        for text in texts {
+            for (part, sub) in [(Some('^'), Some('&')), (Some('&'), None), (None, None)] {
+                let (lazy, want) = (Parts::raw(text, part, sub), eager(text, part, sub));
+                assert_eq!(lazy.len(), want.len(), "{text:?} {part:?}");
+                for i in 0..=32 {
+                    for j in 0..=4 {
+                        assert_eq!(lazy.sub(i, j), want.sub(i, j), "{text:?} {part:?} {i}.{j}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -284,33 +284,35 @@ fn name_arg(e: &Expr) -> &str {
 impl<'a> Scope<'a> {
     /// The segment a path resolves to under the context rule.
     pub fn resolve(&self, path: &Path) -> Option<usize> {
+        let want = crate::hl7::name_code(&path.segment);
         if let Some(n) = path.instance {
-            return self.msg.segment_index(&path.segment, n);
+            return self.msg.segments_coded(want).nth(n.checked_sub(1)?);
         }
+        let first = || self.msg.segments_coded(want).next();
         let Some(cur) = self.seg else {
-            return self.msg.segment_index(&path.segment, 1);
+            return first();
         };
-        let here = self.msg.segment_name(cur);
-        if here == path.segment {
+        let here = self.msg.segment_code(cur);
+        if here == want {
             return Some(cur);
         }
         // A child of the context segment (NTE after an OBX or OBR, ...): the first
         // instance among the segments that follow it, up to the next group head.
         if !is_group_head(&path.segment) {
             for i in cur + 1..self.msg.segment_count() {
-                let name = self.msg.segment_name(i);
-                if name == path.segment {
+                let code = self.msg.segment_code(i);
+                if code == want {
                     return Some(i);
                 }
-                if name == here || is_group_head(name) {
+                if code == here || is_group_head(self.msg.segment_name(i)) {
                     break;
                 }
             }
         }
         (0..cur)
             .rev()
-            .find(|&i| self.msg.segment_name(i) == path.segment)
-            .or_else(|| self.msg.segment_index(&path.segment, 1))
+            .find(|&i| self.msg.segment_code(i) == want)
+            .or_else(first)
     }
 
     fn path_value(&self, path: &Path) -> Value<'a> {
@@ -664,19 +666,29 @@ impl<'a> Scope<'a> {
                 None => vec![decode(raw)],
             }
         };
-        msg.raws_in(seg, fp)
-            .into_iter()
-            .map(|raw| {
-                let parts = if fp.subcomponent.is_some() {
-                    vec![vec![decode(raw)]]
-                } else if fp.component.is_some() {
-                    split_sub(raw).into_iter().map(|s| vec![s]).collect()
-                } else {
-                    raw.split(d.component).map(split_sub).collect()
-                };
-                Parts { parts }
+        let (part, sub) = if fp.subcomponent.is_some() {
+            (None, None)
+        } else if fp.component.is_some() {
+            (d.subcomponent, None)
+        } else {
+            (Some(d.component), d.subcomponent)
+        };
+        let one = |raw: &'a str| {
+            if !has_escape(raw, d.escape) {
+                return Parts::raw(raw, part, sub);
+            }
+            Parts::decoded(if fp.subcomponent.is_some() {
+                vec![vec![decode(raw)]]
+            } else if fp.component.is_some() {
+                split_sub(raw).into_iter().map(|s| vec![s]).collect()
+            } else {
+                raw.split(d.component).map(split_sub).collect()
             })
-            .collect()
+        };
+        match fp.repetition {
+            Repetition::All => msg.raws_in(seg, fp).into_iter().map(one).collect(),
+            Repetition::Index(_) => msg.raw_in(seg, fp).map(one).into_iter().collect(),
+        }
     }
 
     /// The instance of `t` whose context segment is nearest before or at the current
@@ -696,9 +708,9 @@ impl<'a> Scope<'a> {
     /// every instance of `t`.
     fn in_group<'s>(&'s self, t: &'s str) -> impl Iterator<Item = &'s Instance> + 's {
         let range = self.seg.map(|cur| {
-            let name = self.msg.segment_name(cur);
+            let name = self.msg.segment_code(cur);
             let end =
-                (cur + 1..self.msg.segment_count()).find(|&i| self.msg.segment_name(i) == name);
+                (cur + 1..self.msg.segment_count()).find(|&i| self.msg.segment_code(i) == name);
             (cur, end.unwrap_or(usize::MAX))
         });
         self.instances.iter().filter(move |i| {
@@ -741,6 +753,12 @@ fn collect(items: Vec<Value<'_>>, all: bool) -> Value<'_> {
     } else {
         items.into_iter().next().unwrap_or(Value::Absent)
     }
+}
+
+/// Whether `raw` holds the escape character (a byte search: delimiters are ASCII, and
+/// fields are too short for a vectorised search to pay).
+fn has_escape(raw: &str, escape: Option<char>) -> bool {
+    escape.is_some_and(|e| raw.bytes().any(|b| u32::from(b) == u32::from(e)))
 }
 
 fn owned<'a>(s: String) -> Value<'a> {

@@ -6,22 +6,52 @@
 //! case-insensitive.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use crate::diag::Diagnostic;
 
 #[derive(Clone, Debug, Default)]
 pub struct Table {
-    exact: HashMap<String, String>,
-    folded: HashMap<String, String>,
+    exact: Rows,
+    folded: Rows,
+}
+
+type Rows = HashMap<String, String, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a. Table codes are short, and what is stored comes from the operator's files, so
+/// a simple hash does; a lookup is on the path of nearly every mapped field.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 impl Table {
     pub fn get(&self, code: &str) -> Option<&str> {
-        self.exact
-            .get(code)
-            .or_else(|| self.folded.get(&code.to_lowercase()))
-            .map(String::as_str)
+        if let Some(v) = self.exact.get(code) {
+            return Some(v);
+        }
+        let v = if code.bytes().any(|b| b.is_ascii_uppercase()) || !code.is_ascii() {
+            self.folded.get(&code.to_lowercase())
+        } else {
+            self.folded.get(code)
+        };
+        v.map(String::as_str)
     }
 
     pub fn len(&self) -> usize {
@@ -152,6 +182,16 @@ mod tests {
         assert_eq!(t.get("F"), Some("female"));
         assert_eq!(t.get("X"), Some("a,b"));
         assert_eq!(t.get("Z"), None);
+        // Case-insensitive both ways, whatever the case of the row.
+        let t = Table::parse(
+            Path::new("t.csv"),
+            "code,value\nabn,abnormal\nHH,critical\n",
+            &mut diags,
+        );
+        assert_eq!(t.get("ABN"), Some("abnormal"));
+        assert_eq!(t.get("hh"), Some("critical"));
+        assert_eq!(t.get("Hh"), Some("critical"));
+        assert_eq!(t.get("h"), None);
     }
 
     #[test]
