@@ -398,6 +398,59 @@ pub(crate) fn piece(s: &str, sep: Option<char>, n: usize) -> Option<&str> {
     (at == skip).then(|| &s[start..])
 }
 
+/// Repetition `rep`, component `comp` and subcomponent `sub` (1-based; `None` takes the
+/// whole) of a raw field, in one pass that ends where the piece ends. The same as
+/// splitting on each delimiter in turn with [`piece`]; without `comp`, component
+/// separators are data and `sub` splits the whole repetition.
+fn select<'a>(
+    field: &'a str,
+    d: &Delimiters,
+    rep: usize,
+    comp: Option<usize>,
+    sub: Option<usize>,
+) -> Option<&'a str> {
+    let (want_c, want_s) = (comp.unwrap_or(0), sub.unwrap_or(0));
+    if rep == 0 || comp == Some(0) || sub == Some(0) {
+        return None;
+    }
+    if !(d.repetition.is_ascii() && d.component.is_ascii()) {
+        let r = piece(field, Some(d.repetition), rep)?;
+        let c = comp.map_or(Some(r), |c| piece(r, Some(d.component), c))?;
+        return sub.map_or(Some(c), |s| piece(c, d.subcomponent, s));
+    }
+    let (rb, cb) = (d.repetition as u8, d.component as u8);
+    let sb = d.subcomponent.filter(char::is_ascii).map(|c| c as u8);
+    let inside = |r: usize, c: usize, s: usize| {
+        r == rep && (want_c == 0 || c == want_c) && (want_s == 0 || s == want_s)
+    };
+    let (mut r, mut c, mut s) = (1, 1, 1);
+    let mut start = inside(r, c, s).then_some(0);
+    for (i, &b) in field.as_bytes().iter().enumerate() {
+        if b == rb {
+            r += 1;
+            c = 1;
+            s = 1;
+        } else if b == cb && want_c != 0 {
+            c += 1;
+            s = 1;
+        } else if Some(b) == sb && want_s != 0 {
+            s += 1;
+        } else {
+            continue;
+        }
+        if let Some(st) = start {
+            return Some(&field[st..i]);
+        }
+        if r > rep || (r == rep && want_c != 0 && c > want_c) {
+            return None;
+        }
+        if inside(r, c, s) {
+            start = Some(i + 1);
+        }
+    }
+    start.map(|st| &field[st..])
+}
+
 impl Message {
     pub fn header(&self) -> &Header {
         &self.header
@@ -533,7 +586,7 @@ impl Message {
         };
         match fp.repetition {
             Repetition::Index(n) => {
-                if let Some(v) = piece(field, Some(d.repetition), n).and_then(pick) {
+                if let Some(v) = select(field, d, n, fp.component, fp.subcomponent) {
                     f(v)
                 }
             }
@@ -648,6 +701,36 @@ mod tests {
         assert_eq!(m.segment_code(9), u32::MAX);
         assert_eq!(m.segments("OB").count(), 0, "not a three-letter name");
         assert_eq!(m.segments("OBXX").count(), 0);
+    }
+
+    #[test]
+    fn one_pass_selection_agrees_with_splitting_in_turn() {
+        let d = Delimiters::standard();
+        let fields = [
+            "",
+            "a",
+            "a^b^c",
+            "a&x&y^b~c^d&e~~f",
+            "^^&&^~^&",
+            "Nguyễn&Văn^Đức~Trần^^Bình",
+            "~",
+        ];
+        for f in fields {
+            for rep in 0..=4 {
+                for comp in [None, Some(0), Some(1), Some(2), Some(3), Some(4)] {
+                    for sub in [None, Some(0), Some(1), Some(2), Some(3)] {
+                        let want = piece(f, Some('~'), rep)
+                            .and_then(|r| comp.map_or(Some(r), |c| piece(r, Some('^'), c)))
+                            .and_then(|c| sub.map_or(Some(c), |s| piece(c, Some('&'), s)));
+                        assert_eq!(
+                            select(f, &d, rep, comp, sub),
+                            want,
+                            "{f:?} {rep} {comp:?} {sub:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn p(s: &str) -> Path {

@@ -380,8 +380,13 @@ impl<'a> Scope<'a> {
                 let Some(x) = arg(0)?.into_text() else {
                     return Ok(Value::Bool(false));
                 };
-                for i in 1..c.args.len() {
-                    if arg(i)?.into_text().as_deref() == Some(&*x) {
+                for a in c.args.iter().skip(1) {
+                    // A literal is compared as it is (an empty one is absent: no match).
+                    let hit = match a {
+                        Expr::Str(s) => !s.is_empty() && **s == *x,
+                        e => self.eval(e)?.into_text().as_deref() == Some(&*x),
+                    };
+                    if hit {
                         return Ok(Value::Bool(true));
                     }
                 }
