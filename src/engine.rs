@@ -130,6 +130,7 @@ impl Engine {
         )?;
         let db_dir = data.join("db");
         let db = Store::sled_config(&db_dir)
+            .cache_capacity(config.data.cache_mib << 20)
             .open()
             .map_err(|source| StartError::Db {
                 path: db_dir.display().to_string(),

@@ -236,6 +236,10 @@ fn display_type(t: &str) -> String {
 const BATCH: u64 = 512;
 /// How long the mapper waits for a batch to fill before taking what there is.
 const LINGER: Duration = Duration::from_millis(10);
+/// At most this many mapped entries wait in memory for the store thread or the
+/// publisher; the mapper waits for room before it maps more (a message's records take
+/// a few kilobytes to a few tens of kilobytes as JSON values).
+const OUTBOX_ROOM: usize = 1024;
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
 /// How long the store thread gathers more entries for a batch that updates an imaging
@@ -325,6 +329,11 @@ fn run_mapper(
     tracing::info!(cursor, "mapper starts");
     let mut aside = SetAside::default();
     while !stop.load(Ordering::SeqCst) {
+        // When the consumer falls behind, the unmapped backlog stays in the journal
+        // (durable, replayed from the cursor) rather than in memory.
+        if !outbox.wait_for_room(OUTBOX_ROOM, Duration::from_millis(200)) {
+            continue;
+        }
         let mut durable = journal.wait_durable_beyond(cursor - 1, Duration::from_millis(200));
         let retry = aside.is_due();
         if durable < cursor && !retry {

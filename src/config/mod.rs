@@ -66,6 +66,11 @@ pub struct DataConfig {
     /// every file.
     #[serde(default)]
     pub dicom_retention_days: u64,
+    /// Memory for the record store's page cache, in MiB (16 to 65536). More keeps more
+    /// of the store's pages in memory, so fewer upserts and searches read them back from
+    /// disk. Default 256.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
 }
 
 impl Default for DataConfig {
@@ -73,6 +78,7 @@ impl Default for DataConfig {
         DataConfig {
             dir: default_data_dir(),
             journal_segment_mib: default_segment_mib(),
+            cache_mib: default_cache_mib(),
             journal_retention_days: 0,
             dicom_retention_days: 0,
         }
@@ -85,6 +91,13 @@ fn default_data_dir() -> PathBuf {
 fn default_segment_mib() -> u64 {
     128
 }
+
+fn default_cache_mib() -> u64 {
+    256
+}
+
+/// Bounds of `[data] cache_mib`.
+const CACHE_MIB: std::ops::RangeInclusive<u64> = 16..=65536;
 
 /// The protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -575,6 +588,17 @@ impl Config {
         if self.data.journal_segment_mib == 0 {
             let (line, col) = at("journal_segment_mib", 0);
             out.push(diag((line, col), "journal_segment_mib must be at least 1"));
+        }
+        if !CACHE_MIB.contains(&self.data.cache_mib) {
+            out.push(diag(
+                locate_key(text, "cache_mib"),
+                &format!(
+                    "cache_mib = {} is out of range: give {} to {} (MiB; default 256)",
+                    self.data.cache_mib,
+                    CACHE_MIB.start(),
+                    CACHE_MIB.end()
+                ),
+            ));
         }
         for (key, days) in [
             ("journal_retention_days", self.data.journal_retention_days),

@@ -215,4 +215,15 @@ fn retention_keys_are_checked_with_their_position() {
     );
     let e = errors("[data]\ndicom_retention_days = -1\n");
     assert!(e[0].starts_with("conf/halong.toml:2:24:"), "{e:?}");
+
+    // The record store's cache: a default, a chosen size, and a size out of range.
+    assert_eq!(parse("").unwrap().data.cache_mib, 256);
+    assert_eq!(
+        parse("[data]\ncache_mib = 1024\n").unwrap().data.cache_mib,
+        1024
+    );
+    assert_eq!(
+        errors("[data]\ndir = \"d\"\ncache_mib = 8\n"),
+        vec!["conf/halong.toml:3:1: cache_mib = 8 is out of range: give 16 to 65536 (MiB; default 256)"]
+    );
 }

@@ -59,6 +59,8 @@ pub struct Outbox {
     /// Entries put (or recovered) and not yet taken, in arrival order.
     waiting: Mutex<VecDeque<OutboxEntry>>,
     cv: Condvar,
+    /// Signalled when entries are taken (see [`Outbox::wait_for_room`]).
+    room: Condvar,
 }
 
 impl Outbox {
@@ -96,6 +98,7 @@ impl Outbox {
                 tree,
                 waiting: Mutex::new(waiting),
                 cv: Condvar::new(),
+                room: Condvar::new(),
             },
             bad,
         ))
@@ -135,7 +138,30 @@ impl Outbox {
             .wait_timeout_while(guard, wait, |w| w.is_empty())
             .expect("outbox lock");
         let n = guard.len().min(max);
-        guard.drain(..n).collect()
+        let taken = guard.drain(..n).collect();
+        drop(guard);
+        if n > 0 {
+            self.room.notify_all();
+        }
+        taken
+    }
+
+    /// Waits up to `wait` until fewer than `limit` entries wait for the consumer; true
+    /// when they do. The producer calls it before mapping more, so the entries held in
+    /// memory stay bounded when the consumer falls behind (the store is slower than
+    /// intake, or the broker is down): the backlog stays in the journal instead.
+    pub fn wait_for_room(&self, limit: usize, wait: Duration) -> bool {
+        let guard = self.waiting.lock().expect("outbox lock");
+        let (guard, _) = self
+            .room
+            .wait_timeout_while(guard, wait, |w| w.len() >= limit)
+            .expect("outbox lock");
+        guard.len() < limit
+    }
+
+    /// Entries handed over and not yet taken by the consumer.
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().expect("outbox lock").len()
     }
 
     /// Puts taken entries back at the front, in order (their commit failed).
@@ -218,5 +244,27 @@ mod tests {
         assert_eq!(again[0].records, vec![json!({"id": 3})]);
         assert_eq!(again[0].route, "r");
         assert!(outbox.take(10, Duration::from_millis(1)).is_empty());
+    }
+
+    #[test]
+    fn a_full_outbox_has_no_room_until_the_consumer_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        let (outbox, _) = Outbox::open(&db).unwrap();
+        let entry = |id| OutboxEntry {
+            journal_id: id,
+            route: "r".into(),
+            records: vec![json!({"id": id})],
+        };
+        outbox.release((1..=3).map(entry).collect());
+        assert_eq!(outbox.waiting(), 3);
+        assert!(!outbox.wait_for_room(3, Duration::from_millis(1)));
+        assert!(outbox.wait_for_room(4, Duration::from_millis(1)));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| outbox.wait_for_room(3, Duration::from_secs(30)));
+            assert_eq!(outbox.take(1, Duration::from_secs(1)).len(), 1);
+            assert!(waiter.join().unwrap(), "room once an entry is taken");
+        });
+        assert_eq!(outbox.waiting(), 2);
     }
 }
