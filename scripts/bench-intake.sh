@@ -75,6 +75,7 @@ C1=$(cpu_ticks)
 E2E=$(python3 -c "print(round($N/($T1-$T0)))")
 CPU_US=$(python3 -c "print(round(($C1-$C0)/$(getconf CLK_TCK)/$N*1e6))")
 echo "end to end (results, 5-6 records each, searchable): $N messages, $E2E msg/s; intake alone: $(rate_of < "$WORK/e2e") msg/s; engine CPU $CPU_US µs per message"
+echo "engine peak resident memory: $(awk '/VmHWM/{print int($2/1024)}' "/proc/$SERVER/status") MB"
 
 python3 - "$FSYNC_RATE" "$(echo "$R1" | rate_of)" "$(echo "$R32" | rate_of)" "$E2E" <<'PY'
 import sys
