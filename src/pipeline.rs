@@ -236,9 +236,10 @@ fn display_type(t: &str) -> String {
 const BATCH: u64 = 512;
 /// How long the mapper waits for a batch to fill before taking what there is.
 const LINGER: Duration = Duration::from_millis(10);
-/// At most this many mapped entries wait in memory for the store thread or the
-/// publisher; the mapper waits for room before it maps more (a message's records take
-/// a few kilobytes to a few tens of kilobytes as JSON values).
+/// The mapper maps another round (up to [`BATCH`] entries) only while fewer than this
+/// many mapped entries wait in memory for the store thread or the publisher, so at most
+/// `OUTBOX_ROOM + BATCH` wait (a message's records take a few kilobytes to a few tens
+/// of kilobytes as JSON values).
 const OUTBOX_ROOM: usize = 1024;
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
