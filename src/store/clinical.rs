@@ -18,8 +18,8 @@ use serde_json::Value;
 use super::dates::{instant_range, neighbour_day, DateCmp, DateFilter};
 use super::error::StoreError;
 use super::index::{
-    doc_key, id_at_end, link_prefix, ref_prefix, typed_from, typed_prefix, CODE, DOC, POINT,
-    SPAN_END, SPAN_START,
+    doc_key, id_at_end, indexable, link_prefix, ref_prefix, typed_from, typed_prefix, CODE, DOC,
+    POINT, SPAN_END, SPAN_START,
 };
 use super::Store;
 
@@ -244,7 +244,10 @@ impl Store {
     fn candidates(&self, q: &ClinicalQuery) -> Result<Option<BTreeSet<String>>, StoreError> {
         let rt = q.resource_type.as_str();
         let mut out: Option<BTreeSet<String>> = None;
-        if !q.codes.is_empty() {
+        // A code or system that cannot be in a key is found by reading the records.
+        let keyed =
+            |t: &TokenQuery| indexable(&t.code) && t.system.as_deref().is_none_or(indexable);
+        if !q.codes.is_empty() && q.codes.iter().all(keyed) {
             let mut ids = BTreeSet::new();
             for t in &q.codes {
                 let mut prefix = typed_prefix(CODE, rt, t.code.as_bytes());

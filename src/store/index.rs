@@ -46,9 +46,16 @@ pub(crate) const LAYOUT_VERSION: &str = "2";
 /// The layout before the clinical code and date keys.
 pub(crate) const LAYOUT_WITHOUT_CLINICAL_KEYS: &str = "1";
 
-/// Identifier systems and values longer than this are not indexed (they are kept in
-/// the record); it bounds key sizes against hostile input.
+/// Identifier systems and values, codes and code systems longer than this are not
+/// indexed (they are kept in the record); it bounds key sizes against hostile input.
 const MAX_IDENT_BYTES: usize = 512;
+
+/// Whether a value can be part of an index key: short enough, and without the NUL byte
+/// that separates the parts of a key. A search for a value that cannot reads every
+/// record of the type instead.
+pub(crate) fn indexable(s: &str) -> bool {
+    s.len() <= MAX_IDENT_BYTES && !s.contains('\0')
+}
 /// At most this many distinct name tokens of one patient are indexed.
 const MAX_NAME_TOKENS: usize = 64;
 /// Pairs are indexed for patients with at most this many distinct name tokens (66
@@ -265,10 +272,20 @@ pub(crate) fn clinical_entries(
     }
     let id = id.as_bytes();
     for coding in super::clinical::record_codings(v) {
-        let Some(code) = coding.get("code").and_then(Value::as_str) else {
+        let Some(code) = coding
+            .get("code")
+            .and_then(Value::as_str)
+            .filter(|c| indexable(c))
+        else {
             continue;
         };
-        let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
+        // A system that cannot be in a key is left out of it: searches by the code alone
+        // still find the record, and every candidate is checked against the record.
+        let system = coding
+            .get("system")
+            .and_then(Value::as_str)
+            .filter(|s| indexable(s))
+            .unwrap_or("");
         out.insert(
             cat(&[
                 &typed_prefix(CODE, rt, code.as_bytes()),
@@ -416,12 +433,11 @@ pub(crate) fn identifiers(v: &Value) -> Vec<(String, String)> {
     let Some(list) = v.get("identifier").and_then(Value::as_array) else {
         return Vec::new();
     };
-    let ok = |s: &str| s.len() <= MAX_IDENT_BYTES && !s.contains('\0');
     list.iter()
         .filter_map(|ident| {
             let value = ident.get("value")?.as_str()?;
             let system = ident.get("system").and_then(Value::as_str).unwrap_or("");
-            (!value.is_empty() && ok(value) && ok(system))
+            (!value.is_empty() && indexable(value) && indexable(system))
                 .then(|| (system.to_owned(), value.to_owned()))
         })
         .collect()

@@ -992,3 +992,59 @@ fn times_in_another_zone_are_found_by_instant_without_a_patient() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn codes_too_long_for_a_key_are_kept_out_of_the_index_and_still_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let long = "9".repeat(600);
+    let obs = |id: &str, system: &str, code: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+               "code": {"coding": [{"system": system, "code": code}]}})
+    };
+    store
+        .upsert_batch(&[
+            obs("long-code", "http://loinc.org", &long),
+            obs("long-system", &format!("urn:x:{long}"), "2345-7"),
+            obs("nul", "http://loinc.org", "a\0b"),
+            obs("plain", "http://loinc.org", "2345-7"),
+        ])
+        .unwrap();
+    // No key holds a value past the limit.
+    let longest = store
+        .inner
+        .tree
+        .iter()
+        .keys()
+        .flatten()
+        .map(|k| k.len())
+        .max();
+    assert!(longest.is_some_and(|n| n < 600), "{longest:?}");
+    let found = |token: &str| -> Vec<String> {
+        let q = ClinicalQuery {
+            resource_type: "Observation".into(),
+            codes: vec![TokenQuery::parse(token)],
+            ..Default::default()
+        };
+        let page = store.search_clinical(&q, 0, 10).unwrap();
+        let by_scan = store.search_clinical_by_scan(&q, 0, 10).unwrap();
+        let ids = |p: &Page| -> Vec<String> {
+            let mut v: Vec<String> = p
+                .resources
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&page), ids(&by_scan), "{token:?}");
+        ids(&page)
+    };
+    assert_eq!(found(&long), ["long-code"]);
+    assert_eq!(found(&format!("http://loinc.org|{long}")), ["long-code"]);
+    assert_eq!(found("2345-7"), ["long-system", "plain"]);
+    assert_eq!(found(&format!("urn:x:{long}|2345-7")), ["long-system"]);
+    assert_eq!(found("http://loinc.org|2345-7"), ["plain"]);
+    assert!(found("|2345-7").is_empty());
+    assert_eq!(found("a\0b"), ["nul"]);
+}
