@@ -4,7 +4,10 @@
 # Orthanc, in the same run; prints instances/s, MB/s and the ratios.
 #
 #   bash scripts/bench-dicom.sh            # 1,000 small CT instances and 4 large ones
-#   SMALL=300 LARGE=2 LARGE_MB=64 bash scripts/bench-dicom.sh
+#   SMALL=300 LARGE=2 LARGE_MB=64 ROUNDS=5 bash scripts/bench-dicom.sh
+#                                          # ROUNDS (default 3): the three servers are
+#                                          # measured in turn this many times; the ratios
+#                                          # of each round and their medians are printed
 #   bash scripts/bench-dicom.sh --memory   # one 512 MB multi-frame instance into halong;
 #                                          # prints halong's peak RSS (VmHWM)
 #
@@ -17,6 +20,7 @@ SMALL=${SMALL:-1000}
 LARGE=${LARGE:-4}
 LARGE_MB=${LARGE_MB:-128}
 MEMORY_MB=${MEMORY_MB:-512}
+ROUNDS=${ROUNDS:-3}
 MODE=${1:-throughput}
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -97,7 +101,7 @@ wait_port() {
 }
 
 start_halong() {
-    local port=$1 http=$2 dir=$WORK/halong
+    local port=$1 http=$2 dir=$3
     mkdir -p "$dir"
     cp -r routes mappings "$dir/"
     cat >"$dir/halong.toml" <<TOML
@@ -134,7 +138,7 @@ if [ "$MODE" = "--memory" ]; then
     log "generating one ${MEMORY_MB} MB multi-frame instance"
     generate "$WORK/mem" 0 1 "$MEMORY_MB"
     port=$(free_port); http=$(free_port)
-    start_halong "$port" "$http"
+    start_halong "$port" "$http" "$WORK/halong-mem"
     log "sending it to halong"
     secs=$(send "$WORK/mem/large" "$port" HALONG)
     size=$(du -m "$WORK/mem/large" | cut -f1)
@@ -148,62 +152,81 @@ generate "$WORK/in" "$SMALL" "$LARGE" "$LARGE_MB"
 small_mb=$(du -sm "$WORK/in/small" | cut -f1)
 large_mb=$(du -sm "$WORK/in/large" | cut -f1)
 
-declare -A T
-# halong
-port=$(free_port); http=$(free_port)
-start_halong "$port" "$http"
-T[halong_small]=$(send "$WORK/in/small" "$port" HALONG)
-T[halong_large]=$(send "$WORK/in/large" "$port" HALONG)
-start=$(date +%s.%N)
-until [ "$(stored_count "$http")" -ge $((SMALL + LARGE)) ]; do sleep 0.05; done
-records_lag=$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")
-kill "$HALONG_PID"; wait "$HALONG_PID" 2>/dev/null || true
-
-# dcmtk storescp (one process, writes every instance to disk)
-port=$(free_port)
-mkdir -p "$WORK/storescp"
-"$STORESCP" -aet STORESCP -od "$WORK/storescp" --max-pdu 131072 "$port" 2>/dev/null &
-SCP_PID=$!; PIDS+=("$SCP_PID")
-wait_port "$port"
-T[storescp_small]=$(send "$WORK/in/small" "$port" STORESCP)
-T[storescp_large]=$(send "$WORK/in/large" "$port" STORESCP)
-kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true
-
-# Orthanc
 have_orthanc=0
-if command -v Orthanc >/dev/null 2>&1; then
-    have_orthanc=1
+command -v Orthanc >/dev/null 2>&1 && have_orthanc=1
+[ "$have_orthanc" = 1 ] || log "Orthanc is not installed (apt-get install orthanc); its column is left out"
+# One line per round: halong small, halong large, storescp small, storescp large, Orthanc
+# small, Orthanc large (seconds), and the records' lag. The servers take turns within a
+# round, and each round starts them on empty data, so a drift of the machine's speed
+# during the run touches all three alike. Nothing is deleted until the end: on ext4,
+# creating files right after deleting thousands is slower, and that would fall on
+# whichever server came next.
+ROWS=()
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    declare -A T=()
+    # halong
     port=$(free_port); http=$(free_port)
-    mkdir -p "$WORK/orthanc/db"
-    cat >"$WORK/orthanc/orthanc.json" <<JSON
-{ "Name": "bench", "StorageDirectory": "$WORK/orthanc/db", "IndexDirectory": "$WORK/orthanc/db",
+    start_halong "$port" "$http" "$WORK/halong-$round"
+    T[halong_small]=$(send "$WORK/in/small" "$port" HALONG)
+    T[halong_large]=$(send "$WORK/in/large" "$port" HALONG)
+    start=$(date +%s.%N)
+    until [ "$(stored_count "$http")" -ge $((SMALL + LARGE)) ]; do sleep 0.05; done
+    records_lag=$(python3 -c "print(f'{$(date +%s.%N) - $start:.3f}')")
+    kill "$HALONG_PID"; wait "$HALONG_PID" 2>/dev/null || true
+
+    # dcmtk storescp (one process, writes every instance to disk)
+    port=$(free_port)
+    mkdir -p "$WORK/storescp-$round"
+    "$STORESCP" -aet STORESCP -od "$WORK/storescp-$round" --max-pdu 131072 "$port" 2>/dev/null &
+    SCP_PID=$!; PIDS+=("$SCP_PID")
+    wait_port "$port"
+    T[storescp_small]=$(send "$WORK/in/small" "$port" STORESCP)
+    T[storescp_large]=$(send "$WORK/in/large" "$port" STORESCP)
+    kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true
+
+    # Orthanc
+    if [ "$have_orthanc" = 1 ]; then
+        port=$(free_port); http=$(free_port)
+        mkdir -p "$WORK/orthanc-$round/db"
+        cat >"$WORK/orthanc-$round/orthanc.json" <<JSON
+{ "Name": "bench", "StorageDirectory": "$WORK/orthanc-$round/db", "IndexDirectory": "$WORK/orthanc-$round/db",
   "DicomAet": "ORTHANC", "DicomPort": $port, "HttpPort": $http, "RemoteAccessAllowed": false,
   "AuthenticationEnabled": false, "DicomCheckCalledAet": false, "Plugins": [] }
 JSON
-    Orthanc "$WORK/orthanc/orthanc.json" >/dev/null 2>&1 &
-    ORTHANC_PID=$!; PIDS+=("$ORTHANC_PID")
-    wait_port "$port"
-    T[orthanc_small]=$(send "$WORK/in/small" "$port" ORTHANC)
-    T[orthanc_large]=$(send "$WORK/in/large" "$port" ORTHANC)
-    kill "$ORTHANC_PID"; wait "$ORTHANC_PID" 2>/dev/null || true
-else
-    log "Orthanc is not installed (apt-get install orthanc); its column is left out"
-fi
+        Orthanc "$WORK/orthanc-$round/orthanc.json" >/dev/null 2>&1 &
+        ORTHANC_PID=$!; PIDS+=("$ORTHANC_PID")
+        wait_port "$port"
+        T[orthanc_small]=$(send "$WORK/in/small" "$port" ORTHANC)
+        T[orthanc_large]=$(send "$WORK/in/large" "$port" ORTHANC)
+        kill "$ORTHANC_PID"; wait "$ORTHANC_PID" 2>/dev/null || true
+    fi
+    ROWS+=("${T[halong_small]},${T[halong_large]},${T[storescp_small]},${T[storescp_large]},${T[orthanc_small]:-0},${T[orthanc_large]:-0},$records_lag")
+done
 
-python3 - "$SMALL" "$LARGE" "$small_mb" "$large_mb" "$records_lag" "$have_orthanc" \
-    "${T[halong_small]}" "${T[halong_large]}" "${T[storescp_small]}" "${T[storescp_large]}" \
-    "${T[orthanc_small]:-0}" "${T[orthanc_large]:-0}" <<'PY'
-import sys
+python3 - "$SMALL" "$LARGE" "$small_mb" "$large_mb" "$have_orthanc" "${ROWS[@]}" <<'PY'
+import statistics, sys
 small, large, small_mb, large_mb = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-lag, have_orthanc = float(sys.argv[5]), sys.argv[6] == "1"
-hs, hl, ss, sl, os_, ol = map(float, sys.argv[7:13])
+have_orthanc = sys.argv[5] == "1"
+rounds = [list(map(float, r.split(","))) for r in sys.argv[6:]]
 print(f"small: {small} instances, {small_mb:.0f} MB; large: {large} instances, {large_mb:.0f} MB; one association each")
-print(f"{'server':<10}{'small inst/s':>14}{'small MB/s':>12}{'large MB/s':>12}")
-rows = [("halong", hs, hl), ("storescp", ss, sl)] + ([("orthanc", os_, ol)] if have_orthanc else [])
-for name, s, l in rows:
-    print(f"{name:<10}{small / s:>14.0f}{small_mb / s:>12.1f}{large_mb / l:>12.1f}")
-print(f"halong / storescp: small {ss / hs:.2f}x, large MB/s {sl / hl:.2f}x")
-if have_orthanc:
-    print(f"halong / orthanc:  small {os_ / hs:.2f}x, large MB/s {ol / hl:.2f}x")
-print(f"halong records: all {small + large} ImagingStudy updates stored {lag:.2f} s after the last C-STORE-RSP")
+ratios = {"storescp small": [], "storescp large": [], "orthanc small": [], "orthanc large": []}
+for n, (hs, hl, ss, sl, os_, ol, lag) in enumerate(rounds, 1):
+    print(f"round {n}")
+    print(f"  {'server':<10}{'small inst/s':>14}{'small MB/s':>12}{'large MB/s':>12}")
+    rows = [("halong", hs, hl), ("storescp", ss, sl)] + ([("orthanc", os_, ol)] if have_orthanc else [])
+    for name, s, l in rows:
+        print(f"  {name:<10}{small / s:>14.0f}{small_mb / s:>12.1f}{large_mb / l:>12.1f}")
+    print(f"  halong / storescp: small {ss / hs:.2f}x, large MB/s {sl / hl:.2f}x")
+    ratios["storescp small"].append(ss / hs)
+    ratios["storescp large"].append(sl / hl)
+    if have_orthanc:
+        print(f"  halong / orthanc:  small {os_ / hs:.2f}x, large MB/s {ol / hl:.2f}x")
+        ratios["orthanc small"].append(os_ / hs)
+        ratios["orthanc large"].append(ol / hl)
+    print(f"  halong records: all {small + large} ImagingStudy updates stored {lag:.2f} s after the last C-STORE-RSP")
+print(f"medians over {len(rounds)} rounds (halong / peer):")
+for name, values in ratios.items():
+    if values:
+        print(f"  {name:<15} {statistics.median(values):.2f}x   (rounds: {', '.join(f'{v:.2f}' for v in values)})")
 PY
