@@ -5,8 +5,23 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::*;
 
+/// Opens the store in `dir`. When a test reopens a store it has just dropped, sled's I/O
+/// threads can hold the database's file lock for a moment longer, and sled gives no
+/// signal when they let go: the open is tried again while the lock is busy, up to 10 s.
 fn open(dir: &Path) -> Store {
-    let db = Store::sled_config(dir).open().expect("open sled");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match Store::sled_config(dir).open() {
+            Ok(db) => break db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("open sled: {e}"),
+        }
+    };
     Store::open(db, dir).expect("open store")
 }
 
