@@ -475,6 +475,9 @@ struct Settled {
     error: Option<std::io::Error>,
 }
 
+/// How many bytes of journal entries [`settle_archive`] keeps for mapping per round.
+const KEEP_READ_BYTES: usize = 64 << 20;
+
 /// For every DICOM entry among `ids` that carries its instance: writes its archive file
 /// from the entry's bytes (or rewrites it when a crash damaged it), then syncs the
 /// archive once for all of them. An entry whose archive path cannot be used (not a safe
@@ -482,7 +485,7 @@ struct Settled {
 /// status `error` and the reason; one whose file cannot be written (a full or failing
 /// disk) is taken out to be tried again. Neither holds up the others. A failed sync of
 /// the archive fails the whole round, to be retried. The entries read are left in
-/// `read`, so mapping does not read them again.
+/// `read`, up to [`KEEP_READ_BYTES`], so mapping does not read them again.
 fn settle_archive(
     journal: &Journal,
     ids: &mut Vec<u64>,
@@ -493,6 +496,7 @@ fn settle_archive(
     let mut unusable = Vec::new();
     let mut set_aside = Vec::new();
     let mut error = None;
+    let mut kept = 0;
     for &id in ids.iter() {
         let is_dicom = journal
             .entry(id)
@@ -523,7 +527,12 @@ fn settle_archive(
                 Ok(()) => {}
             }
         }
-        read.insert(id, raw);
+        // Kept for mapping while the round's kept entries stay small; the others are
+        // read again there (a DICOM entry can hold up to a MiB of image).
+        if kept + raw.len() <= KEEP_READ_BYTES {
+            kept += raw.len();
+            read.insert(id, raw);
+        }
     }
     ids.retain(|id| !unusable.iter().any(|(u, _, _)| u == id) && !set_aside.contains(id));
     if settle.is_pending() {

@@ -593,10 +593,11 @@ impl Config {
             out.push(diag(
                 locate_key(text, "cache_mib"),
                 &format!(
-                    "cache_mib = {} is out of range: give {} to {} (MiB; default 256)",
+                    "cache_mib = {} is out of range: give {} to {} (MiB; default {})",
                     self.data.cache_mib,
                     CACHE_MIB.start(),
-                    CACHE_MIB.end()
+                    CACHE_MIB.end(),
+                    default_cache_mib()
                 ),
             ));
         }

@@ -48,7 +48,7 @@ impl<'de> Deserialize<'de> for Attributes {
                         f.write_str("a tag of eight hex digits")
                     }
                     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Key, E> {
-                        (key.len() == 8)
+                        (key.len() == 8 && key.bytes().all(|b| b.is_ascii_hexdigit()))
                             .then(|| u32::from_str_radix(key, 16).ok())
                             .flatten()
                             .map(Key)
@@ -314,6 +314,7 @@ mod tests {
             r#"{"0020000":"x"}"#,
             r#"{"0020000G":"x"}"#,
             r#"{"PatientName":"x"}"#,
+            r#"{"+0020000":"x"}"#,
         ] {
             let e = serde_json::from_str::<Attributes>(bad).unwrap_err();
             assert!(

@@ -19,15 +19,21 @@ use std::borrow::Cow;
 use super::charset::Charset;
 use super::parse::Delimiters;
 
+/// Whether raw HL7 text holds the escape character, i.e. needs [`unescape`]. A byte
+/// search (delimiters are ASCII; a false hit only takes the slow path): most fields are
+/// a few bytes long, too short for a vectorised search to pay.
+pub fn has_escape(raw: &str, d: &Delimiters) -> bool {
+    d.escape
+        .is_some_and(|e| raw.bytes().any(|b| u32::from(b) == u32::from(e)))
+}
+
 /// Decodes the escape sequences of raw HL7 text. Borrowed when `raw` holds no escape
 /// character.
 pub fn unescape<'a>(raw: &'a str, d: &Delimiters, charset: Charset) -> Cow<'a, str> {
     let Some(esc) = d.escape else {
         return Cow::Borrowed(raw);
     };
-    // A byte search (delimiters are ASCII; a false hit only takes the slow path below):
-    // most fields are a few bytes long, too short for a vectorised search to pay.
-    if !raw.bytes().any(|b| u32::from(b) == u32::from(esc)) {
+    if !has_escape(raw, d) {
         return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());

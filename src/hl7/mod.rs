@@ -24,7 +24,7 @@ pub use ack::{
     build_ack, build_ack_without_header, table_0357_description, AckCode, AckError, Outcome,
 };
 pub use charset::Charset;
-pub use escape::{escape, unescape};
+pub use escape::{escape, has_escape, unescape};
 pub(crate) use parse::piece;
 pub use parse::{name_code, parse, read_header, Delimiters, Header, Message, ParseError};
 pub use path::{FieldPath, Path, PathError, Repetition};

@@ -679,7 +679,7 @@ impl<'a> Scope<'a> {
             (Some(d.component), d.subcomponent)
         };
         let one = |raw: &'a str| {
-            if !has_escape(raw, d.escape) {
+            if !crate::hl7::has_escape(raw, &d) {
                 return Parts::raw(raw, part, sub);
             }
             Parts::decoded(if fp.subcomponent.is_some() {
@@ -758,12 +758,6 @@ fn collect(items: Vec<Value<'_>>, all: bool) -> Value<'_> {
     } else {
         items.into_iter().next().unwrap_or(Value::Absent)
     }
-}
-
-/// Whether `raw` holds the escape character (a byte search: delimiters are ASCII, and
-/// fields are too short for a vectorised search to pay).
-fn has_escape(raw: &str, escape: Option<char>) -> bool {
-    escape.is_some_and(|e| raw.bytes().any(|b| u32::from(b) == u32::from(e)))
 }
 
 fn owned<'a>(s: String) -> Value<'a> {

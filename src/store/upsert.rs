@@ -381,16 +381,18 @@ fn merge_absent(old: &Value, new: &Value) -> Value {
     };
     let mut out = new_map.clone();
     for (k, v) in old {
-        if out.contains_key(k) {
-            continue;
+        if is_kept(k, new_map) {
+            out.insert(k.clone(), v.clone());
         }
-        let choice = CHOICE_ELEMENTS.iter().find(|c| k.starts_with(**c));
-        if choice.is_some_and(|c| new_map.keys().any(|nk| nk.starts_with(*c))) {
-            continue;
-        }
-        out.insert(k.clone(), v.clone());
     }
     Value::Object(out)
+}
+
+/// Whether the old element `k` stays beside the new version's elements: the new version
+/// lacks it, and has no other type of the same choice element.
+fn is_kept(k: &str, new: &serde_json::Map<String, Value>) -> bool {
+    let choice = || CHOICE_ELEMENTS.iter().find(|c| k.starts_with(**c));
+    !new.contains_key(k) && !choice().is_some_and(|c| new.keys().any(|nk| nk.starts_with(*c)))
 }
 
 /// [`merge_absent`] taking the old version by value: its kept elements move instead of
@@ -401,14 +403,9 @@ fn merge_absent_owned(old: Value, new: &Value) -> Value {
     };
     let mut out = new_map.clone();
     for (k, v) in old {
-        if out.contains_key(&k) {
-            continue;
+        if is_kept(&k, new_map) {
+            out.insert(k, v);
         }
-        let choice = CHOICE_ELEMENTS.iter().find(|c| k.starts_with(**c));
-        if choice.is_some_and(|c| new_map.keys().any(|nk| nk.starts_with(*c))) {
-            continue;
-        }
-        out.insert(k, v);
     }
     Value::Object(out)
 }
