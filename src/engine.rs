@@ -170,6 +170,7 @@ impl Engine {
         let policy = crate::retention::Policy {
             journal_days: config.data.journal_retention_days,
             dicom_days: config.data.dicom_retention_days,
+            error_days: config.data.error_retention_days,
             queued_is_done: amqp.is_some(),
         };
         // The archive is opened for a DICOM listener, and for retention even when no

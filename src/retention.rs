@@ -1,8 +1,13 @@
 //! Retention: what old data goes, when, and in which order.
 //!
-//! Two keys decide it (`[data]` in `halong.toml`, 0 = keep forever):
+//! Three keys decide it (`[data]` in `halong.toml`, 0 = keep forever):
 //! - `journal_retention_days`: journal segments whose every message is finished and older
 //!   than that go (see [`Journal::prune_where`]).
+//! - `error_retention_days`: a message in `error` or `unrouted` (settled: nothing more
+//!   happens to it unless an operator replays it) counts as finished for retention once
+//!   it is older than that. Without it such a message is kept forever, and since the
+//!   journal is pruned only from its oldest segment on, so is everything after it: one
+//!   malformed message from a device would stop retention for good.
 //! - `dicom_retention_days`: archived DICOM files (`<data>/dicom/<study>/<series>/…`,
 //!   `failed/…`) last written before that go, then the study and series directories left
 //!   empty.
@@ -10,13 +15,16 @@
 //! Invariants:
 //! 1. Nothing not yet stored is pruned. A message is finished when it is `stored`, or
 //!    `queued` where records leave through RabbitMQ (`[queue] kind = "amqp"`: the broker
-//!    confirmed them and the edge holds nothing more). An archived file stays while any
-//!    journal entry naming it is unfinished (received, routed, mapped, queued in the
-//!    embedded outbox, error, unrouted), so an instance can always be mapped, replayed or
-//!    inspected until its records are stored. The one exception is `failed/`: those are
-//!    copies of instances the sender was told were refused (C-STORE failure status), kept
-//!    for inspection only; they go by age even while their entry says `error` (the entry
-//!    itself stays, with its reason and attributes).
+//!    confirmed them and the edge holds nothing more). The one exception is the
+//!    operator's choice: `error` and `unrouted` messages older than
+//!    `error_retention_days`. An archived file stays while any journal entry naming it
+//!    is unfinished (received, routed, mapped, queued in the embedded outbox, error,
+//!    unrouted), so an instance can always be mapped, replayed or inspected until its
+//!    records are stored (or its error is older than `error_retention_days`). Files
+//!    under `failed/` also go earlier: they are copies of instances the sender was told
+//!    were refused (C-STORE failure status), kept for inspection only; they go by age
+//!    even while their entry says `error` (the entry itself stays, with its reason and
+//!    attributes).
 //! 2. A DICOM instance's journal entry never goes before its file: a DICOM entry is
 //!    pruned only once it is older than both retention periods, and each pass prunes the
 //!    archive first and the journal after (not at all when the archive pass failed). So
@@ -47,6 +55,9 @@ pub struct Policy {
     pub journal_days: u64,
     /// `[data] dicom_retention_days`; 0 keeps archived files.
     pub dicom_days: u64,
+    /// `[data] error_retention_days`; 0 keeps `error` and `unrouted` messages (and,
+    /// in the journal, everything after them).
+    pub error_days: u64,
     /// Records leave through RabbitMQ, so `queued` is finished.
     pub queued_is_done: bool,
 }
@@ -60,6 +71,14 @@ impl Policy {
     /// A message whose processing is over (nothing of it is still on its way).
     pub fn is_finished(&self, status: Status) -> bool {
         status == Status::Stored || (self.queued_is_done && status == Status::Queued)
+    }
+
+    /// An `error` or `unrouted` message kept for longer than `error_retention_days`:
+    /// retention treats it as finished (its file and its journal entry may go).
+    fn is_given_up(&self, e: &EntryMeta, now_ms: i64) -> bool {
+        self.error_days > 0
+            && matches!(e.status, Status::Error | Status::Unrouted)
+            && e.received_ms < now_ms - self.error_days as i64 * DAY_MS
     }
 }
 
@@ -90,7 +109,11 @@ pub fn is_dicom(e: &EntryMeta) -> bool {
 
 /// Paths (relative to the archive root) that journal entries still need. An unfinished
 /// DICOM entry that cannot be read fails the pass: its file might be one of them.
-fn held_paths(journal: &Journal, policy: &Policy) -> Result<HashSet<String>, RetentionError> {
+fn held_paths(
+    journal: &Journal,
+    policy: &Policy,
+    now_ms: i64,
+) -> Result<HashSet<String>, RetentionError> {
     let mut held = HashSet::new();
     for s in 1..=7u8 {
         let Some(status) = Status::from_u8(s) else {
@@ -103,7 +126,7 @@ fn held_paths(journal: &Journal, policy: &Policy) -> Result<HashSet<String>, Ret
             let Some(meta) = journal.entry(id) else {
                 continue;
             };
-            if !is_dicom(&meta) {
+            if !is_dicom(&meta) || policy.is_given_up(&meta, now_ms) {
                 continue;
             }
             let unreadable = |why: String| RetentionError::Unreadable { id, why };
@@ -142,7 +165,7 @@ pub fn run_once(
         let cutoff = now
             .checked_sub(Duration::from_secs(policy.dicom_days * 86_400))
             .unwrap_or(UNIX_EPOCH);
-        let held = held_paths(journal, policy)?;
+        let held = held_paths(journal, policy, now_ms)?;
         report.archive = archive
             .prune(cutoff, &|rel| held.contains(rel))
             .map_err(|source| RetentionError::Archive {
@@ -157,7 +180,7 @@ pub fn run_once(
             now_ms - policy.dicom_days as i64 * DAY_MS
         });
         report.journal = journal.prune_where(|e| {
-            policy.is_finished(e.status)
+            (policy.is_finished(e.status) || policy.is_given_up(e, now_ms))
                 && e.received_ms < journal_cutoff
                 && (!is_dicom(e) || dicom_cutoff.is_some_and(|c| e.received_ms < c))
         })?;

@@ -223,6 +223,7 @@ fn archive_retention_keeps_what_is_not_yet_stored() {
     let off = Policy {
         journal_days: 0,
         dicom_days: 0,
+        error_days: 0,
         queued_is_done: false,
     };
     let r = run_once(&journal, Some(&archive), &off, now).unwrap();
@@ -232,6 +233,7 @@ fn archive_retention_keeps_what_is_not_yet_stored() {
     let embedded = Policy {
         journal_days: 0,
         dicom_days: 30,
+        error_days: 0,
         queued_is_done: false,
     };
     let r = run_once(&journal, Some(&archive), &embedded, now).unwrap();
@@ -262,6 +264,7 @@ fn archive_retention_keeps_what_is_not_yet_stored() {
 
     // Through RabbitMQ, `queued` is finished: the broker has the records.
     let amqp = Policy {
+        error_days: 0,
         queued_is_done: true,
         ..embedded
     };
@@ -311,6 +314,7 @@ fn an_unreadable_unfinished_entry_stops_archive_retention() {
     let policy = Policy {
         journal_days: 0,
         dicom_days: 30,
+        error_days: 0,
         queued_is_done: false,
     };
     let e = run_once(&journal, Some(&archive), &policy, now).unwrap_err();
@@ -321,16 +325,21 @@ fn an_unreadable_unfinished_entry_stops_archive_retention() {
     assert!(exists(&archive, &waiting), "the file it may need stays");
 }
 
-#[test]
-fn a_dicom_entry_goes_only_after_its_file() {
+/// An archive and a journal with one entry per segment, so each entry can go on its own.
+fn archive_and_journal() -> (tempfile::TempDir, Archive, Journal) {
     let dir = tempfile::tempdir().unwrap();
     let archive = Archive::open(&dir.path().join("dicom")).unwrap();
-    // One entry per segment, so each entry can go on its own.
     let journal = Journal::open(
         &dir.path().join("journal"),
         JournalOptions { segment_bytes: 1 },
     )
     .unwrap();
+    (dir, archive, journal)
+}
+
+#[test]
+fn a_dicom_entry_goes_only_after_its_file() {
+    let (_dir, archive, journal) = archive_and_journal();
     let now = SystemTime::now();
     let hl7 = |n: u64, age: Duration| {
         let mut e = entry(n, ms(now - age));
@@ -364,6 +373,7 @@ fn a_dicom_entry_goes_only_after_its_file() {
     let policy = Policy {
         journal_days: 1,
         dicom_days: 10,
+        error_days: 0,
         queued_is_done: false,
     };
     let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
@@ -396,6 +406,7 @@ fn a_dicom_entry_goes_only_after_its_file() {
     let keep_files = Policy {
         journal_days: 1,
         dicom_days: 0,
+        error_days: 0,
         queued_is_done: false,
     };
     let r = run_once(&journal, None, &keep_files, now).unwrap();
@@ -420,6 +431,7 @@ fn journal_retention_through_rabbitmq_counts_queued_as_finished() {
     let mut policy = Policy {
         journal_days: 1,
         dicom_days: 0,
+        error_days: 0,
         queued_is_done: false,
     };
     // Embedded: `queued` records are still in the outbox.
@@ -429,4 +441,66 @@ fn journal_retention_through_rabbitmq_counts_queued_as_finished() {
     let r = run_once(&journal, None, &policy, now).unwrap();
     // 1 and 2 go; 3 (mapped, not yet confirmed by the broker) stops the pass.
     assert_eq!((r.journal.entries, r.journal.first_kept), (2, 3));
+}
+
+#[test]
+fn errors_older_than_error_retention_stop_blocking_the_journal() {
+    let (_dir, archive, journal) = archive_and_journal();
+    let now = SystemTime::now();
+    let at = |age: Duration| ms(now - age);
+    // 1 stored, 2 an error (no mapping will ever take it), 3 stored, 4 unrouted, 5 a
+    // DICOM instance in error with its file, 6 stored, 7 an error of last week, 8 new.
+    let file = archived(&archive, ("2.1", "2.1.1", "2.1.1.1"), now, 100 * DAY);
+    let mut entries = Vec::new();
+    for (n, status) in [
+        (1, Status::Stored),
+        (2, Status::Error),
+        (3, Status::Stored),
+        (4, Status::Unrouted),
+    ] {
+        let mut e = entry(n, at(100 * DAY));
+        e.status = status;
+        entries.push(e);
+    }
+    entries.push(dicom_entry(&file, "2.1.1.1", at(100 * DAY), Status::Error));
+    let mut e = entry(6, at(100 * DAY));
+    e.status = Status::Stored;
+    entries.push(e);
+    let mut e = entry(7, at(7 * DAY));
+    e.status = Status::Error;
+    entries.push(e);
+    entries.push(entry(8, at(Duration::ZERO)));
+    for e in entries {
+        journal.append_blocking(e).unwrap();
+    }
+
+    // Errors kept (the default): the error at 2 stops the journal, its file stays.
+    let mut policy = Policy {
+        journal_days: 30,
+        dicom_days: 30,
+        error_days: 0,
+        queued_is_done: false,
+    };
+    let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
+    assert_eq!((r.journal.entries, r.journal.first_kept), (1, 2), "{r:?}");
+    assert!(exists(&archive, &file));
+    assert_eq!(journal.entry(2).unwrap().status, Status::Error);
+
+    // Errors kept 90 days: the three older ones go, with the file, the DICOM entry
+    // after its file; last week's error stops the pass and stays inspectable.
+    policy.error_days = 90;
+    let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
+    assert!(
+        !exists(&archive, &file),
+        "the given-up instance's file goes first"
+    );
+    assert_eq!((r.journal.entries, r.journal.first_kept), (5, 7), "{r:?}");
+    let kept = journal.entry(7).unwrap();
+    assert_eq!((kept.status, kept.error.as_deref()), (Status::Error, None));
+    assert_eq!(journal.read_raw(7).unwrap(), entry(7, 0).raw);
+
+    // A longer error retention keeps last week's error (and so the new message too).
+    policy.error_days = 365;
+    let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
+    assert_eq!((r.journal.entries, r.journal.first_kept), (0, 7));
 }

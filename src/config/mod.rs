@@ -52,15 +52,23 @@ pub struct DataConfig {
     pub journal_segment_mib: u64,
     /// Retention: journal segments whose messages are all stored and older than this
     /// many days are deleted (checked at start and every hour). Messages not yet stored
-    /// (errors, unrouted, in flight) are never deleted, and neither is anything after
-    /// them. Default 0: keep everything.
+    /// (in flight; errors and unrouted unless `error_retention_days` says otherwise) are
+    /// never deleted, and neither is anything after them. Default 0: keep everything.
     #[serde(default)]
     pub journal_retention_days: u64,
+    /// Retention of messages in `error` or `unrouted`: older than this many days, they
+    /// count as finished for journal retention (and their DICOM files for archive
+    /// retention), so one message no mapping will ever take does not keep the journal
+    /// from shrinking. At least `journal_retention_days`. Default 0: keep them, and with
+    /// them everything received after them.
+    #[serde(default)]
+    pub error_retention_days: u64,
     /// Retention of the DICOM archive: files under `<dir>/dicom/` (instances, and the
     /// copies of refused instances under `failed/`) received more than this many days ago
     /// are deleted, then the study and series directories left empty (checked at start
     /// and every hour). An instance whose journal entry is not yet stored (or, with
-    /// `[queue] kind = "amqp"`, queued) is never deleted. A DICOM instance's journal
+    /// `[queue] kind = "amqp"`, queued) is never deleted; one in error or unrouted, not
+    /// before `error_retention_days`. A DICOM instance's journal
     /// entry is kept until its file is gone, so with a DICOM listener and
     /// `journal_retention_days` set this must be set too. At most 36500. Default 0: keep
     /// every file.
@@ -80,6 +88,7 @@ impl Default for DataConfig {
             journal_segment_mib: default_segment_mib(),
             cache_mib: default_cache_mib(),
             journal_retention_days: 0,
+            error_retention_days: 0,
             dicom_retention_days: 0,
         }
     }
@@ -604,6 +613,7 @@ impl Config {
         for (key, days) in [
             ("journal_retention_days", self.data.journal_retention_days),
             ("dicom_retention_days", self.data.dicom_retention_days),
+            ("error_retention_days", self.data.error_retention_days),
         ] {
             if days > MAX_RETENTION_DAYS {
                 out.push(diag(
@@ -611,6 +621,21 @@ impl Config {
                     &format!("{key} must be at most {MAX_RETENTION_DAYS} (0 keeps everything)"),
                 ));
             }
+        }
+        let (journal_days, error_days) = (
+            self.data.journal_retention_days,
+            self.data.error_retention_days,
+        );
+        if error_days > 0 && (journal_days == 0 || error_days < journal_days) {
+            let fix = if journal_days == 0 {
+                "it applies only with journal retention: set [data] journal_retention_days too (at most as many days), or error_retention_days = 0".to_string()
+            } else {
+                format!("messages in error would go before the stored ones: give at least journal_retention_days ({journal_days}), or 0 to keep them")
+            };
+            out.push(diag(
+                locate_key(text, "error_retention_days"),
+                &format!("error_retention_days = {error_days}: {fix}"),
+            ));
         }
         let has_dicom = self.listeners.iter().any(|l| l.kind == ListenerKind::Dicom);
         if has_dicom && self.data.journal_retention_days > 0 && self.data.dicom_retention_days == 0

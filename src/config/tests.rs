@@ -216,6 +216,20 @@ fn retention_keys_are_checked_with_their_position() {
     let e = errors("[data]\ndicom_retention_days = -1\n");
     assert!(e[0].starts_with("conf/halong.toml:2:24:"), "{e:?}");
 
+    // Messages in error: kept at least as long as stored ones, and only with journal
+    // retention (alone it would do nothing).
+    let c = parse("[data]\njournal_retention_days = 30\nerror_retention_days = 90\n").unwrap();
+    assert_eq!(c.data.error_retention_days, 90);
+    assert_eq!(parse("").unwrap().data.error_retention_days, 0);
+    assert_eq!(
+        errors("[data]\njournal_retention_days = 30\nerror_retention_days = 7\n"),
+        vec!["conf/halong.toml:3:1: error_retention_days = 7: messages in error would go before the stored ones: give at least journal_retention_days (30), or 0 to keep them"]
+    );
+    assert_eq!(
+        errors("[data]\nerror_retention_days = 90\n"),
+        vec!["conf/halong.toml:2:1: error_retention_days = 90: it applies only with journal retention: set [data] journal_retention_days too (at most as many days), or error_retention_days = 0"]
+    );
+
     // The record store's cache: a default, a chosen size, and a size out of range.
     assert_eq!(parse("").unwrap().data.cache_mib, 256);
     assert_eq!(

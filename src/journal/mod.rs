@@ -19,7 +19,8 @@
 //! 6. Retention ([`Journal::prune`], [`Journal::prune_where`]) deletes only whole,
 //!    closed segments whose every entry is finished (`stored`; `queued` where records
 //!    leave through RabbitMQ), from the oldest on; a message not yet stored is never
-//!    pruned. Ids stay dense from the oldest kept entry. The order against the DICOM
+//!    pruned, except `error` and `unrouted` ones older than the operator's
+//!    `error_retention_days` (see [`crate::retention`]). Ids stay dense from the oldest kept entry. The order against the DICOM
 //!    archive is in [`crate::retention`].
 //!
 //! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
@@ -660,8 +661,9 @@ impl Journal {
 
     /// Retention with the caller's rule: like [`Journal::prune`], but a segment goes when
     /// `may_go` holds for each of its entries. The rule must hold only for entries that
-    /// are finished (`stored`, or `queued` where records leave through RabbitMQ), so the
-    /// invariant stays: nothing not yet stored is pruned. It runs under the journal's
+    /// are finished (`stored`, or `queued` where records leave through RabbitMQ) or
+    /// settled and given up by the operator's choice (`error` or `unrouted` older than
+    /// `error_retention_days`), so the invariant stays: nothing in flight is pruned. It runs under the journal's
     /// index lock and must not call back into the journal.
     pub fn prune_where(
         &self,
