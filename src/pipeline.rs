@@ -358,9 +358,11 @@ fn run_mapper(
             .chain(cursor..=end)
             .filter(|id| {
                 journal.entry(*id).is_some_and(|meta| {
-                    meta.status.needs_processing()
-                        // An edge's entry waiting for the broker is published from the outbox.
-                        && !(meta.status == Status::Mapped && outbox.contains(*id).unwrap_or(false))
+                    // Records found in the outbox at start go from there, not mapped
+                    // again: an edge's entry waiting for the broker, or an entry whose
+                    // `queued` or `mapped` was lost when the process was killed (status
+                    // changes are written with the journal's next commit).
+                    meta.status.needs_processing() && !outbox.was_reloaded(*id)
                 })
             })
             .collect();

@@ -13,7 +13,8 @@
 //! 4. Ids are dense, start at 1 and follow commit order, so "every id up to the
 //!    durable watermark is on disk" holds, and the pipeline's cursor is just an id.
 //! 5. Status changes and processing-trail steps are appended as small frames that ride
-//!    along with the next batch; they are not waited for. Losing the last few on a crash
+//!    along with the next batch (or are written within [`LAZY_EVERY`] when none comes);
+//!    they are not waited for, and do not wake the committer. Losing the last few on a crash
 //!    only means a message is processed again, which is idempotent downstream, and its
 //!    trail misses those steps.
 //! 6. Retention ([`Journal::prune`], [`Journal::prune_where`]) deletes only whole,
@@ -228,7 +229,15 @@ struct Shared {
     failing: AtomicBool,
     /// Processing trail of the newest [`TRAIL_CAP`] entries that changed, by id.
     trails: Mutex<std::collections::BTreeMap<u64, Vec<Step>>>,
+    /// Status changes and trail steps waiting for the committer's next batch (see
+    /// [`LAZY_EVERY`]): queued here rather than sent, so they never wake it.
+    lazy: Mutex<Vec<Cmd>>,
 }
+
+/// Status and step frames ride along with the next commit of appends or syncs; when none
+/// comes, the committer writes them after at most this long. Sending each one would wake
+/// the committer per message the pipeline handles, in the middle of the ACK path.
+const LAZY_EVERY: Duration = Duration::from_millis(50);
 
 /// Trails are kept for at most this many entries (the oldest ids are dropped first).
 pub const TRAIL_CAP: usize = 100_000;
@@ -380,6 +389,7 @@ impl Journal {
             changes_cv: Condvar::new(),
             failing: AtomicBool::new(false),
             trails: Mutex::new(trails),
+            lazy: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
@@ -451,9 +461,11 @@ impl Journal {
                 trails.pop_first();
             }
         }
-        for (id, status, error) in changes {
-            let _ = self.tx.send(Cmd::Status(id, status, error, at_ms));
-        }
+        self.shared.lazy.lock().expect("journal lazy lock").extend(
+            changes
+                .into_iter()
+                .map(|(id, status, error)| Cmd::Status(id, status, error, at_ms)),
+        );
         *self.shared.changes.lock().expect("journal changes lock") += 1;
         self.shared.changes_cv.notify_all();
     }
@@ -486,7 +498,11 @@ impl Journal {
                 trails.pop_first();
             }
         }
-        let _ = self.tx.send(Cmd::Step(id, step));
+        self.shared
+            .lazy
+            .lock()
+            .expect("journal lazy lock")
+            .push(Cmd::Step(id, step));
     }
 
     /// The processing trail of entry `id`: its arrival, then every recorded step (kept
@@ -765,8 +781,30 @@ struct Pending {
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut buf = Vec::with_capacity(1 << 20);
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+        loop {
+            let first = match rx.recv_timeout(LAZY_EVERY) {
+                Ok(cmd) => Some(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every handle is gone: write what is left, then stop.
+                    let rest =
+                        std::mem::take(&mut *self.shared.lazy.lock().expect("journal lazy lock"));
+                    if !rest.is_empty() {
+                        self.commit(rest, &mut buf);
+                    }
+                    return;
+                }
+            };
+            // Status and step frames go first: each names an entry already durable.
+            let mut batch =
+                std::mem::take(&mut *self.shared.lazy.lock().expect("journal lazy lock"));
+            let Some(first) = first else {
+                if !batch.is_empty() {
+                    self.commit(batch, &mut buf);
+                }
+                continue;
+            };
+            batch.push(first);
             let mut bytes = 0usize;
             while batch.len() < MAX_BATCH_CMDS && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {

@@ -61,6 +61,8 @@ pub struct Outbox {
     cv: Condvar,
     /// Signalled when entries are taken (see [`Outbox::wait_for_room`]).
     room: Condvar,
+    /// Journal ids of the entries found at open (see [`Outbox::was_reloaded`]).
+    reloaded: std::collections::HashSet<u64>,
 }
 
 impl Outbox {
@@ -93,12 +95,14 @@ impl Outbox {
                 }
             }
         }
+        let reloaded = waiting.iter().map(|e| e.journal_id).collect();
         Ok((
             Outbox {
                 tree,
                 waiting: Mutex::new(waiting),
                 cv: Condvar::new(),
                 room: Condvar::new(),
+                reloaded,
             },
             bad,
         ))
@@ -182,9 +186,11 @@ impl Outbox {
         Ok(())
     }
 
-    /// Whether the entry of journal id `id` is still in the outbox.
-    pub fn contains(&self, id: u64) -> Result<bool, OutboxError> {
-        Ok(self.tree.contains_key(id.to_be_bytes())?)
+    /// Whether the entry of journal id `id` was in the outbox when it was opened: its
+    /// records go from there, whatever the journal says of it (a status change can be
+    /// lost when the process is killed), so the producer does not map it again.
+    pub fn was_reloaded(&self, id: u64) -> bool {
+        self.reloaded.contains(&id)
     }
 
     /// Entries written and not yet committed in the store.
@@ -228,6 +234,8 @@ mod tests {
                 .collect();
             outbox.put(&entries).unwrap();
             outbox.release(entries);
+            // Written in this run: the producer itself decides about them.
+            assert!(!outbox.was_reloaded(3));
             let taken = outbox.take(2, Duration::from_secs(1));
             assert_eq!(
                 taken.iter().map(|e| e.journal_id).collect::<Vec<_>>(),
@@ -238,6 +246,9 @@ mod tests {
         }
         let db = open_db(dir.path());
         let (outbox, _) = Outbox::open(&db).unwrap();
+        // Found at open: its records go from here, the producer does not map it again.
+        assert!(outbox.was_reloaded(3));
+        assert!(!outbox.was_reloaded(1) && !outbox.was_reloaded(4));
         let again = outbox.take(10, Duration::from_secs(1));
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].journal_id, 3);
