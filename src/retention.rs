@@ -47,6 +47,9 @@ use crate::journal::{EntryMeta, Journal, JournalError, PruneReport, Status};
 use crate::listeners::dicom::{Archive, ArchivePruneReport};
 
 const DAY_MS: i64 = 86_400_000;
+/// Bytes read from the start of an unfinished DICOM entry to find its archive path; a
+/// longer reference (many text attributes) is read whole.
+const REFERENCE_HEAD: usize = 64 << 10;
 
 /// The retention settings of one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,10 +133,22 @@ fn held_paths(
                 continue;
             }
             let unreadable = |why: String| RetentionError::Unreadable { id, why };
-            let raw = journal
-                .read_raw(id)
+            // Only the reference is needed, not the instance bytes an entry may carry
+            // (up to 1 MiB each, for every unfinished instance, every hour).
+            let head = journal
+                .read_raw_head(id, REFERENCE_HEAD)
                 .map_err(|e| unreadable(e.to_string()))?;
-            match InstanceRef::from_journal(&raw) {
+            let whole = head.len() == meta.size as usize;
+            let found = match InstanceRef::from_journal_head(&head, whole) {
+                None if !whole && head.starts_with(InstanceRef::PREFIX) => {
+                    let raw = journal
+                        .read_raw(id)
+                        .map_err(|e| unreadable(e.to_string()))?;
+                    InstanceRef::from_journal_head(&raw, true)
+                }
+                found => found,
+            };
+            match found {
                 Some(Ok(r)) => {
                     let refused_copy =
                         r.path.starts_with("failed/") && meta.status == Status::Error;

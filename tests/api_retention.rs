@@ -504,3 +504,45 @@ fn errors_older_than_error_retention_stop_blocking_the_journal() {
     let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
     assert_eq!((r.journal.entries, r.journal.first_kept), (0, 7));
 }
+
+#[test]
+fn an_entry_carrying_its_instance_or_a_long_reference_still_holds_its_file() {
+    let (_dir, archive, journal) = archive_and_journal();
+    let now = SystemTime::now();
+    let old = 40 * DAY;
+    let carried = archived(&archive, ("3.1", "3.1.1", "3.1.1.1"), now, old);
+    let long = archived(&archive, ("3.1", "3.1.1", "3.1.1.2"), now, old);
+    let gone = archived(&archive, ("3.1", "3.1.1", "3.1.1.3"), now, old);
+    // Waiting to be mapped: one entry with 200 KB of instance bytes after its
+    // reference, one whose reference (many text attributes) is longer than what
+    // retention reads first.
+    let mut with_bytes = dicom_entry(&carried, "3.1.1.1", ms(now - old), Status::Received);
+    let mut reference: InstanceRef = serde_json::from_slice(&with_bytes.raw).expect("a reference");
+    with_bytes.raw = reference.to_journal_with(&vec![7u8; 200_000]);
+    let mut long_entry = dicom_entry(&long, "3.1.1.2", ms(now - old), Status::Routed);
+    let mut reference: InstanceRef = serde_json::from_slice(&long_entry.raw).expect("a reference");
+    for n in 0..100u32 {
+        reference
+            .attributes
+            .insert(0x0009_1000 + n, "x".repeat(1_000));
+    }
+    long_entry.raw = reference.to_json();
+    assert!(long_entry.raw.len() > 64 << 10);
+    for e in [
+        with_bytes,
+        long_entry,
+        dicom_entry(&gone, "3.1.1.3", ms(now - old), Status::Stored),
+    ] {
+        journal.append_blocking(e).unwrap();
+    }
+    let policy = Policy {
+        journal_days: 0,
+        dicom_days: 30,
+        error_days: 0,
+        queued_is_done: false,
+    };
+    let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
+    assert_eq!((r.archive.files, r.archive.held), (1, 2), "{r:?}");
+    assert!(exists(&archive, &carried) && exists(&archive, &long));
+    assert!(!exists(&archive, &gone));
+}

@@ -97,6 +97,21 @@ impl InstanceRef {
         Some(Ok((reference, bytes)))
     }
 
+    /// The reference alone, from the first bytes of a journal entry (the instance bytes
+    /// that may follow are not needed): `None` when `head` is not an instance
+    /// reference, or when it ends before the reference does and `whole` is false (read
+    /// more); `Some(Err)` for a damaged reference.
+    pub fn from_journal_head(head: &[u8], whole: bool) -> Option<Result<InstanceRef, String>> {
+        if !head.starts_with(Self::PREFIX) {
+            return None;
+        }
+        let (json, rest) = split(head);
+        if rest.is_none() && !whole {
+            return None;
+        }
+        Some(serde_json::from_slice(json).map_err(|e| e.to_string()))
+    }
+
     /// What to show of a journal entry to a person: for an instance, the JSON reference
     /// without the instance bytes; anything else as it is.
     pub fn printable(raw: &[u8]) -> &[u8] {

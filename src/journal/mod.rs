@@ -618,9 +618,14 @@ impl Journal {
 
     /// Reads the raw message bytes of entry `id` from disk.
     pub fn read_raw(&self, id: u64) -> Result<Vec<u8>, JournalError> {
+        self.read_raw_head(id, usize::MAX)
+    }
+
+    /// The first `max` bytes of entry `id` (all of it when it is shorter).
+    pub fn read_raw_head(&self, id: u64, max: usize) -> Result<Vec<u8>, JournalError> {
         let meta = self.entry(id).ok_or(JournalError::NoSuchEntry(id))?;
         let file = self.reader(meta.segment)?;
-        let mut buf = vec![0u8; meta.size as usize];
+        let mut buf = vec![0u8; (meta.size as usize).min(max)];
         let path = segment_path(&self.shared.dir, meta.segment);
         file.read_exact_at(&mut buf, meta.raw_offset)
             .map_err(io_err(&path))?;
