@@ -26,6 +26,9 @@ pub enum DateCmp {
 pub struct DateFilter {
     pub cmp: DateCmp,
     pub value: String,
+    /// `value` as a range of instants when it has a time with a zone, found once here
+    /// rather than for every record compared.
+    instants: Option<(i64, i64)>,
 }
 
 /// Upper bound of "every text starting with this": above every character used in dates.
@@ -52,23 +55,26 @@ impl DateFilter {
         Ok(DateFilter {
             cmp,
             value: value.to_string(),
+            instants: instant_range(value),
         })
     }
 
     /// Whether a record whose time runs from `lo` to `hi` (`hi` empty: still open)
     /// satisfies the filter.
     pub fn matches(&self, lo: &str, hi: &str) -> bool {
-        let instants = (
-            instant_range(&self.value),
-            instant_range(lo),
-            if hi.is_empty() {
-                Some((i64::MAX, i64::MAX))
-            } else {
-                instant_range(hi)
-            },
-        );
-        if let (Some((p_lo, p_hi)), Some((r_lo, _)), Some((_, r_hi))) = instants {
-            return self.cmp.holds(p_lo, p_hi, r_lo, r_hi);
+        if let Some((p_lo, p_hi)) = self.instants {
+            let record = instant_range(lo).and_then(|from| {
+                let to = match hi {
+                    "" => (i64::MAX, i64::MAX),
+                    // A point (a birth date, an effective time): parsed once.
+                    _ if hi == lo => from,
+                    _ => instant_range(hi)?,
+                };
+                Some((from.0, to.1))
+            });
+            if let Some((r_lo, r_hi)) = record {
+                return self.cmp.holds(p_lo, p_hi, r_lo, r_hi);
+            }
         }
         let p_lo = self.value.as_str();
         let p_hi = format!("{p_lo}{AFTER}");
