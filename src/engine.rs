@@ -437,6 +437,13 @@ async fn retention(
                         "retention pruned the journal"
                     );
                 }
+                if r.given_up > 0 {
+                    tracing::warn!(
+                        messages = r.given_up,
+                        error_retention_days = policy.error_days,
+                        "retention removed messages that were in error or unrouted (never stored) and older than error_retention_days"
+                    );
+                }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
             Err(e) => tracing::error!(error = %e, "retention task failed"),

@@ -90,6 +90,9 @@ impl Policy {
 pub struct Report {
     pub archive: ArchivePruneReport,
     pub journal: PruneReport,
+    /// Of the journal entries removed, how many were `error` or `unrouted` (gone by
+    /// `error_retention_days`, never stored): the engine logs them.
+    pub given_up: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,11 +197,26 @@ pub fn run_once(
             // Never later than the archive's cutoff, so the file went first.
             now_ms - policy.dicom_days as i64 * DAY_MS
         });
+        let given_up: Vec<u64> = if policy.error_days > 0 {
+            [Status::Error, Status::Unrouted]
+                .into_iter()
+                .flat_map(|st| journal.ids_with_status(st))
+                .collect()
+        } else {
+            Vec::new()
+        };
         report.journal = journal.prune_where(|e| {
             (policy.is_finished(e.status) || policy.is_given_up(e, now_ms))
                 && e.received_ms < journal_cutoff
                 && (!is_dicom(e) || dicom_cutoff.is_some_and(|c| e.received_ms < c))
         })?;
+        // Ids below the first one kept are gone; an entry still in error then was
+        // removed as given up (the pass holds no lock between the two steps, but an
+        // entry that went from error to stored meanwhile is only miscounted, not lost).
+        report.given_up = given_up
+            .iter()
+            .filter(|&&id| id < report.journal.first_kept)
+            .count() as u64;
     }
     Ok(report)
 }

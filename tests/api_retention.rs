@@ -483,6 +483,7 @@ fn errors_older_than_error_retention_stop_blocking_the_journal() {
     };
     let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
     assert_eq!((r.journal.entries, r.journal.first_kept), (1, 2), "{r:?}");
+    assert_eq!(r.given_up, 0);
     assert!(exists(&archive, &file));
     assert_eq!(journal.entry(2).unwrap().status, Status::Error);
 
@@ -495,6 +496,8 @@ fn errors_older_than_error_retention_stop_blocking_the_journal() {
         "the given-up instance's file goes first"
     );
     assert_eq!((r.journal.entries, r.journal.first_kept), (5, 7), "{r:?}");
+    // 2, 4 and 5 were never stored: counted, so the engine can say so.
+    assert_eq!(r.given_up, 3);
     let kept = journal.entry(7).unwrap();
     assert_eq!((kept.status, kept.error.as_deref()), (Status::Error, None));
     assert_eq!(journal.read_raw(7).unwrap(), entry(7, 0).raw);
@@ -502,7 +505,10 @@ fn errors_older_than_error_retention_stop_blocking_the_journal() {
     // A longer error retention keeps last week's error (and so the new message too).
     policy.error_days = 365;
     let r = run_once(&journal, Some(&archive), &policy, now).unwrap();
-    assert_eq!((r.journal.entries, r.journal.first_kept), (0, 7));
+    assert_eq!(
+        (r.journal.entries, r.journal.first_kept, r.given_up),
+        (0, 7, 0)
+    );
 }
 
 #[test]
