@@ -1063,3 +1063,45 @@ fn codes_too_long_for_a_key_are_kept_out_of_the_index_and_still_found() {
     assert!(found("|2345-7").is_empty());
     assert_eq!(found("a\0b"), ["nul"]);
 }
+
+#[test]
+fn a_record_again_from_a_later_message_keeps_its_index_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let from = |mut r: Value, source: &str| {
+        r["meta"] = json!({ "source": source });
+        r
+    };
+    let p = patient("p1", "Trần", &["Văn", "An"], &[("s", "1")]);
+    let e = encounter("e1", "p1");
+    store
+        .upsert_batch(&[from(p.clone(), "mllp:lab/1"), from(e.clone(), "mllp:lab/1")])
+        .unwrap();
+    // The next result repeats both; only where they came from changes (with a quote
+    // escaped in it, which must not end the comparison early).
+    let again = [
+        from(p.clone(), "mllp:lab/\"2\""),
+        from(e.clone(), "mllp:lab/\"2\""),
+    ];
+    assert_eq!(
+        store.upsert_batch(&again).unwrap(),
+        UpsertStats {
+            written: 2,
+            unchanged: 0
+        }
+    );
+    assert_eq!(store.get("Patient", "p1").unwrap(), Some(again[0].clone()));
+    assert_eq!(store.count("Patient").unwrap(), 1);
+    assert_eq!(by_name(&store, "tran van"), ["p1"]);
+    assert_eq!(by_ident(&store, "s|1"), ["p1"]);
+    let everything = store.everything("p1").unwrap().unwrap();
+    assert_eq!(ids(&everything), ["p1", "e1"]);
+    // A change beside the source still updates the index.
+    let renamed = from(
+        patient("p1", "Lê", &["Văn", "An"], &[("s", "1")]),
+        "mllp:lab/3",
+    );
+    store.upsert_batch(&[renamed]).unwrap();
+    assert!(by_name(&store, "tran").is_empty());
+    assert_eq!(by_name(&store, "le van"), ["p1"]);
+}
