@@ -383,13 +383,13 @@ fn run_mapper(
                 continue;
             }
         };
-        let (entries, mut statuses) = map_entries(journal, &rules, &ids, read);
+        let (mut entries, mut statuses) = map_entries(journal, &rules, &ids, read);
         statuses.extend(unusable);
         if !entries.is_empty() {
             // The outbox must be durable before `queued` is recorded, or a power cut
             // could leave queued entries with no records anywhere.
             let written = outbox
-                .put(&entries)
+                .put(&mut entries)
                 .map_err(|e| e.to_string())
                 .and_then(|()| store.sync().map_err(|e| e.to_string()));
             if let Err(e) = written {
@@ -598,6 +598,7 @@ fn map_entries(
                     journal_id: id,
                     route,
                     records,
+                    encoded: Vec::new(),
                 });
             }
             Outcome::Unrouted(why) => {
@@ -666,10 +667,10 @@ pub fn replay(
             }),
         }
     }
-    let (entries, mut statuses) = map_entries(journal, rules, &runnable, Default::default());
+    let (mut entries, mut statuses) = map_entries(journal, rules, &runnable, Default::default());
     if !entries.is_empty() {
         outbox
-            .put(&entries)
+            .put(&mut entries)
             .map_err(|e| ReplayError::Outbox(e.to_string()))?;
         store
             .sync()
@@ -735,13 +736,15 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
         let mut statuses = Vec::with_capacity(batch.len());
         // Borrowed, not cloned: the entries stay whole for the fallback below and for
         // requeueing.
-        if let Ok(stats) = store.upsert_batch(batch.iter().flat_map(|e| e.records.iter())) {
+        if let Ok(stats) =
+            store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::with_bytes))
+        {
             crate::telemetry::store_writes(stats.written);
             statuses.extend(batch.iter().map(|e| (e.journal_id, Status::Stored, None)));
         } else {
             // Find the entries at fault; the others still go in.
             for e in &batch {
-                match store.upsert_batch(&e.records) {
+                match store.upsert_batch_encoded(e.with_bytes()) {
                     Ok(_) => statuses.push((e.journal_id, Status::Stored, None)),
                     Err(err) => {
                         tracing::warn!(

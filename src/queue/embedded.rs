@@ -29,9 +29,21 @@ pub struct OutboxEntry {
     /// The route that produced the records (a header when published to RabbitMQ).
     pub route: String,
     pub records: Vec<Value>,
+    /// Each record as JSON, in the order of `records`, once [`Outbox::put`] wrote the
+    /// entry (empty for entries read back at open): the store takes these bytes rather
+    /// than serialising the records again.
+    pub encoded: Vec<Vec<u8>>,
 }
 
 impl OutboxEntry {
+    /// Each record with its JSON when [`Outbox::put`] made it.
+    pub fn with_bytes(&self) -> impl Iterator<Item = (&Value, Option<&[u8]>)> {
+        let bytes = self.encoded.iter().map(|b| Some(b.as_slice()));
+        self.records
+            .iter()
+            .zip(bytes.chain(std::iter::repeat(None)))
+    }
+
     /// Whether one of the records is an ImagingStudy.
     pub fn has_imaging_study(&self) -> bool {
         self.records
@@ -45,13 +57,6 @@ impl OutboxEntry {
 enum Stored {
     Entry { route: String, records: Vec<Value> },
     Records(Vec<Value>),
-}
-
-/// [`Stored::Entry`] to write, borrowing the entry.
-#[derive(serde::Serialize)]
-struct StoredRef<'e> {
-    route: &'e str,
-    records: &'e [Value],
 }
 
 pub struct Outbox {
@@ -80,11 +85,13 @@ impl Outbox {
                     journal_id,
                     route,
                     records,
+                    encoded: Vec::new(),
                 }),
                 Ok(Stored::Records(records)) => waiting.push_back(OutboxEntry {
                     journal_id,
                     route: String::new(),
                     records,
+                    encoded: Vec::new(),
                 }),
                 Err(e) => {
                     tree.remove(k)?;
@@ -110,15 +117,28 @@ impl Outbox {
 
     /// Writes entries to the tree (not yet durable: the caller syncs the database, then
     /// calls [`Outbox::release`]).
-    pub fn put(&self, entries: &[OutboxEntry]) -> Result<(), OutboxError> {
+    /// Each entry keeps its records' JSON in [`OutboxEntry::encoded`].
+    pub fn put(&self, entries: &mut [OutboxEntry]) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
-        for e in entries {
-            // Serialised from borrowed parts: no copy of the records.
-            let value = serde_json::to_vec(&StoredRef {
-                route: &e.route,
-                records: &e.records,
-            })
-            .expect("records serialize");
+        for e in entries.iter_mut() {
+            e.encoded = e
+                .records
+                .iter()
+                .map(|r| serde_json::to_vec(r).expect("a serde_json::Value always serialises"))
+                .collect();
+            // `{"route": …, "records": [...]}` ([`Stored::Entry`]) from those bytes.
+            let size: usize = e.encoded.iter().map(|r| r.len() + 1).sum();
+            let mut value = Vec::with_capacity(size + e.route.len() + 32);
+            value.extend_from_slice(b"{\"route\":");
+            serde_json::to_writer(&mut value, &e.route).expect("a string serialises");
+            value.extend_from_slice(b",\"records\":[");
+            for (i, r) in e.encoded.iter().enumerate() {
+                if i > 0 {
+                    value.push(b',');
+                }
+                value.extend_from_slice(r);
+            }
+            value.extend_from_slice(b"]}");
             batch.insert(&e.journal_id.to_be_bytes(), value);
         }
         self.tree.apply_batch(batch)?;
@@ -230,9 +250,12 @@ mod tests {
                     journal_id: id,
                     route: "r".into(),
                     records: vec![json!({"id": id})],
+                    encoded: Vec::new(),
                 })
                 .collect();
-            outbox.put(&entries).unwrap();
+            let mut entries = entries;
+            outbox.put(&mut entries).unwrap();
+            assert_eq!(entries[2].encoded, vec![br#"{"id":3}"#.to_vec()]);
             outbox.release(entries);
             // Written in this run: the producer itself decides about them.
             assert!(!outbox.was_reloaded(3));
@@ -266,6 +289,7 @@ mod tests {
             journal_id: id,
             route: "r".into(),
             records: vec![json!({"id": id})],
+            encoded: Vec::new(),
         };
         outbox.release((1..=3).map(entry).collect());
         assert_eq!(outbox.waiting(), 3);

@@ -31,17 +31,39 @@ impl Store {
         &self,
         resources: impl IntoIterator<Item = &'v Value>,
     ) -> Result<UpsertStats, StoreError> {
-        let resources: Vec<&Value> = resources.into_iter().collect();
-        for (position, r) in resources.iter().enumerate() {
+        self.upsert_batch_encoded(resources.into_iter().map(|r| (r, None)))
+    }
+
+    /// Like [`Store::upsert_batch`], with each resource's JSON bytes where the caller
+    /// already has them (`serde_json::to_vec` of that very value: the outbox writes
+    /// them), so they are not serialised a second time.
+    pub fn upsert_batch_encoded<'v>(
+        &self,
+        resources: impl IntoIterator<Item = (&'v Value, Option<&'v [u8]>)>,
+    ) -> Result<UpsertStats, StoreError> {
+        let pairs: Vec<(&Value, Option<&[u8]>)> = resources.into_iter().collect();
+        for (position, (r, _)) in pairs.iter().enumerate() {
             validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
         }
-        let resources = fold_studies(resources);
+        // By address: a study folded with others below is a new value, serialised anew.
+        let given: HashMap<*const Value, &[u8]> = pairs
+            .iter()
+            .filter_map(|&(r, b)| Some((r as *const Value, b?)))
+            .collect();
+        let resources = fold_studies(pairs.iter().map(|&(r, _)| r).collect());
         let mut prepared = Vec::with_capacity(resources.len());
         for r in resources.iter() {
+            let known = match r {
+                std::borrow::Cow::Borrowed(v) => given.get(&(*v as *const Value)).copied(),
+                std::borrow::Cow::Owned(_) => None,
+            };
             let r: &Value = r;
             let (rt, id) = validate(r).expect("valid records fold into valid records");
             // Serialising a `Value` cannot fail: its map keys are strings.
-            let bytes = serde_json::to_vec(r).expect("a serde_json::Value always serialises");
+            let bytes = known.map_or_else(
+                || serde_json::to_vec(r).expect("a serde_json::Value always serialises"),
+                <[u8]>::to_vec,
+            );
             prepared.push((rt, id, r, bytes));
         }
 
@@ -462,7 +484,10 @@ mod source_tests {
         let d = br#"{"resourceType":"Patient","id":"p","gender":"male"}"#;
         assert!(only_source(a, b) && only_source(b, a));
         assert!(!only_source(a, c), "a change after the source");
-        assert!(!only_source(a, d) && !only_source(d, d), "no source to compare around");
+        assert!(
+            !only_source(a, d) && !only_source(d, d),
+            "no source to compare around"
+        );
         // A value that merely contains the words is not the source.
         let e = br#"{"id":"p","note":"\"meta\":{\"source\":\"x","meta":{"source":"1"}}"#;
         let f = br#"{"id":"p","note":"\"meta\":{\"source\":\"y","meta":{"source":"1"}}"#;
@@ -532,6 +557,31 @@ mod imaging_tests {
             "{err:?}"
         );
         assert_eq!(store.count("ImagingStudy").unwrap(), 0);
+    }
+
+    #[test]
+    fn bytes_given_are_used_only_for_records_not_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let a = study("1.1", "1.1.1", None);
+        let b = study("1.2", "1.2.1", None);
+        let p = json!({ "resourceType": "Patient", "id": "p1", "gender": "female" });
+        let bytes = |v: &Value| serde_json::to_vec(v).unwrap();
+        let (ab, bb, pb) = (bytes(&a), bytes(&b), bytes(&p));
+        let given = [
+            (&a, Some(&ab[..])),
+            (&b, Some(&bb[..])),
+            (&p, Some(&pb[..])),
+        ];
+        let stats = store.upsert_batch_encoded(given).unwrap();
+        assert_eq!(stats.written, 2);
+        // The two instances fold into one study: stored as merged, not as either's bytes.
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(
+            (s["numberOfSeries"].clone(), s["numberOfInstances"].clone()),
+            (json!(2), json!(2))
+        );
+        assert_eq!(store.get("Patient", "p1").unwrap(), Some(p));
     }
 
     #[test]
