@@ -14,15 +14,15 @@
 //!    durable watermark is on disk" holds, and the pipeline's cursor is just an id.
 //! 5. Status changes and processing-trail steps are appended as small frames that ride
 //!    along with the next batch (or are written within [`LAZY_EVERY`] when none comes);
-//!    they are not waited for, and do not wake the committer. Losing the last few on a crash
-//!    only means a message is processed again, which is idempotent downstream, and its
-//!    trail misses those steps.
+//!    they are not waited for, and do not wake the committer. Losing the last few on a
+//!    crash or a kill only means a message is processed again, which is idempotent
+//!    downstream, and its trail misses those steps.
 //! 6. Retention ([`Journal::prune`], [`Journal::prune_where`]) deletes only whole,
 //!    closed segments whose every entry is finished (`stored`; `queued` where records
 //!    leave through RabbitMQ), from the oldest on; a message not yet stored is never
 //!    pruned, except `error` and `unrouted` ones older than the operator's
-//!    `error_retention_days` (see [`crate::retention`]). Ids stay dense from the oldest kept entry. The order against the DICOM
-//!    archive is in [`crate::retention`].
+//!    `error_retention_days`. Ids stay dense from the oldest kept entry. The order
+//!    against the DICOM archive is in [`crate::retention`].
 //!
 //! On disk: `<data>/journal/<8-digit n>.seg`, each a sequence of frames (see
 //! [`frame`]). A new segment starts when the current one passes the configured size.
@@ -684,8 +684,8 @@ impl Journal {
     /// `may_go` holds for each of its entries. The rule must hold only for entries that
     /// are finished (`stored`, or `queued` where records leave through RabbitMQ) or
     /// settled and given up by the operator's choice (`error` or `unrouted` older than
-    /// `error_retention_days`), so the invariant stays: nothing in flight is pruned. It runs under the journal's
-    /// index lock and must not call back into the journal.
+    /// `error_retention_days`), so the invariant stays: nothing in flight is pruned. It
+    /// runs under the journal's index lock and must not call back into the journal.
     pub fn prune_where(
         &self,
         may_go: impl Fn(&EntryMeta) -> bool,
