@@ -835,6 +835,7 @@ fn run_publish(
                 route: &e.route,
                 listener: l,
                 records: &e.records,
+                encoded: &e.encoded,
             })
             .collect();
         let confirmed = match handle.block_on(publisher.publish(&items)) {

@@ -32,7 +32,16 @@ pub struct Origin<'a> {
 
 /// Builds the message for one record.
 pub fn encode(record: &Value, origin: &Origin<'_>) -> Outgoing {
-    let body = serde_json::to_vec(record).expect("a serde_json::Value always serialises");
+    encode_with(record, None, origin)
+}
+
+/// Like [`encode`], with the record's JSON when the caller already has it
+/// (`serde_json::to_vec` of that very record: the outbox writes it).
+pub fn encode_with(record: &Value, json: Option<&[u8]>, origin: &Origin<'_>) -> Outgoing {
+    let body = json.map_or_else(
+        || serde_json::to_vec(record).expect("a serde_json::Value always serialises"),
+        <[u8]>::to_vec,
+    );
     let rt = record
         .get("resourceType")
         .and_then(Value::as_str)
@@ -135,6 +144,13 @@ mod tests {
         let a = encode(&r, &origin);
         let b = encode(&r, &origin);
         assert_eq!(a.properties.message_id(), b.properties.message_id());
+        // With the JSON the outbox made: the same message.
+        let json = serde_json::to_vec(&r).unwrap();
+        let c = encode_with(&r, Some(&json), &origin);
+        assert_eq!(
+            (&c.body, c.properties.message_id()),
+            (&a.body, a.properties.message_id())
+        );
         let id = a.properties.message_id().as_ref().unwrap().to_string();
         assert!(id.starts_with("Patient/p1/"), "{id}");
         assert_eq!(id.len(), "Patient/p1/".len() + 16);

@@ -15,7 +15,7 @@ use lapin::Confirmation;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
-use super::message::{encode, Origin};
+use super::message::{encode_with, Origin};
 use super::state::Side;
 use super::{AmqpError, AmqpSettings, BrokerState, Topology};
 
@@ -28,6 +28,8 @@ pub struct PublishItem<'a> {
     pub route: &'a str,
     pub listener: &'a str,
     pub records: &'a [Value],
+    /// The records' JSON, in the same order, where the outbox made it (may be empty).
+    pub encoded: &'a [Vec<u8>],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +102,9 @@ impl Publisher {
                     route: item.route,
                     listener: item.listener,
                 };
-                for record in item.records {
-                    let out = encode(record, &origin);
+                for (k, record) in item.records.iter().enumerate() {
+                    let json = item.encoded.get(k).map(Vec::as_slice);
+                    let out = encode_with(record, json, &origin);
                     let confirm = ch
                         .basic_publish(
                             exchange.as_str().into(),
