@@ -76,14 +76,11 @@ impl InstanceRef {
     /// Like [`InstanceRef::from_journal`], with the Part 10 file the entry carries
     /// (`None` for a reference-only entry).
     pub fn read_journal(raw: &[u8]) -> Option<Result<Journaled<'_>, String>> {
-        if !raw.starts_with(Self::PREFIX) {
-            return None;
-        }
-        let (json, rest) = split(raw);
-        let reference: InstanceRef = match serde_json::from_slice(json) {
+        let reference = match Self::from_journal_head(raw, true)? {
             Ok(r) => r,
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return Some(Err(e)),
         };
+        let rest = split(raw).1;
         let bytes = match (reference.inline_bytes, rest) {
             (0, None) => None,
             (n, Some(b)) if b.len() as u64 == n => Some(b),

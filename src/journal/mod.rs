@@ -787,18 +787,11 @@ impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut buf = Vec::with_capacity(1 << 20);
         loop {
-            let first = match rx.recv_timeout(LAZY_EVERY) {
-                Ok(cmd) => Some(cmd),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Every handle is gone: write what is left, then stop.
-                    let rest =
-                        std::mem::take(&mut *self.shared.lazy.lock().expect("journal lazy lock"));
-                    if !rest.is_empty() {
-                        self.commit(rest, &mut buf);
-                    }
-                    return;
-                }
+            let (first, closing) = match rx.recv_timeout(LAZY_EVERY) {
+                Ok(cmd) => (Some(cmd), false),
+                Err(mpsc::RecvTimeoutError::Timeout) => (None, false),
+                // Every handle is gone: write what is left, then stop.
+                Err(mpsc::RecvTimeoutError::Disconnected) => (None, true),
             };
             // Status and step frames go first: each names an entry already durable.
             let mut batch =
@@ -806,6 +799,9 @@ impl Committer {
             let Some(first) = first else {
                 if !batch.is_empty() {
                     self.commit(batch, &mut buf);
+                }
+                if closing {
+                    return;
                 }
                 continue;
             };
