@@ -238,8 +238,9 @@ const BATCH: u64 = 512;
 const LINGER: Duration = Duration::from_millis(10);
 /// The mapper maps another round (up to [`BATCH`] entries) only while fewer than this
 /// many mapped entries wait in memory for the store thread or the publisher, so at most
-/// `OUTBOX_ROOM + BATCH` wait (a message's records take a few kilobytes to a few tens
-/// of kilobytes as JSON values).
+/// `OUTBOX_ROOM + BATCH` wait, besides the two batches of [`STORE_BATCH`] the store
+/// stage holds (a message's records take a few kilobytes to a few tens of kilobytes as
+/// JSON values).
 const OUTBOX_ROOM: usize = 1024;
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
@@ -724,49 +725,98 @@ fn gather_more(outbox: &Outbox, batch: &mut Vec<OutboxEntry>) {
     }
 }
 
+/// A batch whose records are in the store's tree but not yet on disk, with the status
+/// each entry gets once they are.
+struct Written {
+    batch: Vec<OutboxEntry>,
+    statuses: Vec<(u64, Status, Option<String>)>,
+}
+
+/// The store sink in two threads: this one writes a batch's records into the store's
+/// tree, `store-sync` then makes them durable, marks the entries and lets the outbox
+/// forget them, while this one writes the next batch. The hand-off is a rendezvous, so
+/// at most two batches are written and not yet durable; a status is never set before
+/// the store's sync that covers the batch.
 fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        let mut batch = outbox.take(STORE_BATCH, Duration::from_millis(200));
-        if batch.is_empty() {
-            continue;
-        }
-        if batch.len() < STORE_BATCH && batch.iter().any(OutboxEntry::has_imaging_study) {
-            gather_more(outbox, &mut batch);
-        }
-        let mut statuses = Vec::with_capacity(batch.len());
-        // Borrowed, not cloned: the entries stay whole for the fallback below and for
-        // requeueing.
-        if let Ok(stats) =
-            store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::with_bytes))
-        {
-            crate::telemetry::store_writes(stats.written);
-            statuses.extend(batch.iter().map(|e| (e.journal_id, Status::Stored, None)));
-        } else {
-            // Find the entries at fault; the others still go in.
-            for e in &batch {
-                match store.upsert_batch_encoded(e.with_bytes()) {
-                    Ok(_) => statuses.push((e.journal_id, Status::Stored, None)),
-                    Err(err) => {
-                        tracing::warn!(
-                            id = e.journal_id,
-                            "record store refused the records; kept with status error"
-                        );
-                        statuses.push((
-                            e.journal_id,
-                            Status::Error,
-                            Some(format!("record store refused the records: {err}")),
-                        ));
-                    }
-                }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Written>(0);
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn_scoped(scope, || finish_written(journal, outbox, store, stop, rx))
+            .expect("spawn store-sync thread");
+        while !stop.load(Ordering::SeqCst) {
+            let mut batch = outbox.take(STORE_BATCH, Duration::from_millis(200));
+            if batch.is_empty() {
+                continue;
+            }
+            if batch.len() < STORE_BATCH && batch.iter().any(OutboxEntry::has_imaging_study) {
+                gather_more(outbox, &mut batch);
+            }
+            let statuses = write_batch(store, &batch);
+            if tx.send(Written { batch, statuses }).is_err() {
+                // The sync thread gave up at shutdown; what it did not finish stays in
+                // the outbox and is stored again at the next start (idempotent).
+                break;
             }
         }
-        if let Err(e) = store.sync() {
-            tracing::error!(error = %e, "record store sync failed; retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            outbox.requeue(batch);
-            continue;
+        drop(tx);
+    });
+}
+
+/// Upserts a batch's records; the status of each entry (an entry whose records the
+/// store refuses is marked `error`, the others still go in).
+fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<(u64, Status, Option<String>)> {
+    // Borrowed, not cloned: the entries stay whole for the fallback below.
+    if let Ok(stats) = store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::with_bytes)) {
+        crate::telemetry::store_writes(stats.written);
+        return batch
+            .iter()
+            .map(|e| (e.journal_id, Status::Stored, None))
+            .collect();
+    }
+    let mut statuses = Vec::with_capacity(batch.len());
+    for e in batch {
+        match store.upsert_batch_encoded(e.with_bytes()) {
+            Ok(_) => statuses.push((e.journal_id, Status::Stored, None)),
+            Err(err) => {
+                tracing::warn!(
+                    id = e.journal_id,
+                    "record store refused the records; kept with status error"
+                );
+                statuses.push((
+                    e.journal_id,
+                    Status::Error,
+                    Some(format!("record store refused the records: {err}")),
+                ));
+            }
         }
-        let ids: Vec<u64> = batch.iter().map(|e| e.journal_id).collect();
+    }
+    statuses
+}
+
+/// The `store-sync` thread: for each written batch, in order, the store's sync, then
+/// the statuses and the journal's sync, then the outbox's removal. A failed sync is
+/// tried again every 500 ms, holding up the writer (the batch's records are in the
+/// tree; only their sync is missing). At shutdown it finishes the batches it is handed
+/// and stops retrying: unfinished entries stay in the outbox.
+fn finish_written(
+    journal: &Journal,
+    outbox: &Outbox,
+    store: &Store,
+    stop: &AtomicBool,
+    written: std::sync::mpsc::Receiver<Written>,
+) {
+    let retry = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "{what} failed; retrying");
+        std::thread::sleep(Duration::from_millis(500));
+        !stop.load(Ordering::SeqCst)
+    };
+    for Written { batch, statuses } in written {
+        while let Err(e) = store.sync() {
+            if !retry("record store sync", &e) {
+                return;
+            }
+        }
         for (id, status, _) in &statuses {
             if *status == Status::Stored {
                 if let Some(meta) = journal.entry(*id) {
@@ -774,15 +824,21 @@ fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBoo
                 }
             }
         }
-        journal.set_statuses(statuses);
         // `stored` must be on disk before the outbox forgets the entries, or a crash
-        // would leave them `queued` with nothing left to store.
-        if let Err(e) = journal.sync_blocking() {
-            tracing::error!(error = %e, "journal sync failed; storing the batch again");
-            std::thread::sleep(Duration::from_millis(500));
-            outbox.requeue(batch);
-            continue;
+        // would leave them `queued` with nothing left to store. After a failed sync
+        // the statuses are set again: the failed write may not have kept them.
+        loop {
+            journal.set_statuses(statuses.clone());
+            match journal.sync_blocking() {
+                Ok(()) => break,
+                Err(e) => {
+                    if !retry("journal sync", &e) {
+                        return;
+                    }
+                }
+            }
         }
+        let ids: Vec<u64> = batch.iter().map(|e| e.journal_id).collect();
         if let Err(e) = outbox.remove(&ids) {
             tracing::error!(error = %e, "outbox cleanup failed; entries will be stored again (idempotent)");
         }

@@ -278,6 +278,43 @@ fn ready_names_the_record_store_while_it_cannot_sync_and_recovers() {
     rt.block_on(engine.shutdown());
 }
 
+/// The store's records are durable, but the journal cannot record `stored`: the entry
+/// stays in the outbox (a crash now would store it again, not lose it) until the
+/// journal takes writes again.
+#[test]
+fn stored_records_stay_in_the_outbox_while_the_journal_cannot_sync() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(start(dir.path()));
+    let http = engine.http_addr;
+    let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
+    // Hold the batch at the store's sync, so the journal fails exactly after it.
+    engine.store.faults().fail_sync(true);
+    let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
+    assert_eq!(msa_code(&ack), "AA");
+    let id = engine.journal.durable_id();
+    wait_until("the store's sync fails", SETTLE, || {
+        engine.store.is_failing()
+    });
+    engine.journal.faults().fail_sync(true);
+    engine.store.faults().fail_sync(false);
+    wait_until("the journal's sync fails", SETTLE, || {
+        engine.journal.is_failing()
+    });
+    let waiting = || http_json(http, "/health").1["outbox"]["waiting"].clone();
+    assert_eq!(waiting(), 1, "the entry is kept until `stored` is on disk");
+    assert_eq!(engine.store.count("Observation").unwrap(), 2);
+
+    engine.journal.faults().fail_sync(false);
+    assert_eq!(
+        engine.journal.wait_settled(id, SETTLE),
+        Some(Status::Stored)
+    );
+    wait_until("the outbox lets the entry go", SETTLE, || waiting() == 0);
+    assert_eq!(engine.store.count("Observation").unwrap(), 2);
+    rt.block_on(engine.shutdown());
+}
+
 /// Every kind of bad input gets a clear answer and leaves a journal entry with its reason.
 #[test]
 fn bad_input_is_answered_and_kept() {
