@@ -61,8 +61,12 @@ impl Store {
             let (rt, id) = validate(r).expect("valid records fold into valid records");
             // Serialising a `Value` cannot fail: its map keys are strings.
             let bytes = known.map_or_else(
-                || serde_json::to_vec(r).expect("a serde_json::Value always serialises"),
-                <[u8]>::to_vec,
+                || {
+                    sled::IVec::from(
+                        serde_json::to_vec(r).expect("a serde_json::Value always serialises"),
+                    )
+                },
+                sled::IVec::from,
             );
             prepared.push((rt, id, r, bytes));
         }
@@ -72,19 +76,20 @@ impl Store {
         let mut stats = UpsertStats::default();
         let mut batch = sled::Batch::default();
         // Records written earlier in this batch: their "previous version" for later
-        // occurrences of the same key is the batch's, not the tree's.
-        let mut pending: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        // occurrences of the same key is the batch's, not the tree's. `IVec`s share
+        // their bytes, so neither a hit here nor a write copies a record.
+        let mut pending: HashMap<Vec<u8>, sled::IVec> = HashMap::new();
         let mut new_per_type: BTreeMap<&str, u64> = BTreeMap::new();
         let mut pending_accessions: Vec<(String, &str, &str)> = Vec::new();
         let mut relink: Vec<(String, String)> = Vec::new();
 
         for (rt, id, value, bytes) in prepared {
             let key = doc_key(rt, id);
-            let previous: Option<Vec<u8>> = match pending.get(&key) {
+            let previous: Option<sled::IVec> = match pending.get(&key) {
                 Some(p) => Some(p.clone()),
-                None => tree.get(&key)?.map(|v| v.to_vec()),
+                None => tree.get(&key)?,
             };
-            if previous.as_deref() == Some(bytes.as_slice()) {
+            if previous.as_deref() == Some(&bytes[..]) {
                 stats.unchanged += 1;
                 continue;
             }
@@ -97,7 +102,7 @@ impl Store {
                     .as_deref()
                     .is_some_and(|p| differs_only_in_source(p, &bytes))
             {
-                batch.insert(key.as_slice(), bytes.as_slice());
+                batch.insert(key.as_slice(), bytes.clone());
                 pending.insert(key, bytes);
                 stats.written += 1;
                 continue;
@@ -130,7 +135,7 @@ impl Store {
                         stats.unchanged += 1;
                         continue;
                     }
-                    (std::borrow::Cow::Owned(m), b)
+                    (std::borrow::Cow::Owned(m), sled::IVec::from(b))
                 }
                 None => (std::borrow::Cow::Borrowed(value), bytes),
             };
@@ -149,7 +154,7 @@ impl Store {
                                 v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
                                 let b = serde_json::to_vec(&v)
                                     .expect("a serde_json::Value always serialises");
-                                (std::borrow::Cow::Owned(v), b)
+                                (std::borrow::Cow::Owned(v), sled::IVec::from(b))
                             }
                             None => (value, bytes),
                         }
@@ -179,7 +184,7 @@ impl Store {
             if previous.is_none() {
                 *new_per_type.entry(rt).or_default() += 1;
             }
-            batch.insert(key.as_slice(), bytes.as_slice());
+            batch.insert(key.as_slice(), bytes.clone());
             pending.insert(key, bytes);
             stats.written += 1;
         }
