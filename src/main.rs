@@ -302,6 +302,10 @@ fn serve(path: PathBuf, role: Option<String>) -> ExitCode {
     }
     halong::telemetry::init(&config.log.level, config.log.log_phi);
     runtime().block_on(async move {
+        // Before the engine starts: a SIGHUP or SIGTERM that comes while it starts (an
+        // operator's reload, a service manager's stop) must not find the default action,
+        // which ends the process.
+        let signals = Signals::install();
         let engine = match halong::engine::Engine::start(config).await {
             Ok(e) => e,
             Err(e) => {
@@ -312,19 +316,34 @@ fn serve(path: PathBuf, role: Option<String>) -> ExitCode {
         tracing::info!(
             "halong is running; Ctrl-C or SIGTERM stops it, SIGHUP reloads routes and mappings"
         );
-        wait_for_stop(&engine).await;
+        wait_for_stop(&engine, signals).await;
         tracing::info!("stopping");
         engine.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
+/// The signals `serve` handles, taken from the default actions.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            hup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+        }
+    }
+}
+
 /// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads routes and mappings (an invalid set
-/// is refused and logged, and the running set stays).
-async fn wait_for_stop(engine: &halong::engine::Engine) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+/// is refused and logged, and the running set stays). A signal that came while the
+/// engine started is taken now.
+async fn wait_for_stop(engine: &halong::engine::Engine, signals: Signals) {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
