@@ -207,6 +207,7 @@ impl Engine {
                 rules.clone(),
                 sink,
                 settle,
+                config.pipeline.priority,
             ))
         } else {
             None

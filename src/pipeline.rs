@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, PipelinePriority};
 use crate::diag::Diagnostic;
 use crate::journal::{EntryMeta, Journal, Status};
 use crate::listeners::dicom::Settle;
@@ -273,6 +273,7 @@ impl Pipeline {
         rules: Arc<RwLock<Arc<Rules>>>,
         sink: Sink,
         settle: Settle,
+        priority: PipelinePriority,
     ) -> Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         // What the mapper marks once the records are durable in the outbox.
@@ -286,6 +287,7 @@ impl Pipeline {
             std::thread::Builder::new()
                 .name("mapper".into())
                 .spawn(move || {
+                    set_priority(priority);
                     run_mapper(&journal, &outbox, &store, &rules, settle, in_outbox, &stop)
                 })
                 .expect("spawn mapper thread")
@@ -295,11 +297,17 @@ impl Pipeline {
             match sink {
                 Sink::Store => std::thread::Builder::new()
                     .name("store".into())
-                    .spawn(move || run_store(&journal, &outbox, &store, &stop))
+                    .spawn(move || {
+                        set_priority(priority);
+                        run_store(&journal, &outbox, &store, &stop)
+                    })
                     .expect("spawn store thread"),
                 Sink::Publish(publisher, handle) => std::thread::Builder::new()
                     .name("publish".into())
-                    .spawn(move || run_publish(&journal, &outbox, publisher, &handle, &stop))
+                    .spawn(move || {
+                        set_priority(priority);
+                        run_publish(&journal, &outbox, publisher, &handle, &stop)
+                    })
                     .expect("spawn publish thread"),
             }
         };
@@ -314,6 +322,26 @@ impl Pipeline {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// Gives the calling thread the pipeline's CPU priority (see [`PipelinePriority`]).
+/// Threads it starts (the store's sync thread, sled's I/O threads) inherit it. Where
+/// the system refuses, the thread runs at normal priority and the engine says so.
+fn set_priority(priority: PipelinePriority) {
+    if priority == PipelinePriority::Normal {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain system call on the calling thread (pid 0) with a valid pointer.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the pipeline's CPU priority; it runs at normal priority"
+            );
         }
     }
 }

@@ -278,6 +278,59 @@ fn ready_names_the_record_store_while_it_cannot_sync_and_recovers() {
     rt.block_on(engine.shutdown());
 }
 
+/// The scheduling policy of every thread of this process with this name (Linux
+/// `/proc/self/task/*/stat`, field 41: 0 normal, 5 idle).
+fn thread_policies(name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name start at field 3.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if let Some(p) = after.split_whitespace().nth(41 - 3) {
+            out.push(p.parse().unwrap());
+        }
+    }
+    out
+}
+
+/// By default mapping and storing run at idle priority, so that in a burst the CPU goes
+/// to acknowledging first; the journal's committer, on the ACK path, does not.
+#[test]
+fn the_pipeline_yields_the_cpu_to_intake() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(start(dir.path()));
+    const SCHED_IDLE: u32 = 5;
+    for name in ["mapper", "store", "store-sync"] {
+        wait_until(
+            &format!("{name} threads run at idle priority"),
+            SETTLE,
+            || {
+                let p = thread_policies(name);
+                !p.is_empty() && p.iter().all(|&p| p == SCHED_IDLE)
+            },
+        );
+    }
+    let committers = thread_policies("journal-commit");
+    assert!(!committers.is_empty() && committers.iter().all(|&p| p == 0));
+    // Work still gets done at idle priority.
+    let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
+    assert_eq!(
+        msa_code(&lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"))),
+        "AA"
+    );
+    let id = engine.journal.durable_id();
+    assert_eq!(
+        engine.journal.wait_settled(id, SETTLE),
+        Some(Status::Stored)
+    );
+    rt.block_on(engine.shutdown());
+}
+
 /// The store's records are durable, but the journal cannot record `stored`: the entry
 /// stays in the outbox (a crash now would store it again, not lose it) until the
 /// journal takes writes again.

@@ -35,6 +35,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// How the processing stages share the CPU with intake.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
     /// Directory holding the config file; `routes/` and `mappings/` are read from here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -363,6 +366,28 @@ pub struct LogConfig {
     /// default: turn on only on a machine whose logs are handled as patient records.
     #[serde(default)]
     pub log_phi: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// CPU priority of the threads that map, store and publish messages after they are
+    /// acknowledged. `"idle"` (default): they run on the CPU time that intake (listeners,
+    /// the journal, the HTTP API) and other programs leave, so acknowledgements stay fast
+    /// in a burst while the backlog waits, durable, in the journal. `"normal"`: they share
+    /// the CPU evenly, for a host where other busy programs would otherwise hold records
+    /// back. Linux only; elsewhere both mean normal.
+    #[serde(default)]
+    pub priority: PipelinePriority,
+}
+
+/// See [`PipelineConfig::priority`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelinePriority {
+    #[default]
+    Idle,
+    Normal,
 }
 
 impl Default for LogConfig {

@@ -65,6 +65,23 @@ fn bad_values_name_their_position() {
 }
 
 #[test]
+fn pipeline_priority_defaults_to_idle_and_names_a_bad_value() {
+    assert_eq!(parse("").unwrap().pipeline.priority, PipelinePriority::Idle);
+    let c = parse("[pipeline]\npriority = \"normal\"\n").unwrap();
+    assert_eq!(c.pipeline.priority, PipelinePriority::Normal);
+    let e = errors("[pipeline]\npriority = \"low\"\n");
+    assert!(
+        e[0].starts_with(
+            "conf/halong.toml:2:12: unknown variant `low`, expected `idle` or `normal`"
+        ),
+        "{}",
+        e[0]
+    );
+    let c = parse_env("", &[("HALONG_PIPELINE__PRIORITY", "normal")]).unwrap();
+    assert_eq!(c.pipeline.priority, PipelinePriority::Normal);
+}
+
+#[test]
 fn cross_field_problems_are_all_reported() {
     let text = r#"
 [[listener]]
