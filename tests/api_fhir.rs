@@ -141,9 +141,14 @@ fn patient_search_parameters_and_modifiers() {
     }
 
     // Errors are OperationOutcomes.
-    let bad: [(&str, u16, &str); 8] = [
+    let bad: [(&str, u16, &str); 9] = [
         ("/fhir/Patient?nam=x", 400, "did you mean 'name'"),
         ("/fhir/Patient?birthdate=15/02/1990", 400, "YYYY-MM-DD"),
+        (
+            "/fhir/Patient?birthdate=1990-02-30",
+            400,
+            "'1990-02-30' is not a date: 1990-02 has no day 30",
+        ),
         (
             "/fhir/Patient?gender=f",
             400,

@@ -52,6 +52,9 @@ impl DateFilter {
                 "'{text}' is not a date: expected an optional prefix (eq, ne, ge, le, gt, lt) and YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][zone]"
             ));
         }
+        if let Some(problem) = calendar_problem(value) {
+            return Err(format!("'{text}' is not a date: {problem}"));
+        }
         Ok(DateFilter {
             cmp,
             value: value.to_string(),
@@ -123,7 +126,6 @@ pub fn instant_range(v: &str) -> Option<(i64, i64)> {
             .then(|| s.parse().ok())
             .flatten()
     };
-    let (year, month, day) = (n(0..4)?, n(5..7)?, n(8..10)?);
     let (hour, minute) = (n(11..13)?, n(14..16)?);
     let mut at = 16;
     let (mut second, mut millis, mut step) = (0, 0, 60_000);
@@ -157,41 +159,76 @@ pub fn instant_range(v: &str) -> Option<(i64, i64)> {
         }
         _ => return None,
     };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+    if hour > 23 || minute > 59 {
         return None;
     }
-    let days = days_from_civil(year, month, day);
+    let days = days_from_epoch(calendar_day(v)?);
     let start =
         ((days * 24 + hour) * 60 + minute - offset_minutes) * 60_000 + second * 1_000 + millis;
     Some((start, start + step))
 }
 
-/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The calendar day `YYYY-MM-DD` (the first ten characters of `v`), if there is one.
+fn calendar_day(v: &str) -> Option<chrono::NaiveDate> {
+    let n = |r: std::ops::Range<usize>| v.get(r).and_then(|s| s.parse::<u32>().ok());
+    chrono::NaiveDate::from_ymd_opt(i32::try_from(n(0..4)?).ok()?, n(5..7)?, n(8..10)?)
+}
+
+/// Days from 1970-01-01 to a calendar day.
+fn days_from_epoch(day: chrono::NaiveDate) -> i64 {
+    day.signed_duration_since(chrono::NaiveDate::default())
+        .num_days()
 }
 
 /// The calendar day before or after `YYYY-MM-DD` (`delta` = -1 or 1), as text.
 pub fn neighbour_day(date: &str, delta: i64) -> Option<String> {
-    let n = |r: std::ops::Range<usize>| date.get(r).and_then(|s| s.parse::<i64>().ok());
-    let days = days_from_civil(n(0..4)?, n(5..7)?, n(8..10)?) + delta;
-    // Inverse of `days_from_civil`.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    Some(format!("{y:04}-{m:02}-{d:02}"))
+    let day = calendar_day(date)?.checked_add_signed(chrono::TimeDelta::try_days(delta)?)?;
+    Some(day.format("%Y-%m-%d").to_string())
+}
+
+/// What makes a value of the date search form no real date or time (a month 13, a
+/// 30 February, a minute 61, a time without its minutes, ...); `None` when it is one.
+fn calendar_problem(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let num = |r: std::ops::Range<usize>| v.get(r).and_then(|s| s.parse::<u32>().ok());
+    if b.len() >= 7 && !(1..=12).contains(&num(5..7)?) {
+        return Some(format!("there is no month {}", &v[5..7]));
+    }
+    if b.len() >= 10 && calendar_day(v).is_none() {
+        return Some(format!("{} has no day {}", &v[..7], &v[8..10]));
+    }
+    if b.len() <= 10 {
+        return None;
+    }
+    // `Thh:mm[:ss[.f…]][Z|±hh:mm]`
+    let time = &v[11..];
+    let zone_at = time.find(['Z', '+', '-']).unwrap_or(time.len());
+    let (clock, zone) = time.split_at(zone_at);
+    let parts: Vec<&str> = clock.split(':').collect();
+    let two = |s: &str, max: u32| s.len() == 2 && s.parse::<u32>().is_ok_and(|n| n <= max);
+    let seconds_ok = |s: &str| {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+        two(whole, 59) && !fraction.is_empty() && fraction.bytes().all(|c| c.is_ascii_digit())
+    };
+    let clock_ok = match parts.as_slice() {
+        [h, m] => two(h, 23) && two(m, 59),
+        [h, m, sec] => two(h, 23) && two(m, 59) && seconds_ok(sec),
+        _ => false,
+    };
+    if !clock_ok {
+        return Some(format!(
+            "'{clock}' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)"
+        ));
+    }
+    let zone_ok = match zone.as_bytes() {
+        [] | [b'Z'] => true,
+        [b'+' | b'-', ..] => {
+            let (h, m) = zone[1..].split_once(':').unwrap_or(("", ""));
+            two(h, 14) && two(m, 59)
+        }
+        _ => false,
+    };
+    (!zone_ok).then(|| format!("'{zone}' is not a time zone (Z, +hh:mm or -hh:mm)"))
 }
 
 fn is_fhir_date(v: &str) -> bool {
@@ -308,5 +345,51 @@ mod tests {
             let e = DateFilter::parse(bad).unwrap_err();
             assert!(e.contains("YYYY-MM-DD"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn dates_that_are_not_on_the_calendar_are_refused() {
+        let table = [
+            ("1990-13", "'1990-13' is not a date: there is no month 13"),
+            ("ge2026-00-10", "'ge2026-00-10' is not a date: there is no month 00"),
+            ("2026-02-29", "'2026-02-29' is not a date: 2026-02 has no day 29"),
+            ("le2025-04-31", "'le2025-04-31' is not a date: 2025-04 has no day 31"),
+            (
+                "2024-01-02T24:00Z",
+                "'2024-01-02T24:00Z' is not a date: '24:00' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)",
+            ),
+            (
+                "2024-01-02T08",
+                "'2024-01-02T08' is not a date: '08' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)",
+            ),
+            (
+                "2024-01-02T08:00:61",
+                "'2024-01-02T08:00:61' is not a date: '08:00:61' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)",
+            ),
+            (
+                "2024-01-02T08:00+7",
+                "'2024-01-02T08:00+7' is not a date: '+7' is not a time zone (Z, +hh:mm or -hh:mm)",
+            ),
+        ];
+        for (q, want) in table {
+            assert_eq!(DateFilter::parse(q).unwrap_err(), want);
+        }
+        for good in [
+            "2024-02-29",
+            "2000-02-29",
+            "1990",
+            "1990-12",
+            "2024-01-02T08:00",
+            "2024-01-02T08:00:59.125Z",
+            "2024-01-02T23:59:00-03:30",
+        ] {
+            assert!(DateFilter::parse(good).is_ok(), "{good}");
+        }
+        assert_eq!(instant_range("2023-02-29T00:00Z"), None);
+        assert_eq!(neighbour_day("2023-02-30", 1), None);
+        assert_eq!(
+            neighbour_day("2024-02-28", 1).as_deref(),
+            Some("2024-02-29")
+        );
     }
 }
