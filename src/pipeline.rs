@@ -430,6 +430,17 @@ fn run_mapper(
             statuses.extend(entries.iter().map(|e| (e.journal_id, in_outbox, None)));
         }
         journal.set_statuses(statuses);
+        if in_outbox == Status::Queued {
+            // For the local record store: its writer is the busiest thread, so each
+            // record's index entries are worked out here.
+            for e in &mut entries {
+                e.index = e
+                    .records
+                    .iter()
+                    .map(crate::store::index_entries_of)
+                    .collect();
+            }
+        }
         outbox.release(entries);
         cursor = end + 1;
     }
@@ -628,6 +639,7 @@ fn map_entries(
                     route,
                     records,
                     encoded: Vec::new(),
+                    index: Vec::new(),
                 });
             }
             Outcome::Unrouted(why) => {

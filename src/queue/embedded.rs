@@ -33,15 +33,24 @@ pub struct OutboxEntry {
     /// entry (empty for entries read back at open): the store takes these bytes rather
     /// than serialising the records again.
     pub encoded: Vec<Vec<u8>>,
+    /// Each record's index entries, in the order of `records`, when the mapper worked
+    /// them out for the local record store (empty otherwise).
+    pub index: Vec<Option<crate::store::IndexEntries>>,
 }
 
 impl OutboxEntry {
-    /// Each record with its JSON when [`Outbox::put`] made it.
-    pub fn with_bytes(&self) -> impl Iterator<Item = (&Value, Option<&[u8]>)> {
+    /// Each record with its JSON when [`Outbox::put`] made it, and its index entries
+    /// when the mapper worked them out.
+    pub fn with_bytes(
+        &self,
+    ) -> impl Iterator<Item = (&Value, Option<&[u8]>, Option<&crate::store::IndexEntries>)> {
         let bytes = self.encoded.iter().map(|b| Some(b.as_slice()));
+        let index = self.index.iter().map(Option::as_ref);
         self.records
             .iter()
             .zip(bytes.chain(std::iter::repeat(None)))
+            .zip(index.chain(std::iter::repeat(None)))
+            .map(|((r, b), ix)| (r, b, ix))
     }
 
     /// Whether one of the records is an ImagingStudy.
@@ -86,12 +95,14 @@ impl Outbox {
                     route,
                     records,
                     encoded: Vec::new(),
+                    index: Vec::new(),
                 }),
                 Ok(Stored::Records(records)) => waiting.push_back(OutboxEntry {
                     journal_id,
                     route: String::new(),
                     records,
                     encoded: Vec::new(),
+                    index: Vec::new(),
                 }),
                 Err(e) => {
                     tree.remove(k)?;
@@ -251,6 +262,7 @@ mod tests {
                     route: "r".into(),
                     records: vec![json!({"id": id})],
                     encoded: Vec::new(),
+                    index: Vec::new(),
                 })
                 .collect();
             let mut entries = entries;
@@ -290,6 +302,7 @@ mod tests {
             route: "r".into(),
             records: vec![json!({"id": id})],
             encoded: Vec::new(),
+            index: Vec::new(),
         };
         outbox.release((1..=3).map(entry).collect());
         assert_eq!(outbox.waiting(), 3);

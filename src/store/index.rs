@@ -317,9 +317,19 @@ pub(crate) fn clinical_entries(
     }
 }
 
+/// A record's index entries: key → value.
+pub type IndexEntries = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The index entries of a record, worked out where it is made (the mapper) so that the
+/// store's writer need not; `None` for a record the store would refuse.
+pub fn index_entries_of(v: &Value) -> Option<IndexEntries> {
+    let (rt, id) = validate(v).ok()?;
+    Some(index_entries(rt, id, v))
+}
+
 /// Every index entry (key → value) the resource implies. The resource's own `d/` key
 /// and the counts are not included.
-pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> BTreeMap<Vec<u8>, Vec<u8>> {
+pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> IndexEntries {
     let mut out = BTreeMap::new();
     clinical_entries(rt, id, v, &mut out);
     if rt == "Patient" {

@@ -1105,3 +1105,30 @@ fn a_record_again_from_a_later_message_keeps_its_index_entries() {
     assert!(by_name(&store, "tran").is_empty());
     assert_eq!(by_name(&store, "le van"), ["p1"]);
 }
+
+/// Index entries a caller worked out are taken for a record written as given, and
+/// worked out anew for a record the store changes first (a merge with the stored one).
+#[test]
+fn given_index_entries_are_used_only_for_records_written_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = patient("p1", "Nguyễn", &["Thị", "Ngọc"], &[]);
+    let entries = super::index_entries_of(&first).unwrap();
+    assert!(!entries.is_empty());
+    store
+        .upsert_batch_encoded([(&first, None, Some(&entries))])
+        .unwrap();
+    assert_eq!(by_name(&store, "ngoc"), ["p1"]);
+
+    // A later version is merged with the stored one (a Patient keeps the elements the
+    // new version lacks), so what is written is not what was given: the store works
+    // out its entries itself. The given ones here are deliberately empty.
+    let mut second = patient("p1", "Trần", &["Văn"], &[]);
+    second["gender"] = json!("male");
+    let nothing = super::IndexEntries::new();
+    store
+        .upsert_batch_encoded([(&second, None, Some(&nothing))])
+        .unwrap();
+    assert_eq!(by_name(&store, "tran van"), ["p1"]);
+    assert!(by_name(&store, "ngoc").is_empty());
+}

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::error::StoreError;
-use super::index::{count_key, doc_key, index_entries, validate};
+use super::index::{count_key, doc_key, index_entries, validate, IndexEntries};
 use super::{decode_count, lock, Store};
 
 /// What one `upsert_batch` did.
@@ -31,31 +31,38 @@ impl Store {
         &self,
         resources: impl IntoIterator<Item = &'v Value>,
     ) -> Result<UpsertStats, StoreError> {
-        self.upsert_batch_encoded(resources.into_iter().map(|r| (r, None)))
+        self.upsert_batch_encoded(resources.into_iter().map(|r| (r, None, None)))
     }
 
-    /// Like [`Store::upsert_batch`], with each resource's JSON bytes where the caller
-    /// already has them (`serde_json::to_vec` of that very value: the outbox writes
-    /// them), so they are not serialised a second time.
+    /// Like [`Store::upsert_batch`], with what the caller already worked out from each
+    /// resource, where it has it: its JSON bytes (`serde_json::to_vec` of that very
+    /// value: the outbox writes them) and its index entries ([`index_entries_of`] of
+    /// it), so that neither is made a second time. A resource the store changes before
+    /// writing it (a merge, a folded study, a link added) gets both anew.
+    ///
+    /// [`index_entries_of`]: super::index_entries_of
     pub fn upsert_batch_encoded<'v>(
         &self,
-        resources: impl IntoIterator<Item = (&'v Value, Option<&'v [u8]>)>,
+        resources: impl IntoIterator<Item = (&'v Value, Option<&'v [u8]>, Option<&'v IndexEntries>)>,
     ) -> Result<UpsertStats, StoreError> {
-        let pairs: Vec<(&Value, Option<&[u8]>)> = resources.into_iter().collect();
-        for (position, (r, _)) in pairs.iter().enumerate() {
+        let given: Vec<_> = resources.into_iter().collect();
+        for (position, (r, _, _)) in given.iter().enumerate() {
             validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
         }
-        // By address: a study folded with others below is a new value, serialised anew.
-        let given: HashMap<*const Value, &[u8]> = pairs
+        // By address: a study folded with others below is a new value, made anew.
+        let known: HashMap<*const Value, (Option<&[u8]>, Option<&IndexEntries>)> = given
             .iter()
-            .filter_map(|&(r, b)| Some((r as *const Value, b?)))
+            .map(|&(r, b, ix)| (r as *const Value, (b, ix)))
             .collect();
-        let resources = fold_studies(pairs.iter().map(|&(r, _)| r).collect());
+        let resources = fold_studies(given.iter().map(|&(r, _, _)| r).collect());
         let mut prepared = Vec::with_capacity(resources.len());
         for r in resources.iter() {
-            let known = match r {
-                std::borrow::Cow::Borrowed(v) => given.get(&(*v as *const Value)).copied(),
-                std::borrow::Cow::Owned(_) => None,
+            let (known, known_index) = match r {
+                std::borrow::Cow::Borrowed(v) => known
+                    .get(&(*v as *const Value))
+                    .copied()
+                    .unwrap_or_default(),
+                std::borrow::Cow::Owned(_) => (None, None),
             };
             let r: &Value = r;
             let (rt, id) = validate(r).expect("valid records fold into valid records");
@@ -68,7 +75,7 @@ impl Store {
                 },
                 sled::IVec::from,
             );
-            prepared.push((rt, id, r, bytes));
+            prepared.push((rt, id, r, bytes, known_index));
         }
 
         let tree = &self.inner.tree;
@@ -83,7 +90,7 @@ impl Store {
         let mut pending_accessions: Vec<(String, &str, &str)> = Vec::new();
         let mut relink: Vec<(String, String)> = Vec::new();
 
-        for (rt, id, value, bytes) in prepared {
+        for (rt, id, value, bytes, known_index) in prepared {
             let key = doc_key(rt, id);
             let previous: Option<sled::IVec> = match pending.get(&key) {
                 Some(p) => Some(p.clone()),
@@ -170,15 +177,23 @@ impl Store {
                     .map(|old| index_entries(rt, id, &old))
                     .unwrap_or_default(),
             };
-            let new_entries = index_entries(rt, id, &value);
+            let computed;
+            let new_entries = match (&value, known_index) {
+                // The record as given: its entries as the caller worked them out.
+                (std::borrow::Cow::Borrowed(_), Some(entries)) => entries,
+                _ => {
+                    computed = index_entries(rt, id, &value);
+                    &computed
+                }
+            };
             for k in old_entries.keys() {
                 if !new_entries.contains_key(k) {
                     batch.remove(k.as_slice());
                 }
             }
             for (k, v) in new_entries {
-                if old_entries.get(&k) != Some(&v) {
-                    batch.insert(k, v);
+                if old_entries.get(k) != Some(v) {
+                    batch.insert(k.as_slice(), v.as_slice());
                 }
             }
             if previous.is_none() {
@@ -574,9 +589,9 @@ mod imaging_tests {
         let bytes = |v: &Value| serde_json::to_vec(v).unwrap();
         let (ab, bb, pb) = (bytes(&a), bytes(&b), bytes(&p));
         let given = [
-            (&a, Some(&ab[..])),
-            (&b, Some(&bb[..])),
-            (&p, Some(&pb[..])),
+            (&a, Some(&ab[..]), None),
+            (&b, Some(&bb[..]), None),
+            (&p, Some(&pb[..]), None),
         ];
         let stats = store.upsert_batch_encoded(given).unwrap();
         assert_eq!(stats.written, 2);
