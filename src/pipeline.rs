@@ -343,8 +343,27 @@ fn set_priority(priority: PipelinePriority) {
                 "cannot lower the pipeline's CPU priority; it runs at normal priority"
             );
         }
+        // SCHED_IDLE also puts a thread's disk I/O in the idle class where the I/O
+        // scheduler has classes (mq-deadline, BFQ), and there the record store's and the
+        // outbox's syncs would wait up to seconds behind the journal's. They keep the
+        // normal best-effort class: only the CPU yields.
+        const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+        // SAFETY: plain system call on the calling thread (who = 0), no pointers.
+        if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IO_BEST_EFFORT) }
+            != 0
+        {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot keep the pipeline's disk I/O at normal priority"
+            );
+        }
     }
 }
+
+/// The default I/O priority of a thread at normal CPU priority: class best-effort (2,
+/// shifted by 13), level 4.
+#[cfg(target_os = "linux")]
+pub const IO_BEST_EFFORT: libc::c_int = (2 << 13) | 4;
 
 fn run_mapper(
     journal: &Journal,

@@ -376,7 +376,8 @@ pub struct PipelineConfig {
     /// the journal, the HTTP API) and other programs leave, so acknowledgements stay fast
     /// in a burst while the backlog waits, durable, in the journal. `"normal"`: they share
     /// the CPU evenly, for a host where other busy programs would otherwise hold records
-    /// back. Linux only; elsewhere both mean normal.
+    /// back. Either way their disk I/O keeps the normal priority. Linux only; elsewhere
+    /// both mean normal.
     #[serde(default)]
     pub priority: PipelinePriority,
 }
