@@ -46,26 +46,30 @@ impl Store {
         resources: impl IntoIterator<Item = (&'v Value, Option<&'v [u8]>, Option<&'v IndexEntries>)>,
     ) -> Result<UpsertStats, StoreError> {
         let given: Vec<_> = resources.into_iter().collect();
-        for (position, (r, _, _)) in given.iter().enumerate() {
-            validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
+        // By address, with its type and id: a study folded with others below is a new
+        // value, checked and made anew.
+        let mut known = HashMap::with_capacity(given.len());
+        for (position, &(r, bytes, index)) in given.iter().enumerate() {
+            let named =
+                validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
+            known.insert(r as *const Value, (named, bytes, index));
         }
-        // By address: a study folded with others below is a new value, made anew.
-        let known: HashMap<*const Value, (Option<&[u8]>, Option<&IndexEntries>)> = given
-            .iter()
-            .map(|&(r, b, ix)| (r as *const Value, (b, ix)))
-            .collect();
         let resources = fold_studies(given.iter().map(|&(r, _, _)| r).collect());
         let mut prepared = Vec::with_capacity(resources.len());
         for r in resources.iter() {
-            let (known, known_index) = match r {
-                std::borrow::Cow::Borrowed(v) => known
-                    .get(&(*v as *const Value))
-                    .copied()
-                    .unwrap_or_default(),
-                std::borrow::Cow::Owned(_) => (None, None),
+            let as_given = match r {
+                std::borrow::Cow::Borrowed(v) => known.get(&(*v as *const Value)).copied(),
+                std::borrow::Cow::Owned(_) => None,
             };
             let r: &Value = r;
-            let (rt, id) = validate(r).expect("valid records fold into valid records");
+            let ((rt, id), known, known_index) = match as_given {
+                Some(given) => given,
+                None => (
+                    validate(r).expect("valid records fold into valid records"),
+                    None,
+                    None,
+                ),
+            };
             // Serialising a `Value` cannot fail: its map keys are strings.
             let bytes = known.map_or_else(
                 || {
