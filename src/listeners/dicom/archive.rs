@@ -6,14 +6,16 @@
 //! - **Small instances** (dataset up to [`INLINE_MAX`]) are gathered in memory. When the
 //!   last fragment is in, the journal entry is written carrying the whole file, so the
 //!   C-STORE success waits for one sync only, the journal's, and for no file creation.
-//!   The pipeline then writes each such file to its place from the journal entry (or
-//!   checks it, and rewrites it if a crash damaged it) and syncs the archive once per
-//!   round ([`Settle`]) before the entry can be marked processed.
+//!   The pipeline then writes each such file from the journal entry to `incoming/` and
+//!   renames it to its place (or checks it, and rewrites it the same way if a crash
+//!   damaged it) and syncs the archive once per round ([`Settle`]) before the entry can
+//!   be marked processed.
 //! - **Large instances** are streamed to a file in `incoming/` fragment by fragment;
 //!   when the last one is in, the file is synced, renamed to its place and the directory
 //!   synced ([`Archive::place`]); the journal entry is a reference to it.
 //!
-//! Files left in `incoming/` by a crash were never acknowledged and are removed at start.
+//! Files left in `incoming/` by a crash were never acknowledged (or, for a small
+//! instance, are written again from its journal entry) and are removed at start.
 
 use std::collections::HashSet;
 use std::io;
@@ -317,6 +319,8 @@ pub struct Settle {
     pub rebuilt: usize,
     /// Set by the pipeline while archive files cannot be written; read by `/ready`.
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Numbers the temporary files of [`Settle::ensure`].
+    seq: u64,
 }
 
 impl Settle {
@@ -328,6 +332,7 @@ impl Settle {
             checked: Vec::new(),
             rebuilt: 0,
             failing: Default::default(),
+            seq: 0,
         }
     }
 
@@ -370,20 +375,32 @@ impl Settle {
             if let Some(archive) = &self.archive {
                 archive.faults.check()?;
             }
-            let dir = path.parent().expect("three components");
-            let _layout = self
-                .archive
-                .as_ref()
-                .map(|a| a.layout.lock().unwrap_or_else(|p| p.into_inner()));
-            std::fs::create_dir_all(dir)?;
-            if on_disk.is_none() {
-                // A torn write is found different by the next check and rewritten: the
-                // entry is not marked processed before the sync below.
-                write_new(&path, part10)?;
-            } else {
-                let tmp = path.with_extension("dcm.rebuild");
-                std::fs::write(&tmp, part10)?;
-                std::fs::rename(&tmp, &path)?;
+            // Written beside the archive first, without the placement lock: the
+            // pipeline runs at idle priority, and a listener placing a large instance
+            // must not wait for this write. Under the lock only the directory and the
+            // rename, as `Archive::place` does. A file left in `incoming/` by a crash is
+            // removed at the next start; the entry is not marked processed before the
+            // sync, so it is written again then.
+            let incoming = self.root.join("incoming");
+            std::fs::create_dir_all(&incoming)?;
+            self.seq += 1;
+            let tmp = incoming.join(format!("{}-settle-{}.part", std::process::id(), self.seq));
+            std::fs::write(&tmp, part10).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            let placed = {
+                let _layout = self
+                    .archive
+                    .as_ref()
+                    .map(|a| a.layout.lock().unwrap_or_else(|p| p.into_inner()));
+                std::fs::create_dir_all(path.parent().expect("three components"))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+            };
+            if let Err(e) = placed {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            if on_disk.is_some() {
                 self.rebuilt += 1;
             }
         }
@@ -415,19 +432,6 @@ impl Settle {
         self.checked.clear();
         self.rebuilt = 0;
     }
-}
-
-/// Creates `path` (which must not exist) holding `bytes`; a file that could not be
-/// written whole is removed, so the next attempt finds it missing, not damaged.
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    f.write_all(bytes).inspect_err(|_| {
-        let _ = std::fs::remove_file(path);
-    })
 }
 
 #[cfg(target_os = "linux")]
