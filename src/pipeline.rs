@@ -8,10 +8,13 @@
 //! carry their instance, it first makes the archive file match the entry and syncs the
 //! archive, once per round (see [`Settle`]), so no entry passes the cursor before its
 //! archive file is durable. It writes each batch's records to the outbox, makes the
-//! database durable, and only then marks the entries `queued`. The store thread upserts outbox entries, makes the store durable, marks the
-//! entries `stored`, and only then removes them from the outbox. A crash anywhere
-//! replays work that was not marked; replays are idempotent because record ids are
-//! deterministic.
+//! database durable, and only then marks the entries `queued`. The store thread upserts
+//! outbox entries into the store's tree and hands each batch to its `store-sync` thread,
+//! which makes the store durable, marks the entries `stored`, syncs the journal and only
+//! then removes them from the outbox, while the store thread writes the next batch. A
+//! crash anywhere replays work that was not marked; replays are idempotent because
+//! record ids are deterministic. These threads run at idle CPU priority by default
+//! (`[pipeline] priority`): acknowledging comes first.
 //!
 //! With `[queue] kind = "amqp"` on an edge (role `edge` or `all`), a publish thread
 //! takes the store thread's place:
@@ -297,10 +300,7 @@ impl Pipeline {
             match sink {
                 Sink::Store => std::thread::Builder::new()
                     .name("store".into())
-                    .spawn(move || {
-                        set_priority(priority);
-                        run_store(&journal, &outbox, &store, &stop)
-                    })
+                    .spawn(move || run_store(&journal, &outbox, &store, &stop, priority))
                     .expect("spawn store thread"),
                 Sink::Publish(publisher, handle) => std::thread::Builder::new()
                     .name("publish".into())
@@ -327,8 +327,10 @@ impl Pipeline {
 }
 
 /// Gives the calling thread the pipeline's CPU priority (see [`PipelinePriority`]).
-/// Threads it starts (the store's sync thread, sled's I/O threads) inherit it. Where
-/// the system refuses, the thread runs at normal priority and the engine says so.
+/// Threads it starts do not inherit it (a thread of tokio's blocking pool started from
+/// the publish thread goes on to serve the listeners); each pipeline thread calls this
+/// itself. Where the system refuses, the thread runs at normal priority and the engine
+/// says so.
 fn set_priority(priority: PipelinePriority) {
     if priority == PipelinePriority::Normal {
         return;
@@ -337,7 +339,8 @@ fn set_priority(priority: PipelinePriority) {
     {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: plain system call on the calling thread (pid 0) with a valid pointer.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        let policy = libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK;
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
             tracing::warn!(
                 error = %std::io::Error::last_os_error(),
                 "cannot lower the pipeline's CPU priority; it runs at normal priority"
@@ -796,12 +799,22 @@ struct Written {
 /// forget them, while this one writes the next batch. The hand-off is a rendezvous, so
 /// at most two batches are written and not yet durable; a status is never set before
 /// the store's sync that covers the batch.
-fn run_store(journal: &Journal, outbox: &Outbox, store: &Store, stop: &AtomicBool) {
+fn run_store(
+    journal: &Journal,
+    outbox: &Outbox,
+    store: &Store,
+    stop: &AtomicBool,
+    priority: PipelinePriority,
+) {
+    set_priority(priority);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Written>(0);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn_scoped(scope, || finish_written(journal, outbox, store, stop, rx))
+            .spawn_scoped(scope, || {
+                set_priority(priority);
+                finish_written(journal, outbox, store, stop, rx)
+            })
             .expect("spawn store-sync thread");
         while !stop.load(Ordering::SeqCst) {
             let mut batch = outbox.take(STORE_BATCH, Duration::from_millis(200));

@@ -346,7 +346,8 @@ fn stored_records_stay_in_the_outbox_while_the_journal_cannot_sync() {
     let engine = rt.block_on(start(dir.path()));
     let http = engine.http_addr;
     let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
-    // Hold the batch at the store's sync, so the journal fails exactly after it.
+    // Hold the message before the store stage (the mapper's outbox write syncs the same
+    // database), so the journal can be made to fail before the store stage marks it.
     engine.store.faults().fail_sync(true);
     let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
     assert_eq!(msa_code(&ack), "AA");

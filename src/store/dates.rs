@@ -208,7 +208,8 @@ fn calendar_problem(v: &str) -> Option<String> {
     let two = |s: &str, max: u32| s.len() == 2 && s.parse::<u32>().is_ok_and(|n| n <= max);
     let seconds_ok = |s: &str| {
         let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
-        two(whole, 59) && !fraction.is_empty() && fraction.bytes().all(|c| c.is_ascii_digit())
+        // 60: a leap second, which FHIR's dateTime allows.
+        two(whole, 60) && !fraction.is_empty() && fraction.bytes().all(|c| c.is_ascii_digit())
     };
     let clock_ok = match parts.as_slice() {
         [h, m] => two(h, 23) && two(m, 59),
@@ -217,7 +218,7 @@ fn calendar_problem(v: &str) -> Option<String> {
     };
     if !clock_ok {
         return Some(format!(
-            "'{clock}' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)"
+            "'{clock}' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes up to 59, seconds up to 60)"
         ));
     }
     let zone_ok = match zone.as_bytes() {
@@ -356,15 +357,15 @@ mod tests {
             ("le2025-04-31", "'le2025-04-31' is not a date: 2025-04 has no day 31"),
             (
                 "2024-01-02T24:00Z",
-                "'2024-01-02T24:00Z' is not a date: '24:00' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)",
+                "'2024-01-02T24:00Z' is not a date: '24:00' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes up to 59, seconds up to 60)",
             ),
             (
                 "2024-01-02T08",
-                "'2024-01-02T08' is not a date: '08' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)",
+                "'2024-01-02T08' is not a date: '08' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes up to 59, seconds up to 60)",
             ),
             (
                 "2024-01-02T08:00:61",
-                "'2024-01-02T08:00:61' is not a date: '08:00:61' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes and seconds up to 59)",
+                "'2024-01-02T08:00:61' is not a date: '08:00:61' is not a time of day (hh:mm or hh:mm:ss, hours up to 23, minutes up to 59, seconds up to 60)",
             ),
             (
                 "2024-01-02T08:00+7",
@@ -382,6 +383,7 @@ mod tests {
             "2024-01-02T08:00",
             "2024-01-02T08:00:59.125Z",
             "2024-01-02T23:59:00-03:30",
+            "2016-12-31T23:59:60Z",
         ] {
             assert!(DateFilter::parse(good).is_ok(), "{good}");
         }

@@ -1113,12 +1113,15 @@ fn given_index_entries_are_used_only_for_records_written_as_given() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let first = patient("p1", "Nguyễn", &["Thị", "Ngọc"], &[]);
-    let entries = super::index_entries_of(&first).unwrap();
+    let mut entries = super::index_entries_of(&first).unwrap();
     assert!(!entries.is_empty());
+    // A key only the given entries have shows which entries were written.
+    entries.insert(b"x/given".to_vec(), Vec::new());
     store
         .upsert_batch_encoded([(&first, None, Some(&entries))])
         .unwrap();
     assert_eq!(by_name(&store, "ngoc"), ["p1"]);
+    assert!(store.inner.tree.get(b"x/given").unwrap().is_some());
 
     // A later version is merged with the stored one (a Patient keeps the elements the
     // new version lacks), so what is written is not what was given: the store works
