@@ -65,6 +65,18 @@ fn bad_values_name_their_position() {
 }
 
 #[test]
+fn a_table_or_key_given_twice_is_named() {
+    assert_eq!(
+        errors("[pipeline]\npriority = \"idle\"\n\n[pipeline]\npriority = \"normal\"\n"),
+        vec!["conf/halong.toml:4:2: table [pipeline] appears twice; put its keys in the first [pipeline]"]
+    );
+    assert_eq!(
+        errors("[http]\nbind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n"),
+        vec!["conf/halong.toml:3:1: `bind` is set twice in the same table"]
+    );
+}
+
+#[test]
 fn pipeline_priority_defaults_to_idle_and_names_a_bad_value() {
     assert_eq!(parse("").unwrap().pipeline.priority, PipelinePriority::Idle);
     let c = parse("[pipeline]\npriority = \"normal\"\n").unwrap();
