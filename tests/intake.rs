@@ -336,6 +336,51 @@ fn the_pipeline_yields_the_cpu_to_intake() {
     rt.block_on(engine.shutdown());
 }
 
+/// Entries the outbox holds, as `/health` reports them.
+fn outbox_waiting(http: std::net::SocketAddr) -> serde_json::Value {
+    http_json(http, "/health").1["outbox"]["waiting"].clone()
+}
+
+/// Once a fault clears: the glucose result `id` becomes `stored`, the outbox lets it
+/// go, and its two Observations are in the store.
+fn ends_stored(engine: &halong::engine::Engine, id: u64) {
+    assert_eq!(
+        engine.journal.wait_settled(id, SETTLE),
+        Some(Status::Stored)
+    );
+    wait_until("the outbox lets the entry go", SETTLE, || {
+        outbox_waiting(engine.http_addr) == 0
+    });
+    assert_eq!(engine.store.count("Observation").unwrap(), 2);
+}
+
+/// The record store's own sync fails once the records are in its tree (the mapper's
+/// outbox write on the same database went through): the entry stays `queued` and in
+/// the outbox while the store stage tries again, and becomes `stored` once the disk
+/// takes writes.
+#[test]
+fn a_failed_store_sync_is_tried_again_until_the_records_are_durable() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(start(dir.path()));
+    let http = engine.http_addr;
+    let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
+    // The mapper's sync (outbox) succeeds; the store stage's fails.
+    engine.store.faults().fail_sync_after(1);
+    let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
+    assert_eq!(msa_code(&ack), "AA");
+    let id = engine.journal.durable_id();
+    wait_until("the store stage's sync fails", SETTLE, || {
+        engine.store.is_failing()
+    });
+    assert_eq!(engine.journal.entry(id).unwrap().status, Status::Queued);
+    assert_eq!(outbox_waiting(http), 1);
+
+    engine.store.faults().fail_sync(false);
+    ends_stored(&engine, id);
+    rt.block_on(engine.shutdown());
+}
+
 /// The store's records are durable, but the journal cannot record `stored`: the entry
 /// stays in the outbox (a crash now would store it again, not lose it) until the
 /// journal takes writes again.
@@ -360,17 +405,15 @@ fn stored_records_stay_in_the_outbox_while_the_journal_cannot_sync() {
     wait_until("the journal's sync fails", SETTLE, || {
         engine.journal.is_failing()
     });
-    let waiting = || http_json(http, "/health").1["outbox"]["waiting"].clone();
-    assert_eq!(waiting(), 1, "the entry is kept until `stored` is on disk");
+    assert_eq!(
+        outbox_waiting(http),
+        1,
+        "the entry is kept until `stored` is on disk"
+    );
     assert_eq!(engine.store.count("Observation").unwrap(), 2);
 
     engine.journal.faults().fail_sync(false);
-    assert_eq!(
-        engine.journal.wait_settled(id, SETTLE),
-        Some(Status::Stored)
-    );
-    wait_until("the outbox lets the entry go", SETTLE, || waiting() == 0);
-    assert_eq!(engine.store.count("Observation").unwrap(), 2);
+    ends_stored(&engine, id);
     rt.block_on(engine.shutdown());
 }
 

@@ -132,13 +132,45 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Faults {
     fail_sync: std::sync::atomic::AtomicBool,
+    /// Syncs left to succeed before every one fails; 0 when not counting.
+    fail_after: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
     /// While set, every [`Store::sync`] fails as if `fdatasync` had returned EIO.
+    /// Clearing it also ends [`Faults::fail_sync_after`].
     pub fn fail_sync(&self, on: bool) {
-        self.fail_sync
-            .store(on, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        if !on {
+            self.fail_after.store(0, SeqCst);
+        }
+        self.fail_sync.store(on, SeqCst);
+    }
+
+    /// The next `n` syncs succeed, then every one fails until `fail_sync(false)`.
+    pub fn fail_sync_after(&self, n: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.fail_after.store(n + 1, SeqCst);
+    }
+
+    /// Whether this sync is to fail.
+    fn sync_fails(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.fail_sync.load(SeqCst) {
+            return true;
+        }
+        // Counting down from n + 1: the sync that finds 1 turns the fault on.
+        match self
+            .fail_after
+            .fetch_update(SeqCst, SeqCst, |left| (left > 1).then(|| left - 1))
+        {
+            Ok(_) => false,
+            Err(0) => false,
+            Err(_) => {
+                self.fail_sync.store(true, SeqCst);
+                true
+            }
+        }
     }
 }
 
@@ -204,12 +236,7 @@ impl Store {
             .flush()
             .map_err(StoreError::from)
             .and_then(|_| {
-                let injected = self
-                    .inner
-                    .faults
-                    .fail_sync
-                    .load(std::sync::atomic::Ordering::SeqCst);
-                let synced = if injected {
+                let synced = if self.inner.faults.sync_fails() {
                     Err(std::io::Error::other("injected fdatasync failure"))
                 } else {
                     file.sync_data()
