@@ -338,8 +338,8 @@ fn set_priority(priority: PipelinePriority) {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: plain system call on the calling thread (pid 0) with a valid pointer.
         let policy = libc::SCHED_IDLE | libc::SCHED_RESET_ON_FORK;
+        // SAFETY: plain system call on the calling thread (pid 0) with a valid pointer.
         if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
             tracing::warn!(
                 error = %std::io::Error::last_os_error(),
@@ -839,7 +839,7 @@ fn run_store(
 /// store refuses is marked `error`, the others still go in).
 fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<(u64, Status, Option<String>)> {
     // Borrowed, not cloned: the entries stay whole for the fallback below.
-    if let Ok(stats) = store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::with_bytes)) {
+    if let Ok(stats) = store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::for_store)) {
         crate::telemetry::store_writes(stats.written);
         return batch
             .iter()
@@ -848,7 +848,7 @@ fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<(u64, Status, Option
     }
     let mut statuses = Vec::with_capacity(batch.len());
     for e in batch {
-        match store.upsert_batch_encoded(e.with_bytes()) {
+        match store.upsert_batch_encoded(e.for_store()) {
             Ok(_) => statuses.push((e.journal_id, Status::Stored, None)),
             Err(err) => {
                 tracing::warn!(

@@ -39,9 +39,9 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
-    /// Each record with its JSON when [`Outbox::put`] made it, and its index entries
-    /// when the mapper worked them out.
-    pub fn with_bytes(
+    /// What the record store's writer takes: each record with its JSON when
+    /// [`Outbox::put`] made it, and its index entries when the mapper worked them out.
+    pub fn for_store(
         &self,
     ) -> impl Iterator<Item = (&Value, Option<&[u8]>, Option<&crate::store::IndexEntries>)> {
         let bytes = self.encoded.iter().map(|b| Some(b.as_slice()));

@@ -382,10 +382,17 @@ impl Settle {
             // removed at the next start; the entry is not marked processed before the
             // sync, so it is written again then.
             let incoming = self.root.join("incoming");
-            std::fs::create_dir_all(&incoming)?;
             self.seq += 1;
             let tmp = incoming.join(format!("{}-settle-{}.part", std::process::id(), self.seq));
-            std::fs::write(&tmp, part10).inspect_err(|_| {
+            let written = match std::fs::write(&tmp, part10) {
+                // The archive opens `incoming/`; without a DICOM listener it may not
+                // be there yet.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&incoming).and_then(|()| std::fs::write(&tmp, part10))
+                }
+                other => other,
+            };
+            written.inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
             let placed = {
