@@ -7,13 +7,13 @@
 //! that still needs processing, found again at every start). For DICOM entries that
 //! carry their instance, it first makes the archive file match the entry and syncs the
 //! archive, once per round (see [`Settle`]), so no entry passes the cursor before its
-//! archive file is durable. It writes each batch's records to the outbox, makes the
-//! database durable, and only then marks the entries `queued`. The store thread upserts
-//! outbox entries into the store's tree and hands each batch to its `store-sync` thread,
-//! which makes the store durable, marks the entries `stored`, syncs the journal and only
-//! then removes them from the outbox, while the store thread writes the next batch. A
-//! crash anywhere replays work that was not marked; replays are idempotent because
-//! record ids are deterministic. These threads run at idle CPU priority by default
+//! archive file is durable. It marks each batch's entries `mapped` and hands their
+//! records to the store thread through the outbox, in memory: the journal is their
+//! durable copy. The store thread upserts them into the store's tree and hands each
+//! batch to its `store-sync` thread, which makes the store durable, marks the entries
+//! `stored` and syncs the journal, while the store thread writes the next batch. A crash
+//! anywhere replays work that was not marked `stored` (a restart maps `mapped` entries
+//! again); replays are idempotent because record ids are deterministic. These threads run at idle CPU priority by default
 //! (`[pipeline] priority`): acknowledging comes first.
 //!
 //! With `[queue] kind = "amqp"` on an edge (role `edge` or `all`), a publish thread
@@ -279,11 +279,7 @@ impl Pipeline {
         priority: PipelinePriority,
     ) -> Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
-        // What the mapper marks once the records are durable in the outbox.
-        let in_outbox = match sink {
-            Sink::Store => Status::Queued,
-            Sink::Publish(..) => Status::Mapped,
-        };
+        let local_store = matches!(sink, Sink::Store);
         let mapper = {
             let (journal, outbox, store, stop) =
                 (journal.clone(), outbox.clone(), store.clone(), stop.clone());
@@ -291,7 +287,15 @@ impl Pipeline {
                 .name("mapper".into())
                 .spawn(move || {
                     set_priority(priority);
-                    run_mapper(&journal, &outbox, &store, &rules, settle, in_outbox, &stop)
+                    run_mapper(
+                        &journal,
+                        &outbox,
+                        &store,
+                        &rules,
+                        settle,
+                        local_store,
+                        &stop,
+                    )
                 })
                 .expect("spawn mapper thread")
         };
@@ -374,7 +378,7 @@ fn run_mapper(
     store: &Store,
     rules: &RwLock<Arc<Rules>>,
     mut settle: Settle,
-    in_outbox: Status,
+    local_store: bool,
     stop: &AtomicBool,
 ) {
     let mut cursor = journal.first_unprocessed();
@@ -410,9 +414,9 @@ fn run_mapper(
             .filter(|id| {
                 journal.entry(*id).is_some_and(|meta| {
                     // Records found in the outbox at start go from there, not mapped
-                    // again: an edge's entry waiting for the broker, or an entry whose
-                    // `queued` or `mapped` was lost when the process was killed (status
-                    // changes are written with the journal's next commit).
+                    // again: an edge's entry waiting for the broker (perhaps without
+                    // its `mapped`, lost when the process was killed: status changes
+                    // are written with the journal's next commit), or a replayed one.
                     meta.status.needs_processing() && !outbox.was_reloaded(*id)
                 })
             })
@@ -436,9 +440,14 @@ fn run_mapper(
         };
         let (mut entries, mut statuses) = map_entries(journal, &rules, &ids, read);
         statuses.extend(unusable);
-        if !entries.is_empty() {
-            // The outbox must be durable before `queued` is recorded, or a power cut
-            // could leave queued entries with no records anywhere.
+        if local_store {
+            // On their way to the local record store in memory: the journal is their
+            // durable copy (`mapped` is mapped again after a crash).
+            Outbox::encode(&mut entries);
+        } else if !entries.is_empty() {
+            // Bound for the broker, which may be away for hours: the outbox's tree
+            // keeps them, durable before `mapped` is recorded, so they are not mapped
+            // again (perhaps by changed rules) once they wait there.
             let written = outbox
                 .put(&mut entries)
                 .map_err(|e| e.to_string())
@@ -449,10 +458,10 @@ fn run_mapper(
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
-            statuses.extend(entries.iter().map(|e| (e.journal_id, in_outbox, None)));
         }
+        statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Mapped, None)));
         journal.set_statuses(statuses);
-        if in_outbox == Status::Queued {
+        if local_store {
             // For the local record store: its writer is the busiest thread, so each
             // record's index entries are worked out here.
             for e in &mut entries {
@@ -656,13 +665,7 @@ fn map_entries(
                 tracing::debug!(id, %route, records = records.len(), "mapped");
                 crate::telemetry::route_mapped(&route);
                 journal.set_route(id, &route);
-                entries.push(OutboxEntry {
-                    journal_id: id,
-                    route,
-                    records,
-                    encoded: Vec::new(),
-                    index: Vec::new(),
-                });
+                entries.push(OutboxEntry::new(id, route, records));
             }
             Outcome::Unrouted(why) => {
                 tracing::info!(id, listener = %meta.listener, message_type = %meta.message_type, "unrouted");
@@ -693,8 +696,8 @@ pub enum ReplayError {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Replayed {
     pub id: u64,
-    /// `queued` (records on their way to the store), `error`, `unrouted`, or
-    /// `skipped` (unknown id, or still being processed for the first time).
+    /// `mapped` (records on their way to the store or the broker), `error`, `unrouted`,
+    /// or `skipped` (unknown id, or still being processed for the first time).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -715,7 +718,7 @@ pub fn replay(
     let mut runnable = Vec::new();
     for &id in ids {
         match journal.entry(id) {
-            Some(meta) if !meta.status.needs_processing() && meta.status != Status::Queued => {
+            Some(meta) if !meta.status.needs_processing() => {
                 journal.add_step(
                     id,
                     "replay",
@@ -738,20 +741,8 @@ pub fn replay(
         store
             .sync()
             .map_err(|e| ReplayError::Outbox(e.to_string()))?;
-        statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Queued, None)));
+        statuses.extend(entries.iter().map(|e| (e.journal_id, Status::Mapped, None)));
     }
-    // A replayed `stored` entry is `queued` again until the store thread is done.
-    let requeued: Vec<StatusChange> = statuses
-        .iter()
-        .filter(|(id, st, _)| {
-            *st == Status::Queued
-                && journal
-                    .entry(*id)
-                    .is_some_and(|m| m.status == Status::Stored)
-        })
-        .map(|(id, _, _)| (*id, Status::Routed, None))
-        .collect();
-    journal.set_statuses(requeued);
     for (id, st, err) in &statuses {
         report.push(Replayed {
             id: *id,
@@ -870,7 +861,8 @@ fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<(u64, Status, Option
 /// the statuses and the journal's sync, then the outbox's removal. A failed sync is
 /// tried again every 500 ms, holding up the writer (the batch's records are in the
 /// tree; only their sync is missing). At shutdown it finishes the batches it is handed
-/// and stops retrying: unfinished entries stay in the outbox.
+/// and stops retrying: unfinished entries stay `mapped`, and the next start stores them
+/// (from the outbox's tree where it kept them, else by mapping them again).
 fn finish_written(
     journal: &Journal,
     outbox: &Outbox,
@@ -896,9 +888,10 @@ fn finish_written(
                 }
             }
         }
-        // `stored` must be on disk before the outbox forgets the entries, or a crash
-        // would leave them `queued` with nothing left to store. After a failed sync
-        // the statuses are set again: the failed write may not have kept them.
+        // `stored` must be on disk before the outbox forgets the entries it keeps (found
+        // at open, or replayed), or a crash would leave them `mapped` with nothing left
+        // to store. After a failed sync the statuses are set again: the failed write may
+        // not have kept them.
         loop {
             journal.set_statuses(statuses.clone());
             match journal.sync_blocking() {
@@ -910,8 +903,7 @@ fn finish_written(
                 }
             }
         }
-        let ids: Vec<u64> = batch.iter().map(|e| e.journal_id).collect();
-        if let Err(e) = outbox.remove(&ids) {
+        if let Err(e) = outbox.remove(&batch) {
             tracing::error!(error = %e, "outbox cleanup failed; entries will be stored again (idempotent)");
         }
     }
@@ -991,8 +983,7 @@ fn run_publish(
             // would leave them `mapped` with no records anywhere on this edge.
             match journal.sync_blocking() {
                 Ok(()) => {
-                    let ids: Vec<u64> = done.iter().map(|e| e.journal_id).collect();
-                    if let Err(e) = outbox.remove(&ids) {
+                    if let Err(e) = outbox.remove(&done) {
                         tracing::error!(error = %e, "outbox cleanup failed; entries will be published again (idempotent)");
                     }
                 }

@@ -170,7 +170,7 @@ fn browse_filter_trail_and_replay_after_fixing_a_mapping() {
         stages,
         [
             "received", "routed", "error", "replay", "routed", "error", "replay", "routed",
-            "queued", "stored"
+            "mapped", "stored"
         ],
         "{one}"
     );
@@ -260,7 +260,7 @@ fn errors_keep_their_route_across_a_restart() {
     let (_, one) = get(engine.http_addr, "/api/messages/1");
     assert_eq!(
         stages(&one),
-        ["received", "routed", "error", "replay", "routed", "queued", "stored"],
+        ["received", "routed", "error", "replay", "routed", "mapped", "stored"],
         "{one}"
     );
     rt.block_on(engine.shutdown());

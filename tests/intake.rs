@@ -354,26 +354,35 @@ fn ends_stored(engine: &halong::engine::Engine, id: u64) {
     assert_eq!(engine.store.count("Observation").unwrap(), 2);
 }
 
-/// The record store's own sync fails once the records are in its tree (the mapper's
-/// outbox write on the same database went through): the entry stays `queued` and in
-/// the outbox while the store stage tries again, and becomes `stored` once the disk
-/// takes writes.
-#[test]
-fn a_failed_store_sync_is_tried_again_until_the_records_are_durable() {
-    let rt = runtime();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = rt.block_on(start(dir.path()));
-    let http = engine.http_addr;
+/// Starts an engine on `dir` whose record store cannot sync and sends it the glucose
+/// result: acknowledged, its records are held at the store stage's sync. Returns the
+/// engine and the result's journal id.
+fn held_at_the_store_sync(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+) -> (halong::engine::Engine, u64) {
+    let engine = rt.block_on(start(dir));
     let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
-    // The mapper's sync (outbox) succeeds; the store stage's fails.
-    engine.store.faults().fail_sync_after(1);
+    engine.store.faults().fail_sync(true);
     let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
     assert_eq!(msa_code(&ack), "AA");
     let id = engine.journal.durable_id();
     wait_until("the store stage's sync fails", SETTLE, || {
         engine.store.is_failing()
     });
-    assert_eq!(engine.journal.entry(id).unwrap().status, Status::Queued);
+    (engine, id)
+}
+
+/// The record store's sync fails once the records are in its tree: the entry stays
+/// `mapped` (the journal is its durable copy) and counted in the outbox while the store
+/// stage tries again, and becomes `stored` once the disk takes writes.
+#[test]
+fn a_failed_store_sync_is_tried_again_until_the_records_are_durable() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, id) = held_at_the_store_sync(&rt, dir.path());
+    let http = engine.http_addr;
+    assert_eq!(engine.journal.entry(id).unwrap().status, Status::Mapped);
     assert_eq!(outbox_waiting(http), 1);
 
     engine.store.faults().fail_sync(false);
@@ -382,24 +391,16 @@ fn a_failed_store_sync_is_tried_again_until_the_records_are_durable() {
 }
 
 /// The store's records are durable, but the journal cannot record `stored`: the entry
-/// stays in the outbox (a crash now would store it again, not lose it) until the
-/// journal takes writes again.
+/// stays in flight (on disk it is still `mapped`, so a crash now would map and store it
+/// again, not lose it) until the journal takes writes again.
 #[test]
-fn stored_records_stay_in_the_outbox_while_the_journal_cannot_sync() {
+fn stored_records_stay_in_flight_while_the_journal_cannot_sync() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let engine = rt.block_on(start(dir.path()));
+    // Held at the store's sync, so the journal can be made to fail before the store
+    // stage marks it.
+    let (engine, id) = held_at_the_store_sync(&rt, dir.path());
     let http = engine.http_addr;
-    let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
-    // Hold the message before the store stage (the mapper's outbox write syncs the same
-    // database), so the journal can be made to fail before the store stage marks it.
-    engine.store.faults().fail_sync(true);
-    let ack = lab.send(&sample("oru_r01_dang_van_duc_glucose.hl7"));
-    assert_eq!(msa_code(&ack), "AA");
-    let id = engine.journal.durable_id();
-    wait_until("the store's sync fails", SETTLE, || {
-        engine.store.is_failing()
-    });
     engine.journal.faults().fail_sync(true);
     engine.store.faults().fail_sync(false);
     wait_until("the journal's sync fails", SETTLE, || {
@@ -408,12 +409,38 @@ fn stored_records_stay_in_the_outbox_while_the_journal_cannot_sync() {
     assert_eq!(
         outbox_waiting(http),
         1,
-        "the entry is kept until `stored` is on disk"
+        "the entry is in flight until `stored` is on disk"
     );
     assert_eq!(engine.store.count("Observation").unwrap(), 2);
 
     engine.journal.faults().fail_sync(false);
     ends_stored(&engine, id);
+    rt.block_on(engine.shutdown());
+}
+
+/// Records on their way to the local store live in memory only; the journal is their
+/// durable copy. An entry the engine stops with before its records are durable (here the
+/// store cannot sync) is still `mapped`, and the next start maps and stores it.
+#[test]
+fn an_entry_in_flight_at_shutdown_is_stored_after_the_restart() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, id) = held_at_the_store_sync(&rt, dir.path());
+    rt.block_on(engine.shutdown());
+
+    let engine = rt.block_on(start(dir.path()));
+    ends_stored(&engine, id);
+    let stages: Vec<String> = engine
+        .journal
+        .trail(id)
+        .into_iter()
+        .map(|s| s.stage)
+        .collect();
+    assert_eq!(
+        stages,
+        ["received", "routed", "mapped", "routed", "mapped", "stored"],
+        "mapped again after the restart"
+    );
     rt.block_on(engine.shutdown());
 }
 

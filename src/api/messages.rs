@@ -292,10 +292,12 @@ async fn run_replay(s: AppState, ids: Vec<u64>, more: bool) -> Response {
             .iter()
             .map(|r| {
                 let mut v = json!(r);
-                if r.outcome == "queued" {
+                if r.outcome == "mapped" {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    let status = journal.wait_settled(r.id, left);
-                    v["status"] = json!(status.map_or("queued", Status::as_str));
+                    let status = journal
+                        .wait_settled(r.id, left)
+                        .or_else(|| journal.entry(r.id).map(|m| m.status));
+                    v["status"] = json!(status.map_or("mapped", Status::as_str));
                 } else {
                     v["status"] = json!(r.outcome);
                 }

@@ -1,14 +1,22 @@
-//! The embedded outbox: records keyed by the journal id of the message they came from.
+//! The outbox: each message's records on their way from the mapper to their consumer,
+//! the local record store or the broker, in arrival order.
 //!
-//! Key: journal id as 8 bytes big-endian (so iteration follows arrival order). Value:
-//! `{"route": NAME, "records": [...]}` for that message (an older plain JSON array of
-//! records is still read, with an empty route). The tree is the durable copy; entries are
-//! also handed to the consumer in memory, so the hot path never reads them back. At open,
-//! whatever the tree still holds (a crash came before the store committed it) is queued
-//! again. An entry is removed from the tree only after the store has committed its
-//! records, so a crash in between replays it (upserts are idempotent).
+//! Every entry is handed to the consumer in memory. An entry bound for the broker is
+//! also kept in a sled tree until the broker confirmed it (store-and-forward: the broker
+//! may be away for hours). Key: journal id as 8 bytes big-endian (so iteration follows
+//! arrival order). Value: `{"route": NAME, "records": [...]}` for that message (an older
+//! plain JSON array of records is still read, with an empty route). At open, whatever the
+//! tree still holds is queued again, and an entry leaves the tree only once its consumer
+//! is done, so a crash in between sends it again (consumers are idempotent).
+//!
+//! Records bound for the local record store are not written to the tree: the journal
+//! already holds their message durably, marked `mapped` until the store's records are on
+//! disk, and a restart maps every `mapped` entry again (mapping is deterministic, upserts
+//! are idempotent). Writing them here too cost a sled write and sync per batch and
+//! another write to delete them, for nothing the journal does not already give.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,9 +44,24 @@ pub struct OutboxEntry {
     /// Each record's index entries, in the order of `records`, when the mapper worked
     /// them out for the local record store (empty otherwise).
     pub index: Vec<Option<crate::store::IndexEntries>>,
+    /// Whether the entry is in the outbox's tree (written by [`Outbox::put`], or found
+    /// there at open); an entry only in memory has the journal as its durable copy.
+    pub kept: bool,
 }
 
 impl OutboxEntry {
+    /// A message's records, not yet encoded nor kept.
+    pub fn new(journal_id: u64, route: String, records: Vec<Value>) -> OutboxEntry {
+        OutboxEntry {
+            journal_id,
+            route,
+            records,
+            encoded: Vec::new(),
+            index: Vec::new(),
+            kept: false,
+        }
+    }
+
     /// What the record store's writer takes: each record with its JSON when
     /// [`Outbox::put`] made it, and its index entries when the mapper worked them out.
     pub fn for_store(
@@ -77,6 +100,8 @@ pub struct Outbox {
     room: Condvar,
     /// Journal ids of the entries found at open (see [`Outbox::was_reloaded`]).
     reloaded: std::collections::HashSet<u64>,
+    /// Entries released without being kept in the tree and not yet removed.
+    in_memory: AtomicUsize,
 }
 
 impl Outbox {
@@ -91,18 +116,12 @@ impl Outbox {
             let journal_id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             match serde_json::from_slice::<Stored>(&v) {
                 Ok(Stored::Entry { route, records }) => waiting.push_back(OutboxEntry {
-                    journal_id,
-                    route,
-                    records,
-                    encoded: Vec::new(),
-                    index: Vec::new(),
+                    kept: true,
+                    ..OutboxEntry::new(journal_id, route, records)
                 }),
                 Ok(Stored::Records(records)) => waiting.push_back(OutboxEntry {
-                    journal_id,
-                    route: String::new(),
-                    records,
-                    encoded: Vec::new(),
-                    index: Vec::new(),
+                    kept: true,
+                    ..OutboxEntry::new(journal_id, String::new(), records)
                 }),
                 Err(e) => {
                     tree.remove(k)?;
@@ -121,22 +140,30 @@ impl Outbox {
                 cv: Condvar::new(),
                 room: Condvar::new(),
                 reloaded,
+                in_memory: AtomicUsize::new(0),
             },
             bad,
         ))
     }
 
-    /// Writes entries to the tree (not yet durable: the caller syncs the database, then
-    /// calls [`Outbox::release`]).
-    /// Each entry keeps its records' JSON in [`OutboxEntry::encoded`].
-    pub fn put(&self, entries: &mut [OutboxEntry]) -> Result<(), OutboxError> {
-        let mut batch = sled::Batch::default();
+    /// Encodes each entry's records as JSON into [`OutboxEntry::encoded`] (what the
+    /// consumers send or write), without keeping the entries in the tree.
+    pub fn encode(entries: &mut [OutboxEntry]) {
         for e in entries.iter_mut() {
             e.encoded = e
                 .records
                 .iter()
                 .map(|r| serde_json::to_vec(r).expect("a serde_json::Value always serialises"))
                 .collect();
+        }
+    }
+
+    /// Encodes entries (see [`Outbox::encode`]) and writes them to the tree (not yet
+    /// durable: the caller syncs the database, then calls [`Outbox::release`]).
+    pub fn put(&self, entries: &mut [OutboxEntry]) -> Result<(), OutboxError> {
+        Outbox::encode(entries);
+        let mut batch = sled::Batch::default();
+        for e in entries.iter_mut() {
             // `{"route": …, "records": [...]}` ([`Stored::Entry`]) from those bytes.
             let size: usize = e.encoded.iter().map(|r| r.len() + 1).sum();
             let mut value = Vec::with_capacity(size + e.route.len() + 32);
@@ -153,14 +180,20 @@ impl Outbox {
             batch.insert(&e.journal_id.to_be_bytes(), value);
         }
         self.tree.apply_batch(batch)?;
+        for e in entries.iter_mut() {
+            e.kept = true;
+        }
         Ok(())
     }
 
-    /// Hands durable entries to the consumer.
+    /// Hands entries to the consumer: kept ones once the tree is synced, the others
+    /// once the journal holds their messages.
     pub fn release(&self, entries: Vec<OutboxEntry>) {
         if entries.is_empty() {
             return;
         }
+        let in_memory = entries.iter().filter(|e| !e.kept).count();
+        self.in_memory.fetch_add(in_memory, Ordering::SeqCst);
         self.waiting.lock().expect("outbox lock").extend(entries);
         self.cv.notify_all();
     }
@@ -207,13 +240,22 @@ impl Outbox {
         }
     }
 
-    /// Drops entries whose records are committed in the store.
-    pub fn remove(&self, ids: &[u64]) -> Result<(), OutboxError> {
+    /// Drops entries their consumer is done with (records durable in the store, or
+    /// confirmed by the broker).
+    pub fn remove(&self, entries: &[OutboxEntry]) -> Result<(), OutboxError> {
         let mut batch = sled::Batch::default();
-        for id in ids {
-            batch.remove(&id.to_be_bytes());
+        let mut in_memory = 0;
+        for e in entries {
+            if e.kept {
+                batch.remove(&e.journal_id.to_be_bytes());
+            } else {
+                in_memory += 1;
+            }
         }
-        self.tree.apply_batch(batch)?;
+        self.in_memory.fetch_sub(in_memory, Ordering::SeqCst);
+        if in_memory < entries.len() {
+            self.tree.apply_batch(batch)?;
+        }
         Ok(())
     }
 
@@ -224,13 +266,13 @@ impl Outbox {
         self.reloaded.contains(&id)
     }
 
-    /// Entries written and not yet committed in the store.
+    /// Entries handed over and not yet removed: kept in the tree, or in memory.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.tree.len() + self.in_memory.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 
@@ -257,13 +299,7 @@ mod tests {
             let (outbox, bad) = Outbox::open(&db).unwrap();
             assert!(bad.is_empty());
             let entries: Vec<OutboxEntry> = (1..=3)
-                .map(|id| OutboxEntry {
-                    journal_id: id,
-                    route: "r".into(),
-                    records: vec![json!({"id": id})],
-                    encoded: Vec::new(),
-                    index: Vec::new(),
-                })
+                .map(|id| OutboxEntry::new(id, "r".into(), vec![json!({"id": id})]))
                 .collect();
             let mut entries = entries;
             outbox.put(&mut entries).unwrap();
@@ -276,7 +312,7 @@ mod tests {
                 taken.iter().map(|e| e.journal_id).collect::<Vec<_>>(),
                 vec![1, 2]
             );
-            outbox.remove(&[1, 2]).unwrap();
+            outbox.remove(&taken).unwrap();
             db.flush().unwrap();
         }
         let db = open_db(dir.path());
@@ -293,17 +329,39 @@ mod tests {
     }
 
     #[test]
+    fn entries_for_the_local_store_live_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path());
+            let (outbox, _) = Outbox::open(&db).unwrap();
+            let mut entries: Vec<OutboxEntry> = (1..=2)
+                .map(|id| OutboxEntry::new(id, "r".into(), vec![json!({"id": id})]))
+                .collect();
+            Outbox::encode(&mut entries);
+            assert_eq!(entries[1].encoded, vec![br#"{"id":2}"#.to_vec()]);
+            outbox.release(entries);
+            // Counted while on their way, though the tree is empty.
+            assert_eq!(outbox.len(), 2);
+            let taken = outbox.take(1, Duration::from_secs(1));
+            assert!(!taken[0].kept);
+            outbox.remove(&taken).unwrap();
+            assert_eq!(outbox.len(), 1);
+            db.flush().unwrap();
+        }
+        // Gone at a restart: the journal, not the outbox, brings them back.
+        let db = open_db(dir.path());
+        let (outbox, _) = Outbox::open(&db).unwrap();
+        assert!(outbox.is_empty());
+        assert!(!outbox.was_reloaded(2));
+        assert!(outbox.take(10, Duration::from_millis(1)).is_empty());
+    }
+
+    #[test]
     fn a_full_outbox_has_no_room_until_the_consumer_takes() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
         let (outbox, _) = Outbox::open(&db).unwrap();
-        let entry = |id| OutboxEntry {
-            journal_id: id,
-            route: "r".into(),
-            records: vec![json!({"id": id})],
-            encoded: Vec::new(),
-            index: Vec::new(),
-        };
+        let entry = |id| OutboxEntry::new(id, "r".into(), vec![json!({"id": id})]);
         outbox.release((1..=3).map(entry).collect());
         assert_eq!(outbox.waiting(), 3);
         assert!(!outbox.wait_for_room(3, Duration::from_millis(1)));
