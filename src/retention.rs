@@ -18,7 +18,7 @@
 //!    confirmed them and the edge holds nothing more). The one exception is the
 //!    operator's choice: `error` and `unrouted` messages older than
 //!    `error_retention_days`. An archived file stays while any journal entry naming it
-//!    is unfinished (received, routed, mapped, queued in the embedded outbox, error,
+//!    is unfinished (received, routed, mapped, error,
 //!    unrouted), so an instance can always be mapped, replayed or inspected until its
 //!    records are stored (or its error is older than `error_retention_days`). Files
 //!    under `failed/` also go earlier: they are copies of instances the sender was told

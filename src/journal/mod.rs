@@ -431,9 +431,9 @@ impl Journal {
         self.set_statuses(vec![(id, status, error)]);
     }
 
-    /// Records several status changes under one lock. A late `queued` never overwrites
-    /// `stored` (the store thread can finish an entry before the mapper records that it
-    /// queued it).
+    /// Records several status changes under one lock. `queued` never overwrites
+    /// `stored`: it follows `mapped` on an edge, which never stores, so over `stored` it
+    /// could only come late and would make a finished entry look unfinished.
     pub fn set_statuses(&self, mut changes: Vec<(u64, Status, Option<String>)>) {
         {
             let mut index = self.shared.index.write().expect("journal index lock");
