@@ -115,22 +115,7 @@ enum Command {
     },
 }
 
-/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc.h).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// How long freed memory stays with the process before it goes back to the system.
-/// mimalloc's default, 10 ms, gave a burst's buffers back between two batches of the
-/// store thread, which then took fresh pages from the kernel, zeroed: a sixth of that
-/// thread's time, and 10 % of the end-to-end rate (docs/PERFORMANCE.md). Memory freed
-/// after a burst now goes back 10 s later. `MIMALLOC_PURGE_DELAY` in the environment
-/// (milliseconds) overrides it.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
 fn main() -> ExitCode {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one option of the allocator this binary runs with; mimalloc
-        // reads it on each purge and allows it to change at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, role } => serve(config, role),
