@@ -890,17 +890,11 @@ fn finish_written(
         }
         // `stored` must be on disk before the outbox forgets the entries it keeps (found
         // at open, or replayed), or a crash would leave them `mapped` with nothing left
-        // to store. After a failed sync the statuses are set again: the failed write may
-        // not have kept them.
-        loop {
-            journal.set_statuses(statuses.clone());
-            match journal.sync_blocking() {
-                Ok(()) => break,
-                Err(e) => {
-                    if !retry("journal sync", &e) {
-                        return;
-                    }
-                }
+        // to store. A failed commit keeps its status frames for the next one.
+        journal.set_statuses(statuses);
+        while let Err(e) = journal.sync_blocking() {
+            if !retry("journal sync", &e) {
+                return;
             }
         }
         if let Err(e) = outbox.remove(&batch) {

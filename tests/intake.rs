@@ -336,6 +336,16 @@ fn the_pipeline_yields_the_cpu_to_intake() {
     rt.block_on(engine.shutdown());
 }
 
+/// The stages of entry `id`'s trail, in order.
+fn stages(engine: &halong::engine::Engine, id: u64) -> Vec<String> {
+    engine
+        .journal
+        .trail(id)
+        .into_iter()
+        .map(|s| s.stage)
+        .collect()
+}
+
 /// Entries the outbox holds, as `/health` reports them.
 fn outbox_waiting(http: std::net::SocketAddr) -> serde_json::Value {
     http_json(http, "/health").1["outbox"]["waiting"].clone()
@@ -415,6 +425,18 @@ fn stored_records_stay_in_flight_while_the_journal_cannot_sync() {
 
     engine.journal.faults().fail_sync(false);
     ends_stored(&engine, id);
+    assert_eq!(
+        stages(&engine, id),
+        ["received", "routed", "mapped", "stored"]
+    );
+    rt.block_on(engine.shutdown());
+    // And so on disk: the failed commit's status frames went with the next one.
+    let engine = rt.block_on(start(dir.path()));
+    assert_eq!(engine.journal.entry(id).unwrap().status, Status::Stored);
+    assert_eq!(
+        stages(&engine, id),
+        ["received", "routed", "mapped", "stored"]
+    );
     rt.block_on(engine.shutdown());
 }
 
@@ -430,14 +452,8 @@ fn an_entry_in_flight_at_shutdown_is_stored_after_the_restart() {
 
     let engine = rt.block_on(start(dir.path()));
     ends_stored(&engine, id);
-    let stages: Vec<String> = engine
-        .journal
-        .trail(id)
-        .into_iter()
-        .map(|s| s.stage)
-        .collect();
     assert_eq!(
-        stages,
+        stages(&engine, id),
         ["received", "routed", "mapped", "routed", "mapped", "stored"],
         "mapped again after the restart"
     );

@@ -16,7 +16,8 @@
 //!    along with the next batch (or are written within [`LAZY_EVERY`] when none comes);
 //!    they are not waited for, and do not wake the committer. Losing the last few on a
 //!    crash or a kill only means a message is processed again, which is idempotent
-//!    downstream, and its trail misses those steps.
+//!    downstream, and its trail misses those steps. Those of a commit that fails go
+//!    with the next one, in their order.
 //! 6. Retention ([`Journal::prune`], [`Journal::prune_where`]) deletes only whole,
 //!    closed segments whose every entry is finished (`stored`; `queued` where records
 //!    leave through RabbitMQ), from the oldest on; a message not yet stored is never
@@ -826,6 +827,9 @@ impl Committer {
         buf.clear();
         let mut pending: Vec<Pending> = Vec::new();
         let mut syncs = Vec::new();
+        // Status and step frames of this batch: written again by the next commit if
+        // this one fails (their changes are already in memory).
+        let mut lazy = Vec::new();
         let mut id = self.next_id;
         let mut listeners = Vec::new();
         {
@@ -875,6 +879,7 @@ impl Committer {
                 }
                 Cmd::Status(sid, status, error, at_ms) => {
                     frame::encode_status(buf, sid, status, at_ms, error.as_deref().unwrap_or(""));
+                    lazy.push(Cmd::Status(sid, status, error, at_ms));
                 }
                 Cmd::Step(sid, step) => {
                     frame::encode_step(
@@ -884,6 +889,7 @@ impl Committer {
                         &step.stage,
                         step.detail.as_deref().unwrap_or(""),
                     );
+                    lazy.push(Cmd::Step(sid, step));
                 }
                 Cmd::Sync(reply) => syncs.push(reply),
             }
@@ -931,6 +937,12 @@ impl Committer {
                     tracing::error!(error = %te, "journal could not truncate after a failed write");
                 }
                 self.prepared = self.len;
+                // Ahead of any frame queued since, so they keep their order.
+                {
+                    let mut queued = self.shared.lazy.lock().expect("journal lazy lock");
+                    lazy.append(&mut queued);
+                    *queued = lazy;
+                }
                 let msg = e.to_string();
                 for p in pending {
                     let _ = p.reply.send(Err(JournalError::CommitFailed(msg.clone())));

@@ -95,6 +95,26 @@ fn failed_sync_fails_the_batch_and_consumes_no_ids() {
     );
 }
 
+/// A status change rides with the next commit; when that commit fails, the change goes
+/// with the one after, so it is not lost from disk while it stays in memory.
+#[test]
+fn status_frames_of_a_failed_commit_go_with_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        j.append_blocking(entry(1)).unwrap();
+        j.faults().fail_sync(true);
+        j.set_status(1, Status::Stored, None);
+        assert!(j.sync_blocking().is_err());
+        j.faults().fail_sync(false);
+        j.sync_blocking().unwrap();
+    }
+    let j = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+    assert_eq!(j.entry(1).unwrap().status, Status::Stored);
+    let stages: Vec<String> = j.trail(1).into_iter().map(|s| s.stage).collect();
+    assert_eq!(stages, ["received", "stored"], "written once");
+}
+
 /// Where the frames of the current segment end (an entry's raw bytes end its frame).
 fn frames_end(j: &Journal) -> u64 {
     let index = j.shared.index.read().unwrap();
