@@ -316,11 +316,37 @@ fn serve(path: PathBuf, role: Option<String>) -> ExitCode {
         tracing::info!(
             "halong is running; Ctrl-C or SIGTERM stops it, SIGHUP reloads routes and mappings"
         );
-        wait_for_stop(&engine, signals).await;
+        let stop = wait_for_stop(&engine, signals).await;
         tracing::info!("stopping");
         engine.shutdown().await;
-        ExitCode::SUCCESS
+        match stop {
+            Stop::Asked => ExitCode::SUCCESS,
+            Stop::StoreFailed => {
+                eprintln!("halong: stopped because the record store could not make records durable (see the log); start it again once the disk is sound: the messages it had not stored are stored then");
+                ExitCode::from(1)
+            }
+        }
     })
+}
+
+/// Why `serve` stops.
+enum Stop {
+    /// Ctrl-C or SIGTERM.
+    Asked,
+    /// A sync of the record store failed: nothing more is made durable until the store
+    /// is opened again, so the process ends and the service manager starts it anew.
+    StoreFailed,
+}
+
+/// Resolves once a sync of the record store has failed (checked every second).
+async fn store_failed(engine: &halong::engine::Engine) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if engine.store.is_failing() {
+            return;
+        }
+    }
 }
 
 /// The signals `serve` handles, taken from the default actions.
@@ -339,15 +365,19 @@ impl Signals {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM; on SIGHUP reloads routes and mappings (an invalid set
-/// is refused and logged, and the running set stays). A signal that came while the
-/// engine started is taken now.
-async fn wait_for_stop(engine: &halong::engine::Engine, signals: Signals) {
+/// Waits for Ctrl-C or SIGTERM, or for the record store to fail a sync; on SIGHUP
+/// reloads routes and mappings (an invalid set is refused and logged, and the running
+/// set stays). A signal that came while the engine started is taken now.
+async fn wait_for_stop(engine: &halong::engine::Engine, signals: Signals) -> Stop {
     let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return Stop::Asked,
+            _ = term.recv() => return Stop::Asked,
+            _ = store_failed(engine) => {
+                tracing::error!("the record store failed a sync: records it wrote since its last good sync may not be on disk; stopping, so that a restart (the service manager's) reopens it and stores those messages again from the journal");
+                return Stop::StoreFailed;
+            }
             _ = hup.recv() => match engine.reload() {
                 Ok(rules) => tracing::info!(
                     routes = rules.routes.routes().len(),

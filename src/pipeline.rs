@@ -858,9 +858,11 @@ fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<(u64, Status, Option
 }
 
 /// The `store-sync` thread: for each written batch, in order, the store's sync, then
-/// the statuses and the journal's sync, then the outbox's removal. A failed sync is
-/// tried again every 500 ms, holding up the writer (the batch's records are in the
-/// tree; only their sync is missing). At shutdown it finishes the batches it is handed
+/// the statuses and the journal's sync, then the outbox's removal. A failed journal
+/// sync is tried again every 500 ms, holding up the writer. A failed store sync stops
+/// the store stage: the store cannot vouch for those records any more (see
+/// [`Store::sync`]), `/ready` says so and `halong serve` stops, so that the service
+/// manager's restart maps them again. At shutdown it finishes the batches it is handed
 /// and stops retrying: unfinished entries stay `mapped`, and the next start stores them
 /// (from the outbox's tree where it kept them, else by mapping them again).
 fn finish_written(
@@ -876,10 +878,9 @@ fn finish_written(
         !stop.load(Ordering::SeqCst)
     };
     for Written { batch, statuses } in written {
-        while let Err(e) = store.sync() {
-            if !retry("record store sync", &e) {
-                return;
-            }
+        if let Err(e) = store.sync() {
+            tracing::error!(error = %e, "the record store could not make records durable; storing stops here (messages are still acknowledged and kept in the journal) and a restart stores them");
+            return;
         }
         for (id, status, _) in &statuses {
             if *status == Status::Stored {

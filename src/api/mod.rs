@@ -163,7 +163,10 @@ async fn ready(State(s): State<AppState>) -> Response {
             problems.push("the record store cannot be read".to_string());
         }
         if s.store.is_failing() {
-            problems.push("the record store cannot make records durable (sync failed)".to_string());
+            problems.push(
+                "the record store cannot make records durable (a sync failed; a restart recovers)"
+                    .to_string(),
+            );
         }
     }
     if let Some(b) = &s.broker {

@@ -30,6 +30,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// An earlier sync failed: after a failed fdatasync the kernel may have dropped the
+    /// pages it could not write, so no later sync can vouch for them.
+    #[error("an earlier fdatasync of {path} failed; writes since the last good one may be lost, and only a restart, which maps them again from the journal, makes them durable")]
+    SyncFailedBefore { path: PathBuf },
     /// A stored record does not parse as JSON (disk corruption or a foreign writer).
     #[error("stored record {key} is not valid JSON: {source}")]
     CorruptRecord {

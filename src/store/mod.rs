@@ -122,55 +122,58 @@ struct Inner {
     db_file_path: PathBuf,
     /// Serialises writers: the read-previous-then-write of `upsert_batch` needs it.
     write_lock: Mutex<()>,
-    /// Set while the last `sync` failed (for `/ready`).
-    sync_failing: std::sync::atomic::AtomicBool,
+    /// Set for good once a `sync` failed (see [`Store::sync`]).
+    sync_failed: std::sync::atomic::AtomicBool,
     faults: Faults,
 }
 
 /// Deliberate failures, for tests that prove a store that cannot make records durable
-/// is reported and recovers.
+/// is reported and recovered.
 #[derive(Debug, Default)]
 pub struct Faults {
     fail_sync: std::sync::atomic::AtomicBool,
-    /// Syncs left to succeed before every one fails; 0 when not counting.
-    fail_after: std::sync::atomic::AtomicU64,
+    /// While true, syncs wait (see [`Faults::hold_sync`]).
+    held: Mutex<bool>,
+    released: std::sync::Condvar,
+    /// A sync is waiting on the hold.
+    holding: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
-    /// While set, every [`Store::sync`] fails as if `fdatasync` had returned EIO.
-    /// Clearing it also ends [`Faults::fail_sync_after`].
-    pub fn fail_sync(&self, on: bool) {
-        use std::sync::atomic::Ordering::SeqCst;
+    /// While set, every [`Store::sync`] waits before it syncs (a slow disk): the
+    /// records stay written and not yet durable for as long as a test needs.
+    pub fn hold_sync(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = on;
         if !on {
-            self.fail_after.store(0, SeqCst);
+            self.released.notify_all();
         }
-        self.fail_sync.store(on, SeqCst);
     }
 
-    /// The next `n` syncs succeed, then every one fails until `fail_sync(false)`.
-    pub fn fail_sync_after(&self, n: u64) {
+    /// Whether a sync is waiting on [`Faults::hold_sync`].
+    pub fn sync_is_held(&self) -> bool {
+        self.holding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn wait_while_held(&self) {
         use std::sync::atomic::Ordering::SeqCst;
-        self.fail_after.store(n + 1, SeqCst);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            self.holding.store(true, SeqCst);
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        self.holding.store(false, SeqCst);
+    }
+
+    /// While set, every [`Store::sync`] fails as if `fdatasync` had returned EIO (and
+    /// the store stays failed once one did: see [`Store::sync`]).
+    pub fn fail_sync(&self, on: bool) {
+        self.fail_sync
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether this sync is to fail.
     fn sync_fails(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.fail_sync.load(SeqCst) {
-            return true;
-        }
-        // Counting down from n + 1: the sync that finds 1 turns the fault on.
-        match self
-            .fail_after
-            .fetch_update(SeqCst, SeqCst, |left| (left > 1).then(|| left - 1))
-        {
-            Ok(_) => false,
-            Err(0) => false,
-            Err(_) => {
-                self.fail_sync.store(true, SeqCst);
-                true
-            }
-        }
+        self.fail_sync.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -208,7 +211,7 @@ impl Store {
                 db_file: Mutex::new(db_file),
                 db_file_path,
                 write_lock: Mutex::new(()),
-                sync_failing: std::sync::atomic::AtomicBool::new(false),
+                sync_failed: std::sync::atomic::AtomicBool::new(false),
                 faults: Faults::default(),
             }),
         })
@@ -228,8 +231,22 @@ impl Store {
 
     /// Makes everything written so far durable: `flush()`, then fdatasync of
     /// `<db_dir>/db`. Concurrent callers take turns.
+    ///
+    /// Once a sync failed, every later one fails too, until the store is opened again:
+    /// after a failed fdatasync the kernel may have dropped the pages it could not
+    /// write and marked them clean, so a later sync would succeed without them, and
+    /// records it vouched for could be missing after a power cut (PostgreSQL's
+    /// "fsyncgate", 2018). Nothing is marked `stored` meanwhile; a restart reopens the
+    /// store from what is on disk and maps every `mapped` message again.
     pub fn sync(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
         let file = lock(&self.inner.db_file);
+        self.inner.faults.wait_while_held();
+        if self.inner.sync_failed.load(SeqCst) {
+            return Err(StoreError::SyncFailedBefore {
+                path: self.inner.db_file_path.clone(),
+            });
+        }
         let result = self
             .inner
             .db
@@ -246,16 +263,17 @@ impl Store {
                     source,
                 })
             });
-        self.inner
-            .sync_failing
-            .store(result.is_err(), std::sync::atomic::Ordering::SeqCst);
+        if result.is_err() {
+            self.inner.sync_failed.store(true, SeqCst);
+        }
         result
     }
 
-    /// True while the last [`Store::sync`] failed: records are not being made durable.
+    /// True once a [`Store::sync`] failed: records are no longer made durable until the
+    /// store is opened again.
     pub fn is_failing(&self) -> bool {
         self.inner
-            .sync_failing
+            .sync_failed
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 

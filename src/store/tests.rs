@@ -432,6 +432,28 @@ fn invalid_resources_refuse_the_whole_batch() {
     assert_eq!(store.count("Patient").unwrap(), 0);
 }
 
+/// After a failed fdatasync the kernel may have dropped what it could not write, so a
+/// later sync that succeeds proves nothing: the store stays failed until it is opened
+/// again, and the records written meanwhile are not reported durable.
+#[test]
+fn a_failed_sync_is_not_forgotten_until_the_store_is_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.upsert_batch(&[patient("p1", "Đỗ", &["Minh"], &[])]).unwrap();
+        store.faults().fail_sync(true);
+        assert!(matches!(store.sync(), Err(StoreError::Sync { .. })));
+        store.faults().fail_sync(false);
+        let again = store.sync().unwrap_err();
+        assert!(matches!(again, StoreError::SyncFailedBefore { .. }));
+        assert!(again.to_string().contains("only a restart"), "{again}");
+        assert!(store.is_failing());
+    }
+    let store = open(dir.path());
+    assert!(!store.is_failing());
+    store.sync().unwrap();
+}
+
 #[test]
 fn synced_data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
