@@ -115,6 +115,33 @@ fn status_frames_of_a_failed_commit_go_with_the_next_one() {
     assert_eq!(stages, ["received", "stored"], "written once");
 }
 
+/// The committer's poll before it sleeps: it takes a command that is there, gives up
+/// at its deadline, and stops at once when every sender is gone.
+#[test]
+fn the_committer_polls_until_its_deadline() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let far = std::time::Instant::now() + Duration::from_secs(60);
+    tx.send(Cmd::Step(
+        1,
+        Step {
+            stage: "x".into(),
+            at_ms: 0,
+            detail: None,
+        },
+    ))
+    .unwrap();
+    assert!(matches!(poll(&rx, far), Some(Cmd::Step(1, _))));
+    assert!(
+        poll(&rx, std::time::Instant::now()).is_none(),
+        "nothing came"
+    );
+    drop(tx);
+    assert!(
+        poll(&rx, far).is_none(),
+        "no sender left: no wait until the deadline"
+    );
+}
+
 /// Where the frames of the current segment end (an entry's raw bytes end its frame).
 fn frames_end(j: &Journal) -> u64 {
     let index = j.shared.index.read().unwrap();

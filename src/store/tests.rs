@@ -440,7 +440,9 @@ fn a_failed_sync_is_not_forgotten_until_the_store_is_opened_again() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.upsert_batch(&[patient("p1", "Đỗ", &["Minh"], &[])]).unwrap();
+        store
+            .upsert_batch(&[patient("p1", "Đỗ", &["Minh"], &[])])
+            .unwrap();
         store.faults().fail_sync(true);
         assert!(matches!(store.sync(), Err(StoreError::Sync { .. })));
         store.faults().fail_sync(false);
