@@ -13,8 +13,9 @@
 //! batch to its `store-sync` thread, which makes the store durable, marks the entries
 //! `stored` and syncs the journal, while the store thread writes the next batch. A crash
 //! anywhere replays work that was not marked `stored` (a restart maps `mapped` entries
-//! again); replays are idempotent because record ids are deterministic. These threads run at idle CPU priority by default
-//! (`[pipeline] priority`): acknowledging comes first.
+//! again); replays are idempotent because record ids are deterministic. These threads
+//! run at idle CPU priority by default (`[pipeline] priority`): acknowledging comes
+//! first.
 //!
 //! With `[queue] kind = "amqp"` on an edge (role `edge` or `all`), a publish thread
 //! takes the store thread's place:
