@@ -313,6 +313,12 @@ fn serve(path: PathBuf, role: Option<String>) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // Tests of the real process make the record store fail its syncs this way; a
+        // release build has no such switch.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("HALONG_TEST_FAIL_STORE_SYNC").is_some() {
+            engine.store.faults().fail_sync(true);
+        }
         tracing::info!(
             "halong is running; Ctrl-C or SIGTERM stops it, SIGHUP reloads routes and mappings"
         );

@@ -41,7 +41,16 @@ fn setup(dir: &Path) -> std::path::PathBuf {
 }
 
 fn spawn(config: &Path) -> Server {
-    let (child, rx) = serve_logged(config, &[]);
+    let (server, rx) = spawn_env(config, &[]);
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    server
+}
+
+/// Starts `halong serve` with these environment variables; returns it once it logged
+/// its addresses, with the rest of its log.
+fn spawn_env(config: &Path, env: &[(&str, &str)]) -> (Server, std::sync::mpsc::Receiver<String>) {
+    let (child, rx) = serve_logged(config, env);
     let (mut his, mut lab, mut http) = (None, None, None);
     while his.is_none() || lab.is_none() || http.is_none() {
         let line = rx
@@ -70,14 +79,13 @@ fn spawn(config: &Path) -> Server {
             http = Some(a.parse().unwrap());
         }
     }
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    Server {
+    let server = Server {
         child,
         his: his.unwrap(),
         lab: lab.unwrap(),
         http: http.unwrap(),
-    }
+    };
+    (server, rx)
 }
 
 /// An ADT^A04 for synthetic patient `n`.
@@ -142,6 +150,52 @@ fn every_acknowledged_message_survives_sigkill() {
     );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+}
+
+/// A failed sync of the record store stops `serve` with exit status 1, saying why, so
+/// that the service manager's restart opens the store anew (a later sync could not
+/// vouch for what the failed one lost); the restart stores the message that was on its
+/// way.
+#[test]
+fn serve_stops_after_a_failed_store_sync_and_the_restart_stores_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let (mut server, log) = spawn_env(&config, &[("HALONG_TEST_FAIL_STORE_SYNC", "1")]);
+    let mut conn = Mllp::connect(server.his);
+    assert_eq!(msa_code(&conn.send(&admission(7))), "AA");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    // The log ends when the process does.
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("serve stops after the failed sync");
+        match log.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("serve did not stop: {e}"),
+        }
+    }
+    assert_eq!(server.child.wait().unwrap().code(), Some(1));
+    assert!(
+        said.iter()
+            .any(|l| l.contains("the record store failed a sync")),
+        "the log says why: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("halong: stopped because the record store")),
+        "and so does stderr: {said:?}"
+    );
+
+    let server = spawn(&config);
+    wait_until(
+        "the admission is stored after the restart",
+        Duration::from_secs(60),
+        || count_status(server.http, "stored") == 1,
+    );
+    let (_, b) = http_json(server.http, "/fhir/Patient?identifier=CR000007");
+    assert_eq!(b["total"], 1);
 }
 
 #[test]
