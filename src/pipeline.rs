@@ -783,7 +783,7 @@ fn gather_more(outbox: &Outbox, batch: &mut Vec<OutboxEntry>) {
 /// each entry gets once they are.
 struct Written {
     batch: Vec<OutboxEntry>,
-    statuses: Vec<(u64, Status, Option<String>)>,
+    statuses: Vec<StatusChange>,
 }
 
 /// The store sink in two threads: this one writes a batch's records into the store's
@@ -818,8 +818,8 @@ fn run_store(
             }
             let statuses = write_batch(store, &batch);
             if tx.send(Written { batch, statuses }).is_err() {
-                // The sync thread gave up at shutdown; what it did not finish stays in
-                // the outbox and is stored again at the next start (idempotent).
+                // The sync thread stopped (shutdown, or a failed store sync): what it
+                // did not finish stays `mapped` and is stored at the next start.
                 break;
             }
         }
@@ -829,7 +829,7 @@ fn run_store(
 
 /// Upserts a batch's records; the status of each entry (an entry whose records the
 /// store refuses is marked `error`, the others still go in).
-fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<(u64, Status, Option<String>)> {
+fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<StatusChange> {
     // Borrowed, not cloned: the entries stay whole for the fallback below.
     if let Ok(stats) = store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::for_store)) {
         crate::telemetry::store_writes(stats.written);
@@ -873,11 +873,6 @@ fn finish_written(
     stop: &AtomicBool,
     written: std::sync::mpsc::Receiver<Written>,
 ) {
-    let retry = |what: &str, e: &dyn std::fmt::Display| {
-        tracing::error!(error = %e, "{what} failed; retrying");
-        std::thread::sleep(Duration::from_millis(500));
-        !stop.load(Ordering::SeqCst)
-    };
     for Written { batch, statuses } in written {
         if let Err(e) = store.sync() {
             tracing::error!(error = %e, "the record store could not make records durable; storing stops here (messages are still acknowledged and kept in the journal) and a restart stores them");
@@ -895,7 +890,9 @@ fn finish_written(
         // to store. A failed commit keeps its status frames for the next one.
         journal.set_statuses(statuses);
         while let Err(e) = journal.sync_blocking() {
-            if !retry("journal sync", &e) {
+            tracing::error!(error = %e, "journal sync failed; retrying");
+            std::thread::sleep(Duration::from_millis(500));
+            if stop.load(Ordering::SeqCst) {
                 return;
             }
         }

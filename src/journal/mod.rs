@@ -777,16 +777,17 @@ const ZERO_AHEAD: u64 = 1 << 20;
 
 /// Bounds one batch so a flood of appends still gets answered in slices.
 const MAX_BATCH_CMDS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 16 << 20;
 /// When commands have lately come soon after a commit, the committer polls for the next
 /// one for up to twice that gap (at least [`SPIN_MIN`], at most this) before it sleeps.
 /// A sender waiting for its ACK before it sends again (one connection) finds the
 /// committer awake: waking a sleeping thread cost about as much as the disk's sync on
-/// the development machine (1-connection rate +31 %, docs/PERFORMANCE.md). A sender that
-/// pauses longer than this between messages never makes the committer poll, so an
-/// engine with little traffic does not burn CPU.
+/// the development machine (1-connection rate +20 to +26 %, docs/PERFORMANCE.md). A
+/// sender that pauses longer than this between messages never makes the committer
+/// poll, so an engine with little traffic does not burn CPU.
 const SPIN_MAX: Duration = Duration::from_micros(500);
+/// The shortest poll (see [`SPIN_MAX`]).
 const SPIN_MIN: Duration = Duration::from_micros(50);
-const MAX_BATCH_BYTES: usize = 16 << 20;
 
 struct Pending {
     meta: EntryMeta,

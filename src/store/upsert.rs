@@ -62,7 +62,7 @@ impl Store {
                 std::borrow::Cow::Owned(_) => None,
             };
             let r: &Value = r;
-            let ((rt, id), known, known_index) = match as_given {
+            let ((rt, id), known_bytes, known_index) = match as_given {
                 Some(given) => given,
                 None => (
                     validate(r).expect("valid records fold into valid records"),
@@ -71,7 +71,7 @@ impl Store {
                 ),
             };
             // Serialising a `Value` cannot fail: its map keys are strings.
-            let bytes = known.map_or_else(
+            let bytes = known_bytes.map_or_else(
                 || {
                     sled::IVec::from(
                         serde_json::to_vec(r).expect("a serde_json::Value always serialises"),
