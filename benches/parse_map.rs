@@ -3,7 +3,9 @@
 //! parsing the same bytes alone, measured in the same run.
 //!
 //! `cargo bench --bench parse_map` prints criterion's figures and, at the end, a table
-//! of MB/s per core and the ratio of halong parse+map to hl7-parser parse.
+//! of MB/s per core and the ratio of halong parse+map to hl7-parser parse. Parse + map
+//! ends with the records ([`halong::record::Record`]); two more rows add what the
+//! engine's mapper does with them (JSON bytes, and `serde_json` values for the store).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -83,6 +85,21 @@ fn hl7_parser_parse(bytes: &[u8]) -> usize {
 fn halong_parse_map(bytes: &[u8], m: &Mapping) -> usize {
     let msg = halong::hl7::parse(bytes).expect("parses");
     m.run(&msg, &RunContext::default()).map_or(0, |r| r.len())
+}
+
+/// Parse + map, then what the engine's mapper does with the records: each written as
+/// JSON bytes (what the outbox and the broker carry) and, with `values`, also turned
+/// into a `serde_json::Value` (what the record store indexes).
+fn halong_engine(bytes: &[u8], m: &Mapping, values: bool) -> usize {
+    let msg = halong::hl7::parse(bytes).expect("parses");
+    let Ok(records) = m.run(&msg, &RunContext::default()) else {
+        return 0;
+    };
+    let mut n = records.iter().map(|r| r.to_json_vec().len()).sum();
+    if values {
+        n += halong::record::to_values(&records).len();
+    }
+    n
 }
 
 /// Bytes per second of `f` over `set`, timed for about `budget`.
@@ -179,9 +196,19 @@ fn main() {
         i += 1;
         halong_parse_map(b, rules.mappings.get(name).unwrap())
     });
+    let mut engine = [0.0; 2];
+    for (values, r) in [false, true].into_iter().zip(engine.iter_mut()) {
+        let mut i = 0;
+        *r = rate(&set, budget, |b| {
+            let name = &corpus[i % corpus.len()].1;
+            i += 1;
+            halong_engine(b, rules.mappings.get(name).unwrap(), values)
+        });
+    }
     let one = [oru.as_slice()];
     let oru_base = rate(&one, budget, hl7_parser_parse);
     let oru_full = rate(&one, budget, |b| halong_parse_map(b, oru_map));
+    let oru_engine = rate(&one, budget, |b| halong_engine(b, oru_map, true));
     let oru_msgs = oru_full / oru.len() as f64;
     let mb = |r: f64| r / 1e6;
     println!();
@@ -201,6 +228,16 @@ fn main() {
         mb(full),
         full / base
     );
+    println!(
+        "    + records as JSON bytes          {:>8.1}   {:.2}",
+        mb(engine[0]),
+        engine[0] / base
+    );
+    println!(
+        "    + JSON bytes and serde_json values{:>7.1}   {:.2}",
+        mb(engine[1]),
+        engine[1] / base
+    );
     println!("ORU^R01 with 20 OBX ({} bytes)", oru.len());
     println!(
         "  hl7-parser 0.3 parse               {:>8.1}   1.00",
@@ -211,5 +248,10 @@ fn main() {
         mb(oru_full),
         oru_full / oru_base,
         oru_msgs
+    );
+    println!(
+        "    + JSON bytes and serde_json values{:>7.1}   {:.2}",
+        mb(oru_engine),
+        oru_engine / oru_base
     );
 }

@@ -12,6 +12,7 @@
 //! - [`routes`]: `routes/*.toml`, first match wins.
 //! - [`mapping`]: `mappings/*.toml`, declarative HL7 → FHIR R4.
 //! - [`queue`]: the outbox between mapping and the store.
+//! - [`record`]: a FHIR resource as a mapping makes it, in a compact JSON form.
 //! - [`store`]: the record store: upsert by id, patient indexes, search, `$everything`.
 //! - [`api`]: HTTP: `/fhir`, `/api`, `/health`.
 //! - [`pipeline`]: wires journal → routes → mapping → outbox → store.
@@ -32,6 +33,7 @@ pub mod listeners;
 pub mod mapping;
 pub mod pipeline;
 pub mod queue;
+pub mod record;
 pub mod retention;
 pub mod routes;
 pub mod send;

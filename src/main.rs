@@ -575,7 +575,7 @@ fn map_one(
         source: format!("file:{}", file.display()),
     };
     let (result, unread) = m.run_with_loss_report(&msg, &ctx);
-    let records = result.map_err(|e| e.to_string())?;
+    let records = halong::record::to_values(&result.map_err(|e| e.to_string())?);
     if unread.is_empty() {
         eprintln!(
             "{}: mapping \"{mapping_name}\" read every field",

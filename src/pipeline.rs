@@ -127,7 +127,7 @@ fn mapping_file_stems(dir: &Path) -> Vec<String> {
 pub enum Outcome {
     Records {
         route: String,
-        records: Vec<serde_json::Value>,
+        records: Vec<crate::record::Record>,
     },
     Unrouted(String),
     /// `route` is the route that took the message, when one did.
@@ -201,7 +201,7 @@ fn run_route(
     run: impl FnOnce(
         &crate::mapping::Mapping,
         &RunContext,
-    ) -> Result<Vec<serde_json::Value>, crate::mapping::MapError>,
+    ) -> Result<Vec<crate::record::Record>, crate::mapping::MapError>,
 ) -> Outcome {
     let failed = |why: String| Outcome::Failed {
         route: Some(route.name.clone()),
@@ -666,7 +666,7 @@ fn map_entries(
                 tracing::debug!(id, %route, records = records.len(), "mapped");
                 crate::telemetry::route_mapped(&route);
                 journal.set_route(id, &route);
-                entries.push(OutboxEntry::new(id, route, records));
+                entries.push(OutboxEntry::mapped(id, route, &records));
             }
             Outcome::Unrouted(why) => {
                 tracing::info!(id, listener = %meta.listener, message_type = %meta.message_type, "unrouted");

@@ -52,6 +52,7 @@ fn expected_records(config: &Config, listener: &str, raw: &[u8], id: u64) -> Vec
         .get(&route.mapping)
         .unwrap()
         .run(&msg, &ctx)
+        .map(|r| halong::record::to_values(&r))
         .expect("the sample maps")
 }
 

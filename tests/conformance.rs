@@ -72,6 +72,7 @@ fn map_file(rules: &Rules, file: &Path) -> Result<Vec<serde_json::Value>, String
         .get(&route.mapping)
         .ok_or_else(|| format!("no mapping {}", route.mapping))?;
     m.run(&msg, &halong::mapping::RunContext::default())
+        .map(|r| halong::record::to_values(&r))
         .map_err(|e| e.to_string())
 }
 

@@ -113,7 +113,7 @@ fn run_one(set: &MappingSet, mapping: &str, input: &Path) -> Result<(), String> 
         (None, None) => unreachable!("one input is always read"),
     }
     .map_err(|e| format!("mapping failed: {e}"))?;
-    let actual = Json::Array(actual);
+    let actual = Json::Array(actual.iter().map(crate::record::Record::to_value).collect());
     let mut diffs = Vec::new();
     diff("", &expected, &actual, &mut diffs);
     if diffs.is_empty() {

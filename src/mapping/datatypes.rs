@@ -9,8 +9,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::{Map, Value as Json};
-
+use super::eval::Value;
 use super::tables::Table;
 
 /// One selected piece seen as parts (components, or subcomponents of a component), each
@@ -99,43 +98,88 @@ impl<'a> Parts<'a> {
     /// Subpart `j` of part `i` (both 1-based).
     pub fn sub(&self, i: usize, j: usize) -> Option<&str> {
         match &self.0 {
-            Inner::Raw {
-                text,
-                part,
-                sub,
-                cuts,
-                n,
-                more,
-            } => {
-                let k = i.checked_sub(1)?;
-                let p = if k <= *n && !(*more && k == *n) {
-                    let start = if k == 0 { 0 } else { cuts[k - 1] as usize + 1 };
-                    let end = if k < *n { cuts[k] as usize } else { text.len() };
-                    &text[start..end]
-                } else if *more {
-                    crate::hl7::piece(text, *part, i)?
-                } else {
-                    return None;
-                };
-                let s = crate::hl7::piece(p, *sub, j)?;
-                (!s.is_empty() && s != "\"\"").then_some(s)
-            }
+            Inner::Raw { .. } => self.raw_sub(i, j),
             Inner::Decoded(parts) => parts
                 .get(i.checked_sub(1)?)?
                 .get(j.checked_sub(1)?)?
                 .as_deref(),
         }
     }
-}
 
-fn put(m: &mut Map<String, Json>, k: &str, v: Option<&str>) {
-    if let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) {
-        m.insert(k.to_string(), Json::String(v.to_string()));
+    /// Part `i`'s first subpart as text for a resource: borrowed from the message
+    /// where it has no escapes.
+    pub fn text(&self, i: usize) -> Option<Cow<'a, str>> {
+        match &self.0 {
+            Inner::Raw { .. } => self.raw_sub(i, 1).map(Cow::Borrowed),
+            Inner::Decoded(parts) => parts.get(i.checked_sub(1)?)?.first()?.clone(),
+        }
+    }
+
+    /// [`Parts::sub`] of escape-free text, borrowing from the message.
+    fn raw_sub(&self, i: usize, j: usize) -> Option<&'a str> {
+        let Inner::Raw {
+            text,
+            part,
+            sub,
+            cuts,
+            n,
+            more,
+        } = &self.0
+        else {
+            return None;
+        };
+        let text: &'a str = text;
+        let k = i.checked_sub(1)?;
+        let p = if k <= *n && !(*more && k == *n) {
+            let start = if k == 0 { 0 } else { cuts[k - 1] as usize + 1 };
+            let end = if k < *n { cuts[k] as usize } else { text.len() };
+            &text[start..end]
+        } else if *more {
+            crate::hl7::piece(text, *part, i)?
+        } else {
+            return None;
+        };
+        let s = crate::hl7::piece(p, *sub, j)?;
+        (!s.is_empty() && s != "\"\"").then_some(s)
     }
 }
 
-fn done(m: Map<String, Json>) -> Option<Json> {
-    (!m.is_empty()).then_some(Json::Object(m))
+/// An object's members as a data type function builds them.
+type Members<'a> = Vec<(&'a str, Value<'a>)>;
+
+/// `v` without surrounding white space; `None` when nothing is left.
+fn trimmed(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    match v {
+        Cow::Borrowed(b) => Some(b.trim()).filter(|t| !t.is_empty()).map(Cow::Borrowed),
+        Cow::Owned(o) => {
+            let t = o.trim();
+            if t.is_empty() {
+                None
+            } else if t.len() == o.len() {
+                Some(Cow::Owned(o))
+            } else {
+                Some(Cow::Owned(t.to_string()))
+            }
+        }
+    }
+}
+
+fn put<'a>(m: &mut Members<'a>, k: &'a str, v: Option<Cow<'a, str>>) {
+    if let Some(v) = v.and_then(trimmed) {
+        m.push((k, Value::Str(v)));
+    }
+}
+
+fn done(m: Members<'_>) -> Option<Value<'_>> {
+    (!m.is_empty()).then_some(Value::Obj(m))
+}
+
+/// Texts as a list member; nothing when there are none.
+fn list<'a>(m: &mut Members<'a>, k: &'a str, items: impl Iterator<Item = Cow<'a, str>>) {
+    let items: Vec<Value<'a>> = items.map(Value::Str).collect();
+    if !items.is_empty() {
+        m.push((k, Value::List(items)));
+    }
 }
 
 /// Tables the data type functions read, when the mapping directory has them.
@@ -148,71 +192,60 @@ pub struct Tables<'a> {
     pub telecom_system: Option<&'a Table>,
 }
 
-fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<&'t str> {
-    t?.get(code?.trim())
+fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<Cow<'t, str>> {
+    t?.get(code?.trim()).map(Cow::Borrowed)
 }
 
 /// XPN → HumanName: family (1.1), given (2, 3), suffix (4), prefix (5, 6), use (7).
-pub fn human_name(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
-    let mut m = Map::new();
+pub fn human_name<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
+    let mut m = Members::with_capacity(5);
     put(&mut m, "use", look(t.name_use, p.get(7)));
-    let family = p.get(1);
-    let given: Vec<&str> = [p.get(2), p.get(3)].into_iter().flatten().collect();
-    put(&mut m, "family", family);
-    if !given.is_empty() {
-        m.insert(
-            "given".into(),
-            Json::Array(given.iter().map(|g| Json::String(g.to_string())).collect()),
-        );
-    }
-    let prefix: Vec<Json> = [p.get(5), p.get(6)]
-        .into_iter()
-        .flatten()
-        .map(|s| Json::String(s.to_string()))
-        .collect();
-    if !prefix.is_empty() {
-        m.insert("prefix".into(), Json::Array(prefix));
-    }
-    if let Some(s) = p.get(4) {
-        m.insert(
-            "suffix".into(),
-            Json::Array(vec![Json::String(s.to_string())]),
-        );
-    }
+    put(&mut m, "family", p.text(1));
+    list(
+        &mut m,
+        "given",
+        [p.text(2), p.text(3)].into_iter().flatten(),
+    );
+    list(
+        &mut m,
+        "prefix",
+        [p.text(5), p.text(6)].into_iter().flatten(),
+    );
+    list(&mut m, "suffix", p.text(4).into_iter());
     done(m)
 }
 
 /// XAD → Address: line (1.1, 2), city (3), state (4), postalCode (5), country (6),
 /// use (7), district (9).
-pub fn address(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
-    let mut m = Map::new();
+pub fn address<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
+    let mut m = Members::with_capacity(7);
     put(&mut m, "use", look(t.address_use, p.get(7)));
-    let lines: Vec<Json> = [p.get(1), p.get(2)]
-        .into_iter()
-        .flatten()
-        .map(|s| Json::String(s.trim().to_string()))
-        .collect();
-    if !lines.is_empty() {
-        m.insert("line".into(), Json::Array(lines));
-    }
-    put(&mut m, "city", p.get(3));
-    put(&mut m, "district", p.get(9));
-    put(&mut m, "state", p.get(4));
-    put(&mut m, "postalCode", p.get(5));
-    put(&mut m, "country", p.get(6));
+    list(
+        &mut m,
+        "line",
+        [p.text(1), p.text(2)]
+            .into_iter()
+            .flatten()
+            .filter_map(trimmed),
+    );
+    put(&mut m, "city", p.text(3));
+    put(&mut m, "district", p.text(9));
+    put(&mut m, "state", p.text(4));
+    put(&mut m, "postalCode", p.text(5));
+    put(&mut m, "country", p.text(6));
     done(m)
 }
 
 /// XTN → ContactPoint: system from component 3 (equipment type), value from 4 (e-mail)
 /// or 12 (unformatted), else 1, else built from 5-7 (country, area, local number; any of
 /// area and local) and 8 (extension); use from component 2.
-pub fn contact_point(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
+pub fn contact_point<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
     let equipment = p.get(3);
     let system = look(t.telecom_system, equipment);
-    let value = if system == Some("email") || equipment == Some("Internet") {
-        p.get(4).or(p.get(1)).map(str::to_string)
+    let value = if system.as_deref() == Some("email") || equipment == Some("Internet") {
+        p.text(4).or(p.text(1))
     } else {
-        p.get(12).or(p.get(1)).map(str::to_string).or_else(|| {
+        p.text(12).or(p.text(1)).or_else(|| {
             // +country area local ext. extension, from whichever parts are sent.
             let mut parts = Vec::new();
             if let Some(c) = p.get(5) {
@@ -230,67 +263,67 @@ pub fn contact_point(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
             if let Some(x) = p.get(8) {
                 parts.push(format!("ext. {x}"));
             }
-            Some(parts.join(" "))
+            Some(Cow::Owned(parts.join(" ")))
         })
     };
     let value = value?;
-    let mut m = Map::new();
-    put(&mut m, "system", system.or(Some("phone")));
-    put(&mut m, "value", Some(&value));
+    let mut m = Members::with_capacity(3);
+    put(&mut m, "system", system.or(Some(Cow::Borrowed("phone"))));
+    put(&mut m, "value", Some(value));
     put(&mut m, "use", look(t.telecom_use, p.get(2)));
     done(m)
 }
 
 /// CX → Identifier: value (1), system from the assigning authority (4.1 through
 /// `id_systems`, else 4.2 as an OID), type (5).
-pub fn identifier(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
-    let value = p.get(1)?;
-    let mut m = Map::new();
-    let system = look(t.id_systems, p.sub(4, 1))
-        .map(str::to_string)
-        .or_else(|| match (p.sub(4, 2), p.sub(4, 3)) {
-            (Some(oid), Some("ISO")) => Some(format!("urn:oid:{oid}")),
-            _ => None,
-        });
-    if let Some(code) = p.get(5) {
-        let mut coding = Map::new();
+pub fn identifier<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
+    let value = p.text(1)?;
+    let mut m = Members::with_capacity(3);
+    let system = look(t.id_systems, p.sub(4, 1)).or_else(|| match (p.sub(4, 2), p.sub(4, 3)) {
+        (Some(oid), Some("ISO")) => Some(Cow::Owned(format!("urn:oid:{oid}"))),
+        _ => None,
+    });
+    if let Some(code) = p.text(5) {
+        let mut coding = Members::with_capacity(2);
         put(
             &mut coding,
             "system",
-            Some("http://terminology.hl7.org/CodeSystem/v2-0203"),
+            Some(Cow::Borrowed(
+                "http://terminology.hl7.org/CodeSystem/v2-0203",
+            )),
         );
         put(&mut coding, "code", Some(code));
-        let mut ty = Map::new();
-        ty.insert("coding".into(), Json::Array(vec![Json::Object(coding)]));
-        m.insert("type".into(), Json::Object(ty));
+        m.push((
+            "type",
+            Value::Obj(vec![("coding", Value::List(vec![Value::Obj(coding)]))]),
+        ));
     }
-    put(&mut m, "system", system.as_deref());
+    put(&mut m, "system", system);
     put(&mut m, "value", Some(value));
     done(m)
 }
 
 /// CWE/CE → CodeableConcept: codings from components 1-3 and 4-6 (systems through
 /// `v2_coding_system`), text from 9, else the first display.
-pub fn codeable_concept(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
+pub fn codeable_concept<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
     let mut codings = Vec::new();
     for base in [1, 4] {
-        let (code, display, sys) = (p.get(base), p.get(base + 1), p.get(base + 2));
-        if code.is_none() {
+        let Some(code) = p.text(base) else {
             continue;
-        }
-        let mut c = Map::new();
-        put(&mut c, "system", look(t.coding_system, sys));
-        put(&mut c, "code", code);
-        put(&mut c, "display", display);
-        codings.push(Json::Object(c));
+        };
+        let mut c = Members::with_capacity(3);
+        put(&mut c, "system", look(t.coding_system, p.get(base + 2)));
+        put(&mut c, "code", Some(code));
+        put(&mut c, "display", p.text(base + 1));
+        codings.push(Value::Obj(c));
     }
-    let mut m = Map::new();
+    let mut m = Members::with_capacity(2);
     if !codings.is_empty() {
-        m.insert("coding".into(), Json::Array(codings));
+        m.push(("coding", Value::List(codings)));
     }
     let text = p
-        .get(9)
-        .or_else(|| p.get(1).is_none().then(|| p.get(2)).flatten());
+        .text(9)
+        .or_else(|| p.get(1).is_none().then(|| p.text(2)).flatten());
     put(&mut m, "text", text);
     done(m)
 }
@@ -298,12 +331,15 @@ pub fn codeable_concept(p: &Parts<'_>, t: &Tables<'_>) -> Option<Json> {
 /// A number (NM) or structured numeric (SN: comparator^num1^separator^num2) with units
 /// (a CWE: code 1, text 2) → Quantity. A ratio or range SN (num2 present) is not a
 /// quantity: `None` (map it with `valueString` or `valueRange`).
-pub fn quantity(value: &Parts<'_>, units: Option<&Parts<'_>>) -> Result<Option<Json>, String> {
+pub fn quantity<'a>(
+    value: &Parts<'a>,
+    units: Option<&Parts<'a>>,
+) -> Result<Option<Value<'a>>, String> {
     let (comparator, number) = if value.len() >= 2 {
         if value.get(4).is_some() {
             return Ok(None);
         }
-        (value.get(1), value.get(2))
+        (value.text(1), value.get(2))
     } else {
         (None, value.get(1))
     };
@@ -311,20 +347,20 @@ pub fn quantity(value: &Parts<'_>, units: Option<&Parts<'_>>) -> Result<Option<J
         return Ok(None);
     };
     let n = super::functions::decimal(number)?;
-    let mut m = Map::new();
-    m.insert(
-        "value".into(),
-        n.parse::<serde_json::Number>()
-            .map_or(Json::String(n.clone()), Json::Number),
-    );
-    if let Some(c) = comparator.filter(|c| matches!(*c, "<" | ">" | "<=" | ">=")) {
+    let mut m = Members::with_capacity(5);
+    m.push(("value", Value::Num(Cow::Owned(n))));
+    if let Some(c) = comparator.filter(|c| matches!(&**c, "<" | ">" | "<=" | ">=")) {
         put(&mut m, "comparator", Some(c));
     }
     if let Some(u) = units {
-        let code = u.get(1);
-        put(&mut m, "unit", u.get(2).or(code));
+        let code = u.text(1);
+        put(&mut m, "unit", u.text(2).or_else(|| code.clone()));
         if code.is_some() {
-            put(&mut m, "system", Some("http://unitsofmeasure.org"));
+            put(
+                &mut m,
+                "system",
+                Some(Cow::Borrowed("http://unitsofmeasure.org")),
+            );
             put(&mut m, "code", code);
         }
     }

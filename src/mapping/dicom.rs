@@ -109,7 +109,7 @@ mod tests {
         let ctx = super::super::RunContext {
             source: "urn:halong:pacs:9".into(),
         };
-        let out = m.run_dicom(&a, &ctx).expect("maps");
+        let out = crate::record::to_values(&m.run_dicom(&a, &ctx).expect("maps"));
         assert_eq!(out.len(), 2);
         let (p, s) = (&out[0], &out[1]);
         assert_eq!(p["resourceType"], "Patient");
@@ -161,6 +161,7 @@ mod tests {
             .get("imaging_study")
             .unwrap()
             .run_dicom(&a, &Default::default())
+            .map(|r| crate::record::to_values(&r))
             .expect("maps");
         assert_eq!(out.len(), 1, "no Patient without PatientID");
         assert!(out[0].get("started").is_none());

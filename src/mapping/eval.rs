@@ -69,8 +69,8 @@ pub enum Value<'a> {
     Num(Cow<'a, str>),
     Bool(bool),
     List(Vec<Value<'a>>),
-    /// A JSON object, e.g. a reference.
-    Json(Json),
+    /// An object: a reference, or what a data type function built (keys in order).
+    Obj(Vec<(&'a str, Value<'a>)>),
 }
 
 impl<'a> Value<'a> {
@@ -84,7 +84,7 @@ impl<'a> Value<'a> {
             Value::Bool(b) => *b,
             Value::List(items) => items.iter().any(|v| !v.is_absent()),
             Value::Str(s) => !s.is_empty(),
-            Value::Num(_) | Value::Json(_) => true,
+            Value::Num(_) | Value::Obj(_) => true,
         }
     }
 
@@ -98,7 +98,7 @@ impl<'a> Value<'a> {
                 let parts: Vec<Cow<'_, str>> = items.iter().filter_map(Value::text).collect();
                 (!parts.is_empty()).then(|| Cow::Owned(parts.join(",")))
             }
-            Value::Json(j) => Some(Cow::Owned(j.to_string())),
+            Value::Obj(_) => self.to_json().map(|j| Cow::Owned(j.to_string())),
         }
     }
 
@@ -110,7 +110,19 @@ impl<'a> Value<'a> {
         }
     }
 
-    /// JSON for output; `None` when absent.
+    /// Whether the value puts anything into a resource: not absent, not empty text, not
+    /// a list or object of such.
+    pub fn present(&self) -> bool {
+        match self {
+            Value::Absent => false,
+            Value::Str(s) => !s.is_empty(),
+            Value::Num(_) | Value::Bool(_) => true,
+            Value::List(items) => items.iter().any(Value::present),
+            Value::Obj(members) => members.iter().any(|(_, v)| v.present()),
+        }
+    }
+
+    /// As a `serde_json::Value` (what it puts into a resource); `None` when absent.
     pub fn to_json(&self) -> Option<Json> {
         match self {
             Value::Absent => None,
@@ -124,16 +136,13 @@ impl<'a> Value<'a> {
                 let out: Vec<Json> = items.iter().filter_map(Value::to_json).collect();
                 (!out.is_empty()).then_some(Json::Array(out))
             }
-            Value::Json(j) => Some(j.clone()),
-        }
-    }
-
-    /// JSON for output, consuming the value (no copy of objects); `None` when absent.
-    pub fn into_json(self) -> Option<Json> {
-        match self {
-            Value::Json(j) => Some(j),
-            Value::Str(s) => (!s.is_empty()).then(|| Json::String(s.into_owned())),
-            other => other.to_json(),
+            Value::Obj(members) => {
+                let map: serde_json::Map<String, Json> = members
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v.to_json()?)))
+                    .collect();
+                (!map.is_empty()).then_some(Json::Object(map))
+            }
         }
     }
 }
@@ -584,7 +593,7 @@ impl<'a> Scope<'a> {
                     return Err(fail("the argument must be an HL7 path".into()));
                 };
                 let t = self.dt;
-                let build = |p: &Parts| match c.fid {
+                let build = |p: &Parts<'a>| match c.fid {
                     fid::HUMAN_NAME => datatypes::human_name(p, t),
                     fid::ADDRESS => datatypes::address(p, t),
                     fid::CONTACT_POINT => datatypes::contact_point(p, t),
@@ -595,7 +604,7 @@ impl<'a> Scope<'a> {
                 let items: Vec<Value> = self
                     .parts(path)
                     .iter()
-                    .map(|p| build(p).map_or(Value::Absent, Value::Json))
+                    .map(|p| build(p).unwrap_or(Value::Absent))
                     .collect();
                 Ok(collect(items, all))
             }
@@ -635,7 +644,7 @@ impl<'a> Scope<'a> {
                 let mut items = Vec::new();
                 for p in self.parts(path) {
                     let q = datatypes::quantity(&p, units.as_ref()).map_err(fail)?;
-                    items.push(q.map_or(Value::Absent, Value::Json));
+                    items.push(q.unwrap_or(Value::Absent));
                 }
                 Ok(collect(items, all))
             }
@@ -698,8 +707,9 @@ impl<'a> Scope<'a> {
 
     /// The instance of `t` whose context segment is nearest before or at the current
     /// context, else the first one.
-    fn nearest(&self, t: &str) -> Option<&Instance> {
-        let of_type = || self.instances.iter().filter(move |i| i.resource_type == t);
+    fn nearest(&self, t: &str) -> Option<&'a Instance> {
+        let instances: &'a [Instance] = self.instances;
+        let of_type = || instances.iter().filter(move |i| i.resource_type == t);
         let before = self.seg.and_then(|cur| {
             of_type()
                 .filter(|i| i.seg.is_some_and(|s| s <= cur))
@@ -711,14 +721,15 @@ impl<'a> Scope<'a> {
     /// Instances of `t` whose context segment lies in the current context's group: from
     /// the context segment up to the next segment with the same name. Without a context,
     /// every instance of `t`.
-    fn in_group<'s>(&'s self, t: &'s str) -> impl Iterator<Item = &'s Instance> + 's {
+    fn in_group<'s>(&'s self, t: &'s str) -> impl Iterator<Item = &'a Instance> + 's {
+        let instances: &'a [Instance] = self.instances;
         let range = self.seg.map(|cur| {
             let name = self.msg.segment_code(cur);
             let end =
                 (cur + 1..self.msg.segment_count()).find(|&i| self.msg.segment_code(i) == name);
             (cur, end.unwrap_or(usize::MAX))
         });
-        self.instances.iter().filter(move |i| {
+        instances.iter().filter(move |i| {
             i.resource_type == t
                 && match (range, i.seg) {
                     (None, _) => true,
@@ -764,8 +775,6 @@ fn owned<'a>(s: String) -> Value<'a> {
     Value::Str(Cow::Owned(s))
 }
 
-fn reference<'a>(i: &Instance) -> Value<'a> {
-    let mut m = serde_json::Map::with_capacity(1);
-    m.insert("reference".to_string(), Json::String(i.reference.clone()));
-    Value::Json(Json::Object(m))
+fn reference(i: &Instance) -> Value<'_> {
+    Value::Obj(vec![("reference", Value::Str(Cow::Borrowed(&i.reference)))])
 }

@@ -1,5 +1,5 @@
 //! Declarative mappings: `mappings/<name>.toml` turns one HL7 v2 message into a list of
-//! FHIR R4 resources (`serde_json::Value`), with lookup tables from
+//! FHIR R4 resources ([`Record`]s), with lookup tables from
 //! `mappings/tables/<name>.csv`. No scripting: HL7 paths, literals and a fixed function
 //! library (see `mappings/README.md`).
 //!
@@ -30,10 +30,11 @@ mod tables;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{json, Value as Json};
+use std::borrow::Cow;
 
 use crate::diag::Diagnostic;
 use crate::hl7::Message;
+use crate::record::Record;
 
 pub use eval::Value;
 pub use fhir_types::R4_RESOURCE_TYPES;
@@ -162,7 +163,7 @@ impl Mapping {
     }
 
     /// Maps one message to its resources.
-    pub fn run(&self, msg: &Message, ctx: &RunContext) -> Result<Vec<Json>, MapError> {
+    pub fn run(&self, msg: &Message, ctx: &RunContext) -> Result<Vec<Record>, MapError> {
         self.run_traced(msg, None, ctx, None)
     }
 
@@ -171,7 +172,7 @@ impl Mapping {
         &self,
         attrs: &crate::dicom::Attributes,
         ctx: &RunContext,
-    ) -> Result<Vec<Json>, MapError> {
+    ) -> Result<Vec<Record>, MapError> {
         self.run_traced(dicom::no_message(), Some(attrs), ctx, None)
     }
 
@@ -182,7 +183,7 @@ impl Mapping {
         &self,
         msg: &Message,
         ctx: &RunContext,
-    ) -> (Result<Vec<Json>, MapError>, Vec<String>) {
+    ) -> (Result<Vec<Record>, MapError>, Vec<String>) {
         let trace = Trace::default();
         let result = self.run_traced(msg, None, ctx, Some(&trace));
         (result, trace.unread(msg))
@@ -194,7 +195,7 @@ impl Mapping {
         dicom: Option<&crate::dicom::Attributes>,
         ctx: &RunContext,
         trace: Option<&Trace>,
-    ) -> Result<Vec<Json>, MapError> {
+    ) -> Result<Vec<Record>, MapError> {
         let dt = eval::datatype_tables(&self.tables);
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
@@ -255,25 +256,40 @@ impl Mapping {
                 instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
             }
         }
-        // Pass 2: fields.
+        self.fields(msg, dicom, ctx, trace, &instances, &dt)
+    }
+
+    /// Pass 2: the fields of every instance.
+    fn fields<'a>(
+        &'a self,
+        msg: &'a Message,
+        dicom: Option<&'a crate::dicom::Attributes>,
+        ctx: &'a RunContext,
+        trace: Option<&'a Trace>,
+        instances: &'a [Instance],
+        dt: &'a datatypes::Tables<'a>,
+    ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
-        for inst in &instances {
+        for inst in instances {
             let rule = &self.rules[inst.rule];
             let scope = Scope {
                 msg,
                 seg: inst.seg,
-                instances: &instances,
+                instances,
                 tables: &self.tables,
                 dicom,
                 trace,
-                dt: &dt,
+                dt,
             };
-            let mut head = vec![
-                ("resourceType", Json::String(rule.resource_type.clone())),
-                ("id", Json::String(inst.id.clone())),
-            ];
+            let text = |t: &'a str| output::Node::Leaf(Value::Str(Cow::Borrowed(t)));
+            let mut head = Vec::with_capacity(rule.sets.len() + 3);
+            head.push(("resourceType", text(&rule.resource_type)));
+            head.push(("id", text(&inst.id)));
             if !ctx.source.is_empty() {
-                head.push(("meta", json!({ "source": ctx.source })));
+                head.push((
+                    "meta",
+                    output::Node::object(vec![("source", text(&ctx.source))]),
+                ));
             }
             let mut root = output::Node::object(head);
             for set in &rule.sets {
@@ -285,30 +301,30 @@ impl Mapping {
                 let value = scope.eval(&set.expr).map_err(err)?;
                 set_value(&mut root, &set.steps, value).map_err(err)?;
             }
-            out.push(root.into_json().unwrap_or(Json::Null));
+            out.push(root.into_record().expect("a resource has its type and id"));
         }
         Ok(out)
     }
 }
 
 /// Sets a value at an output path; lists spread over `[*]` by index.
-fn set_value<'k>(
-    root: &mut output::Node<'k>,
-    steps: &'k [Step],
-    value: Value<'_>,
+fn set_value<'a>(
+    root: &mut output::Node<'a>,
+    steps: &'a [Step],
+    value: Value<'a>,
 ) -> Result<(), String> {
     let star = steps.contains(&Step::All);
     match value {
-        Value::Absent => Ok(()),
         Value::List(items) if star => {
             for (i, item) in items.into_iter().enumerate() {
-                if let Some(j) = item.into_json() {
-                    root.set(steps, i, j)?;
+                if item.present() {
+                    root.set(steps, i, item)?;
                 }
             }
             Ok(())
         }
-        v => v.into_json().map_or(Ok(()), |j| root.set(steps, 0, j)),
+        v if v.present() => root.set(steps, 0, v),
+        _ => Ok(()),
     }
 }
 

@@ -3,9 +3,10 @@
 //! Indices are 0-based. `[*]` takes a list value: item `i` goes to index `i`, so several
 //! keys with `[*]` fed by the same HL7 repetitions stay aligned (`identifier[*].value`,
 //! `identifier[*].system`). A single value set to `[*]` goes to index 0. After all
-//! fields are set, `compact` removes nulls from arrays and drops empty objects/arrays.
+//! fields are set, the record leaves out empty strings, objects and arrays.
 
-use serde_json::{Map, Value as Json};
+use super::eval::Value;
+use crate::record::{Builder, Record};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -88,32 +89,27 @@ pub fn parse_out_path(s: &str) -> Result<Vec<Step>, OutPathError> {
     Ok(steps)
 }
 
-/// A resource under construction: the structure its output paths give, with JSON
-/// values at the leaves. Object members are found by comparing the mapping's own key
-/// strings (no hashing, no key copies); [`Node::into_json`] builds the JSON once, in
-/// the order members were first set, leaving out what is empty.
+/// A resource under construction: the structure its output paths give, with values at
+/// the leaves. Object members are found by comparing the mapping's own key strings (no
+/// hashing, no key copies); [`Node::into_record`] writes the record once, in the order
+/// members were first set, leaving out what is empty.
 #[derive(Debug)]
-pub enum Node<'k> {
+pub enum Node<'a> {
     Empty,
-    Leaf(Json),
-    Obj(Vec<(&'k str, Node<'k>)>),
-    Arr(Vec<Node<'k>>),
+    Leaf(Value<'a>),
+    Obj(Vec<(&'a str, Node<'a>)>),
+    Arr(Vec<Node<'a>>),
 }
 
-impl<'k> Node<'k> {
+impl<'a> Node<'a> {
     /// An object with these members, in this order.
-    pub fn object(members: Vec<(&'k str, Json)>) -> Node<'k> {
-        Node::Obj(
-            members
-                .into_iter()
-                .map(|(k, v)| (k, Node::Leaf(v)))
-                .collect(),
-        )
+    pub fn object(members: Vec<(&'a str, Node<'a>)>) -> Node<'a> {
+        Node::Obj(members)
     }
 
     /// Sets `value` at `steps`; a `[*]` step stands for index `star`. Err names the
     /// conflict (a place set twice with different values, a key inside an array, ...).
-    pub fn set(&mut self, steps: &'k [Step], star: usize, value: Json) -> Result<(), String> {
+    pub fn set(&mut self, steps: &'a [Step], star: usize, value: Value<'a>) -> Result<(), String> {
         let Some((step, rest)) = steps.split_first() else {
             return match self {
                 Node::Empty => {
@@ -124,9 +120,12 @@ impl<'k> Node<'k> {
                 _ => Err("set twice".to_string()),
             };
         };
-        if let Node::Leaf(json) = self {
+        if let Node::Leaf(Value::Obj(_) | Value::List(_)) = self {
             // Inside a value a function built (an Identifier, a HumanName, ...).
-            return set_in(json, steps, star, value);
+            let Node::Leaf(v) = std::mem::replace(self, Node::Empty) else {
+                unreachable!("matched above");
+            };
+            *self = Node::from_value(v);
         }
         match step {
             Step::Key(k) => {
@@ -164,26 +163,61 @@ impl<'k> Node<'k> {
         }
     }
 
-    /// The JSON, without nulls in arrays and without empty objects, arrays and strings;
-    /// `None` when nothing is left.
-    pub fn into_json(self) -> Option<Json> {
-        match self {
-            Node::Empty => None,
-            Node::Leaf(mut json) => (!compact(&mut json)).then_some(json),
-            Node::Obj(members) => {
-                let mut map = Map::with_capacity(members.len());
-                for (k, node) in members {
-                    if let Some(json) = node.into_json() {
-                        map.insert(k.to_string(), json);
-                    }
-                }
-                (!map.is_empty()).then_some(Json::Object(map))
+    /// A built object or list opened one level, so a path can set inside it.
+    fn from_value(v: Value<'a>) -> Node<'a> {
+        let leaf = |v: Value<'a>| {
+            if v.is_absent() {
+                Node::Empty
+            } else {
+                Node::Leaf(v)
             }
-            Node::Arr(items) => {
-                let items: Vec<Json> = items.into_iter().filter_map(Node::into_json).collect();
-                (!items.is_empty()).then_some(Json::Array(items))
+        };
+        match v {
+            Value::Obj(members) => {
+                Node::Obj(members.into_iter().map(|(k, v)| (k, leaf(v))).collect())
             }
+            Value::List(items) => Node::Arr(items.into_iter().map(leaf).collect()),
+            other => leaf(other),
         }
+    }
+
+    /// The record, without nulls in arrays and without empty objects, arrays and
+    /// strings; `None` when nothing is left.
+    pub fn into_record(self) -> Option<Record> {
+        let mut b = Builder::new();
+        emit(&self, &mut b);
+        b.finish()
+    }
+}
+
+/// Pushes `node` onto `b` when it holds anything; true when it did.
+fn emit(node: &Node<'_>, b: &mut Builder) -> bool {
+    match node {
+        Node::Empty => false,
+        Node::Leaf(v) => emit_value(v, b),
+        Node::Obj(members) => b.object(members, emit),
+        Node::Arr(items) => b.array(items, emit),
+    }
+}
+
+fn emit_value(v: &Value<'_>, b: &mut Builder) -> bool {
+    match v {
+        Value::Absent => false,
+        Value::Str(s) if s.is_empty() => false,
+        Value::Str(s) => {
+            b.string(s);
+            true
+        }
+        Value::Num(n) => {
+            b.number(n);
+            true
+        }
+        Value::Bool(x) => {
+            b.boolean(*x);
+            true
+        }
+        Value::List(items) => b.array(items, emit_value),
+        Value::Obj(members) => b.object(members, emit_value),
     }
 }
 
@@ -192,66 +226,6 @@ impl<'k> Node<'k> {
 #[inline]
 fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
-}
-
-/// Sets `value` at `steps` inside a JSON value; `[*]` stands for index `star`.
-fn set_in(slot: &mut Json, steps: &[Step], star: usize, value: Json) -> Result<(), String> {
-    let Some((step, rest)) = steps.split_first() else {
-        if !slot.is_null() && *slot != value {
-            return Err("set twice".to_string());
-        }
-        *slot = value;
-        return Ok(());
-    };
-    match step {
-        Step::Key(k) => {
-            if slot.is_null() {
-                *slot = Json::Object(Map::new());
-            }
-            let Json::Object(map) = slot else {
-                return Err(format!("cannot set {k:?} inside a non-object"));
-            };
-            if !map.contains_key(k) {
-                map.insert(k.clone(), Json::Null);
-            }
-            let child = map.get_mut(k).expect("just inserted");
-            set_in(child, rest, star, value)
-        }
-        Step::Index(_) | Step::All => {
-            let i = match step {
-                Step::Index(i) => *i,
-                _ => star,
-            };
-            if slot.is_null() {
-                *slot = Json::Array(Vec::new());
-            }
-            let Json::Array(items) = slot else {
-                return Err(format!("cannot index [{i}] a non-array"));
-            };
-            if items.len() <= i {
-                items.resize(i + 1, Json::Null);
-            }
-            set_in(&mut items[i], rest, star, value)
-        }
-    }
-}
-
-/// Removes nulls from arrays and drops empty objects and arrays; true when `v` ends up
-/// empty (or null).
-pub fn compact(v: &mut Json) -> bool {
-    match v {
-        Json::Null => true,
-        Json::Object(map) => {
-            map.retain(|_, child| !compact(child));
-            map.is_empty()
-        }
-        Json::Array(items) => {
-            items.retain_mut(|child| !compact(child));
-            items.is_empty()
-        }
-        Json::String(s) => s.is_empty(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -302,26 +276,28 @@ mod tests {
         .iter()
         .map(|s| parse_out_path(s).unwrap_or_default())
         .collect();
-        let mut root = Node::object(vec![("resourceType", json!("Patient"))]);
-        assert!(root.set(&paths[0], 0, json!("NGUYỄN")).is_ok());
-        assert!(root.set(&paths[1], 0, json!("Ánh")).is_ok());
-        assert!(root.set(&paths[2], 0, json!("x")).is_ok());
+        let s = |t: &'static str| Value::Str(std::borrow::Cow::Borrowed(t));
+        let mut root = Node::object(vec![("resourceType", Node::Leaf(s("Patient")))]);
+        assert!(root.set(&paths[0], 0, s("NGUYỄN")).is_ok());
+        assert!(root.set(&paths[1], 0, s("Ánh")).is_ok());
+        assert!(root.set(&paths[2], 0, s("x")).is_ok());
         assert_eq!(
-            root.set(&paths[3], 0, json!("y")),
+            root.set(&paths[3], 0, s("y")),
             Err("cannot set \"x\" inside a non-object".into())
         );
         // The same value again is no conflict; another one is.
-        assert!(root.set(&paths[0], 0, json!("NGUYỄN")).is_ok());
-        assert_eq!(root.set(&paths[0], 0, json!("LÊ")), Err("set twice".into()));
-        assert!(root.set(&paths[4], 1, json!("0901")).is_ok());
+        assert!(root.set(&paths[0], 0, s("NGUYỄN")).is_ok());
+        assert_eq!(root.set(&paths[0], 0, s("LÊ")), Err("set twice".into()));
+        assert!(root.set(&paths[4], 1, s("0901")).is_ok());
         // Inside a value a function built.
-        assert!(root.set(&paths[5], 0, json!({"line": ["1"]})).is_ok());
-        assert!(root.set(&paths[6], 0, json!("Huế")).is_ok());
-        let out = root.into_json();
+        let line = Value::Obj(vec![("line", Value::List(vec![s("1"), s("")]))]);
+        assert!(root.set(&paths[5], 0, line).is_ok());
+        assert!(root.set(&paths[6], 0, s("Huế")).is_ok());
+        let out = root.into_record().map(|r| r.to_value());
         // Members come out in the order they were first set.
         let keys: Vec<&str> = out
             .as_ref()
-            .and_then(Json::as_object)
+            .and_then(serde_json::Value::as_object)
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
         assert_eq!(

@@ -48,6 +48,7 @@ fn run_inline(toml_text: &str, message: &str) -> Result<Vec<Json>, MapError> {
             source: "test".to_string(),
         },
     )
+    .map(|r| crate::record::to_values(&r))
 }
 
 fn load_errors(toml_text: &str) -> Vec<String> {
@@ -94,7 +95,7 @@ fn adt_a01_vietnamese_patient_and_encounter() {
             source: "mllp:his/42".to_string(),
         },
     );
-    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    let out = crate::record::to_values(&out.unwrap_or_else(|e| panic!("{e}")));
     assert_eq!(out.len(), 2);
     let p = &out[0];
     assert_eq!(p["resourceType"], "Patient");
@@ -146,6 +147,7 @@ fn oru_r01_report_and_observations() {
     let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
     let out = m
         .run(&msg(ORU), &RunContext::default())
+        .map(|r| crate::record::to_values(&r))
         .unwrap_or_else(|e| panic!("{e}"));
     let types: Vec<&str> = out
         .iter()

@@ -62,6 +62,22 @@ impl OutboxEntry {
         }
     }
 
+    /// A message's records as the mapping made them: encoded already (their JSON is
+    /// written from the records, not from the values), not yet kept.
+    pub fn mapped(
+        journal_id: u64,
+        route: String,
+        records: &[crate::record::Record],
+    ) -> OutboxEntry {
+        OutboxEntry {
+            encoded: records
+                .iter()
+                .map(crate::record::Record::to_json_vec)
+                .collect(),
+            ..OutboxEntry::new(journal_id, route, crate::record::to_values(records))
+        }
+    }
+
     /// What the record store's writer takes: each record with its JSON when
     /// [`Outbox::put`] made it, and its index entries when the mapper worked them out.
     pub fn for_store(
@@ -147,9 +163,13 @@ impl Outbox {
     }
 
     /// Encodes each entry's records as JSON into [`OutboxEntry::encoded`] (what the
-    /// consumers send or write), without keeping the entries in the tree.
+    /// consumers send or write), without keeping the entries in the tree. Entries from
+    /// [`OutboxEntry::mapped`] are encoded already.
     pub fn encode(entries: &mut [OutboxEntry]) {
-        for e in entries.iter_mut() {
+        for e in entries
+            .iter_mut()
+            .filter(|e| e.encoded.len() != e.records.len())
+        {
             e.encoded = e
                 .records
                 .iter()
@@ -282,13 +302,22 @@ mod tests {
     use serde_json::json;
 
     /// Without sled's background flusher, dropping the database releases its file lock
-    /// at once, so the reopen below never races a flusher thread still holding it.
+    /// almost at once; but sled's I/O pool may still hold it for a moment after a flush
+    /// (seen on a loaded machine), and it gives no signal when it lets go, so a reopen
+    /// tries again for up to ten seconds.
     fn open_db(dir: &std::path::Path) -> sled::Db {
-        sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .open()
-            .unwrap()
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(dir).flush_every_ms(None).open() {
+                Ok(db) => return db,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]
