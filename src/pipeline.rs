@@ -243,8 +243,8 @@ const LINGER: Duration = Duration::from_millis(10);
 /// The mapper maps another round (up to [`BATCH`] entries) only while fewer than this
 /// many mapped entries wait in memory for the store thread or the publisher, so at most
 /// `OUTBOX_ROOM + BATCH` wait, besides the two batches of [`STORE_BATCH`] the store
-/// stage holds (a message's records take a few kilobytes to a few tens of kilobytes as
-/// JSON values).
+/// stage holds (a message's records take a few kilobytes to a few tens of kilobytes,
+/// and about as much again as JSON bytes).
 const OUTBOX_ROOM: usize = 1024;
 /// Outbox entries the store thread takes per round.
 const STORE_BATCH: usize = 256;
@@ -469,7 +469,7 @@ fn run_mapper(
                 e.index = e
                     .records
                     .iter()
-                    .map(crate::store::index_entries_of)
+                    .map(crate::store::index_entries_of_record)
                     .collect();
             }
         }
@@ -666,7 +666,7 @@ fn map_entries(
                 tracing::debug!(id, %route, records = records.len(), "mapped");
                 crate::telemetry::route_mapped(&route);
                 journal.set_route(id, &route);
-                entries.push(OutboxEntry::mapped(id, route, &records));
+                entries.push(OutboxEntry::new(id, route, records));
             }
             Outcome::Unrouted(why) => {
                 tracing::info!(id, listener = %meta.listener, message_type = %meta.message_type, "unrouted");

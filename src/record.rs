@@ -462,6 +462,57 @@ impl Record {
     }
 }
 
+/// Read access to JSON, the same for a [`Record`]'s nodes and a `serde_json::Value`, so
+/// that what indexes a record reads either.
+pub trait JsonView<'d>: Copy + 'd {
+    /// The member `key` of an object.
+    fn get(self, key: &str) -> Option<Self>;
+    fn as_str(self) -> Option<&'d str>;
+    fn is_object(self) -> bool;
+    /// An array's items; nothing for anything else.
+    fn items(self) -> impl Iterator<Item = Self> + 'd;
+    /// An object's members in order; nothing for anything else.
+    fn members(self) -> impl Iterator<Item = (&'d str, Self)> + 'd;
+}
+
+impl<'d> JsonView<'d> for Node<'d> {
+    fn get(self, key: &str) -> Option<Self> {
+        Node::get(self, key)
+    }
+    fn as_str(self) -> Option<&'d str> {
+        Node::as_str(self)
+    }
+    fn is_object(self) -> bool {
+        Node::is_object(self)
+    }
+    fn items(self) -> impl Iterator<Item = Self> + 'd {
+        Node::items(self)
+    }
+    fn members(self) -> impl Iterator<Item = (&'d str, Self)> + 'd {
+        Node::members(self)
+    }
+}
+
+impl<'d> JsonView<'d> for &'d Value {
+    fn get(self, key: &str) -> Option<Self> {
+        Value::get(self, key)
+    }
+    fn as_str(self) -> Option<&'d str> {
+        Value::as_str(self)
+    }
+    fn is_object(self) -> bool {
+        Value::is_object(self)
+    }
+    fn items(self) -> impl Iterator<Item = Self> + 'd {
+        self.as_array().into_iter().flatten()
+    }
+    fn members(self) -> impl Iterator<Item = (&'d str, Self)> + 'd {
+        self.as_object()
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+}
+
 /// Each record as a `serde_json::Value`.
 pub fn to_values(records: &[Record]) -> Vec<Value> {
     records.iter().map(Record::to_value).collect()

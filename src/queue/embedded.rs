@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::record::Record;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox database error: {0}")]
@@ -36,7 +38,7 @@ pub struct OutboxEntry {
     pub journal_id: u64,
     /// The route that produced the records (a header when published to RabbitMQ).
     pub route: String,
-    pub records: Vec<Value>,
+    pub records: Vec<Record>,
     /// Each record as JSON, in the order of `records`, once [`Outbox::put`] wrote the
     /// entry (empty for entries read back at open): the store takes these bytes rather
     /// than serialising the records again.
@@ -51,7 +53,7 @@ pub struct OutboxEntry {
 
 impl OutboxEntry {
     /// A message's records, not yet encoded nor kept.
-    pub fn new(journal_id: u64, route: String, records: Vec<Value>) -> OutboxEntry {
+    pub fn new(journal_id: u64, route: String, records: Vec<Record>) -> OutboxEntry {
         OutboxEntry {
             journal_id,
             route,
@@ -62,27 +64,11 @@ impl OutboxEntry {
         }
     }
 
-    /// A message's records as the mapping made them: encoded already (their JSON is
-    /// written from the records, not from the values), not yet kept.
-    pub fn mapped(
-        journal_id: u64,
-        route: String,
-        records: &[crate::record::Record],
-    ) -> OutboxEntry {
-        OutboxEntry {
-            encoded: records
-                .iter()
-                .map(crate::record::Record::to_json_vec)
-                .collect(),
-            ..OutboxEntry::new(journal_id, route, crate::record::to_values(records))
-        }
-    }
-
     /// What the record store's writer takes: each record with its JSON when
     /// [`Outbox::put`] made it, and its index entries when the mapper worked them out.
     pub fn for_store(
         &self,
-    ) -> impl Iterator<Item = (&Value, Option<&[u8]>, Option<&crate::store::IndexEntries>)> {
+    ) -> impl Iterator<Item = (&Record, Option<&[u8]>, Option<&crate::store::IndexEntries>)> {
         let bytes = self.encoded.iter().map(|b| Some(b.as_slice()));
         let index = self.index.iter().map(Option::as_ref);
         self.records
@@ -96,7 +82,7 @@ impl OutboxEntry {
     pub fn has_imaging_study(&self) -> bool {
         self.records
             .iter()
-            .any(|r| r.get("resourceType").and_then(Value::as_str) == Some("ImagingStudy"))
+            .any(|r| r.resource_type() == Some("ImagingStudy"))
     }
 }
 
@@ -131,14 +117,27 @@ impl Outbox {
             let (k, v) = item?;
             let journal_id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             match serde_json::from_slice::<Stored>(&v) {
-                Ok(Stored::Entry { route, records }) => waiting.push_back(OutboxEntry {
-                    kept: true,
-                    ..OutboxEntry::new(journal_id, route, records)
-                }),
-                Ok(Stored::Records(records)) => waiting.push_back(OutboxEntry {
-                    kept: true,
-                    ..OutboxEntry::new(journal_id, String::new(), records)
-                }),
+                Ok(stored) => {
+                    let (route, values) = match stored {
+                        Stored::Entry { route, records } => (route, records),
+                        Stored::Records(records) => (String::new(), records),
+                    };
+                    let records: Option<Vec<Record>> =
+                        values.iter().map(Record::from_value).collect();
+                    match records {
+                        Some(records) => waiting.push_back(OutboxEntry {
+                            kept: true,
+                            ..OutboxEntry::new(journal_id, route, records)
+                        }),
+                        None => {
+                            tree.remove(k)?;
+                            bad.push(OutboxError::Corrupt {
+                                id: journal_id,
+                                reason: "a record is not a JSON object".to_string(),
+                            });
+                        }
+                    }
+                }
                 Err(e) => {
                     tree.remove(k)?;
                     bad.push(OutboxError::Corrupt {
@@ -163,18 +162,14 @@ impl Outbox {
     }
 
     /// Encodes each entry's records as JSON into [`OutboxEntry::encoded`] (what the
-    /// consumers send or write), without keeping the entries in the tree. Entries from
-    /// [`OutboxEntry::mapped`] are encoded already.
+    /// consumers send or write), without keeping the entries in the tree. Entries
+    /// encoded already are left as they are.
     pub fn encode(entries: &mut [OutboxEntry]) {
         for e in entries
             .iter_mut()
             .filter(|e| e.encoded.len() != e.records.len())
         {
-            e.encoded = e
-                .records
-                .iter()
-                .map(|r| serde_json::to_vec(r).expect("a serde_json::Value always serialises"))
-                .collect();
+            e.encoded = e.records.iter().map(Record::to_json_vec).collect();
         }
     }
 
@@ -320,6 +315,10 @@ mod tests {
         }
     }
 
+    fn record(v: Value) -> Record {
+        Record::from_value(&v).expect("an object")
+    }
+
     #[test]
     fn entries_left_at_a_crash_are_queued_again_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -328,7 +327,7 @@ mod tests {
             let (outbox, bad) = Outbox::open(&db).unwrap();
             assert!(bad.is_empty());
             let entries: Vec<OutboxEntry> = (1..=3)
-                .map(|id| OutboxEntry::new(id, "r".into(), vec![json!({"id": id})]))
+                .map(|id| OutboxEntry::new(id, "r".into(), vec![record(json!({"id": id}))]))
                 .collect();
             let mut entries = entries;
             outbox.put(&mut entries).unwrap();
@@ -352,7 +351,7 @@ mod tests {
         let again = outbox.take(10, Duration::from_secs(1));
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].journal_id, 3);
-        assert_eq!(again[0].records, vec![json!({"id": 3})]);
+        assert_eq!(again[0].records, vec![record(json!({"id": 3}))]);
         assert_eq!(again[0].route, "r");
         assert!(outbox.take(10, Duration::from_millis(1)).is_empty());
     }
@@ -364,7 +363,7 @@ mod tests {
             let db = open_db(dir.path());
             let (outbox, _) = Outbox::open(&db).unwrap();
             let mut entries: Vec<OutboxEntry> = (1..=2)
-                .map(|id| OutboxEntry::new(id, "r".into(), vec![json!({"id": id})]))
+                .map(|id| OutboxEntry::new(id, "r".into(), vec![record(json!({"id": id}))]))
                 .collect();
             Outbox::encode(&mut entries);
             assert_eq!(entries[1].encoded, vec![br#"{"id":2}"#.to_vec()]);
@@ -390,7 +389,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
         let (outbox, _) = Outbox::open(&db).unwrap();
-        let entry = |id| OutboxEntry::new(id, "r".into(), vec![json!({"id": id})]);
+        let entry = |id| OutboxEntry::new(id, "r".into(), vec![record(json!({"id": id}))]);
         outbox.release((1..=3).map(entry).collect());
         assert_eq!(outbox.waiting(), 3);
         assert!(!outbox.wait_for_room(3, Duration::from_millis(1)));

@@ -15,6 +15,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::record::JsonView;
+
 use super::dates::{instant_range, neighbour_day, DateCmp, DateFilter};
 use super::error::StoreError;
 use super::index::{
@@ -480,12 +482,12 @@ fn subject_in(r: &Value, family: &[String]) -> bool {
 /// dateTime text; `end` empty when open). Per type: Encounter `period`, Observation and
 /// DiagnosticReport `effective[x]` (else `issued`), ServiceRequest `occurrence[x]` (else
 /// `authoredOn`), ImagingStudy `started`, DocumentReference `date`.
-pub fn record_date_range(r: &Value) -> Option<(String, String)> {
-    let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-    let period = |p: Option<&Value>| -> Option<(String, String)> {
+pub fn record_date_range<'d>(r: impl JsonView<'d>) -> Option<(String, String)> {
+    let s = |v: Option<_>| v.and_then(JsonView::as_str).map(str::to_string);
+    let period = |p: Option<_>| -> Option<(String, String)> {
         let p = p?;
-        let start = s(p.get("start"));
-        let end = s(p.get("end"));
+        let start = s(JsonView::get(p, "start"));
+        let end = s(JsonView::get(p, "end"));
         match (start, end) {
             (Some(a), Some(b)) => Some((a, b)),
             (Some(a), None) => Some((a, String::new())),
@@ -494,7 +496,10 @@ pub fn record_date_range(r: &Value) -> Option<(String, String)> {
         }
     };
     let point = |v: Option<String>| v.map(|d| (d.clone(), d));
-    let rt = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    let rt = r
+        .get("resourceType")
+        .and_then(JsonView::as_str)
+        .unwrap_or("");
     match rt {
         "Encounter" => period(r.get("period")),
         "Observation" | "DiagnosticReport" => point(s(r.get("effectiveDateTime")))
@@ -513,22 +518,22 @@ pub fn record_date_range(r: &Value) -> Option<(String, String)> {
 /// The codings a `code` search looks at: `code` (Observation, DiagnosticReport,
 /// ServiceRequest), `type` (Encounter, DocumentReference), `procedureCode` and
 /// `series.modality` (ImagingStudy).
-pub(crate) fn record_codings(r: &Value) -> Vec<&Value> {
-    let mut out: Vec<&Value> = Vec::new();
-    fn concept<'a>(c: &'a Value, out: &mut Vec<&'a Value>) {
-        if let Some(list) = c.get("coding").and_then(Value::as_array) {
-            out.extend(list.iter());
+pub(crate) fn record_codings<'d, J: JsonView<'d>>(r: J) -> Vec<J> {
+    let mut out = Vec::new();
+    let concept = |c: J, out: &mut Vec<J>| {
+        if let Some(list) = c.get("coding") {
+            out.extend(list.items());
         }
-    }
+    };
     for field in ["code", "type", "procedureCode"] {
         match r.get(field) {
-            Some(Value::Array(items)) => items.iter().for_each(|c| concept(c, &mut out)),
-            Some(c @ Value::Object(_)) => concept(c, &mut out),
-            _ => {}
+            Some(c) if c.is_object() => concept(c, &mut out),
+            Some(list) => list.items().for_each(|c| concept(c, &mut out)),
+            None => {}
         }
     }
-    if let Some(series) = r.get("series").and_then(Value::as_array) {
-        for s in series {
+    if let Some(series) = r.get("series") {
+        for s in series.items() {
             if let Some(m) = s.get("modality") {
                 out.push(m);
             }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::error::{json_type, InvalidResource};
 use super::normalize::tokens;
+use crate::record::{JsonView, Record};
 
 /// Prefix of stored resources: `d/<Type>/<id>`.
 pub(crate) const DOC: &[u8] = b"d/";
@@ -89,6 +90,21 @@ pub(crate) fn validate(v: &Value) -> Result<(&str, &str), InvalidResource> {
             })
         }
     };
+    check_id(rt, id)
+}
+
+/// [`validate`] of a record.
+pub(crate) fn validate_record(r: &Record) -> Result<(&str, &str), InvalidResource> {
+    match (r.resource_type(), r.id()) {
+        (Some(rt), Some(id)) if is_type_name(rt) => check_id(rt, id),
+        // The problem, as the same resource as a value shows it.
+        _ => Err(validate(&r.to_value())
+            .err()
+            .unwrap_or(InvalidResource::MissingResourceType)),
+    }
+}
+
+fn check_id<'v>(rt: &'v str, id: &'v str) -> Result<(&'v str, &'v str), InvalidResource> {
     if !is_fhir_id(id) {
         return Err(InvalidResource::BadId {
             resource_type: rt.to_owned(),
@@ -217,12 +233,12 @@ pub(crate) fn link_prefix(patient_id: &str) -> Vec<u8> {
 
 /// `(survivor, merged)` pairs a Patient's `link` implies: `replaced-by` other (this one
 /// was merged into it) and `replaces` other (it was merged into this one).
-pub(crate) fn merge_links(id: &str, v: &Value) -> Vec<(String, String)> {
-    let Some(links) = v.get("link").and_then(Value::as_array) else {
+pub(crate) fn merge_links<'d>(id: &str, v: impl JsonView<'d>) -> Vec<(String, String)> {
+    let Some(links) = v.get("link") else {
         return Vec::new();
     };
     links
-        .iter()
+        .items()
         .filter_map(|l| {
             let other = l
                 .get("other")?
@@ -261,10 +277,10 @@ pub(crate) fn id_at_end(key: &[u8]) -> &[u8] {
 
 /// The code and date keys of a clinical record ([`super::CLINICAL_TYPES`]): one `k/`
 /// per coding with a code, and its date as a point (`t/`) or a span (`s/` and `e/`).
-pub(crate) fn clinical_entries(
+pub(crate) fn clinical_entries<'d>(
     rt: &str,
     id: &str,
-    v: &Value,
+    v: impl JsonView<'d>,
     out: &mut BTreeMap<Vec<u8>, Vec<u8>>,
 ) {
     if !super::CLINICAL_TYPES.contains(&rt) {
@@ -274,7 +290,7 @@ pub(crate) fn clinical_entries(
     for coding in super::clinical::record_codings(v) {
         let Some(code) = coding
             .get("code")
-            .and_then(Value::as_str)
+            .and_then(JsonView::as_str)
             .filter(|c| indexable(c))
         else {
             continue;
@@ -283,7 +299,7 @@ pub(crate) fn clinical_entries(
         // still find the record, and every candidate is checked against the record.
         let system = coding
             .get("system")
-            .and_then(Value::as_str)
+            .and_then(JsonView::as_str)
             .filter(|s| indexable(s))
             .unwrap_or("");
         out.insert(
@@ -327,9 +343,15 @@ pub fn index_entries_of(v: &Value) -> Option<IndexEntries> {
     Some(index_entries(rt, id, v))
 }
 
+/// [`index_entries_of`] a record.
+pub fn index_entries_of_record(r: &Record) -> Option<IndexEntries> {
+    let (rt, id) = validate_record(r).ok()?;
+    Some(index_entries(rt, id, r.root()))
+}
+
 /// Every index entry (key → value) the resource implies. The resource's own `d/` key
 /// and the counts are not included.
-pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> IndexEntries {
+pub(crate) fn index_entries<'d>(rt: &str, id: &str, v: impl JsonView<'d>) -> IndexEntries {
     let mut out = BTreeMap::new();
     clinical_entries(rt, id, v, &mut out);
     if rt == "Patient" {
@@ -408,9 +430,9 @@ pub(crate) fn index_entries(rt: &str, id: &str, v: &Value) -> IndexEntries {
 
 /// The distinct search tokens of every `name[*]` of a Patient: `family`, each
 /// `given`, `prefix`, `suffix`, and `text`.
-pub(crate) fn name_tokens(v: &Value) -> BTreeSet<String> {
+pub(crate) fn name_tokens<'d>(v: impl JsonView<'d>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let Some(names) = v.get("name").and_then(Value::as_array) else {
+    let Some(names) = v.get("name") else {
         return out;
     };
     let mut add = |s: &str| {
@@ -420,15 +442,15 @@ pub(crate) fn name_tokens(v: &Value) -> BTreeSet<String> {
             }
         }
     };
-    for name in names {
+    for name in names.items() {
         for field in ["family", "text"] {
-            if let Some(s) = name.get(field).and_then(Value::as_str) {
+            if let Some(s) = name.get(field).and_then(JsonView::as_str) {
                 add(s);
             }
         }
         for field in ["given", "prefix", "suffix"] {
-            if let Some(list) = name.get(field).and_then(Value::as_array) {
-                for s in list.iter().filter_map(Value::as_str) {
+            if let Some(list) = name.get(field) {
+                for s in list.items().filter_map(JsonView::as_str) {
                     add(s);
                 }
             }
@@ -439,14 +461,14 @@ pub(crate) fn name_tokens(v: &Value) -> BTreeSet<String> {
 
 /// `(system, value)` of every `identifier[*]` with a string value; a missing system is
 /// the empty string. Values or systems containing NUL, or too long, are not indexed.
-pub(crate) fn identifiers(v: &Value) -> Vec<(String, String)> {
-    let Some(list) = v.get("identifier").and_then(Value::as_array) else {
+pub(crate) fn identifiers<'d>(v: impl JsonView<'d>) -> Vec<(String, String)> {
+    let Some(list) = v.get("identifier") else {
         return Vec::new();
     };
-    list.iter()
+    list.items()
         .filter_map(|ident| {
             let value = ident.get("value")?.as_str()?;
-            let system = ident.get("system").and_then(Value::as_str).unwrap_or("");
+            let system = ident.get("system").and_then(JsonView::as_str).unwrap_or("");
             (!value.is_empty() && indexable(value) && indexable(system))
                 .then(|| (system.to_owned(), value.to_owned()))
         })
@@ -456,25 +478,21 @@ pub(crate) fn identifiers(v: &Value) -> Vec<(String, String)> {
 /// Collects the ids of every relative `"reference": "Patient/<id>"` anywhere in `v`
 /// (an optional `/_history/<version>` suffix is ignored). Absolute URLs point at other
 /// servers and are not followed.
-pub(crate) fn patient_refs(v: &Value, out: &mut BTreeSet<String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                if k == "reference" {
-                    if let Some(id) = child.as_str().and_then(patient_ref_id) {
-                        out.insert(id.to_owned());
-                    }
-                } else {
-                    patient_refs(child, out);
+pub(crate) fn patient_refs<'d>(v: impl JsonView<'d>, out: &mut BTreeSet<String>) {
+    if v.is_object() {
+        for (k, child) in v.members() {
+            if k == "reference" {
+                if let Some(id) = child.as_str().and_then(patient_ref_id) {
+                    out.insert(id.to_owned());
                 }
+            } else {
+                patient_refs(child, out);
             }
         }
-        Value::Array(items) => {
-            for item in items {
-                patient_refs(item, out);
-            }
+    } else {
+        for item in v.items() {
+            patient_refs(item, out);
         }
-        _ => {}
     }
 }
 

@@ -626,7 +626,7 @@ fn name_search_agrees_with_brute_force() {
         let want: Vec<&str> = current
             .iter()
             .filter(|p| {
-                let have = index::name_tokens(p);
+                let have = index::name_tokens(*p);
                 q.iter().all(|t| have.iter().any(|h| h.starts_with(t)))
             })
             .map(|p| p["id"].as_str().unwrap())

@@ -3,10 +3,57 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::error::StoreError;
-use super::index::{count_key, doc_key, index_entries, validate, IndexEntries};
+use super::index::{count_key, doc_key, index_entries, validate, validate_record, IndexEntries};
+use crate::record::Record;
+
+/// A resource to store: a value, or a record as a mapping made it.
+#[derive(Clone, Copy)]
+pub enum Given<'v> {
+    Value(&'v Value),
+    Record(&'v Record),
+}
+
+impl<'v> From<&'v Value> for Given<'v> {
+    fn from(v: &'v Value) -> Given<'v> {
+        Given::Value(v)
+    }
+}
+
+impl<'v> From<&'v Record> for Given<'v> {
+    fn from(r: &'v Record) -> Given<'v> {
+        Given::Record(r)
+    }
+}
+
+/// A resource with its JSON bytes and index entries, where the caller has them.
+type Known<'v> = (Given<'v>, Option<&'v [u8]>, Option<&'v IndexEntries>);
+
+/// A resource of a batch after [`fold_studies`]: the one given at a position, or the
+/// study merged from several.
+enum Folded {
+    Given(usize),
+    Merged(Value),
+}
+
+/// The resource being written.
+enum Doc<'a> {
+    Value(Cow<'a, Value>),
+    Record(&'a Record),
+}
+
+impl Doc<'_> {
+    fn to_value(&self) -> Cow<'_, Value> {
+        match self {
+            Doc::Value(v) => Cow::Borrowed(&**v),
+            Doc::Record(r) => Cow::Owned(r.to_value()),
+        }
+    }
+}
 use super::{decode_count, lock, Store};
 
 /// What one `upsert_batch` did.
@@ -34,53 +81,50 @@ impl Store {
         self.upsert_batch_encoded(resources.into_iter().map(|r| (r, None, None)))
     }
 
-    /// Like [`Store::upsert_batch`], with what the caller already worked out from each
-    /// resource, where it has it: its JSON bytes (`serde_json::to_vec` of that very
-    /// value: the outbox writes them) and its index entries ([`index_entries_of`] of
-    /// it), so that neither is made a second time. A resource the store changes before
-    /// writing it (a merge, a folded study, a link added) gets both anew.
+    /// Like [`Store::upsert_batch`], for values or records, with what the caller already
+    /// worked out from each, where it has it: its JSON bytes (exactly what
+    /// `serde_json::to_vec` of the value, or [`Record::to_json_vec`], gives: the outbox
+    /// writes them) and its index entries ([`index_entries_of`] of it), so that neither
+    /// is made a second time. A resource the store changes before writing it (a merge, a
+    /// folded study, a link added) gets both anew. A record becomes a value only where
+    /// a merge needs one: orders and studies, and a Patient or Encounter that changed.
     ///
     /// [`index_entries_of`]: super::index_entries_of
-    pub fn upsert_batch_encoded<'v>(
+    pub fn upsert_batch_encoded<'v, G: Into<Given<'v>>>(
         &self,
-        resources: impl IntoIterator<Item = (&'v Value, Option<&'v [u8]>, Option<&'v IndexEntries>)>,
+        resources: impl IntoIterator<Item = (G, Option<&'v [u8]>, Option<&'v IndexEntries>)>,
     ) -> Result<UpsertStats, StoreError> {
-        let given: Vec<_> = resources.into_iter().collect();
-        // By address, with its type and id: a study folded with others below is a new
-        // value, checked and made anew.
-        let mut known = HashMap::with_capacity(given.len());
-        for (position, &(r, bytes, index)) in given.iter().enumerate() {
-            let named =
-                validate(r).map_err(|problem| StoreError::InvalidResource { position, problem })?;
-            known.insert(r as *const Value, (named, bytes, index));
+        let given: Vec<Known<'v>> = resources
+            .into_iter()
+            .map(|(g, b, i)| (g.into(), b, i))
+            .collect();
+        let mut named = Vec::with_capacity(given.len());
+        for (position, (g, _, _)) in given.iter().enumerate() {
+            let n = match *g {
+                Given::Value(v) => validate(v),
+                Given::Record(r) => validate_record(r),
+            }
+            .map_err(|problem| StoreError::InvalidResource { position, problem })?;
+            named.push(n);
         }
-        let resources = fold_studies(given.iter().map(|&(r, _, _)| r).collect());
-        let mut prepared = Vec::with_capacity(resources.len());
-        for r in resources.iter() {
-            let as_given = match r {
-                std::borrow::Cow::Borrowed(v) => known.get(&(*v as *const Value)).copied(),
-                std::borrow::Cow::Owned(_) => None,
-            };
-            let r: &Value = r;
-            let ((rt, id), known_bytes, known_index) = match as_given {
-                Some(given) => given,
-                None => (
-                    validate(r).expect("valid records fold into valid records"),
-                    None,
-                    None,
-                ),
-            };
-            // Serialising a `Value` cannot fail: its map keys are strings.
-            let bytes = known_bytes.map_or_else(
-                || {
-                    sled::IVec::from(
-                        serde_json::to_vec(r).expect("a serde_json::Value always serialises"),
-                    )
-                },
-                sled::IVec::from,
-            );
-            prepared.push((rt, id, r, bytes, known_index));
-        }
+        // Orders and studies take the merge and accession steps, which read values.
+        let values: Vec<Option<Cow<'v, Value>>> = given
+            .iter()
+            .zip(&named)
+            .map(|((g, _, _), (rt, _))| match *g {
+                Given::Value(v) => Some(Cow::Borrowed(v)),
+                Given::Record(r) if matches!(*rt, "ImagingStudy" | "ServiceRequest") => {
+                    Some(Cow::Owned(r.to_value()))
+                }
+                Given::Record(_) => None,
+            })
+            .collect();
+        let studies: Vec<Option<&Value>> = values
+            .iter()
+            .zip(&named)
+            .map(|(v, (rt, _))| v.as_deref().filter(|_| *rt == "ImagingStudy"))
+            .collect();
+        let folded = fold_studies(&studies);
 
         let tree = &self.inner.tree;
         let _writer = lock(&self.inner.write_lock);
@@ -94,7 +138,36 @@ impl Store {
         let mut pending_accessions: Vec<(String, &str, &str)> = Vec::new();
         let mut relink: Vec<(String, String)> = Vec::new();
 
-        for (rt, id, value, bytes, known_index) in prepared {
+        for f in &folded {
+            // The resource: as a value where there is one, else as the record.
+            let (rt, id, doc, known_bytes, known_index) = match f {
+                Folded::Given(i) => {
+                    let (g, bytes, index) = given[*i];
+                    let doc = match (&values[*i], g) {
+                        (Some(v), _) => Doc::Value(Cow::Borrowed(&**v)),
+                        (None, Given::Record(r)) => Doc::Record(r),
+                        (None, Given::Value(v)) => Doc::Value(Cow::Borrowed(v)),
+                    };
+                    (
+                        named[*i].0,
+                        named[*i].1,
+                        doc,
+                        bytes.map(sled::IVec::from),
+                        index,
+                    )
+                }
+                Folded::Merged(v) => {
+                    let (rt, id) = validate(v).expect("valid records fold into valid records");
+                    (rt, id, Doc::Value(Cow::Borrowed(v)), None, None)
+                }
+            };
+            // Serialising a `Value` cannot fail: its map keys are strings.
+            let bytes = known_bytes.unwrap_or_else(|| match &doc {
+                Doc::Value(v) => sled::IVec::from(
+                    serde_json::to_vec(&**v).expect("a serde_json::Value always serialises"),
+                ),
+                Doc::Record(r) => sled::IVec::from(r.to_json_vec()),
+            });
             let key = doc_key(rt, id);
             let previous: Option<sled::IVec> = match pending.get(&key) {
                 Some(p) => Some(p.clone()),
@@ -130,51 +203,45 @@ impl Store {
             let merged = match old.take() {
                 Some(o) if rt == "ImagingStudy" => {
                     old_study_entries = Some(index_entries(rt, id, &o));
-                    Some(merge_study(o, value))
+                    Some(merge_study(o, &doc.to_value()))
                 }
                 Some(o) => {
-                    let m = keeps_absent_elements(rt).then(|| merge_absent(&o, value));
+                    let m = keeps_absent_elements(rt).then(|| merge_absent(&o, &doc.to_value()));
                     old = Some(o);
                     m
                 }
                 None => None,
             };
-            let (value, bytes) = match merged {
-                Some(m) => {
-                    let b = serde_json::to_vec(&m).expect("a serde_json::Value always serialises");
-                    if previous.as_deref() == Some(b.as_slice()) {
-                        stats.unchanged += 1;
-                        continue;
-                    }
-                    (std::borrow::Cow::Owned(m), sled::IVec::from(b))
+            let (mut doc, mut bytes, mut as_given) = (doc, bytes, true);
+            if let Some(m) = merged {
+                let b = serde_json::to_vec(&m).expect("a serde_json::Value always serialises");
+                if previous.as_deref() == Some(b.as_slice()) {
+                    stats.unchanged += 1;
+                    continue;
                 }
-                None => (std::borrow::Cow::Borrowed(value), bytes),
-            };
-            // Orders and studies meet by accession number (see `accession`).
-            let (value, bytes) = match accession(rt, &value) {
-                Some(acc) => {
+                (doc, bytes, as_given) = (Doc::Value(Cow::Owned(m)), sled::IVec::from(b), false);
+            }
+            // Orders and studies meet by accession number (see `accession`); both are
+            // values here.
+            if let Doc::Value(value) = &mut doc {
+                if let Some(acc) = accession(rt, value) {
                     batch.insert(accession_key(&acc, rt, id), &[][..]);
                     pending_accessions.push((acc.clone(), rt, id));
                     if rt == "ServiceRequest" {
                         relink.push((acc, id.to_string()));
-                        (value, bytes)
                     } else if rt == "ImagingStudy" && value.get("basedOn").is_none() {
-                        match self.order_for(&acc, &pending_accessions)? {
-                            Some(order) => {
-                                let mut v = value.into_owned();
-                                v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
-                                let b = serde_json::to_vec(&v)
-                                    .expect("a serde_json::Value always serialises");
-                                (std::borrow::Cow::Owned(v), sled::IVec::from(b))
-                            }
-                            None => (value, bytes),
+                        if let Some(order) = self.order_for(&acc, &pending_accessions)? {
+                            let v = value.to_mut();
+                            v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
+                            bytes = sled::IVec::from(
+                                serde_json::to_vec(&*v)
+                                    .expect("a serde_json::Value always serialises"),
+                            );
+                            as_given = false;
                         }
-                    } else {
-                        (value, bytes)
                     }
                 }
-                None => (value, bytes),
-            };
+            }
             let old_entries = match old_study_entries {
                 Some(entries) => entries,
                 None => old
@@ -182,11 +249,14 @@ impl Store {
                     .unwrap_or_default(),
             };
             let computed;
-            let new_entries = match (&value, known_index) {
+            let new_entries = match known_index.filter(|_| as_given) {
                 // The record as given: its entries as the caller worked them out.
-                (std::borrow::Cow::Borrowed(_), Some(entries)) => entries,
-                _ => {
-                    computed = index_entries(rt, id, &value);
+                Some(entries) => entries,
+                None => {
+                    computed = match &doc {
+                        Doc::Value(v) => index_entries(rt, id, &**v),
+                        Doc::Record(r) => index_entries(rt, id, r.root()),
+                    };
                     &computed
                 }
             };
@@ -330,38 +400,30 @@ fn accession(rt: &str, v: &Value) -> Option<String> {
 /// not once per instance (the same result: [`merge_study`] keeps first-seen order and
 /// lets later values win either way). Other records pass through untouched. Every
 /// record has been validated.
-fn fold_studies(resources: Vec<&Value>) -> Vec<std::borrow::Cow<'_, Value>> {
-    use std::borrow::Cow;
-    let study_id = |r: &Value| -> Option<String> {
-        (r["resourceType"] == "ImagingStudy")
-            .then(|| r["id"].as_str().map(str::to_string))
-            .flatten()
-    };
+fn fold_studies(studies: &[Option<&Value>]) -> Vec<Folded> {
+    let study_id = |r: &Value| r["id"].as_str().map(str::to_string);
     let mut last: HashMap<String, usize> = HashMap::new();
     let mut repeated = false;
-    for (i, r) in resources.iter().enumerate() {
-        if let Some(id) = study_id(r) {
+    for (i, r) in studies.iter().enumerate() {
+        if let Some(id) = r.and_then(study_id) {
             repeated |= last.insert(id, i).is_some();
         }
     }
     if !repeated {
-        return resources.into_iter().map(Cow::Borrowed).collect();
+        return (0..studies.len()).map(Folded::Given).collect();
     }
     let mut merged: HashMap<String, Value> = HashMap::new();
-    let mut out = Vec::with_capacity(resources.len());
-    for (i, r) in resources.into_iter().enumerate() {
-        let Some(id) = study_id(r) else {
-            out.push(Cow::Borrowed(r));
+    let mut out = Vec::with_capacity(studies.len());
+    for (i, r) in studies.iter().enumerate() {
+        let Some((id, r)) = r.and_then(|r| Some((study_id(r)?, r))) else {
+            out.push(Folded::Given(i));
             continue;
         };
-        let so_far = match merged.remove(&id) {
-            Some(acc) => Cow::Owned(merge_study(acc, r)),
-            None => Cow::Borrowed(r),
-        };
+        let so_far = merged.remove(&id).map(|acc| merge_study(acc, r));
         if last.get(&id) == Some(&i) {
-            out.push(so_far);
+            out.push(so_far.map_or(Folded::Given(i), Folded::Merged));
         } else {
-            merged.insert(id, so_far.into_owned());
+            merged.insert(id, so_far.unwrap_or_else(|| r.clone()));
         }
     }
     out
@@ -563,6 +625,83 @@ mod imaging_tests {
             "subject": { "reference": "Patient/p1" },
             "identifier": [{ "type": { "coding": [{ "code": code }] }, "value": accession }]
         })
+    }
+
+    #[test]
+    fn records_are_stored_exactly_as_the_same_values() {
+        let patient = |family: &str, source: &str, gender: Option<&str>| {
+            let mut p = json!({
+                "resourceType": "Patient", "id": "p1",
+                "meta": { "source": source },
+                "identifier": [{ "system": "urn:cccd", "value": "079" }],
+                "name": [{ "family": family, "given": ["Thị", "Lan"] }]
+            });
+            if let Some(g) = gender {
+                p["gender"] = json!(g);
+            }
+            p
+        };
+        let obs = |id: &str, source: &str| {
+            json!({
+                "resourceType": "Observation", "id": id, "status": "final",
+                "meta": { "source": source },
+                "code": { "coding": [{ "system": "http://loinc.org", "code": "2345-7" }] },
+                "effectiveDateTime": "2026-11-20T08:00:00+07:00",
+                "valueQuantity": { "value": 5.10, "unit": "mmol/L" },
+                "subject": { "reference": "Patient/p1" }
+            })
+        };
+        let batches = [
+            vec![patient("Phạm", "a", Some("female")), obs("o1", "a")],
+            // The same patient from a later message; a new result.
+            vec![patient("Phạm", "b", Some("female")), obs("o2", "b")],
+            // Changed (the gender kept by the merge), an order, then its study.
+            vec![patient("Võ", "c", None), order("sr1", "ACSN", "ACC-1")],
+            vec![
+                study("1.1", "1.1.1", Some("ACC-1")),
+                study("1.1", "1.1.2", Some("ACC-1")),
+            ],
+        ];
+        let (by_value, by_record) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (by_value, by_record) = (open(by_value.path()), open(by_record.path()));
+        for batch in &batches {
+            let a = by_value.upsert_batch(batch).unwrap();
+            let records: Vec<Record> = batch
+                .iter()
+                .map(|v| Record::from_value(v).unwrap())
+                .collect();
+            let bytes: Vec<Vec<u8>> = records.iter().map(Record::to_json_vec).collect();
+            let index: Vec<_> = records
+                .iter()
+                .map(|r| super::super::index_entries_of_record(r).unwrap())
+                .collect();
+            let given = records
+                .iter()
+                .zip(&bytes)
+                .zip(&index)
+                .map(|((r, b), i)| (r, Some(&b[..]), Some(i)));
+            let b = by_record.upsert_batch_encoded(given).unwrap();
+            assert_eq!(a, b);
+        }
+        let dump = |s: &Store| -> Vec<(sled::IVec, sled::IVec)> {
+            s.inner.tree.iter().map(Result::unwrap).collect()
+        };
+        let (a, b) = (dump(&by_value), dump(&by_record));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (String::from_utf8_lossy(&x.0), String::from_utf8_lossy(&x.1)),
+                (String::from_utf8_lossy(&y.0), String::from_utf8_lossy(&y.1))
+            );
+        }
+        let p = by_record.get("Patient", "p1").unwrap().unwrap();
+        assert_eq!(
+            (p["gender"].clone(), p["name"][0]["family"].clone()),
+            (json!("female"), json!("Võ"))
+        );
+        let st = by_record.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(st["basedOn"][0]["reference"], "ServiceRequest/sr1");
+        assert_eq!(st["numberOfInstances"], 2);
     }
 
     #[test]

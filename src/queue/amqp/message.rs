@@ -11,6 +11,8 @@ use lapin::BasicProperties;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::record::Record;
+
 pub const CONTENT_TYPE: &str = "application/fhir+json";
 pub const HEADER_JOURNAL_ID: &str = "x-halong-journal-id";
 pub const HEADER_ROUTE: &str = "x-halong-route";
@@ -31,22 +33,16 @@ pub struct Origin<'a> {
 }
 
 /// Builds the message for one record.
-pub fn encode(record: &Value, origin: &Origin<'_>) -> Outgoing {
+pub fn encode(record: &Record, origin: &Origin<'_>) -> Outgoing {
     encode_with(record, None, origin)
 }
 
 /// Like [`encode`], with the record's JSON when the caller already has it
-/// (`serde_json::to_vec` of that very record: the outbox writes it).
-pub fn encode_with(record: &Value, json: Option<&[u8]>, origin: &Origin<'_>) -> Outgoing {
-    let body = json.map_or_else(
-        || serde_json::to_vec(record).expect("a serde_json::Value always serialises"),
-        <[u8]>::to_vec,
-    );
-    let rt = record
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let id = record.get("id").and_then(Value::as_str).unwrap_or("");
+/// ([`Record::to_json_vec`] of that very record: the outbox writes it).
+pub fn encode_with(record: &Record, json: Option<&[u8]>, origin: &Origin<'_>) -> Outgoing {
+    let body = json.map_or_else(|| record.to_json_vec(), <[u8]>::to_vec);
+    let rt = record.resource_type().unwrap_or("");
+    let id = record.id().unwrap_or("");
     let mut headers = FieldTable::default();
     headers.insert(
         HEADER_JOURNAL_ID.into(),
@@ -135,7 +131,8 @@ mod tests {
 
     #[test]
     fn a_republished_record_keeps_its_message_id_and_a_changed_one_does_not() {
-        let r = json!({"resourceType": "Patient", "id": "p1", "gender": "female"});
+        let record = |v: serde_json::Value| Record::from_value(&v).expect("an object");
+        let r = record(json!({"resourceType": "Patient", "id": "p1", "gender": "female"}));
         let origin = Origin {
             journal_id: 7,
             route: "adt",
@@ -145,7 +142,7 @@ mod tests {
         let b = encode(&r, &origin);
         assert_eq!(a.properties.message_id(), b.properties.message_id());
         // With the JSON the outbox made: the same message.
-        let json = serde_json::to_vec(&r).unwrap();
+        let json = r.to_json_vec();
         let c = encode_with(&r, Some(&json), &origin);
         assert_eq!(
             (&c.body, c.properties.message_id()),
@@ -155,7 +152,7 @@ mod tests {
         assert!(id.starts_with("Patient/p1/"), "{id}");
         assert_eq!(id.len(), "Patient/p1/".len() + 16);
         let changed = encode(
-            &json!({"resourceType": "Patient", "id": "p1", "gender": "male"}),
+            &record(json!({"resourceType": "Patient", "id": "p1", "gender": "male"})),
             &origin,
         );
         assert_ne!(a.properties.message_id(), changed.properties.message_id());
@@ -170,7 +167,7 @@ mod tests {
             headers.get(HEADER_JOURNAL_ID),
             Some(&AMQPValue::LongLongInt(7))
         );
-        assert_eq!(decode(&a.body).unwrap(), r);
+        assert_eq!(decode(&a.body).unwrap(), r.to_value());
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
 use lapin::{Channel, Connection, ConnectionProperties};
-use serde_json::Value;
 
 use super::message::{encode_with, Origin};
 use super::state::Side;
@@ -27,7 +26,7 @@ pub struct PublishItem<'a> {
     pub journal_id: u64,
     pub route: &'a str,
     pub listener: &'a str,
-    pub records: &'a [Value],
+    pub records: &'a [crate::record::Record],
     /// The records' JSON, in the same order, where the outbox made it (may be empty).
     pub encoded: &'a [Vec<u8>],
 }
