@@ -14,7 +14,7 @@ use std::str::FromStr;
 use serde_json::Value;
 
 /// A JSON document whose root is an object.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     text: String,
     nodes: Vec<Slot>,
@@ -86,14 +86,17 @@ impl Builder {
         self.pending.push(Slot::new(Tag::Str, a, b));
     }
 
-    /// A number; text that is not a JSON number is kept as a string.
+    /// A number; text that is not a JSON number is kept as a string. An exponent is
+    /// written as `serde_json` writes it (`1E5` as `1e+5`).
     pub(crate) fn number(&mut self, s: &str) {
-        let tag = if is_json_number(s) {
-            Tag::Num
+        let (tag, (a, b)) = if !is_json_number(s) {
+            (Tag::Str, self.push_text(s))
+        } else if s.bytes().any(|c| c == b'e' || c == b'E') {
+            let n = serde_json::Number::from_str(s).map(|n| n.to_string());
+            (Tag::Num, self.push_text(n.as_deref().unwrap_or(s)))
         } else {
-            Tag::Str
+            (Tag::Num, self.push_text(s))
         };
-        let (a, b) = self.push_text(s);
         self.pending.push(Slot::new(tag, a, b));
     }
 
@@ -181,7 +184,7 @@ impl Builder {
 }
 
 /// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-fn is_json_number(s: &str) -> bool {
+pub(crate) fn is_json_number(s: &str) -> bool {
     let b = s.as_bytes();
     let mut i = usize::from(b.first() == Some(&b'-'));
     let digits = |i: &mut usize| {
@@ -620,9 +623,15 @@ mod tests {
         b.key("a");
         b.number("7.50");
         b.key("b");
+        b.number("1E5");
+        b.key("c");
         let mark = 0;
         assert!(b.close_object(mark));
         let r = b.finish().expect("an object");
-        assert_eq!(r.to_json_vec(), br#"{"a":"007","b":7.50}"#);
+        assert_eq!(r.to_json_vec(), br#"{"a":"007","b":7.50,"c":1e+5}"#);
+        assert_eq!(
+            serde_json::to_vec(&r.to_value()).ok(),
+            Some(r.to_json_vec())
+        );
     }
 }

@@ -122,6 +122,53 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// The value as it goes into a resource: lists and objects without their absent or
+    /// empty items and members (so that `[i]` after it counts only what is there), a
+    /// number that is not a JSON number as text; absent when nothing is left.
+    pub fn compacted(self) -> Value<'a> {
+        if self.is_compact() {
+            return self;
+        }
+        let v = match self {
+            Value::Num(n) if !crate::record::is_json_number(&n) => Value::Str(n),
+            Value::List(items) => Value::List(
+                items
+                    .into_iter()
+                    .map(Value::compacted)
+                    .filter(Value::present)
+                    .collect(),
+            ),
+            Value::Obj(members) => Value::Obj(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (k, v.compacted()))
+                    .filter(|(_, v)| v.present())
+                    .collect(),
+            ),
+            other => other,
+        };
+        if v.present() {
+            v
+        } else {
+            Value::Absent
+        }
+    }
+
+    /// Present and as [`Value::compacted`] would leave it (what the data type functions
+    /// build is), checked without building anything.
+    fn is_compact(&self) -> bool {
+        match self {
+            Value::Absent => false,
+            Value::Str(s) => !s.is_empty(),
+            Value::Num(n) => crate::record::is_json_number(n),
+            Value::Bool(_) => true,
+            Value::List(items) => !items.is_empty() && items.iter().all(Value::is_compact),
+            Value::Obj(members) => {
+                !members.is_empty() && members.iter().all(|(_, v)| v.is_compact())
+            }
+        }
+    }
+
     /// As a `serde_json::Value` (what it puts into a resource); `None` when absent.
     pub fn to_json(&self) -> Option<Json> {
         match self {

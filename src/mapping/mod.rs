@@ -315,16 +315,21 @@ fn set_value<'a>(
 ) -> Result<(), String> {
     let star = steps.contains(&Step::All);
     match value {
+        // Item `i` goes to index `i`, so that several `[*]` paths fed by the same
+        // repetitions stay aligned.
         Value::List(items) if star => {
             for (i, item) in items.into_iter().enumerate() {
+                let item = item.compacted();
                 if item.present() {
                     root.set(steps, i, item)?;
                 }
             }
             Ok(())
         }
-        v if v.present() => root.set(steps, 0, v),
-        _ => Ok(()),
+        v => match v.compacted() {
+            Value::Absent => Ok(()),
+            v => root.set(steps, 0, v),
+        },
     }
 }
 

@@ -301,6 +301,32 @@ id = "'p1'"
 }
 
 #[test]
+fn an_index_after_a_list_counts_only_what_the_list_holds() {
+    // The first PID-3 repetition is empty: the list of identifiers holds one, and
+    // `identifier[0]` is that one; setting the same list again is no conflict.
+    let mapping = r#"
+[[resource]]
+type = "Patient"
+id = "'p1'"
+[resource.set]
+"identifier" = "identifier(PID-3[*])"
+"identifier[0].use" = "'official'"
+"name" = "human_name(PID-5[*])"
+"name[0].use" = "'usual'"
+"#;
+    let out = run_inline(mapping, "MSH|^~\\&|A\rPID|1||~12345^^^H||~~Lê^Văn\r")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out[0]["identifier"],
+        serde_json::json!([{"value": "12345", "use": "official"}])
+    );
+    assert_eq!(
+        out[0]["name"],
+        serde_json::json!([{"family": "Lê", "given": ["Văn"], "use": "usual"}])
+    );
+}
+
+#[test]
 fn functions_table() {
     let message = "MSH|^~\\&|A||||||ADT^A01|C1|P|2.5\r\
 PID|1||ID1^^^AUTH||Doe^John Paul^Q||20240131083000+0700|X|||\"\"|| a b \r";
