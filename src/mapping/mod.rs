@@ -319,17 +319,14 @@ fn set_value<'a>(
         // repetitions stay aligned.
         Value::List(items) if star => {
             for (i, item) in items.into_iter().enumerate() {
-                let item = item.compacted();
                 if item.present() {
                     root.set(steps, i, item)?;
                 }
             }
             Ok(())
         }
-        v => match v.compacted() {
-            Value::Absent => Ok(()),
-            v => root.set(steps, 0, v),
-        },
+        v if v.present() => root.set(steps, 0, v),
+        _ => Ok(()),
     }
 }
 

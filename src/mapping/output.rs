@@ -116,7 +116,12 @@ impl<'a> Node<'a> {
                     *self = Node::Leaf(value);
                     Ok(())
                 }
-                Node::Leaf(old) if *old == value => Ok(()),
+                // The same value again is no conflict (compared as it goes out).
+                Node::Leaf(old)
+                    if *old == value || old.clone().compacted() == value.compacted() =>
+                {
+                    Ok(())
+                }
                 _ => Err("set twice".to_string()),
             };
         };
@@ -163,21 +168,20 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// A built object or list opened one level, so a path can set inside it.
+    /// A built object or list opened one level, so a path can set inside it. It is
+    /// compacted first (absent and empty items dropped, as they are when it goes out),
+    /// so that `[i]` counts only what it holds.
     fn from_value(v: Value<'a>) -> Node<'a> {
-        let leaf = |v: Value<'a>| {
-            if v.is_absent() {
-                Node::Empty
-            } else {
-                Node::Leaf(v)
-            }
-        };
-        match v {
-            Value::Obj(members) => {
-                Node::Obj(members.into_iter().map(|(k, v)| (k, leaf(v))).collect())
-            }
-            Value::List(items) => Node::Arr(items.into_iter().map(leaf).collect()),
-            other => leaf(other),
+        match v.compacted() {
+            Value::Obj(members) => Node::Obj(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (k, Node::Leaf(v)))
+                    .collect(),
+            ),
+            Value::List(items) => Node::Arr(items.into_iter().map(Node::Leaf).collect()),
+            Value::Absent => Node::Empty,
+            other => Node::Leaf(other),
         }
     }
 
