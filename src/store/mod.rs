@@ -134,6 +134,9 @@ pub struct Faults {
     fail_sync: std::sync::atomic::AtomicBool,
     /// While true, syncs wait (see [`Faults::hold_sync`]).
     held: Mutex<bool>,
+    /// `held` as last set, read without the lock: a sync with no hold set (every sync
+    /// outside tests) takes no lock.
+    hold_set: std::sync::atomic::AtomicBool,
     released: std::sync::Condvar,
     /// A sync is waiting on the hold.
     holding: std::sync::atomic::AtomicBool,
@@ -143,7 +146,10 @@ impl Faults {
     /// While set, every [`Store::sync`] waits before it syncs (a slow disk): the
     /// records stay written and not yet durable for as long as a test needs.
     pub fn hold_sync(&self, on: bool) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        *held = on;
+        self.hold_set.store(on, std::sync::atomic::Ordering::SeqCst);
+        drop(held);
         if !on {
             self.released.notify_all();
         }
@@ -156,6 +162,9 @@ impl Faults {
 
     fn wait_while_held(&self) {
         use std::sync::atomic::Ordering::SeqCst;
+        if !self.hold_set.load(SeqCst) {
+            return;
+        }
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         while *held {
             self.holding.store(true, SeqCst);
