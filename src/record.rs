@@ -246,9 +246,13 @@ impl<'r> Node<'r> {
             return None;
         }
         let rec = self.rec;
+        // Lengths first: most keys differ in length, and that needs no call to memcmp.
         self.children()
             .iter()
-            .find(|s| &rec.text[s.key as usize..(s.key + s.key_len) as usize] == key)
+            .find(|s| {
+                s.key_len as usize == key.len()
+                    && &rec.text[s.key as usize..(s.key + s.key_len) as usize] == key
+            })
             .map(|&slot| Node { rec, slot })
     }
 
@@ -476,6 +480,26 @@ pub trait JsonView<'d>: Copy + 'd {
     fn items(self) -> impl Iterator<Item = Self> + 'd;
     /// An object's members in order; nothing for anything else.
     fn members(self) -> impl Iterator<Item = (&'d str, Self)> + 'd;
+
+    /// Every string that is the member `key` of an object anywhere in this value
+    /// (itself included), in no particular order.
+    fn strings_named(self, key: &str, out: &mut Vec<&'d str>) {
+        walk_strings_named(self, key, out);
+    }
+}
+
+/// [`JsonView::strings_named`] by walking the tree.
+fn walk_strings_named<'d, J: JsonView<'d>>(v: J, key: &str, out: &mut Vec<&'d str>) {
+    for (k, child) in v.members() {
+        if k != key {
+            child.strings_named(key, out);
+        } else if let Some(s) = child.as_str() {
+            out.push(s);
+        }
+    }
+    for item in v.items() {
+        item.strings_named(key, out);
+    }
 }
 
 impl<'d> JsonView<'d> for Node<'d> {
@@ -493,6 +517,24 @@ impl<'d> JsonView<'d> for Node<'d> {
     }
     fn members(self) -> impl Iterator<Item = (&'d str, Self)> + 'd {
         Node::members(self)
+    }
+
+    /// For the whole record, one pass over its nodes (they are all below the root).
+    fn strings_named(self, key: &str, out: &mut Vec<&'d str>) {
+        let rec = self.rec;
+        if rec.nodes.last() != Some(&self.slot) {
+            // Below the root: a subtree's nodes are not marked, so walk it.
+            return walk_strings_named(self, key, out);
+        }
+        let text = &rec.text;
+        for s in &rec.nodes {
+            if s.tag == Tag::Str
+                && s.key_len as usize == key.len()
+                && &text[s.key as usize..(s.key + s.key_len) as usize] == key
+            {
+                out.push(&text[s.a as usize..(s.a + s.b) as usize]);
+            }
+        }
     }
 }
 

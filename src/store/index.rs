@@ -479,20 +479,10 @@ pub(crate) fn identifiers<'d>(v: impl JsonView<'d>) -> Vec<(String, String)> {
 /// (an optional `/_history/<version>` suffix is ignored). Absolute URLs point at other
 /// servers and are not followed.
 pub(crate) fn patient_refs<'d>(v: impl JsonView<'d>, out: &mut BTreeSet<String>) {
-    if v.is_object() {
-        for (k, child) in v.members() {
-            if k == "reference" {
-                if let Some(id) = child.as_str().and_then(patient_ref_id) {
-                    out.insert(id.to_owned());
-                }
-            } else {
-                patient_refs(child, out);
-            }
-        }
-    } else {
-        for item in v.items() {
-            patient_refs(item, out);
-        }
+    let mut refs = Vec::new();
+    v.strings_named("reference", &mut refs);
+    for id in refs.into_iter().filter_map(patient_ref_id) {
+        out.insert(id.to_owned());
     }
 }
 
@@ -586,6 +576,15 @@ mod tests {
         let mut got = BTreeSet::new();
         patient_refs(&v, &mut got);
         assert_eq!(got.into_iter().collect::<Vec<_>>(), ["p1", "p2", "p3"]);
+        // The same from the record, whose nodes are read in one pass, and from one of
+        // its members.
+        let r = Record::from_value(&v).unwrap();
+        let mut got = BTreeSet::new();
+        patient_refs(r.root(), &mut got);
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), ["p1", "p2", "p3"]);
+        let mut got = BTreeSet::new();
+        patient_refs(r.root().get("performer").unwrap(), &mut got);
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), ["p2"]);
     }
 
     #[test]
