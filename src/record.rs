@@ -57,7 +57,9 @@ impl Slot {
 }
 
 /// Builds a record bottom-up: push the children of a container, then close it; the
-/// root object is closed last.
+/// root object is closed last. One builder makes any number of records, one after the
+/// other: each is copied out at its exact size, and the builder's buffers are kept for
+/// the next.
 pub(crate) struct Builder {
     rec: Record,
     /// Nodes built whose container is not closed yet.
@@ -173,13 +175,21 @@ impl Builder {
         self.close_array(mark)
     }
 
-    /// The record whose root is the one node left (an object); `None` if that is not so.
-    pub(crate) fn finish(mut self) -> Option<Record> {
-        if self.pending.len() != 1 || self.pending[0].tag != Tag::Obj {
-            return None;
+    /// The record whose root is the one node left (an object); `None` if that is not
+    /// so. The builder is empty again afterwards.
+    pub(crate) fn finish(&mut self) -> Option<Record> {
+        let ok = self.pending.len() == 1 && self.pending[0].tag == Tag::Obj;
+        if ok {
+            self.rec.nodes.push(self.pending[0]);
         }
-        self.rec.nodes.push(self.pending[0]);
-        Some(self.rec)
+        let record = ok.then(|| Record {
+            text: self.rec.text.as_str().into(),
+            nodes: self.rec.nodes.as_slice().into(),
+        });
+        self.rec.text.clear();
+        self.rec.nodes.clear();
+        self.pending.clear();
+        record
     }
 }
 
@@ -648,6 +658,27 @@ mod tests {
         assert!(r.root().get("none").is_some_and(Node::is_array));
         assert_eq!(r.root().get("none").map(|n| n.items().count()), Some(0));
         assert!(Record::from_value(&json!([1])).is_none());
+    }
+
+    #[test]
+    fn one_builder_makes_records_one_after_the_other() {
+        let mut b = Builder::new();
+        let mut one = |b: &mut Builder, id: &str| {
+            let mark = b.mark();
+            b.string("Patient");
+            b.key("resourceType");
+            b.string(id);
+            b.key("id");
+            assert!(b.close_object(mark));
+            b.finish().expect("an object")
+        };
+        let (x, y) = (one(&mut b, "a"), one(&mut b, "bb"));
+        assert_eq!(x.to_json_vec(), br#"{"resourceType":"Patient","id":"a"}"#);
+        assert_eq!(y.to_json_vec(), br#"{"resourceType":"Patient","id":"bb"}"#);
+        // Nothing left over for the next: a bare string is not a record.
+        b.string("x");
+        assert!(b.finish().is_none());
+        assert_eq!(one(&mut b, "c").id(), Some("c"));
     }
 
     #[test]

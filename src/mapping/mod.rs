@@ -270,6 +270,7 @@ impl Mapping {
         dt: &'a datatypes::Tables<'a>,
     ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
+        let mut builder = crate::record::Builder::new();
         for inst in instances {
             let rule = &self.rules[inst.rule];
             let scope = Scope {
@@ -301,7 +302,10 @@ impl Mapping {
                 let value = scope.eval(&set.expr).map_err(err)?;
                 set_value(&mut root, &set.steps, value).map_err(err)?;
             }
-            out.push(root.into_record().expect("a resource has its type and id"));
+            out.push(
+                root.into_record(&mut builder)
+                    .expect("a resource has its type and id"),
+            );
         }
         Ok(out)
     }

@@ -187,9 +187,8 @@ impl<'a> Node<'a> {
 
     /// The record, without nulls in arrays and without empty objects, arrays and
     /// strings; `None` when nothing is left.
-    pub fn into_record(self) -> Option<Record> {
-        let mut b = Builder::new();
-        emit(&self, &mut b);
+    pub fn into_record(self, b: &mut Builder) -> Option<Record> {
+        emit(&self, b);
         b.finish()
     }
 }
@@ -297,7 +296,7 @@ mod tests {
         let line = Value::Obj(vec![("line", Value::List(vec![s("1"), s("")]))]);
         assert!(root.set(&paths[5], 0, line).is_ok());
         assert!(root.set(&paths[6], 0, s("Huế")).is_ok());
-        let out = root.into_record().map(|r| r.to_value());
+        let out = root.into_record(&mut Builder::new()).map(|r| r.to_value());
         // Members come out in the order they were first set.
         let keys: Vec<&str> = out
             .as_ref()
