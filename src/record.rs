@@ -663,7 +663,7 @@ mod tests {
     #[test]
     fn one_builder_makes_records_one_after_the_other() {
         let mut b = Builder::new();
-        let mut one = |b: &mut Builder, id: &str| {
+        let one = |b: &mut Builder, id: &str| {
             let mark = b.mark();
             b.string("Patient");
             b.key("resourceType");
