@@ -918,7 +918,7 @@ fn run_publish(
             std::thread::sleep(Duration::from_millis(50).min(d));
         }
     };
-    while !stop.load(Ordering::SeqCst) {
+    'publish: while !stop.load(Ordering::SeqCst) {
         let batch = outbox.take(PUBLISH_BATCH, Duration::from_millis(200));
         if batch.is_empty() {
             // Idle: notice a lost connection and reconnect, so /ready tells the truth.
@@ -973,22 +973,20 @@ fn run_publish(
                     .collect(),
             );
             // `queued` must be on disk before the outbox forgets the entries, or a crash
-            // would leave them `mapped` with no records anywhere on this edge.
-            match journal.sync_blocking() {
-                Ok(()) => {
-                    if let Err(e) = outbox.remove(&done) {
-                        tracing::error!(error = %e, "outbox cleanup failed; entries will be published again (idempotent)");
-                    }
+            // would leave them `mapped` with no records anywhere on this edge. A failed
+            // commit keeps its status frames for the next one, so only the sync is tried
+            // again: the broker has the records already. Stopped meanwhile, the entries
+            // stay in the outbox's tree and are published again after the restart
+            // (idempotent).
+            while let Err(e) = journal.sync_blocking() {
+                tracing::error!(error = %e, "journal sync failed; retrying");
+                pause(Duration::from_millis(500));
+                if stop.load(Ordering::SeqCst) {
+                    break 'publish;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "journal sync failed; publishing the batch again");
-                    let mut all = done;
-                    all.extend(again);
-                    all.sort_by_key(|e| e.journal_id);
-                    outbox.requeue(all);
-                    pause(Duration::from_millis(500));
-                    continue;
-                }
+            }
+            if let Err(e) = outbox.remove(&done) {
+                tracing::error!(error = %e, "outbox cleanup failed; entries will be published again (idempotent)");
             }
         }
         if !again.is_empty() {

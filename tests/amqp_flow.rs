@@ -106,39 +106,95 @@ fn round_trip_mllp_in_records_out_of_the_store_via_rabbitmq() {
     rt.block_on(engine.shutdown());
 }
 
-#[test]
-fn an_edge_publishes_persistent_confirmed_records_with_their_origin() {
-    let guard = TopologyGuard::new("edge");
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let config = engine_config(dir.path(), &guard.prefix, "edge");
-    let oru = common::sample("oru_r01_dang_van_duc_glucose.hl7");
-    let want = expected_records(&config, "lab", &oru, 1);
-    let engine = rt.block_on(Engine::start(config)).expect("engine starts");
-    let ack = Mllp::connect(engine.listener_addr("lab").unwrap()).send(&oru);
-    assert_eq!(msa_code(&ack), "AA");
-    wait_queued(&engine, 1);
-    assert_eq!(
-        engine.store.count("Observation").unwrap(),
-        0,
-        "an edge keeps no records"
-    );
-
-    let queue = guard.topology().queue;
-    let got: Vec<lapin::message::BasicGetMessage> = block_on(async {
+/// Every message waiting in `queue`, taken off it.
+fn drain(queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    block_on(async {
         let ch = channel().await.unwrap();
         let mut got = Vec::new();
         while let Some(m) = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap()
         {
             got.push(m);
         }
         got
+    })
+}
+
+/// An edge engine with its own topology, and a lab result with the records it maps to.
+struct Edge {
+    guard: TopologyGuard,
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    engine: Engine,
+    oru: Vec<u8>,
+    want: Vec<Value>,
+}
+
+fn edge(name: &str) -> Edge {
+    let guard = TopologyGuard::new(name);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let config = engine_config(dir.path(), &guard.prefix, "edge");
+    let oru = common::sample("oru_r01_dang_van_duc_glucose.hl7");
+    let want = expected_records(&config, "lab", &oru, 1);
+    let engine = rt.block_on(Engine::start(config)).expect("engine starts");
+    Edge {
+        guard,
+        _dir: dir,
+        rt,
+        engine,
+        oru,
+        want,
+    }
+}
+
+#[test]
+fn an_edge_whose_journal_cannot_record_a_publish_publishes_the_records_once() {
+    let e = edge("edge-sync");
+    let (engine, guard) = (&e.engine, &e.guard);
+    // The mapper waits in its outbox sync while the journal is made to fail.
+    engine.store.faults().hold_sync(true);
+    let ack = Mllp::connect(engine.listener_addr("lab").unwrap()).send(&e.oru);
+    assert_eq!(msa_code(&ack), "AA");
+    wait_until("the mapper holds in its outbox sync", LIMIT, || {
+        engine.store.faults().sync_is_held()
     });
-    assert_eq!(got.len(), want.len(), "one message per record");
-    for (m, r) in got.iter().zip(&want) {
+    let failed = engine.journal.failed_commits();
+    engine.journal.faults().fail_sync(true);
+    engine.store.faults().hold_sync(false);
+    // Published and confirmed; `queued` cannot be made durable, tried again and again.
+    wait_until("three failed journal commits", LIMIT, || {
+        engine.journal.failed_commits() >= failed + 3
+    });
+    engine.journal.faults().fail_sync(false);
+    wait_until("a journal commit succeeds again", LIMIT, || {
+        !engine.journal.is_failing()
+    });
+    wait_queued(engine, 1);
+    // Only the sync was tried again, not the publish.
+    let got = drain(&guard.topology().queue);
+    assert_eq!(got.len(), e.want.len(), "each record published once");
+    e.rt.block_on(e.engine.shutdown());
+}
+
+#[test]
+fn an_edge_publishes_persistent_confirmed_records_with_their_origin() {
+    let e = edge("edge");
+    let (engine, guard) = (&e.engine, &e.guard);
+    let ack = Mllp::connect(engine.listener_addr("lab").unwrap()).send(&e.oru);
+    assert_eq!(msa_code(&ack), "AA");
+    wait_queued(engine, 1);
+    assert_eq!(
+        engine.store.count("Observation").unwrap(),
+        0,
+        "an edge keeps no records"
+    );
+
+    let got = drain(&guard.topology().queue);
+    assert_eq!(got.len(), e.want.len(), "one message per record");
+    for (m, r) in got.iter().zip(&e.want) {
         let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
         let p = &m.delivery.properties;
         assert_eq!(&body, r, "records arrive in order and unchanged");
@@ -175,7 +231,7 @@ fn an_edge_publishes_persistent_confirmed_records_with_their_origin() {
     let (code, ready) = http_json(engine.http_addr, "/ready");
     assert_eq!(code, 200, "{ready}");
     assert_eq!(ready["role"], "edge");
-    rt.block_on(engine.shutdown());
+    e.rt.block_on(e.engine.shutdown());
 }
 
 async fn publish_raw(prefix: &str, routing_key: &str, body: &[u8]) {

@@ -228,6 +228,8 @@ struct Shared {
     changes_cv: Condvar,
     /// Set when a commit failed and nothing has succeeded since.
     failing: AtomicBool,
+    /// Commits that failed since the journal was opened.
+    failed_commits: std::sync::atomic::AtomicU64,
     /// Processing trail of the newest [`TRAIL_CAP`] entries that changed, by id.
     trails: Mutex<std::collections::BTreeMap<u64, Vec<Step>>>,
     /// Status changes and trail steps waiting for the committer's next batch (see
@@ -389,6 +391,7 @@ impl Journal {
             changes: Mutex::new(0),
             changes_cv: Condvar::new(),
             failing: AtomicBool::new(false),
+            failed_commits: std::sync::atomic::AtomicU64::new(0),
             trails: Mutex::new(trails),
             lazy: Mutex::new(Vec::new()),
         });
@@ -745,6 +748,11 @@ impl Journal {
         self.shared.failing.load(Ordering::SeqCst)
     }
 
+    /// How many commits failed since the journal was opened.
+    pub fn failed_commits(&self) -> u64 {
+        self.shared.failed_commits.load(Ordering::SeqCst)
+    }
+
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
     }
@@ -969,6 +977,7 @@ impl Committer {
             }
             Err(e) => {
                 self.shared.failing.store(true, Ordering::SeqCst);
+                self.shared.failed_commits.fetch_add(1, Ordering::SeqCst);
                 tracing::error!(error = %e, batch = pending.len(), "journal commit failed; NAKing the batch");
                 // Cut back to the last durable length so no half-written frame stays.
                 if let Err(te) = self.file.set_len(self.len) {
