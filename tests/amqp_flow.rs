@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use amqp_support::*;
-use common::{http_json, msa_code, wait_until, Mllp};
+use common::{http_json, http_json_with, msa_code, wait_until, Mllp};
 use halong::config::Config;
 use halong::engine::Engine;
 use halong::journal::Status;
@@ -176,6 +176,22 @@ fn an_edge_whose_journal_cannot_record_a_publish_publishes_the_records_once() {
     // Only the sync was tried again, not the publish.
     let got = drain(&guard.topology().queue);
     assert_eq!(got.len(), e.want.len(), "each record published once");
+    e.rt.block_on(e.engine.shutdown());
+}
+
+#[test]
+fn a_replay_on_an_edge_answers_with_the_brokers_confirm() {
+    let e = edge("edge-replay");
+    let engine = &e.engine;
+    let ack = Mllp::connect(engine.listener_addr("lab").unwrap()).send(&e.oru);
+    assert_eq!(msa_code(&ack), "AA");
+    wait_queued(engine, 1);
+    assert_eq!(drain(&e.guard.topology().queue).len(), e.want.len());
+    // An edge's records end at the broker: `queued` is the answer, not `stored`.
+    let (code, r) = http_json_with(engine.http_addr, "POST", "/api/messages/1/replay");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["replayed"][0]["status"], "queued", "{r}");
+    assert_eq!(drain(&e.guard.topology().queue).len(), e.want.len());
     e.rt.block_on(e.engine.shutdown());
 }
 

@@ -283,10 +283,17 @@ async fn replay_filtered(State(s): State<AppState>, query: ParamsResult) -> Resp
 
 async fn run_replay(s: AppState, ids: Vec<u64>, more: bool) -> Response {
     let (journal, outbox, store) = (s.journal.clone(), s.outbox.clone(), s.store.clone());
+    // An edge's records end with the broker's confirm (`queued`), not in a store.
+    let edge = s.role == crate::config::Role::Edge;
+    let done = move |st: Status| {
+        matches!(st, Status::Stored | Status::Error | Status::Unrouted)
+            || (edge && st == Status::Queued)
+    };
     let rules = s.rules.read().expect("rules lock").clone();
     let done = tokio::task::spawn_blocking(move || {
         let report = crate::pipeline::replay(&journal, &outbox, &store, &rules, &ids)?;
-        // Wait (bounded) for the store thread, so the answer tells the final status.
+        // Wait (bounded) for the store thread (or the broker, on an edge), so the answer
+        // tells the final status.
         let deadline = std::time::Instant::now() + REPLAY_WAIT;
         let results: Vec<Value> = report
             .iter()
@@ -295,7 +302,7 @@ async fn run_replay(s: AppState, ids: Vec<u64>, more: bool) -> Response {
                 if r.outcome == "mapped" {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     let status = journal
-                        .wait_settled(r.id, left)
+                        .wait_status(r.id, left, done)
                         .or_else(|| journal.entry(r.id).map(|m| m.status));
                     v["status"] = json!(status.map_or("mapped", Status::as_str));
                 } else {

@@ -558,11 +558,20 @@ impl Journal {
     /// Waits until entry `id` has a final status (stored, error or unrouted) and returns
     /// it, or `None` after `timeout`.
     pub fn wait_settled(&self, id: u64, timeout: Duration) -> Option<Status> {
-        let settled = |j: &Journal| {
-            j.entry(id)
-                .map(|e| e.status)
-                .filter(|s| matches!(s, Status::Stored | Status::Error | Status::Unrouted))
-        };
+        self.wait_status(id, timeout, |s| {
+            matches!(s, Status::Stored | Status::Error | Status::Unrouted)
+        })
+    }
+
+    /// Waits until entry `id` has a status `done` accepts and returns it, or `None`
+    /// after `timeout`.
+    pub fn wait_status(
+        &self,
+        id: u64,
+        timeout: Duration,
+        done: impl Fn(Status) -> bool,
+    ) -> Option<Status> {
+        let settled = |j: &Journal| j.entry(id).map(|e| e.status).filter(|s| done(*s));
         let deadline = std::time::Instant::now() + timeout;
         let mut guard = self.shared.changes.lock().expect("journal changes lock");
         loop {

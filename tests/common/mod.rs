@@ -146,11 +146,16 @@ pub fn msa_code(ack: &str) -> String {
 
 /// GET over HTTP/1.1; returns (status, body).
 pub fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    http_request(addr, "GET", path_and_query)
+}
+
+/// A request without a body over HTTP/1.1; returns (status, body).
+pub fn http_request(addr: SocketAddr, method: &str, path_and_query: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "GET {path_and_query} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = Vec::new();
@@ -187,7 +192,16 @@ fn dechunk(mut body: &str) -> String {
 }
 
 pub fn http_json(addr: SocketAddr, path_and_query: &str) -> (u16, serde_json::Value) {
-    let (code, body) = http_get(addr, path_and_query);
+    http_json_with(addr, "GET", path_and_query)
+}
+
+/// `method` (without a body) and the JSON answer.
+pub fn http_json_with(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+) -> (u16, serde_json::Value) {
+    let (code, body) = http_request(addr, method, path_and_query);
     (
         code,
         serde_json::from_str(&body)
