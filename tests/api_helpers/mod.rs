@@ -1,18 +1,22 @@
 //! Helpers for the API and security tests: an engine in a scratch directory (own
-//! config, routes and a copy of the mappings the test may edit) and a tiny HTTP/1.1
-//! client that can send a bearer token and POST.
+//! config, routes and a copy of the mappings the test may edit), on top of the helpers
+//! in `tests/common` (whose HTTP client can send a bearer token and POST).
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use halong::config::Config;
 use halong::engine::Engine;
 use serde_json::Value;
 
-pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+#[path = "../common/mod.rs"]
+mod common;
+
+// Not every test uses every helper.
+#[allow(unused_imports)]
+pub use common::{enc, http as request, msa_code, parse_response, sample, REPO};
 
 /// A scratch directory holding `halong.toml`, `routes/`, `mappings/` and `data/`.
 pub struct Site {
@@ -86,62 +90,6 @@ level = "warn"
     }
 }
 
-pub fn sample(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(REPO).join("samples").join(name)).expect("sample exists")
-}
-
-/// One HTTP/1.1 exchange; returns status, headers (lowercased) and body.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    parse_response(&resp)
-}
-
-pub fn parse_response(resp: &[u8]) -> (u16, String, String) {
-    let text = String::from_utf8(resp.to_vec()).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, head, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
 /// GET (or POST) returning JSON.
 pub fn json(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     let (code, _, body) = request(addr, method, path, token);
@@ -177,24 +125,9 @@ pub fn next_link(bundle: &Value) -> Option<String> {
         })
 }
 
-/// Percent-encodes a query value.
-pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// An MLLP exchange: sends one framed message, returns the ACK text.
 pub fn mllp_send(addr: SocketAddr, msg: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect mllp");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&halong::listeners::mllp::frame(msg)).unwrap();
-    read_frame(&mut s)
+    common::Mllp::connect(addr).send(msg)
 }
 
 /// Reads one MLLP frame from any stream.
@@ -210,14 +143,6 @@ pub fn read_frame(s: &mut impl Read) -> String {
         assert!(n > 0, "connection closed before the ACK");
         buf.extend_from_slice(&chunk[..n]);
     }
-}
-
-pub fn msa_code(ack: &str) -> String {
-    ack.split('\r')
-        .find(|s| s.starts_with("MSA"))
-        .and_then(|s| s.split('|').nth(1))
-        .unwrap_or("")
-        .to_string()
 }
 
 /// A runtime for the engine; the test thread stays a plain blocking client.

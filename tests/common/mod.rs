@@ -151,31 +151,49 @@ pub fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
 
 /// A request without a body over HTTP/1.1; returns (status, body).
 pub fn http_request(addr: SocketAddr, method: &str, path_and_query: &str) -> (u16, String) {
+    let (code, _, body) = http(addr, method, path_and_query, None);
+    (code, body)
+}
+
+/// One HTTP/1.1 exchange without a body, with a bearer token when given; returns status,
+/// headers (lowercased) and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
-    let text = String::from_utf8(resp).expect("UTF-8 response");
+    parse_response(&resp)
+}
+
+/// Status, headers (lowercased) and body of an HTTP/1.1 response (chunked or not).
+pub fn parse_response(resp: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8(resp.to_vec()).expect("UTF-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head, body)
 }
 
 fn dechunk(mut body: &str) -> String {
