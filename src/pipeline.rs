@@ -887,19 +887,37 @@ fn finish_written(
         }
         // `stored` must be on disk before the outbox forgets the entries it keeps (found
         // at open, or replayed), or a crash would leave them `mapped` with nothing left
-        // to store. A failed commit keeps its status frames for the next one.
+        // to store.
         journal.set_statuses(statuses);
-        while let Err(e) = journal.sync_blocking() {
-            tracing::error!(error = %e, "journal sync failed; retrying");
-            std::thread::sleep(Duration::from_millis(500));
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
+        if !sync_journal(journal, stop) {
+            return;
         }
         if let Err(e) = outbox.remove(&batch) {
             tracing::error!(error = %e, "outbox cleanup failed; entries will be stored again (idempotent)");
         }
     }
+}
+
+/// Sleeps `d`, waking early when the pipeline stops.
+fn pause(stop: &AtomicBool, d: Duration) {
+    let until = std::time::Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50).min(d));
+    }
+}
+
+/// Syncs the journal, trying again every 500 ms while its commits fail (a failed commit
+/// keeps its status frames for the next one, so only the sync needs repeating); false
+/// when the pipeline stopped first.
+fn sync_journal(journal: &Journal, stop: &AtomicBool) -> bool {
+    while let Err(e) = journal.sync_blocking() {
+        tracing::error!(error = %e, "journal sync failed; retrying");
+        pause(stop, Duration::from_millis(500));
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The edge's sink: outbox entries to RabbitMQ, released only on confirm.
@@ -911,13 +929,7 @@ fn run_publish(
     stop: &AtomicBool,
 ) {
     let _runtime = handle.enter();
-    let pause = |d: Duration| {
-        // Sleeps `d`, waking early when the pipeline stops.
-        let until = std::time::Instant::now() + d;
-        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50).min(d));
-        }
-    };
+    let pause = |d: Duration| pause(stop, d);
     'publish: while !stop.load(Ordering::SeqCst) {
         let batch = outbox.take(PUBLISH_BATCH, Duration::from_millis(200));
         if batch.is_empty() {
@@ -973,17 +985,12 @@ fn run_publish(
                     .collect(),
             );
             // `queued` must be on disk before the outbox forgets the entries, or a crash
-            // would leave them `mapped` with no records anywhere on this edge. A failed
-            // commit keeps its status frames for the next one, so only the sync is tried
-            // again: the broker has the records already. Stopped meanwhile, the entries
-            // stay in the outbox's tree and are published again after the restart
-            // (idempotent).
-            while let Err(e) = journal.sync_blocking() {
-                tracing::error!(error = %e, "journal sync failed; retrying");
-                pause(Duration::from_millis(500));
-                if stop.load(Ordering::SeqCst) {
-                    break 'publish;
-                }
+            // would leave them `mapped` with no records anywhere on this edge. Only the
+            // sync is tried again: the broker has the records already. Stopped
+            // meanwhile, the entries stay in the outbox's tree and are published again
+            // after the restart (idempotent).
+            if !sync_journal(journal, stop) {
+                break 'publish;
             }
             if let Err(e) = outbox.remove(&done) {
                 tracing::error!(error = %e, "outbox cleanup failed; entries will be published again (idempotent)");

@@ -259,10 +259,7 @@ impl<'r> Node<'r> {
         // Lengths first: most keys differ in length, and that needs no call to memcmp.
         self.children()
             .iter()
-            .find(|s| {
-                s.key_len as usize == key.len()
-                    && &rec.text[s.key as usize..(s.key + s.key_len) as usize] == key
-            })
+            .find(|s| s.key_len as usize == key.len() && rec.key_of(s) == key)
             .map(|&slot| Node { rec, slot })
     }
 
@@ -302,10 +299,9 @@ impl<'r> Node<'r> {
         } else {
             &[]
         };
-        members.iter().map(move |&slot| {
-            let key = &rec.text[slot.key as usize..(slot.key + slot.key_len) as usize];
-            (key, Node { rec, slot })
-        })
+        members
+            .iter()
+            .map(move |&slot| (rec.key_of(&slot), Node { rec, slot }))
     }
 
     fn write(self, out: &mut Vec<u8>) {
@@ -409,6 +405,11 @@ static ESCAPE: [u8; 256] = {
 };
 
 impl Record {
+    /// The key a member node carries ("" for others).
+    fn key_of(&self, s: &Slot) -> &str {
+        &self.text[s.key as usize..(s.key + s.key_len) as usize]
+    }
+
     /// The root object.
     pub fn root(&self) -> Node<'_> {
         Node {
@@ -536,13 +537,12 @@ impl<'d> JsonView<'d> for Node<'d> {
             // Below the root: a subtree's nodes are not marked, so walk it.
             return walk_strings_named(self, key, out);
         }
-        let text = &rec.text;
-        for s in &rec.nodes {
-            if s.tag == Tag::Str
-                && s.key_len as usize == key.len()
-                && &text[s.key as usize..(s.key + s.key_len) as usize] == key
+        for &slot in &rec.nodes {
+            if slot.tag == Tag::Str
+                && slot.key_len as usize == key.len()
+                && rec.key_of(&slot) == key
             {
-                out.push(&text[s.a as usize..(s.a + s.b) as usize]);
+                out.push(Node { rec, slot }.text());
             }
         }
     }

@@ -27,10 +27,9 @@ mod functions;
 mod output;
 mod tables;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-use std::borrow::Cow;
 
 use crate::diag::Diagnostic;
 use crate::hl7::Message;

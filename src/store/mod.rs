@@ -132,11 +132,11 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Faults {
     fail_sync: std::sync::atomic::AtomicBool,
-    /// While true, syncs wait (see [`Faults::hold_sync`]).
-    held: Mutex<bool>,
-    /// `held` as last set, read without the lock: a sync with no hold set (every sync
-    /// outside tests) takes no lock.
-    hold_set: std::sync::atomic::AtomicBool,
+    /// While set, syncs wait (see [`Faults::hold_sync`]); read without a lock, so a
+    /// sync with no hold set (every sync outside tests) takes none.
+    held: std::sync::atomic::AtomicBool,
+    /// Guards waiting on `held`, with `released`.
+    hold_lock: Mutex<()>,
     released: std::sync::Condvar,
     /// A sync is waiting on the hold.
     holding: std::sync::atomic::AtomicBool,
@@ -146,10 +146,9 @@ impl Faults {
     /// While set, every [`Store::sync`] waits before it syncs (a slow disk): the
     /// records stay written and not yet durable for as long as a test needs.
     pub fn hold_sync(&self, on: bool) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        *held = on;
-        self.hold_set.store(on, std::sync::atomic::Ordering::SeqCst);
-        drop(held);
+        let guard = self.hold_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.held.store(on, std::sync::atomic::Ordering::SeqCst);
+        drop(guard);
         if !on {
             self.released.notify_all();
         }
@@ -162,13 +161,13 @@ impl Faults {
 
     fn wait_while_held(&self) {
         use std::sync::atomic::Ordering::SeqCst;
-        if !self.hold_set.load(SeqCst) {
+        if !self.held.load(SeqCst) {
             return;
         }
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while *held {
+        let mut guard = self.hold_lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.held.load(SeqCst) {
             self.holding.store(true, SeqCst);
-            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+            guard = self.released.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
         self.holding.store(false, SeqCst);
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::error::StoreError;
 use super::index::{count_key, doc_key, index_entries, validate, validate_record, IndexEntries};
-use crate::record::Record;
+use crate::record::{JsonView, Record};
 
 /// A resource to store: a value, or a record as a mapping made it.
 #[derive(Clone, Copy)]
@@ -87,7 +87,7 @@ impl Store {
     /// writes them) and its index entries ([`index_entries_of`] of it), so that neither
     /// is made a second time. A resource the store changes before writing it (a merge, a
     /// folded study, a link added) gets both anew. A record becomes a value only where
-    /// a merge needs one: orders and studies, and a Patient or Encounter that changed.
+    /// a merge needs one: studies, and a Patient or Encounter that changed.
     ///
     /// [`index_entries_of`]: super::index_entries_of
     pub fn upsert_batch_encoded<'v, G: Into<Given<'v>>>(
@@ -107,15 +107,13 @@ impl Store {
             .map_err(|problem| StoreError::InvalidResource { position, problem })?;
             named.push(n);
         }
-        // Orders and studies take the merge and accession steps, which read values.
+        // Studies are folded and merged as values (and may get a link to their order).
         let values: Vec<Option<Cow<'v, Value>>> = given
             .iter()
             .zip(&named)
             .map(|((g, _, _), (rt, _))| match *g {
                 Given::Value(v) => Some(Cow::Borrowed(v)),
-                Given::Record(r) if matches!(*rt, "ImagingStudy" | "ServiceRequest") => {
-                    Some(Cow::Owned(r.to_value()))
-                }
+                Given::Record(r) if *rt == "ImagingStudy" => Some(Cow::Owned(r.to_value())),
                 Given::Record(_) => None,
             })
             .collect();
@@ -221,15 +219,19 @@ impl Store {
                 }
                 (doc, bytes, as_given) = (Doc::Value(Cow::Owned(m)), sled::IVec::from(b), false);
             }
-            // Orders and studies meet by accession number (see `accession`); both are
-            // values here.
-            if let Doc::Value(value) = &mut doc {
-                if let Some(acc) = accession(rt, value) {
-                    batch.insert(accession_key(&acc, rt, id), &[][..]);
-                    pending_accessions.push((acc.clone(), rt, id));
-                    if rt == "ServiceRequest" {
-                        relink.push((acc, id.to_string()));
-                    } else if rt == "ImagingStudy" && value.get("basedOn").is_none() {
+            // Orders and studies meet by accession number (see `accession`).
+            let acc = match &doc {
+                Doc::Value(v) => accession(rt, &**v),
+                Doc::Record(r) => accession(rt, r.root()),
+            };
+            if let Some(acc) = acc {
+                batch.insert(accession_key(&acc, rt, id), &[][..]);
+                pending_accessions.push((acc.clone(), rt, id));
+                if rt == "ServiceRequest" {
+                    relink.push((acc, id.to_string()));
+                } else if let Doc::Value(value) = &mut doc {
+                    // A study (always a value here) without a link to its order gets one.
+                    if rt == "ImagingStudy" && value.get("basedOn").is_none() {
                         if let Some(order) = self.order_for(&acc, &pending_accessions)? {
                             let v = value.to_mut();
                             v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
@@ -374,17 +376,17 @@ fn accession_key(acc: &str, rt: &str, id: &str) -> Vec<u8> {
 /// The accession number of an ImagingStudy or ServiceRequest: its identifier typed
 /// `ACSN` (v2-0203); for a ServiceRequest without one, its filler order number (`FILL`),
 /// which many HIS use as the accession number.
-fn accession(rt: &str, v: &Value) -> Option<String> {
+fn accession<'d>(rt: &str, v: impl JsonView<'d>) -> Option<String> {
     if rt != "ImagingStudy" && rt != "ServiceRequest" {
         return None;
     }
-    let ids = v.get("identifier")?.as_array()?;
+    let ids = v.get("identifier")?;
     let typed = |code: &str| {
-        ids.iter().find_map(|i| {
-            let codes = i.pointer("/type/coding")?.as_array()?;
+        ids.items().find_map(|i| {
+            let codes = i.get("type")?.get("coding")?;
             codes
-                .iter()
-                .any(|c| c.get("code").and_then(Value::as_str) == Some(code))
+                .items()
+                .any(|c| c.get("code").and_then(JsonView::as_str) == Some(code))
                 .then(|| i.get("value")?.as_str())
                 .flatten()
                 .filter(|s| !s.is_empty() && s.len() <= 256)
