@@ -560,7 +560,8 @@ impl Message {
         first
     }
 
-    fn for_each_raw<'a>(&'a self, seg: usize, fp: &FieldPath, mut f: impl FnMut(&'a str)) {
+    /// Calls `f` with the raw text of every selected piece, as [`Message::raws_in`] lists them.
+    pub fn for_each_raw<'a>(&'a self, seg: usize, fp: &FieldPath, mut f: impl FnMut(&'a str)) {
         let Some(field) = self.field_raw(seg, fp.field) else {
             return;
         };
@@ -591,11 +592,26 @@ impl Message {
                 }
             }
             Repetition::All => {
-                for rep in field.split(d.repetition) {
+                let mut each = |rep: &'a str| {
                     if let Some(v) = pick(rep) {
                         f(v)
                     }
+                };
+                if !d.repetition.is_ascii() {
+                    field.split(d.repetition).for_each(each);
+                    return;
                 }
+                // Fields are short: a plain loop beats the vectorised search `split`
+                // starts for every piece. An ASCII delimiter falls on char boundaries.
+                let rb = d.repetition as u8;
+                let mut start = 0;
+                for (i, &b) in field.as_bytes().iter().enumerate() {
+                    if b == rb {
+                        each(&field[start..i]);
+                        start = i + 1;
+                    }
+                }
+                each(&field[start..]);
             }
         }
     }

@@ -647,13 +647,14 @@ impl<'a> Scope<'a> {
                     fid::IDENTIFIER => datatypes::identifier(p, t),
                     _ => datatypes::codeable_concept(p, t),
                 };
-                let all = is_all(path);
-                let items: Vec<Value> = self
-                    .parts(path)
-                    .iter()
-                    .map(|p| build(p).unwrap_or(Value::Absent))
-                    .collect();
-                Ok(collect(items, all))
+                if !is_all(path) {
+                    let mut one = Value::Absent;
+                    self.each_part(path, |p| one = build(&p).unwrap_or(Value::Absent));
+                    return Ok(one);
+                }
+                let mut items = Vec::new();
+                self.each_part(path, |p| items.push(build(&p).unwrap_or(Value::Absent)));
+                Ok(collect(items, true))
             }
             fid::ALL => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
@@ -683,15 +684,29 @@ impl<'a> Scope<'a> {
                     return Err(fail("the first argument must be an HL7 path".into()));
                 };
                 let units = match c.args.get(1) {
-                    Some(Expr::Path { path, .. }) => self.parts(path).into_iter().next(),
+                    Some(Expr::Path { path, .. }) => {
+                        let mut first = None;
+                        self.each_part(path, |p| {
+                            first.get_or_insert(p);
+                        });
+                        first
+                    }
                     Some(_) => return Err(fail("the second argument must be an HL7 path".into())),
                     None => None,
                 };
                 let all = is_all(path);
                 let mut items = Vec::new();
-                for p in self.parts(path) {
-                    let q = datatypes::quantity(&p, units.as_ref()).map_err(fail)?;
-                    items.push(q.unwrap_or(Value::Absent));
+                let mut failed = None;
+                self.each_part(path, |p| {
+                    if failed.is_none() {
+                        match datatypes::quantity(&p, units.as_ref()) {
+                            Ok(q) => items.push(q.unwrap_or(Value::Absent)),
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(fail(e));
                 }
                 Ok(collect(items, all))
             }
@@ -699,15 +714,15 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// Every piece a path selects (one per selected repetition), split into parts:
-    /// components with their subcomponents, or, when the path names a component, its
-    /// subcomponents.
-    pub fn parts(&self, path: &crate::hl7::Path) -> Vec<Parts<'a>> {
+    /// Calls `f` with every piece a path selects (one per selected repetition), split
+    /// into parts: components with their subcomponents, or, when the path names a
+    /// component, its subcomponents.
+    fn each_part(&self, path: &crate::hl7::Path, mut f: impl FnMut(Parts<'a>)) {
         let Some(seg) = self.resolve(path) else {
-            return Vec::new();
+            return;
         };
         let Some(fp) = &path.field else {
-            return Vec::new();
+            return;
         };
         if let Some(t) = self.trace {
             t.note(seg, fp.field);
@@ -747,8 +762,12 @@ impl<'a> Scope<'a> {
             })
         };
         match fp.repetition {
-            Repetition::All => msg.raws_in(seg, fp).into_iter().map(one).collect(),
-            Repetition::Index(_) => msg.raw_in(seg, fp).map(one).into_iter().collect(),
+            Repetition::All => msg.for_each_raw(seg, fp, |raw| f(one(raw))),
+            Repetition::Index(_) => {
+                if let Some(raw) = msg.raw_in(seg, fp) {
+                    f(one(raw))
+                }
+            }
         }
     }
 

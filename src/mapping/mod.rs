@@ -27,7 +27,6 @@ mod functions;
 mod output;
 mod tables;
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -270,6 +269,7 @@ impl Mapping {
     ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
         let mut builder = crate::record::Builder::new();
+        let mut root = output::Tree::new();
         for inst in instances {
             let rule = &self.rules[inst.rule];
             let scope = Scope {
@@ -281,17 +281,12 @@ impl Mapping {
                 trace,
                 dt,
             };
-            let text = |t: &'a str| output::Node::Leaf(Value::Str(Cow::Borrowed(t)));
-            let mut head = Vec::with_capacity(rule.sets.len() + 3);
-            head.push(("resourceType", text(&rule.resource_type)));
-            head.push(("id", text(&inst.id)));
+            root.reset();
+            root.put_text(None, "resourceType", &rule.resource_type);
+            root.put_text(None, "id", &inst.id);
             if !ctx.source.is_empty() {
-                head.push((
-                    "meta",
-                    output::Node::object(vec![("source", text(&ctx.source))]),
-                ));
+                root.put_text(Some("meta"), "source", &ctx.source);
             }
-            let mut root = output::Node::object(head);
             for set in &rule.sets {
                 let err = |message: String| MapError {
                     resource: eval::label(rule, inst.ordinal, inst.each_index),
@@ -302,7 +297,7 @@ impl Mapping {
                 set_value(&mut root, &set.steps, value).map_err(err)?;
             }
             out.push(
-                root.into_record(&mut builder)
+                root.to_record(&mut builder)
                     .expect("a resource has its type and id"),
             );
         }
@@ -312,7 +307,7 @@ impl Mapping {
 
 /// Sets a value at an output path; lists spread over `[*]` by index.
 fn set_value<'a>(
-    root: &mut output::Node<'a>,
+    root: &mut output::Tree<'a>,
     steps: &'a [Step],
     value: Value<'a>,
 ) -> Result<(), String> {

@@ -90,116 +90,253 @@ pub fn parse_out_path(s: &str) -> Result<Vec<Step>, OutPathError> {
 }
 
 /// A resource under construction: the structure its output paths give, with values at
-/// the leaves. Object members are found by comparing the mapping's own key strings (no
-/// hashing, no key copies); [`Node::into_record`] writes the record once, in the order
-/// members were first set, leaving out what is empty.
+/// the leaves, in one vector of nodes that is reused from resource to resource (children
+/// are linked, so nothing is allocated per object or array). Object members are found by
+/// comparing the mapping's own key strings (no hashing, no key copies); array items are
+/// kept in index order. [`Tree::to_record`] writes the record once, members in the
+/// order they were first set, leaving out what is empty.
 #[derive(Debug)]
-pub enum Node<'a> {
-    Empty,
-    Leaf(Value<'a>),
-    Obj(Vec<(&'a str, Node<'a>)>),
-    Arr(Vec<Node<'a>>),
+pub struct Tree<'a> {
+    nodes: Vec<TreeNode<'a>>,
 }
 
-impl<'a> Node<'a> {
-    /// An object with these members, in this order.
-    pub fn object(members: Vec<(&'a str, Node<'a>)>) -> Node<'a> {
-        Node::Obj(members)
+#[derive(Debug)]
+struct TreeNode<'a> {
+    kind: Kind<'a>,
+    /// The member name, in an object.
+    key: &'a str,
+    /// The index, in an array.
+    index: u32,
+    first: u32,
+    last: u32,
+    next: u32,
+}
+
+#[derive(Debug)]
+enum Kind<'a> {
+    Empty,
+    Leaf(Value<'a>),
+    Obj,
+    Arr,
+}
+
+/// No node (the end of a child list).
+const NONE: u32 = u32::MAX;
+
+/// The root object.
+const ROOT: u32 = 0;
+
+impl<'a> Tree<'a> {
+    pub fn new() -> Tree<'a> {
+        let mut t = Tree {
+            nodes: Vec::with_capacity(128),
+        };
+        t.reset();
+        t
+    }
+
+    /// Empty again: a root object without members.
+    pub fn reset(&mut self) {
+        self.nodes.clear();
+        self.nodes.push(TreeNode::new(Kind::Obj, "", 0));
+    }
+
+    fn at(&mut self, n: u32) -> &mut TreeNode<'a> {
+        &mut self.nodes[n as usize]
+    }
+
+    /// Appends a child to the end of `parent`'s children.
+    fn append(&mut self, parent: u32, node: TreeNode<'a>) -> u32 {
+        let id = self.nodes.len() as u32;
+        self.nodes.push(node);
+        let last = self.at(parent).last;
+        if last == NONE {
+            self.at(parent).first = id;
+        } else {
+            self.at(last).next = id;
+        }
+        self.at(parent).last = id;
+        id
+    }
+
+    /// A text member of the root (`resourceType`, `id`) or, with `within`, of the root's
+    /// object member `within` (`meta.source`), set before any output path.
+    pub fn put_text(&mut self, within: Option<&'a str>, key: &'a str, text: &'a str) {
+        let parent = match within {
+            Some(name) => {
+                let p = self.member(ROOT, name);
+                if let Kind::Empty = self.at(p).kind {
+                    self.at(p).kind = Kind::Obj;
+                }
+                p
+            }
+            None => ROOT,
+        };
+        let leaf = Kind::Leaf(Value::Str(std::borrow::Cow::Borrowed(text)));
+        self.append(parent, TreeNode::new(leaf, key, 0));
+    }
+
+    /// The member `k` of object node `obj`, added (empty) when there is none.
+    fn member(&mut self, obj: u32, k: &'a str) -> u32 {
+        let mut c = self.nodes[obj as usize].first;
+        while c != NONE {
+            let n = &self.nodes[c as usize];
+            if same_key(n.key, k) {
+                return c;
+            }
+            c = n.next;
+        }
+        self.append(obj, TreeNode::new(Kind::Empty, k, 0))
+    }
+
+    /// Item `i` of array node `arr`, added (empty) in index order when there is none.
+    fn item(&mut self, arr: u32, i: u32) -> u32 {
+        let mut prev = NONE;
+        let mut c = self.nodes[arr as usize].first;
+        while c != NONE {
+            let n = &self.nodes[c as usize];
+            if n.index == i {
+                return c;
+            }
+            if n.index > i {
+                break;
+            }
+            prev = c;
+            c = n.next;
+        }
+        if c == NONE {
+            return self.append(arr, TreeNode::new(Kind::Empty, "", i));
+        }
+        let id = self.nodes.len() as u32;
+        let mut node = TreeNode::new(Kind::Empty, "", i);
+        node.next = c;
+        self.nodes.push(node);
+        if prev == NONE {
+            self.at(arr).first = id;
+        } else {
+            self.at(prev).next = id;
+        }
+        id
     }
 
     /// Sets `value` at `steps`; a `[*]` step stands for index `star`. Err names the
     /// conflict (a place set twice with different values, a key inside an array, ...).
     pub fn set(&mut self, steps: &'a [Step], star: usize, value: Value<'a>) -> Result<(), String> {
-        let Some((step, rest)) = steps.split_first() else {
-            return match self {
-                Node::Empty => {
-                    *self = Node::Leaf(value);
-                    Ok(())
-                }
-                // The same value again is no conflict (compared as it goes out).
-                Node::Leaf(old)
-                    if *old == value || old.clone().compacted() == value.compacted() =>
-                {
-                    Ok(())
-                }
-                _ => Err("set twice".to_string()),
-            };
-        };
-        if let Node::Leaf(Value::Obj(_) | Value::List(_)) = self {
-            // Inside a value a function built (an Identifier, a HumanName, ...).
-            let Node::Leaf(v) = std::mem::replace(self, Node::Empty) else {
-                unreachable!("matched above");
-            };
-            *self = Node::from_value(v);
-        }
-        match step {
-            Step::Key(k) => {
-                if let Node::Empty = self {
-                    *self = Node::Obj(Vec::new());
-                }
-                let Node::Obj(members) = self else {
-                    return Err(format!("cannot set {k:?} inside a non-object"));
-                };
-                let at = match members.iter().position(|(name, _)| same_key(name, k)) {
-                    Some(at) => at,
-                    None => {
-                        members.push((k.as_str(), Node::Empty));
-                        members.len() - 1
+        let mut at = ROOT;
+        for step in steps {
+            if let Kind::Leaf(Value::Obj(_) | Value::List(_)) = self.at(at).kind {
+                // Inside a value a function built (an Identifier, a HumanName, ...).
+                self.open(at);
+            }
+            at = match step {
+                Step::Key(k) => {
+                    match self.at(at).kind {
+                        Kind::Empty => self.at(at).kind = Kind::Obj,
+                        Kind::Obj => {}
+                        _ => return Err(format!("cannot set {k:?} inside a non-object")),
                     }
-                };
-                members[at].1.set(rest, star, value)
-            }
-            Step::Index(_) | Step::All => {
-                let i = match step {
-                    Step::Index(i) => *i,
-                    _ => star,
-                };
-                if let Node::Empty = self {
-                    *self = Node::Arr(Vec::new());
+                    self.member(at, k)
                 }
-                let Node::Arr(items) = self else {
-                    return Err(format!("cannot index [{i}] a non-array"));
-                };
-                if items.len() <= i {
-                    items.resize_with(i + 1, || Node::Empty);
+                Step::Index(_) | Step::All => {
+                    let i = match step {
+                        Step::Index(i) => *i,
+                        _ => star,
+                    };
+                    match self.at(at).kind {
+                        Kind::Empty => self.at(at).kind = Kind::Arr,
+                        Kind::Arr => {}
+                        _ => return Err(format!("cannot index [{i}] a non-array")),
+                    }
+                    self.item(at, i as u32)
                 }
-                items[i].set(rest, star, value)
+            };
+        }
+        let node = self.at(at);
+        match &node.kind {
+            Kind::Empty => {
+                node.kind = Kind::Leaf(value);
+                Ok(())
             }
+            // The same value again is no conflict (compared as it goes out).
+            Kind::Leaf(old) if *old == value || old.clone().compacted() == value.compacted() => {
+                Ok(())
+            }
+            _ => Err("set twice".to_string()),
         }
     }
 
     /// A built object or list opened one level, so a path can set inside it. It is
     /// compacted first (absent and empty items dropped, as they are when it goes out),
     /// so that `[i]` counts only what it holds.
-    fn from_value(v: Value<'a>) -> Node<'a> {
+    fn open(&mut self, at: u32) {
+        let Kind::Leaf(v) = std::mem::replace(&mut self.at(at).kind, Kind::Empty) else {
+            return;
+        };
         match v.compacted() {
-            Value::Obj(members) => Node::Obj(
-                members
-                    .into_iter()
-                    .map(|(k, v)| (k, Node::Leaf(v)))
-                    .collect(),
-            ),
-            Value::List(items) => Node::Arr(items.into_iter().map(Node::Leaf).collect()),
-            Value::Absent => Node::Empty,
-            other => Node::Leaf(other),
+            Value::Obj(members) => {
+                self.at(at).kind = Kind::Obj;
+                for (k, v) in members {
+                    self.append(at, TreeNode::new(Kind::Leaf(v), k, 0));
+                }
+            }
+            Value::List(items) => {
+                self.at(at).kind = Kind::Arr;
+                for (i, v) in items.into_iter().enumerate() {
+                    self.append(at, TreeNode::new(Kind::Leaf(v), "", i as u32));
+                }
+            }
+            Value::Absent => {}
+            other => self.at(at).kind = Kind::Leaf(other),
         }
     }
 
     /// The record, without nulls in arrays and without empty objects, arrays and
     /// strings; `None` when nothing is left.
-    pub fn into_record(self, b: &mut Builder) -> Option<Record> {
-        emit(&self, b);
+    pub fn to_record(&self, b: &mut Builder) -> Option<Record> {
+        self.emit(ROOT, b);
         b.finish()
+    }
+
+    /// Pushes node `n` onto `b` when it holds anything; true when it did.
+    fn emit(&self, n: u32, b: &mut Builder) -> bool {
+        let node = &self.nodes[n as usize];
+        let container = |b: &mut Builder, keyed: bool| {
+            let mark = b.mark();
+            let mut c = node.first;
+            while c != NONE {
+                let child = &self.nodes[c as usize];
+                if self.emit(c, b) && keyed {
+                    b.key(child.key);
+                }
+                c = child.next;
+            }
+            mark
+        };
+        match &node.kind {
+            Kind::Empty => false,
+            Kind::Leaf(v) => emit_value(v, b),
+            Kind::Obj => {
+                let mark = container(b, true);
+                b.close_object(mark)
+            }
+            Kind::Arr => {
+                let mark = container(b, false);
+                b.close_array(mark)
+            }
+        }
     }
 }
 
-/// Pushes `node` onto `b` when it holds anything; true when it did.
-fn emit(node: &Node<'_>, b: &mut Builder) -> bool {
-    match node {
-        Node::Empty => false,
-        Node::Leaf(v) => emit_value(v, b),
-        Node::Obj(members) => b.object(members, emit),
-        Node::Arr(items) => b.array(items, emit),
+impl<'a> TreeNode<'a> {
+    fn new(kind: Kind<'a>, key: &'a str, index: u32) -> TreeNode<'a> {
+        TreeNode {
+            kind,
+            key,
+            index,
+            first: NONE,
+            last: NONE,
+            next: NONE,
+        }
     }
 }
 
@@ -280,7 +417,8 @@ mod tests {
         .map(|s| parse_out_path(s).unwrap_or_default())
         .collect();
         let s = |t: &'static str| Value::Str(std::borrow::Cow::Borrowed(t));
-        let mut root = Node::object(vec![("resourceType", Node::Leaf(s("Patient")))]);
+        let mut root = Tree::new();
+        root.put_text(None, "resourceType", "Patient");
         assert!(root.set(&paths[0], 0, s("NGUYỄN")).is_ok());
         assert!(root.set(&paths[1], 0, s("Ánh")).is_ok());
         assert!(root.set(&paths[2], 0, s("x")).is_ok());
@@ -296,7 +434,7 @@ mod tests {
         let line = Value::Obj(vec![("line", Value::List(vec![s("1"), s("")]))]);
         assert!(root.set(&paths[5], 0, line).is_ok());
         assert!(root.set(&paths[6], 0, s("Huế")).is_ok());
-        let out = root.into_record(&mut Builder::new()).map(|r| r.to_value());
+        let out = root.to_record(&mut Builder::new()).map(|r| r.to_value());
         // Members come out in the order they were first set.
         let keys: Vec<&str> = out
             .as_ref()
@@ -316,6 +454,46 @@ mod tests {
                 "telecom": [{"value": "0901"}],
                 "address": {"line": ["1"], "city": "Huế"}
             }))
+        );
+    }
+
+    #[test]
+    fn array_items_come_out_in_index_order_whatever_order_they_were_set_in() {
+        let path = |p: &str| parse_out_path(p).unwrap_or_default();
+        let (a3, a1, star, a1x, whole) = (
+            path("a[3]"),
+            path("a[1]"),
+            path("a[*]"),
+            path("a[1].x"),
+            path("a"),
+        );
+        let s = |t: &'static str| Value::Str(std::borrow::Cow::Borrowed(t));
+        let mut tree = Tree::new();
+        assert!(tree.set(&a3, 0, s("three")).is_ok());
+        assert!(tree.set(&a1, 0, s("one")).is_ok());
+        assert!(tree.set(&star, 0, s("zero")).is_ok());
+        assert!(tree.set(&star, 2, s("two")).is_ok());
+        // A leaf cannot take a member; a container cannot take a value.
+        assert_eq!(
+            tree.set(&a1x, 0, s("x")),
+            Err("cannot set \"x\" inside a non-object".into())
+        );
+        assert_eq!(tree.set(&whole, 0, s("a")), Err("set twice".into()));
+        let out = tree.to_record(&mut Builder::new()).map(|r| r.to_value());
+        assert_eq!(out, Some(json!({"a": ["zero", "one", "two", "three"]})));
+        // Reset, the tree is empty again and takes another resource.
+        tree.reset();
+        tree.put_text(None, "resourceType", "Basic");
+        tree.put_text(Some("meta"), "source", "urn:x");
+        let list = Value::List(vec![Value::Absent, s("b"), s("c")]);
+        assert!(tree.set(&whole, 0, list).is_ok());
+        // Inside a built list, [1] counts only what the list holds.
+        assert_eq!(tree.set(&a1, 0, s("c")), Ok(()));
+        assert_eq!(tree.set(&a1, 0, s("d")), Err("set twice".into()));
+        let out = tree.to_record(&mut Builder::new()).map(|r| r.to_value());
+        assert_eq!(
+            out,
+            Some(json!({"resourceType": "Basic", "meta": {"source": "urn:x"}, "a": ["b", "c"]}))
         );
     }
 }
