@@ -11,13 +11,21 @@ static LOG_PHI: OnceLock<bool> = OnceLock::new();
 /// Installs the global subscriber (stderr). `RUST_LOG` wins over `level`.
 pub fn init(level: &str, log_phi: bool) {
     let _ = LOG_PHI.set(log_phi);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(log_filter_text(level)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// A `[log] level` filter as the filter parser takes it: items without the spaces an
+/// operator may put after a comma.
+pub fn log_filter_text(level: &str) -> String {
+    let items: Vec<&str> = level.split(',').map(str::trim).collect();
+    items.join(",")
 }
 
 /// Whether patient data may appear in logs.

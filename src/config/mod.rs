@@ -663,6 +663,9 @@ impl Config {
                 &format!("error_retention_days = {error_days}: {fix}"),
             ));
         }
+        if let Some(problem) = log_filter_problem(&self.log.level) {
+            out.push(diag(locate_key(text, "level"), &problem));
+        }
         let has_dicom = self.listeners.iter().any(|l| l.kind == ListenerKind::Dicom);
         if has_dicom && self.data.journal_retention_days > 0 && self.data.dicom_retention_days == 0
         {
@@ -697,6 +700,60 @@ impl Config {
     pub fn listener_names(&self) -> Vec<String> {
         self.listeners.iter().map(|l| l.name.clone()).collect()
     }
+}
+
+/// The levels a log filter names.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// What is wrong with a `[log] level` filter, if anything. The filter syntax would take
+/// any bare word as the name of a code module to log (`"verbose"` logs only a module of
+/// that name, so nothing at all): here a bare word must be a level, and a module is
+/// given with its level (`"info,halong=debug"`).
+fn log_filter_problem(filter: &str) -> Option<String> {
+    let usage = "give one of off, error, warn, info, debug, trace, optionally followed by MODULE=LEVEL items (e.g. \"info,lapin=warn\")";
+    for item in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // Span filters (`target[span{field}]=level`) are left to the filter's own parser.
+        if item.contains('[') {
+            continue;
+        }
+        let (module, level) = match item.split_once('=') {
+            Some((m, l)) => (Some(m.trim()), l.trim()),
+            None => (None, item),
+        };
+        if module.is_some_and(|m| {
+            m.is_empty()
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b))
+        }) {
+            return Some(format!(
+                "log level {filter:?}: {item:?} does not name a module; {usage}"
+            ));
+        }
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            // "warning", "err", "inf": a level that begins the other.
+            let word = level.to_ascii_lowercase();
+            let hint = crate::diag::did_you_mean(&word, LOG_LEVELS)
+                .or_else(|| {
+                    let near = |l: &&str| word.starts_with(*l) || l.starts_with(word.as_str());
+                    LOG_LEVELS
+                        .iter()
+                        .copied()
+                        .filter(|_| !word.is_empty())
+                        .find(near)
+                })
+                .map(|l| format!(" (did you mean {l:?}?)"))
+                .unwrap_or_default();
+            return Some(format!(
+                "log level {filter:?}: {level:?} is not a level{hint}; {usage}"
+            ));
+        }
+    }
+    let text = crate::telemetry::log_filter_text(filter);
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(text) {
+        return Some(format!("log level {filter:?}: {e}; {usage}"));
+    }
+    None
 }
 
 /// Retention periods above this many days (100 years) are refused.

@@ -270,3 +270,27 @@ fn retention_keys_are_checked_with_their_position() {
         vec!["conf/halong.toml:3:1: cache_mib = 8 is out of range: give 16 to 65536 (MiB; default 256)"]
     );
 }
+
+#[test]
+fn a_log_level_that_would_silence_the_log_is_refused() {
+    for ok in [
+        "info",
+        "DEBUG",
+        "warn,halong=debug",
+        "info, lapin=off",
+        "halong::pipeline=trace",
+    ] {
+        assert!(parse(&format!("[log]\nlevel = \"{ok}\"\n")).is_ok(), "{ok}");
+    }
+    assert_eq!(
+        errors("[log]\nlevel = \"verbose\"\n"),
+        vec!["conf/halong.toml:2:1: log level \"verbose\": \"verbose\" is not a level; give one of off, error, warn, info, debug, trace, optionally followed by MODULE=LEVEL items (e.g. \"info,lapin=warn\")"]
+    );
+    let e = errors("[log]\nlevel = \"info,halong=warning\"\n");
+    assert!(
+        e[0].contains("\"warning\" is not a level (did you mean \"warn\"?)"),
+        "{e:?}"
+    );
+    let e = errors("[log]\nlevel = \"=debug\"\n");
+    assert!(e[0].contains("\"=debug\" does not name a module"), "{e:?}");
+}
