@@ -59,7 +59,8 @@ enum Command {
         /// message pattern fits, whatever its listener).
         #[arg(long, conflicts_with_all = ["route", "mapping"])]
         listener: Option<String>,
-        /// HL7 v2 message files.
+        /// HL7 v2 message files, or directories of them (*.hl7, *.txt, *.msg). Each
+        /// message of a file is mapped on its own (reported as FILE#n).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -500,35 +501,83 @@ fn map(
             return ExitCode::from(1);
         }
     };
+    let hint = |word: &str, names: Vec<&str>| {
+        diag::did_you_mean(word, names.iter().copied())
+            .map(|n| format!(" (did you mean \"{n}\"?)"))
+            .unwrap_or_default()
+    };
     if let Some(r) = &route {
         if rules.routes.get(r).is_none() {
-            eprintln!("halong map: no route named \"{r}\"");
+            let names = rules.routes.routes().iter().map(|r| r.name.as_str());
+            let hint = hint(r, names.collect());
+            eprintln!("halong map: no route named \"{r}\"{hint}");
             return ExitCode::from(2);
         }
     }
     if let Some(m) = &mapping {
         if rules.mappings.get(m).is_none() {
+            let hint = hint(m, rules.mappings.names().collect());
             eprintln!(
-                "halong map: no mapping named \"{m}\" in {}",
+                "halong map: no mapping named \"{m}\" in {}{hint}",
                 config.mappings_dir().display()
             );
             return ExitCode::from(2);
         }
     }
+    if let Some(l) = &listener {
+        let names = config.listener_names();
+        if !names.contains(l) {
+            let hint = hint(l, names.iter().map(String::as_str).collect());
+            eprintln!(
+                "halong map: no listener named \"{l}\" in {}{hint}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let files = match halong::send::message_files(files) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("halong map: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut all = Vec::new();
     let mut failed = 0;
-    for file in files {
-        match map_one(
-            &rules,
-            file,
-            route.as_deref(),
-            mapping.as_deref(),
-            listener.as_deref(),
-        ) {
-            Ok(mut records) => all.append(&mut records),
+    for file in &files {
+        let messages = match std::fs::read(file) {
+            // A file of several messages maps each (named FILE#n); anything else goes to
+            // the parser whole, which says what it is (a batch, not HL7, ...).
+            Ok(data) if starts_with_msh(&data) => halong::send::messages_of(file, &data).map(|m| {
+                m.into_iter()
+                    .map(|o| (o.origin, o.bytes))
+                    .collect::<Vec<_>>()
+            }),
+            Ok(data) => Ok(vec![(file.display().to_string(), data)]),
+            Err(e) => Err(format!("{}: cannot read: {e}", file.display())),
+        };
+        let messages = match messages {
+            Ok(m) => m,
             Err(e) => {
-                eprintln!("{}: {e}", file.display());
+                eprintln!("{e}");
                 failed += 1;
+                continue;
+            }
+        };
+        for (origin, bytes) in messages {
+            match map_one(
+                &rules,
+                &origin,
+                &bytes,
+                route.as_deref(),
+                mapping.as_deref(),
+                listener.as_deref(),
+            ) {
+                Ok(mut records) => all.append(&mut records),
+                Err(e) => {
+                    eprintln!("{origin}: {e}");
+                    failed += 1;
+                }
             }
         }
     }
@@ -543,15 +592,22 @@ fn map(
     }
 }
 
+/// Whether the first line that is not blank (after a byte order mark) is an MSH segment.
+fn starts_with_msh(data: &[u8]) -> bool {
+    let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
+    let start = data.iter().position(|b| !b.is_ascii_whitespace());
+    start.is_some_and(|i| data[i..].starts_with(b"MSH"))
+}
+
 fn map_one(
     rules: &Rules,
-    file: &std::path::Path,
+    origin: &str,
+    raw: &[u8],
     route: Option<&str>,
     mapping: Option<&str>,
     listener: Option<&str>,
 ) -> Result<Vec<serde_json::Value>, String> {
-    let raw = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-    let msg = halong::hl7::parse(&raw).map_err(|e| format!("cannot parse: {e}"))?;
+    let msg = halong::hl7::parse(raw).map_err(|e| format!("cannot parse: {e}"))?;
     let mapping_name = match (route, mapping) {
         (_, Some(m)) => m.to_string(),
         (Some(r), None) => rules.routes.get(r).expect("checked").mapping.clone(),
@@ -561,8 +617,11 @@ fn map_one(
                 Some(l) => rules.routes.find(l, h),
                 None => rules.routes.routes().iter().find(|r| r.matches_message(h)),
             };
+            let from = listener
+                .map(|l| format!(" from listener \"{l}\""))
+                .unwrap_or_default();
             found
-                .ok_or_else(|| format!("no route takes {}", h.message_type))?
+                .ok_or_else(|| format!("no route takes {}{from}", h.message_type))?
                 .mapping
                 .clone()
         }
@@ -572,19 +631,15 @@ fn map_one(
         .get(&mapping_name)
         .ok_or_else(|| format!("no mapping \"{mapping_name}\""))?;
     let ctx = halong::mapping::RunContext {
-        source: format!("file:{}", file.display()),
+        source: format!("file:{origin}"),
     };
     let (result, unread) = m.run_with_loss_report(&msg, &ctx);
     let records = halong::record::to_values(&result.map_err(|e| e.to_string())?);
     if unread.is_empty() {
-        eprintln!(
-            "{}: mapping \"{mapping_name}\" read every field",
-            file.display()
-        );
+        eprintln!("{origin}: mapping \"{mapping_name}\" read every field");
     } else {
         eprintln!(
-            "{}: mapping \"{mapping_name}\" did not read {} field{}: {}",
-            file.display(),
+            "{origin}: mapping \"{mapping_name}\" did not read {} field{}: {}",
             unread.len(),
             if unread.len() == 1 { "" } else { "s" },
             unread.join(", ")

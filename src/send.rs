@@ -19,10 +19,9 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
 }
 
-/// Reads messages from files and directories (`*.hl7`, `*.txt`, `*.msg` in a directory,
-/// sorted by name). Segment separators are normalised to `\r` as on the wire; a file
-/// holding several messages (each starting with `MSH`) yields each one.
-pub fn load_messages(paths: &[PathBuf]) -> Result<Vec<Outgoing>, String> {
+/// The files `paths` name, a directory standing for its `*.hl7`, `*.txt` and `*.msg`
+/// files, sorted by name.
+pub fn message_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -40,25 +39,47 @@ pub fn load_messages(paths: &[PathBuf]) -> Result<Vec<Outgoing>, String> {
             files.push(p.clone());
         }
     }
-    let mut out = Vec::new();
-    for f in files {
-        let data = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let msgs = split_messages(&data);
-        if msgs.is_empty() {
-            return Err(format!(
-                "{}: no HL7 message (no line starts with MSH)",
-                f.display()
-            ));
-        }
-        let n = msgs.len();
-        for (i, m) in msgs.into_iter().enumerate() {
+    Ok(files)
+}
+
+/// The messages of one file, each named by the file (and `#n` when it holds several).
+/// Segment separators are normalised to `\r` as on the wire; a file holding several
+/// messages (each starting with `MSH`) yields each one.
+pub fn file_messages(f: &std::path::Path) -> Result<Vec<Outgoing>, String> {
+    let data = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+    messages_of(f, &data)
+}
+
+/// [`file_messages`] of bytes already read from `f`.
+pub fn messages_of(f: &std::path::Path, data: &[u8]) -> Result<Vec<Outgoing>, String> {
+    let msgs = split_messages(data);
+    if msgs.is_empty() {
+        return Err(format!(
+            "{}: no HL7 message (no line starts with MSH)",
+            f.display()
+        ));
+    }
+    let n = msgs.len();
+    Ok(msgs
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
             let origin = if n == 1 {
                 f.display().to_string()
             } else {
                 format!("{}#{}", f.display(), i + 1)
             };
-            out.push(Outgoing { origin, bytes: m });
-        }
+            Outgoing { origin, bytes }
+        })
+        .collect())
+}
+
+/// Reads messages from files and directories (see [`message_files`] and
+/// [`file_messages`]).
+pub fn load_messages(paths: &[PathBuf]) -> Result<Vec<Outgoing>, String> {
+    let mut out = Vec::new();
+    for f in message_files(paths)? {
+        out.extend(file_messages(&f)?);
     }
     if out.is_empty() {
         return Err("no messages found".into());

@@ -83,3 +83,81 @@ id = "hash(OBX-x)"
     assert_eq!(got, want, "{stderr}");
     assert!(stderr.ends_with(" problems found\n"), "{stderr}");
 }
+
+/// `halong map` with the shipped config, in the repository.
+fn map(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("map")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn records(out: &std::process::Output) -> Vec<serde_json::Value> {
+    serde_json::from_slice(&out.stdout).expect("a JSON array on stdout")
+}
+
+#[test]
+fn map_maps_each_message_of_a_file_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (adt, oru) = (
+        "samples/adt_a04_dang_van_duc.hl7",
+        "samples/oru_r01_nguyen_thi_ngoc_anh_cbc.hl7",
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut both = std::fs::read(repo.join(adt)).unwrap();
+    both.extend(std::fs::read(repo.join(oru)).unwrap());
+    let two = dir.path().join("two.hl7");
+    std::fs::write(&two, both).unwrap();
+    let two = two.to_str().unwrap();
+
+    let out = map(&[two]);
+    assert!(out.status.success(), "{out:?}");
+    let alone = records(&map(&[adt])).len() + records(&map(&[oru])).len();
+    assert_eq!(records(&out).len(), alone);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reports: Vec<&str> = stderr.lines().collect();
+    assert_eq!(reports.len(), 2, "{stderr}");
+    assert!(
+        reports[0].starts_with(&format!("{two}#1: mapping \"adt\"")),
+        "{stderr}"
+    );
+    assert!(
+        reports[1].starts_with(&format!("{two}#2: mapping \"oru_r01\"")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn map_names_an_unknown_route_mapping_or_listener_with_a_suggestion() {
+    let adt = "samples/adt_a04_dang_van_duc.hl7";
+    for (flag, value, message) in [
+        (
+            "--listener",
+            "labb",
+            "halong map: no listener named \"labb\" in halong.toml (did you mean \"lab\"?)",
+        ),
+        (
+            "--route",
+            "lab-result",
+            "halong map: no route named \"lab-result\" (did you mean \"lab-results\"?)",
+        ),
+        (
+            "--mapping",
+            "adtt",
+            "halong map: no mapping named \"adtt\" in ./mappings (did you mean \"adt\"?)",
+        ),
+    ] {
+        let out = map(&[flag, value, adt]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), message);
+    }
+    // A listener that exists but takes no such message says which listener it tried.
+    let out = map(&["--listener", "lab", adt]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!("{adt}: no route takes ADT^A04^ADT_A01 from listener \"lab\"")
+    );
+}
