@@ -105,6 +105,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// toml's bare "duplicate key", said with the table or key it is about.
+pub fn explain_duplicate(text: &str, at: usize) -> Option<String> {
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?.trim();
+    if line.starts_with("[[") {
+        return None;
+    }
+    if let Some(header) = line.strip_prefix('[') {
+        let name = header.split(']').next()?.trim();
+        return Some(format!(
+            "table [{name}] appears twice; put its keys in the first [{name}]"
+        ));
+    }
+    let key = line.split('=').next()?.trim();
+    Some(format!("`{key}` is set twice in the same table"))
+}
+
 /// Renders a list of diagnostics, one per line.
 pub fn render(diags: &[Diagnostic]) -> String {
     diags.iter().map(|d| format!("{d}\n")).collect()

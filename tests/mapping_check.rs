@@ -50,7 +50,20 @@ each = "OBX"
 id = "hash(OBX-x)"
 [resource.set]
 "subject" = "ref(Patiant)"
+
+[[resource]]
+type = "Specimen"
+each = "SPN"
+id = "hash(PID-3.1)"
+[resource.set]
+"type" = "codeable_concept(SMP-4)"
+"note[0].text" = "ZNT-1"
 "#,
+    );
+    write(
+        d,
+        "mappings/dup.toml",
+        "[[resource]]\ntype = \"Patient\"\nid = \"hash(PID-3.1)\"\n[resource.set]\n\"gender\" = \"PID-8\"\n\"gender\" = \"PID-8\"\n",
     );
     let out = Command::new(BIN)
         .args(["check", "--config"])
@@ -62,14 +75,17 @@ id = "hash(OBX-x)"
     let stderr = String::from_utf8_lossy(&out.stderr);
     let m = d.join("mappings/oru_r01.toml").display().to_string();
     let r = d.join("routes/lab.toml").display().to_string();
+    let dup = d.join("mappings/dup.toml").display().to_string();
     let want = format!(
-        "{m}:7:20: unknown table \"v2_gendr\" (did you mean \"v2_gender\"?) (tables are mappings/tables/<name>.csv)
+        "{dup}:6:1: TOML syntax: `\"gender\"` is set twice in the same table
+{m}:7:20: unknown table \"v2_gendr\" (did you mean \"v2_gender\"?) (tables are mappings/tables/<name>.csv)
 {m}:8:16: unknown function \"dat\" (did you mean \"date\"?)
 {m}:9:14: the arguments of human_name() must be HL7 field paths, e.g. human_name(PID-5[*])
-{m}:11:1: resource #2 has no \"type\"
 {m}:12:8: unknown resource type \"Observaton\" (did you mean \"Observation\"?)
 {m}:18:16: expected a field number, found 'x'
 {m}:20:18: ref() to \"Patiant\", which this mapping does not produce (did you mean \"Patient\"?)
+{m}:24:9: unknown segment \"SPN\" (did you mean \"SPM\"?); a site-defined segment starts with Z
+{m}:27:28: unknown segment \"SMP\" (did you mean \"SPM\"?); a site-defined segment starts with Z
 {r}:5:11: unknown mapping \"oru_r1\" (did you mean \"oru_r01\"?)
 {r}:9:9: unknown listener \"labb\" (did you mean \"lab\"?)
 {r}:10:12: message pattern \"ORU^R01^A^B\" has more than 3 parts (TYPE^TRIGGER^STRUCTURE)

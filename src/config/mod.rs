@@ -787,30 +787,15 @@ pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> D
     let message = e.message().trim().to_string();
     let message = suggest_unknown_field(&message).unwrap_or(message);
     let message = match (message.as_str(), e.span()) {
-        ("duplicate key", Some(span)) => explain_duplicate(text, span.start).unwrap_or(message),
+        ("duplicate key", Some(span)) => {
+            crate::diag::explain_duplicate(text, span.start).unwrap_or(message)
+        }
         _ => message,
     };
     match e.span() {
         Some(span) => Diagnostic::at_offset(path, text, span.start, message),
         None => Diagnostic::whole_file(path, message),
     }
-}
-
-/// toml's bare "duplicate key", said with the table or key it is about.
-fn explain_duplicate(text: &str, at: usize) -> Option<String> {
-    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next()?.trim();
-    if line.starts_with("[[") {
-        return None;
-    }
-    if let Some(header) = line.strip_prefix('[') {
-        let name = header.split(']').next()?.trim();
-        return Some(format!(
-            "table [{name}] appears twice; put its keys in the first [{name}]"
-        ));
-    }
-    let key = line.split('=').next()?.trim();
-    Some(format!("`{key}` is set twice in the same table"))
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" gains "(did you mean `a`?)".

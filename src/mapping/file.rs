@@ -72,6 +72,9 @@ impl Ctx<'_> {
 struct RawRule<'i> {
     span: Range<usize>,
     resource_type: Option<(String, Range<usize>)>,
+    /// A `type` that is no R4 resource type (already reported), with the type it most
+    /// likely meant.
+    bad_type: Option<Option<&'static str>>,
     each: Option<(String, Range<usize>)>,
     id: Option<(String, Range<usize>)>,
     when: Option<(String, Range<usize>)>,
@@ -92,6 +95,12 @@ pub fn load(
     if !errors.is_empty() {
         for e in errors {
             let msg = e.message().trim().to_string();
+            let msg = match (msg.as_str(), e.span()) {
+                ("duplicate key", Some(span)) => {
+                    crate::diag::explain_duplicate(text, span.start).unwrap_or(msg)
+                }
+                _ => msg,
+            };
             match e.span() {
                 Some(span) => cx.at(span.start, format!("TOML syntax: {msg}")),
                 None => cx
@@ -133,29 +142,45 @@ pub fn load(
         cx.diags
             .push(Diagnostic::whole_file(file, "no [[resource]] in mapping"));
     }
-    let produced: BTreeSet<String> = raws
+    // A misspelled type counts as the type it most likely meant, so that the references
+    // to it are not reported too; when nothing is likely, no reference is reported as
+    // pointing nowhere until the type is fixed.
+    let mut produced: BTreeSet<String> = raws
         .iter()
         .filter_map(|r| r.resource_type.as_ref().map(|t| t.0.clone()))
         .collect();
+    produced.extend(
+        raws.iter()
+            .filter_map(|r| r.bad_type.flatten().map(str::to_string)),
+    );
+    let check_refs = raws.iter().all(|r| r.bad_type.is_none_or(|m| m.is_some()));
     let mut rules = Vec::new();
     for (n, raw) in raws.into_iter().enumerate() {
         let (Some((rtype, _)), Some((id_text, id_span))) =
             (raw.resource_type.clone(), raw.id.clone())
         else {
-            let missing = if raw.resource_type.is_none() {
-                "type"
-            } else {
-                "id"
+            // A `type` given but unknown is reported where it is.
+            let missing = match (&raw.resource_type, raw.bad_type) {
+                (None, None) => Some("type"),
+                _ if raw.id.is_none() => Some("id"),
+                _ => None,
             };
-            cx.at(
-                raw.span.start,
-                format!("resource #{} has no {missing:?}", n + 1),
-            );
+            if let Some(missing) = missing {
+                cx.at(
+                    raw.span.start,
+                    format!("resource #{} has no {missing:?}", n + 1),
+                );
+            }
             continue;
         };
         let checker = |cx: &mut Ctx<'_>, src: &str, span: &Range<usize>, allow_ref: bool| {
             let base = span.start + cx.quote_len(span.start);
-            compile_expr(cx, src, base, tables, &produced, allow_ref)
+            let refs = Refs {
+                allowed: allow_ref,
+                produced: &produced,
+                checked: check_refs,
+            };
+            compile_expr(cx, src, base, tables, &refs)
         };
         let id = checker(&mut cx, &id_text, &id_span, false);
         let when = raw
@@ -211,6 +236,7 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
     let mut raw = RawRule {
         span,
         resource_type: None,
+        bad_type: None,
         each: None,
         id: None,
         when: None,
@@ -260,9 +286,10 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
                 if R4_RESOURCE_TYPES.contains(&s.as_str()) {
                     raw.resource_type = Some((s, vspan));
                 } else {
-                    let hint = did_you_mean(&s, R4_RESOURCE_TYPES.iter().copied())
-                        .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+                    let meant = did_you_mean(&s, R4_RESOURCE_TYPES.iter().copied());
+                    let hint = meant.map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
                     cx.at(vspan.start, format!("unknown resource type {s:?}{hint}"));
+                    raw.bad_type = Some(meant);
                 }
             }
             "each" => {
@@ -272,7 +299,9 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
                     && b[1..]
                         .iter()
                         .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-                if ok {
+                if let Some(problem) = unknown_segment(&s).filter(|_| ok) {
+                    cx.at(vspan.start + cx.quote_len(vspan.start), problem);
+                } else if ok {
                     raw.each = Some((s, vspan));
                 } else {
                     cx.at(
@@ -289,19 +318,30 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
     raw
 }
 
+/// "unknown segment ..." for a name HL7 v2 does not define and that is not a `Z` segment.
+fn unknown_segment(name: &str) -> Option<String> {
+    if crate::hl7::is_known_segment(name) {
+        return None;
+    }
+    let hint =
+        crate::hl7::segment_hint(name).map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+    Some(format!(
+        "unknown segment {name:?}{hint}; a site-defined segment starts with Z"
+    ))
+}
+
 /// Parses and validates one expression; `base` is the file offset of its first char.
 fn compile_expr(
     cx: &mut Ctx<'_>,
     src: &str,
     base: usize,
     tables: &BTreeMap<String, Table>,
-    produced: &BTreeSet<String>,
-    allow_ref: bool,
+    refs: &Refs<'_>,
 ) -> Option<Expr> {
     match expr::parse(src) {
         Ok(e) => {
             let before = cx.diags.len();
-            check(cx, &e, base, tables, produced, allow_ref);
+            check(cx, &e, base, tables, refs);
             (cx.diags.len() == before).then_some(e)
         }
         Err(e) => {
@@ -311,13 +351,22 @@ fn compile_expr(
     }
 }
 
+/// What `ref()` and `refs()` may point to in one expression.
+struct Refs<'a> {
+    /// False in `id` and `when`.
+    allowed: bool,
+    /// The resource types the mapping produces.
+    produced: &'a BTreeSet<String>,
+    /// Whether a reference to a type not produced is reported.
+    checked: bool,
+}
+
 fn check(
     cx: &mut Ctx<'_>,
     e: &Expr,
     base: usize,
     tables: &BTreeMap<String, Table>,
-    produced: &BTreeSet<String>,
-    allow_ref: bool,
+    refs: &Refs<'_>,
 ) {
     match e {
         Expr::Name { name, .. } if super::dicom::is_attribute(name) => {}
@@ -342,6 +391,11 @@ fn check(
             }
             if functions::PATH_ARGUMENT_FUNCTIONS.contains(&c.name.as_str()) {
                 for a in &c.args {
+                    if let Expr::Path { path, offset } = a {
+                        if let Some(problem) = unknown_segment(&path.segment) {
+                            cx.at(base + offset, problem);
+                        }
+                    }
                     if !matches!(a, Expr::Path { path, .. } if path.field.is_some()) {
                         cx.at(
                             at,
@@ -383,7 +437,7 @@ fn check(
                             format!("unknown table {name:?}{hint} (tables are mappings/tables/<name>.csv)"),
                         );
                     }
-                } else if !allow_ref {
+                } else if !refs.allowed {
                     cx.at(
                         at,
                         format!(
@@ -391,8 +445,8 @@ fn check(
                             c.name
                         ),
                     );
-                } else if !produced.contains(name) {
-                    let hint = did_you_mean(name, produced.iter().map(String::as_str))
+                } else if refs.checked && !refs.produced.contains(name) {
+                    let hint = did_you_mean(name, refs.produced.iter().map(String::as_str))
                         .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
                     cx.at(
                         off,
@@ -405,9 +459,14 @@ fn check(
                 args = &c.args[1..];
             }
             for a in args {
-                check(cx, a, base, tables, produced, allow_ref);
+                check(cx, a, base, tables, refs);
             }
         }
-        Expr::Path { .. } | Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) => {}
+        Expr::Path { path, offset } => {
+            if let Some(problem) = unknown_segment(&path.segment) {
+                cx.at(base + offset, problem);
+            }
+        }
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) => {}
     }
 }

@@ -457,7 +457,6 @@ colour = "red"
             "11:13: exists() takes 1 argument, got 2",
             "12:24: ref() to \"Encounter\", which this mapping does not produce",
             "13:30: unexpected '\\'' after expression",
-            "15:1: resource #2 has no \"type\"",
             "16:8: unknown resource type \"Patinet\" (did you mean \"Patient\"?)",
             "18:1: unknown key \"colour\"",
         ]
@@ -469,6 +468,30 @@ colour = "red"
         dir.path().join("m.toml").display()
     );
     assert_eq!(full, Some(want));
+}
+
+#[test]
+fn a_misspelled_type_is_one_problem_not_one_per_reference_to_it() {
+    let refs = "[[resource]]\ntype = \"Encounter\"\nid = \"'e'\"\n[resource.set]\n\"subject\" = \"ref(Patient)\"\n\"partOf\" = \"ref(Encounter)\"\n";
+    // The type it most likely meant is taken as produced.
+    let errors = load_errors(&format!(
+        "[[resource]]\ntype = \"Patinet\"\nid = \"'p'\"\n\n{refs}"
+    ));
+    assert_eq!(
+        errors,
+        ["2:8: unknown resource type \"Patinet\" (did you mean \"Patient\"?)"]
+    );
+    // Nothing likely: no reference is reported until the type is fixed.
+    let errors = load_errors(&format!(
+        "[[resource]]\ntype = \"Qqqqqq\"\nid = \"'p'\"\n\n{refs}"
+    ));
+    assert_eq!(errors, ["2:8: unknown resource type \"Qqqqqq\""]);
+    // With every type known, a reference to one not produced is reported.
+    let errors = load_errors(refs);
+    assert_eq!(
+        errors,
+        ["5:18: ref() to \"Patient\", which this mapping does not produce"]
+    );
 }
 
 #[test]
