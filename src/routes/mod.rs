@@ -74,6 +74,48 @@ pub struct Route {
     pub file: PathBuf,
 }
 
+/// What is wrong with part `i` (0: type, 1: trigger, 2: structure) of message pattern
+/// `t`, which is `p`: a part is `*` or has the shape MSH-9 gives it (`ORU`, `R01`,
+/// `ORU_R01`), so that a pattern that could never match is refused. With `dicom` (type
+/// `DICOM`), the second part is a modality (`CT`, `IVUS`).
+fn pattern_part_problem(t: &str, i: usize, p: &str, dicom: bool) -> Option<String> {
+    if p == "*" {
+        return None;
+    }
+    if p.contains('*') {
+        return Some(format!(
+            "message pattern \"{t}\": \"{p}\" mixes * with text; * stands for a whole part (\"ADT^*\")"
+        ));
+    }
+    let structure_like = p.len() == 7 && p.as_bytes()[3] == b'_';
+    if i == 0 && structure_like {
+        let (ty, trigger) = (&p[..3], &p[4..]);
+        return Some(format!(
+            "message pattern \"{t}\": \"{p}\" is a message structure; write \"{ty}^{trigger}\" (TYPE^TRIGGER), or \"{ty}^{trigger}^{p}\""
+        ));
+    }
+    let ok = match (i, dicom) {
+        (0, true) => true,
+        (1, true) => p.len() <= 16 && !p.contains('_'),
+        (2, true) => false,
+        (0 | 1, false) => p.len() == 3 && !p.contains('_'),
+        _ => (p.len() == 3 && !p.contains('_')) || structure_like,
+    };
+    if ok {
+        return None;
+    }
+    let what = match (i, dicom) {
+        (1, true) => "a modality is at most 16 letters or digits (\"CT\", \"MR\")",
+        (2, true) => "a DICOM pattern is DICOM^MODALITY",
+        (0, _) => "the message type is 3 characters (\"ORU\", \"ADT\")",
+        (1, _) => "the trigger event is 3 characters (\"R01\", \"A08\")",
+        _ => "the message structure is like \"ORU_R01\"",
+    };
+    Some(format!(
+        "message pattern \"{t}\": \"{p}\" does not fit: {what}"
+    ))
+}
+
 /// `TYPE^TRIGGER^STRUCTURE` with `*` for any; missing parts match anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessagePattern {
@@ -104,6 +146,10 @@ impl MessagePattern {
                     "message pattern \"{t}\": part {} \"{p}\" must be letters, digits, _ or *",
                     i + 1
                 ));
+            }
+            let dicom = pieces[0].eq_ignore_ascii_case("DICOM");
+            if let Some(problem) = pattern_part_problem(t, i, p, dicom) {
+                return Err(problem);
             }
             parts[i] = (*p != "*").then(|| p.to_ascii_uppercase());
         }

@@ -41,6 +41,21 @@ fn patterns_match_type_trigger_and_structure() {
         MessagePattern::parse("ORU R01").unwrap_err(),
         "message pattern \"ORU R01\": part 1 \"ORU R01\" must be letters, digits, _ or *"
     );
+    // Patterns that could never match MSH-9 are refused, with what was likely meant.
+    for (text, problem) in [
+        ("ORU_R01", "message pattern \"ORU_R01\": \"ORU_R01\" is a message structure; write \"ORU^R01\" (TYPE^TRIGGER), or \"ORU^R01^ORU_R01\""),
+        ("ADT^A0*", "message pattern \"ADT^A0*\": \"A0*\" mixes * with text; * stands for a whole part (\"ADT^*\")"),
+        ("ORUX^R01", "message pattern \"ORUX^R01\": \"ORUX\" does not fit: the message type is 3 characters (\"ORU\", \"ADT\")"),
+        ("ORU^R1", "message pattern \"ORU^R1\": \"R1\" does not fit: the trigger event is 3 characters (\"R01\", \"A08\")"),
+        ("ORU^R01^ORUR01", "message pattern \"ORU^R01^ORUR01\": \"ORUR01\" does not fit: the message structure is like \"ORU_R01\""),
+    ] {
+        assert_eq!(MessagePattern::parse(text).unwrap_err(), problem);
+    }
+    assert!(MessagePattern::parse("ACK^*^ACK").is_ok());
+    for dicom in ["DICOM^*", "DICOM^CT", "dicom^IVUS"] {
+        assert!(MessagePattern::parse(dicom).is_ok(), "{dicom}");
+    }
+    assert!(MessagePattern::parse("DICOM^CT^X").is_err());
 }
 
 #[test]
