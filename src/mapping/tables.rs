@@ -88,24 +88,13 @@ impl Table {
                 }
                 continue;
             }
-            let Some(comma) = content.find(',') else {
-                diags.push(Diagnostic::at_offset(
-                    file,
-                    text,
-                    start,
-                    "expected \"code,value\" (no comma on this line)",
-                ));
-                continue;
+            let (code, value) = match split_row(content) {
+                Ok(row) => row,
+                Err((at, problem)) => {
+                    diags.push(Diagnostic::at_offset(file, text, start + at, problem));
+                    continue;
+                }
             };
-            let unquote = |s: &str| {
-                let s = s.trim();
-                s.strip_prefix('"')
-                    .and_then(|s| s.strip_suffix('"'))
-                    .unwrap_or(s)
-                    .to_string()
-            };
-            let code = unquote(&content[..comma]);
-            let value = unquote(&content[comma + 1..]);
             if table.exact.contains_key(&code) {
                 diags.push(Diagnostic::at_offset(
                     file,
@@ -128,6 +117,58 @@ impl Table {
             ));
         }
         table
+    }
+}
+
+/// The code and value of one row. The code ends at the first comma and the value is the
+/// rest of the line (it may hold commas); either may be in double quotes (a quote inside
+/// doubled: `"say ""hi"""`), spaces around them ignored. Err holds the byte offset in the
+/// line and what is wrong.
+fn split_row(line: &str) -> Result<(String, String), (usize, String)> {
+    let (code, after) = field(line, 0, true)?;
+    if after >= line.len() {
+        return Err((
+            0,
+            "expected \"code,value\" (no comma on this line)".to_string(),
+        ));
+    }
+    let (value, _) = field(line, after + 1, false)?;
+    Ok((code, value))
+}
+
+/// The field starting at byte `pos` of `line` and where it ends (at the comma after it,
+/// or at the end of the line). An unquoted field ends at a comma only when `to_comma`.
+fn field(line: &str, pos: usize, to_comma: bool) -> Result<(String, usize), (usize, String)> {
+    let rest = &line[pos..];
+    let pos = pos + (rest.len() - rest.trim_start().len());
+    if !line[pos..].starts_with('"') {
+        let end = match line[pos..].find(',') {
+            Some(c) if to_comma => pos + c,
+            _ => line.len(),
+        };
+        return Ok((line[pos..end].trim_end().to_string(), end));
+    }
+    let mut out = String::new();
+    let mut i = pos + 1;
+    loop {
+        let Some(q) = line[i..].find('"') else {
+            return Err((pos, "unclosed quote: end the field with \"".to_string()));
+        };
+        out.push_str(&line[i..i + q]);
+        i += q + 1;
+        if line[i..].starts_with('"') {
+            out.push('"');
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let after = line[i..].trim_start();
+    let end = line.len() - after.len();
+    if after.is_empty() || (to_comma && after.starts_with(',')) {
+        Ok((out, end))
+    } else {
+        Err((end, "unexpected text after the closing quote".to_string()))
     }
 }
 
@@ -173,7 +214,7 @@ mod tests {
         let mut diags = Vec::new();
         let t = Table::parse(
             Path::new("t.csv"),
-            "code,value\n# comment\nM,male\n\"F\",\"female\"\nX,a,b\n",
+            "code,value\n# comment\nM,male\n\"F\",\"female\"\nX,a,b\n\"Q,1\", \"say \"\"hi\"\"\" \n",
             &mut diags,
         );
         assert!(diags.is_empty(), "{diags:?}");
@@ -181,6 +222,7 @@ mod tests {
         assert_eq!(t.get("m"), Some("male"));
         assert_eq!(t.get("F"), Some("female"));
         assert_eq!(t.get("X"), Some("a,b"));
+        assert_eq!(t.get("Q,1"), Some("say \"hi\""));
         assert_eq!(t.get("Z"), None);
         // Case-insensitive both ways, whatever the case of the row.
         let t = Table::parse(
@@ -199,7 +241,7 @@ mod tests {
         let mut diags = Vec::new();
         Table::parse(
             Path::new("t.csv"),
-            "code,val\nM,male\nbad\nM,again\n",
+            "code,val\nM,male\nbad\nM,again\n\"F,female\nG,\"girl\" x\n",
             &mut diags,
         );
         let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
@@ -209,6 +251,8 @@ mod tests {
                 "t.csv:1:1: the first line must be the header \"code,value\"",
                 "t.csv:3:1: expected \"code,value\" (no comma on this line)",
                 "t.csv:4:1: duplicate code \"M\"",
+                "t.csv:5:1: unclosed quote: end the field with \"",
+                "t.csv:6:10: unexpected text after the closing quote",
             ]
         );
     }
