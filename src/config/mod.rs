@@ -790,6 +790,10 @@ pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> D
         ("duplicate key", Some(span)) => {
             crate::diag::explain_duplicate(text, span.start).unwrap_or(message)
         }
+        ("invalid socket address syntax", Some(span)) => text
+            .get(span.clone())
+            .and_then(explain_bad_address)
+            .unwrap_or(message),
         _ => message,
     };
     match e.span() {
@@ -799,6 +803,23 @@ pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> D
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" gains "(did you mean `a`?)".
+/// What is wrong with a quoted `bind` value that is no socket address.
+fn explain_bad_address(quoted: &str) -> Option<String> {
+    let value = quoted.trim().trim_matches('"');
+    let example = "give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name)";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Some(format!("\"{value}\" has no port: {example}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Some(format!(
+            "\"{value}\": port \"{port}\" must be a number from 0 to 65535; {example}"
+        ));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.parse::<std::net::IpAddr>().is_err())
+        .then(|| format!("\"{value}\": \"{host}\" is not an IP address; {example}"))
+}
+
 fn suggest_unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;

@@ -55,13 +55,23 @@ fn bad_values_name_their_position() {
         e[0]
     );
 
-    let text = "[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"localhost\"\n";
-    let e = errors(text);
-    assert!(
-        e[0].starts_with("conf/halong.toml:4:8: invalid socket address"),
-        "{}",
-        e[0]
-    );
+    let example = "give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name)";
+    for (bind, problem) in [
+        ("localhost", format!("\"localhost\" has no port: {example}")),
+        (
+            "0.0.0.0:99999",
+            format!(
+                "\"0.0.0.0:99999\": port \"99999\" must be a number from 0 to 65535; {example}"
+            ),
+        ),
+        (
+            "localhost:2575",
+            format!("\"localhost:2575\": \"localhost\" is not an IP address; {example}"),
+        ),
+    ] {
+        let text = format!("[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"{bind}\"\n");
+        assert_eq!(errors(&text), [format!("conf/halong.toml:4:8: {problem}")]);
+    }
 }
 
 #[test]
