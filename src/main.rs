@@ -401,9 +401,34 @@ async fn wait_for_stop(engine: &halong::engine::Engine, signals: Signals) -> Sto
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let config = match load_config(path) {
+    let report = |problems: &[diag::Diagnostic]| {
+        eprint!("{}", diag::render(problems));
+        eprintln!(
+            "{} problem{} found",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(1)
+    };
+    let config = match Config::load(path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(mut problems) => {
+            // The routes and mappings beside a config that does not load are checked
+            // too, so that every problem shows at once; `from` is checked against the
+            // listeners that can be read.
+            let base = Config::base_dir_of(path);
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let listeners = Config::listener_names_in(&text);
+            if base.join("routes").is_dir() || base.join("mappings").is_dir() {
+                let rules = Rules::load_dirs(
+                    &base.join("routes"),
+                    &base.join("mappings"),
+                    listeners.as_deref(),
+                );
+                problems.extend(rules.err().unwrap_or_default());
+            }
+            return report(&problems);
+        }
     };
     if !config.queue.role.takes_messages() {
         println!(
@@ -424,15 +449,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(problems) => {
-            eprint!("{}", diag::render(&problems));
-            eprintln!(
-                "{} problem{} found",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            ExitCode::from(1)
-        }
+        Err(problems) => report(&problems),
     }
 }
 

@@ -65,8 +65,23 @@ impl Rules {
     /// Loads and cross-checks `routes/` and `mappings/` beside the config; returns every
     /// problem at once.
     pub fn load(config: &Config) -> Result<Rules, Vec<Diagnostic>> {
+        let listeners = config.listener_names();
+        Rules::load_dirs(
+            &config.routes_dir(),
+            &config.mappings_dir(),
+            Some(&listeners),
+        )
+    }
+
+    /// [`Rules::load`] from the two directories; `listeners` as [`RouteSet::load`]
+    /// takes them.
+    pub fn load_dirs(
+        routes_dir: &std::path::Path,
+        mappings_dir: &std::path::Path,
+        listeners: Option<&[String]>,
+    ) -> Result<Rules, Vec<Diagnostic>> {
         let mut problems = Vec::new();
-        let mappings = match MappingSet::load(&config.mappings_dir()) {
+        let mappings = match MappingSet::load(mappings_dir) {
             Ok(m) => Some(m),
             Err(mut e) => {
                 problems.append(&mut e);
@@ -75,13 +90,9 @@ impl Rules {
         };
         let mapping_names: Vec<String> = match &mappings {
             Some(m) => m.names().map(str::to_string).collect(),
-            None => mapping_file_stems(&config.mappings_dir()),
+            None => mapping_file_stems(mappings_dir),
         };
-        let routes = match RouteSet::load(
-            &config.routes_dir(),
-            &mapping_names,
-            &config.listener_names(),
-        ) {
+        let routes = match RouteSet::load(routes_dir, &mapping_names, listeners) {
             Ok(r) => Some(r),
             Err(mut e) => {
                 problems.append(&mut e);

@@ -177,3 +177,42 @@ fn map_names_an_unknown_route_mapping_or_listener_with_a_suggestion() {
         format!("{adt}: no route takes ADT^A04^ADT_A01 from listener \"lab\"")
     );
 }
+
+#[test]
+fn check_still_checks_routes_and_mappings_when_the_config_has_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "halong.toml",
+        "[log]\nlevel = \"verbose\"\n\n[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    write(
+        d,
+        "routes/lab.toml",
+        "[[route]]\nname = \"r\"\nfrom = [\"lab\", \"labb\"]\nmessage = [\"ORU^R01\"]\nmapping = \"m\"\n",
+    );
+    write(
+        d,
+        "mappings/m.toml",
+        "[[resource]]\ntype = \"Patient\"\nid = \"hash(PDI-3)\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(d.join("halong.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = |rel: &str| d.join(rel).display().to_string();
+    assert_eq!(
+        lines,
+        [
+            format!("{}:2:1: log level \"verbose\": \"verbose\" is not a level; give one of off, error, warn, info, debug, trace, optionally followed by MODULE=LEVEL items (e.g. \"info,lapin=warn\")", at("halong.toml")),
+            format!("{}:3:12: unknown segment \"PDI\" (did you mean \"PID\"?); a site-defined segment starts with Z", at("mappings/m.toml")),
+            format!("{}:3:16: unknown listener \"labb\" (did you mean \"lab\"?)", at("routes/lab.toml")),
+            "3 problems found".to_string(),
+        ]
+    );
+}

@@ -434,10 +434,7 @@ impl Config {
         if !overrides.is_empty() {
             config = env::apply(path, text, &overrides)?;
         }
-        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if config.base_dir.as_os_str().is_empty() {
-            config.base_dir = PathBuf::from(".");
-        }
+        config.base_dir = Config::base_dir_of(path);
         if config.data.dir.is_relative() {
             config.data.dir = config.base_dir.join(&config.data.dir);
         }
@@ -678,6 +675,40 @@ impl Config {
             ));
         }
         out
+    }
+
+    /// The directory of config file `path`: where `routes/`, `mappings/` and relative
+    /// paths are.
+    pub fn base_dir_of(path: &Path) -> PathBuf {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// The listener names of config text that does not load, as far as they can be read
+    /// (`None` when they cannot), so that routes can still be checked against them.
+    pub fn listener_names_in(text: &str) -> Option<Vec<String>> {
+        let (doc, errors) = toml::de::DeTable::parse_recoverable(text);
+        let listeners = doc.get_ref().get("listener");
+        // A syntax error may have cut the file short before its listeners.
+        if !errors.is_empty() && listeners.is_none() && text.contains("[[listener]]") {
+            return None;
+        }
+        let Some(listeners) = listeners else {
+            return Some(Vec::new());
+        };
+        let toml::de::DeValue::Array(items) = listeners.get_ref() else {
+            return None;
+        };
+        let name = |item: &toml::Spanned<toml::de::DeValue<'_>>| match item.get_ref() {
+            toml::de::DeValue::Table(t) => match t.get("name").map(|n| n.get_ref()) {
+                Some(toml::de::DeValue::String(s)) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        items.iter().map(name).collect()
     }
 
     pub fn routes_dir(&self) -> PathBuf {

@@ -254,10 +254,12 @@ pub struct RouteSet {
 
 impl RouteSet {
     /// Loads `dir/*.toml`. `mappings` and `listeners` are the names routes may refer to.
+    /// `listeners`: the listener names `from` may give; `None` when they are not known
+    /// (the config could not be read), and then `from` is not checked.
     pub fn load(
         dir: &Path,
         mappings: &[String],
-        listeners: &[String],
+        listeners: Option<&[String]>,
     ) -> Result<RouteSet, Vec<Diagnostic>> {
         let mut files = match std::fs::read_dir(dir) {
             Ok(rd) => rd
@@ -320,7 +322,7 @@ fn load_file(
     file: &Path,
     text: &str,
     mappings: &[String],
-    listeners: &[String],
+    listeners: Option<&[String]>,
     routes: &mut Vec<Route>,
     problems: &mut Vec<Diagnostic>,
 ) {
@@ -358,6 +360,9 @@ fn load_file(
             ));
         }
         for f in &def.from {
+            let Some(listeners) = listeners else {
+                break;
+            };
             if !listeners.iter().any(|l| l == f.get_ref()) {
                 let hint = did_you_mean(f.get_ref(), listeners.iter().map(String::as_str))
                     .map(|s| format!(" (did you mean \"{s}\"?)"))

@@ -12,7 +12,7 @@ fn load(text: &str) -> Result<RouteSet, Vec<String>> {
     std::fs::write(dir.path().join("lab.toml"), text).unwrap();
     let mappings = vec!["oru_r01".to_string(), "adt".to_string()];
     let listeners = vec!["lab".to_string(), "his".to_string()];
-    RouteSet::load(dir.path(), &mappings, &listeners).map_err(|ds| {
+    RouteSet::load(dir.path(), &mappings, Some(&listeners)).map_err(|ds| {
         ds.iter()
             .map(|d| {
                 d.to_string()
