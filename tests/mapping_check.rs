@@ -57,7 +57,7 @@ each = "SPN"
 id = "hash(PID-3.1)"
 [resource.set]
 "type" = "codeable_concept(SMP-4)"
-"note[0].text" = "ZNT-1"
+"notes[0].text" = "ZNT-1"
 "#,
     );
     write(
@@ -86,6 +86,7 @@ id = "hash(PID-3.1)"
 {m}:20:18: ref() to \"Patiant\", which this mapping does not produce (did you mean \"Patient\"?)
 {m}:24:9: unknown segment \"SPN\" (did you mean \"SPM\"?); a site-defined segment starts with Z
 {m}:27:28: unknown segment \"SMP\" (did you mean \"SPM\"?); a site-defined segment starts with Z
+{m}:28:2: Specimen has no element \"notes\" (did you mean \"note\"?)
 {r}:5:11: unknown mapping \"oru_r1\" (did you mean \"oru_r01\"?)
 {r}:9:9: unknown listener \"labb\" (did you mean \"lab\"?)
 {r}:10:12: message pattern \"ORU^R01^A^B\" has more than 3 parts (TYPE^TRIGGER^STRUCTURE)

@@ -148,3 +148,353 @@ pub const R4_RESOURCE_TYPES: &[&str] = &[
     "VerificationResult",
     "VisionPrescription",
 ];
+
+/// Elements every R4 resource (DomainResource) has.
+const COMMON_ELEMENTS: &[&str] = &[
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+];
+
+/// The top-level elements of the R4 resource types the shipped mappings make (a choice
+/// element `value[x]` as each of its names). Output paths into these types are checked
+/// at load; other types are not.
+const ELEMENTS: &[(&str, &[&str])] = &[
+    (
+        "Appointment",
+        &[
+            "identifier",
+            "status",
+            "cancelationReason",
+            "serviceCategory",
+            "serviceType",
+            "specialty",
+            "appointmentType",
+            "reasonCode",
+            "reasonReference",
+            "priority",
+            "description",
+            "supportingInformation",
+            "start",
+            "end",
+            "minutesDuration",
+            "slot",
+            "created",
+            "comment",
+            "patientInstruction",
+            "basedOn",
+            "participant",
+            "requestedPeriod",
+        ],
+    ),
+    (
+        "Coverage",
+        &[
+            "identifier",
+            "status",
+            "type",
+            "policyHolder",
+            "subscriber",
+            "subscriberId",
+            "beneficiary",
+            "dependent",
+            "relationship",
+            "period",
+            "payor",
+            "class",
+            "order",
+            "network",
+            "costToBeneficiary",
+            "subrogation",
+            "contract",
+        ],
+    ),
+    (
+        "DiagnosticReport",
+        &[
+            "identifier",
+            "basedOn",
+            "status",
+            "category",
+            "code",
+            "subject",
+            "encounter",
+            "effectiveDateTime",
+            "effectivePeriod",
+            "issued",
+            "performer",
+            "resultsInterpreter",
+            "specimen",
+            "result",
+            "imagingStudy",
+            "media",
+            "conclusion",
+            "conclusionCode",
+            "presentedForm",
+        ],
+    ),
+    (
+        "DocumentReference",
+        &[
+            "masterIdentifier",
+            "identifier",
+            "status",
+            "docStatus",
+            "type",
+            "category",
+            "subject",
+            "date",
+            "author",
+            "authenticator",
+            "custodian",
+            "relatesTo",
+            "description",
+            "securityLabel",
+            "content",
+            "context",
+        ],
+    ),
+    (
+        "Encounter",
+        &[
+            "identifier",
+            "status",
+            "statusHistory",
+            "class",
+            "classHistory",
+            "type",
+            "serviceType",
+            "priority",
+            "subject",
+            "episodeOfCare",
+            "basedOn",
+            "participant",
+            "appointment",
+            "period",
+            "length",
+            "reasonCode",
+            "reasonReference",
+            "diagnosis",
+            "account",
+            "hospitalization",
+            "location",
+            "serviceProvider",
+            "partOf",
+        ],
+    ),
+    (
+        "ImagingStudy",
+        &[
+            "identifier",
+            "status",
+            "modality",
+            "subject",
+            "encounter",
+            "started",
+            "basedOn",
+            "referrer",
+            "interpreter",
+            "endpoint",
+            "numberOfSeries",
+            "numberOfInstances",
+            "procedureReference",
+            "procedureCode",
+            "location",
+            "reasonCode",
+            "reasonReference",
+            "note",
+            "description",
+            "series",
+        ],
+    ),
+    (
+        "Observation",
+        &[
+            "identifier",
+            "basedOn",
+            "partOf",
+            "status",
+            "category",
+            "code",
+            "subject",
+            "focus",
+            "encounter",
+            "effectiveDateTime",
+            "effectivePeriod",
+            "effectiveTiming",
+            "effectiveInstant",
+            "issued",
+            "performer",
+            "valueQuantity",
+            "valueCodeableConcept",
+            "valueString",
+            "valueBoolean",
+            "valueInteger",
+            "valueRange",
+            "valueRatio",
+            "valueSampledData",
+            "valueTime",
+            "valueDateTime",
+            "valuePeriod",
+            "dataAbsentReason",
+            "interpretation",
+            "note",
+            "bodySite",
+            "method",
+            "specimen",
+            "device",
+            "referenceRange",
+            "hasMember",
+            "derivedFrom",
+            "component",
+        ],
+    ),
+    (
+        "Patient",
+        &[
+            "identifier",
+            "active",
+            "name",
+            "telecom",
+            "gender",
+            "birthDate",
+            "deceasedBoolean",
+            "deceasedDateTime",
+            "address",
+            "maritalStatus",
+            "multipleBirthBoolean",
+            "multipleBirthInteger",
+            "photo",
+            "contact",
+            "communication",
+            "generalPractitioner",
+            "managingOrganization",
+            "link",
+        ],
+    ),
+    (
+        "RelatedPerson",
+        &[
+            "identifier",
+            "active",
+            "patient",
+            "relationship",
+            "name",
+            "telecom",
+            "gender",
+            "birthDate",
+            "address",
+            "photo",
+            "period",
+            "communication",
+        ],
+    ),
+    (
+        "ServiceRequest",
+        &[
+            "identifier",
+            "instantiatesCanonical",
+            "instantiatesUri",
+            "basedOn",
+            "replaces",
+            "requisition",
+            "status",
+            "intent",
+            "category",
+            "priority",
+            "doNotPerform",
+            "code",
+            "orderDetail",
+            "quantityQuantity",
+            "quantityRatio",
+            "quantityRange",
+            "subject",
+            "encounter",
+            "occurrenceDateTime",
+            "occurrencePeriod",
+            "occurrenceTiming",
+            "asNeededBoolean",
+            "asNeededCodeableConcept",
+            "authoredOn",
+            "requester",
+            "performerType",
+            "performer",
+            "locationCode",
+            "locationReference",
+            "reasonCode",
+            "reasonReference",
+            "insurance",
+            "supportingInfo",
+            "specimen",
+            "bodySite",
+            "note",
+            "patientInstruction",
+            "relevantHistory",
+        ],
+    ),
+    (
+        "Specimen",
+        &[
+            "identifier",
+            "accessionIdentifier",
+            "status",
+            "type",
+            "subject",
+            "receivedTime",
+            "parent",
+            "request",
+            "collection",
+            "processing",
+            "container",
+            "condition",
+            "note",
+        ],
+    ),
+];
+
+/// What is wrong with `element` as a top-level element of `resource_type`, when the
+/// type's elements are known: `None` when it is one (or its `_element` companion).
+pub fn element_problem(resource_type: &str, element: &str) -> Option<String> {
+    let (_, own) = ELEMENTS.iter().find(|(t, _)| *t == resource_type)?;
+    let name = element.strip_prefix('_').unwrap_or(element);
+    let all = || COMMON_ELEMENTS.iter().chain(own.iter()).copied();
+    if all().any(|e| e == name) {
+        return None;
+    }
+    let hint = crate::diag::did_you_mean(element, all())
+        .or_else(|| all().find(|e| e.eq_ignore_ascii_case(element)))
+        .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+    Some(format!("{resource_type} has no element {element:?}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_of_the_shipped_types_are_known_and_typos_named() {
+        assert!(ELEMENTS.iter().all(|(t, _)| R4_RESOURCE_TYPES.contains(t)));
+        assert_eq!(element_problem("Patient", "gender"), None);
+        assert_eq!(element_problem("Patient", "_birthDate"), None);
+        assert_eq!(element_problem("Patient", "meta"), None);
+        assert_eq!(
+            element_problem("Patient", "gendr").as_deref(),
+            Some("Patient has no element \"gendr\" (did you mean \"gender\"?)")
+        );
+        assert_eq!(
+            element_problem("Patient", "birthdate").as_deref(),
+            Some("Patient has no element \"birthdate\" (did you mean \"birthDate\"?)")
+        );
+        assert_eq!(
+            element_problem("Observation", "valueX").as_deref(),
+            Some("Observation has no element \"valueX\"")
+        );
+        // Types without a list are not checked.
+        assert_eq!(element_problem("Basic", "anything"), None);
+    }
+}

@@ -201,6 +201,11 @@ pub fn load(
                     None
                 }
             };
+            if let Some(Step::Key(k)) = steps.as_deref().and_then(<[Step]>::first) {
+                if let Some(problem) = super::fhir_types::element_problem(&rtype, k) {
+                    cx.at(key_base, problem);
+                }
+            }
             if matches!(steps.as_deref().and_then(<[Step]>::first), Some(Step::Key(k)) if k == "resourceType" || k == "id")
             {
                 cx.at(
