@@ -107,4 +107,22 @@ fn a_failing_case_prints_a_readable_diff_and_exits_1() {
         .count();
     let summary = format!(": {} passed, 1 failed\n", total - 1);
     assert!(stdout.contains(&summary), "{stdout}");
+
+    // An expected output whose message was renamed away tests nothing: it fails.
+    let input = case.with_extension("hl7");
+    std::fs::rename(&input, input.with_file_name("renamed.hl7")).unwrap();
+    let out = Command::new(BIN)
+        .args(["test", "--config"])
+        .arg(dir.path().join("halong.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout.contains(&format!(
+            "FAILED  oru_r01/oru_r01_dang_van_duc_glucose\n        {}: no input beside it (oru_r01_dang_van_duc_glucose.hl7 or oru_r01_dang_van_duc_glucose.dicom)\n",
+            case.display()
+        )),
+        "{stdout}"
+    );
 }

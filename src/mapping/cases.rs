@@ -42,21 +42,38 @@ pub fn run_cases(set: &MappingSet, dir: &Path) -> Vec<CaseResult> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut inputs: Vec<PathBuf> = std::fs::read_dir(&folder)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "hl7" || e == "dicom"))
-                    .collect()
-            })
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        inputs.sort();
-        for input in inputs {
+        files.sort();
+        let is_input = |p: &Path| p.extension().is_some_and(|e| e == "hl7" || e == "dicom");
+        // An expected output with no input beside it (a renamed or deleted message)
+        // would silently test nothing.
+        for orphan in files.iter().filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !files
+                    .iter()
+                    .any(|i| is_input(i) && i.with_extension("json") == **p)
+        }) {
+            let case = orphan
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(CaseResult {
+                mapping: mapping.clone(),
+                failure: Some(format!(
+                    "{}: no input beside it ({case}.hl7 or {case}.dicom)",
+                    orphan.display()
+                )),
+                case,
+            });
+        }
+        for input in files.iter().filter(|p| is_input(p)) {
             let case = input
                 .file_stem()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let failure = run_one(set, &mapping, &input).err();
+            let failure = run_one(set, &mapping, input).err();
             out.push(CaseResult {
                 mapping: mapping.clone(),
                 case,
@@ -115,7 +132,7 @@ fn run_one(set: &MappingSet, mapping: &str, input: &Path) -> Result<(), String> 
     .map_err(|e| format!("mapping failed: {e}"))?;
     let actual = Json::Array(actual.iter().map(crate::record::Record::to_value).collect());
     let mut diffs = Vec::new();
-    diff("", &expected, &actual, &mut diffs);
+    diff_resources(&expected, &actual, &mut diffs);
     if diffs.is_empty() {
         Ok(())
     } else {
@@ -126,6 +143,49 @@ fn run_one(set: &MappingSet, mapping: &str, input: &Path) -> Result<(), String> 
         }
         Err(text)
     }
+}
+
+/// `Type/id` of each resource of a list, when every item has both.
+fn resource_keys(list: &[Json]) -> Option<Vec<String>> {
+    list.iter()
+        .map(|r| {
+            Some(format!(
+                "{}/{}",
+                r["resourceType"].as_str()?,
+                r["id"].as_str()?
+            ))
+        })
+        .collect()
+}
+
+/// [`diff`] of two resource lists. When they hold the same resources in another order,
+/// that is said once and each resource is compared with its namesake, instead of every
+/// field of every misplaced resource.
+pub fn diff_resources(expected: &Json, actual: &Json, out: &mut Vec<String>) {
+    if let (Json::Array(e), Json::Array(a)) = (expected, actual) {
+        if let (Some(ek), Some(ak)) = (resource_keys(e), resource_keys(a)) {
+            let (mut es, mut as_) = (ek.clone(), ak.clone());
+            es.sort();
+            as_.sort();
+            if ek != ak && es == as_ {
+                out.push(format!(
+                    "order: the same resources in another order: expected {}; got {}",
+                    ek.join(", "),
+                    ak.join(", ")
+                ));
+                let mut used = vec![false; a.len()];
+                for (i, ev) in e.iter().enumerate() {
+                    let j = (0..a.len()).find(|&j| !used[j] && ak[j] == ek[i]);
+                    if let Some(j) = j {
+                        used[j] = true;
+                        diff(&format!("/{i} ({})", ek[i]), ev, &a[j], out);
+                    }
+                }
+                return;
+            }
+        }
+    }
+    diff("", expected, actual, out);
 }
 
 /// Differences as `path: expected X, got Y` lines (JSON pointer paths).
@@ -165,6 +225,29 @@ pub fn diff(at: &str, expected: &Json, actual: &Json, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn resources_in_another_order_are_said_once_and_compared_by_id() {
+        let p = json!({"resourceType": "Patient", "id": "p", "gender": "female"});
+        let e = json!({"resourceType": "Encounter", "id": "e", "status": "finished"});
+        let e2 = json!({"resourceType": "Encounter", "id": "e", "status": "planned"});
+        let mut out = Vec::new();
+        diff_resources(&json!([p, e]), &json!([e2, p]), &mut out);
+        assert_eq!(
+            out,
+            [
+                "order: the same resources in another order: expected Patient/p, Encounter/e; got Encounter/e, Patient/p",
+                "~ /1 (Encounter/e)/status: expected \"finished\", got \"planned\"",
+            ]
+        );
+        // Other resources, or the same order: field by field.
+        let mut out = Vec::new();
+        diff_resources(&json!([p]), &json!([e]), &mut out);
+        assert_eq!(
+            out[0],
+            "~ /0/resourceType: expected \"Patient\", got \"Encounter\""
+        );
+    }
 
     #[test]
     fn diff_names_each_difference() {
