@@ -254,6 +254,13 @@ pub struct Scope<'a> {
     pub dt: &'a datatypes::Tables<'a>,
 }
 
+/// MSH fields the engine itself reads, whatever the mapping does: the delimiters (1, 2),
+/// for routing the sending application and facility (3, 4), the message type (9) and the
+/// processing id (11), for the acknowledgement the receiving application and facility
+/// (5, 6), the control id (10), the version (12) and the acknowledgement types (15, 16),
+/// and the character set (18). They are not data a mapping leaves behind.
+const ENGINE_READS_MSH: [usize; 13] = [1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 15, 16, 18];
+
 /// The (segment index, field) pairs a run read; field 0 is the bare segment.
 #[derive(Default)]
 pub struct Trace {
@@ -266,7 +273,7 @@ impl Trace {
     }
 
     /// "PID-10", "NK1 (whole segment)", ... for every non-empty field not read, in
-    /// message order; MSH-1 and MSH-2 (the delimiters) are left out. A repeated segment
+    /// message order; the MSH fields the engine reads itself are left out. A repeated segment
     /// is named with its instance: "OBX[3]-18". `exists(PID)` reads no field of PID.
     pub fn unread(&self, msg: &Message) -> Vec<String> {
         let read = self.read.borrow();
@@ -291,7 +298,7 @@ impl Trace {
                 }
             }
             for f in 1..=msg.field_count(seg) {
-                if seg == 0 && f <= 2 {
+                if seg == 0 && ENGINE_READS_MSH.contains(&f) {
                     continue;
                 }
                 let has = msg

@@ -551,13 +551,7 @@ OBX|2|ST|y||b|mg\r";
     assert_eq!(
         unread,
         [
-            "MSH-3",
-            "MSH-4",
             "MSH-7",
-            "MSH-9",
-            "MSH-10",
-            "MSH-11",
-            "MSH-12",
             "PID-1",
             "PID-5",
             "PID-29",
