@@ -287,7 +287,7 @@ fn check_reports_every_problem_with_position() {
     assert_eq!(
         stderr,
         format!(
-            "{}:2:1: unknown key `bnd` (did you mean `bind`?)\n",
+            "{}:2:1: unknown key `bnd` (did you mean `bind`?)\n1 problem found\n",
             dir.path().join("halong.toml").display()
         )
     );
