@@ -417,8 +417,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             // too, so that every problem shows at once; `from` is checked against the
             // listeners that can be read.
             let base = Config::base_dir_of(path);
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let listeners = Config::listener_names_in(&text);
+            // A config that cannot be read names no listeners: they are unknown.
+            let text = std::fs::read_to_string(path).ok();
+            let listeners = text.as_deref().and_then(Config::listener_names_in);
             if base.join("routes").is_dir() || base.join("mappings").is_dir() {
                 let rules = Rules::load_dirs(
                     &base.join("routes"),
@@ -559,6 +560,10 @@ fn map(
             return ExitCode::from(1);
         }
     };
+    if files.is_empty() {
+        eprintln!("halong map: no messages found (a directory is read for *.hl7, *.txt and *.msg)");
+        return ExitCode::from(1);
+    }
     let mut all = Vec::new();
     let mut failed = 0;
     for file in &files {

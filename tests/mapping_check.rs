@@ -217,3 +217,33 @@ fn check_still_checks_routes_and_mappings_when_the_config_has_problems() {
         ]
     );
 }
+
+#[test]
+fn map_of_an_empty_directory_and_check_of_a_missing_config_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("empty")).unwrap();
+    let out = map(&[d.join("empty").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "halong map: no messages found (a directory is read for *.hl7, *.txt and *.msg)"
+    );
+    // A config that cannot be read names no listeners: routes beside it are checked,
+    // but not against listeners.
+    write(
+        d,
+        "routes/lab.toml",
+        "[[route]]\nname = \"r\"\nfrom = [\"lab\"]\nmessage = [\"ORU^R01\"]\nmapping = \"m\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(d.join("halong.tml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("cannot read config"), "{stderr}");
+    assert!(stderr.contains("unknown mapping \"m\""), "{stderr}");
+    assert!(!stderr.contains("unknown listener"), "{stderr}");
+}

@@ -761,7 +761,8 @@ fn log_filter_problem(filter: &str) -> Option<String> {
                 "log level {filter:?}: {item:?} does not name a module; {usage}"
             ));
         }
-        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        let numeric = level.len() == 1 && (b'0'..=b'5').contains(&level.as_bytes()[0]);
+        if !numeric && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
             // "warning", "err", "inf": a level that begins the other.
             let word = level.to_ascii_lowercase();
             let hint = crate::diag::did_you_mean(&word, LOG_LEVELS)
@@ -833,11 +834,19 @@ pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> D
     }
 }
 
-/// serde's "unknown field `x`, expected one of `a`, `b`" gains "(did you mean `a`?)".
 /// What is wrong with a quoted `bind` value that is no socket address.
 fn explain_bad_address(quoted: &str) -> Option<String> {
     let value = quoted.trim().trim_matches('"');
-    let example = "give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name)";
+    let example = "give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name; IPv6 in brackets: \"[::1]:2575\")";
+    if value.parse::<u16>().is_ok() {
+        return Some(format!(
+            "\"{value}\" is a port without an IP address: {example}"
+        ));
+    }
+    let bare = value.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Some(format!("\"{value}\" has no port: {example}"));
+    }
     let Some((host, port)) = value.rsplit_once(':') else {
         return Some(format!("\"{value}\" has no port: {example}"));
     };
@@ -846,11 +855,16 @@ fn explain_bad_address(quoted: &str) -> Option<String> {
             "\"{value}\": port \"{port}\" must be a number from 0 to 65535; {example}"
         ));
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host.parse::<std::net::IpAddr>().is_err())
-        .then(|| format!("\"{value}\": \"{host}\" is not an IP address; {example}"))
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => Some(format!("\"{value}\": {example}")),
+        Ok(_) => None,
+        Err(_) => Some(format!(
+            "\"{value}\": \"{host}\" is not an IP address; {example}"
+        )),
+    }
 }
 
+/// serde's "unknown field `x`, expected one of `a`, `b`" gains "(did you mean `a`?)".
 fn suggest_unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;

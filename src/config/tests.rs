@@ -55,7 +55,7 @@ fn bad_values_name_their_position() {
         e[0]
     );
 
-    let example = "give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name)";
+    let example = "give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name; IPv6 in brackets: \"[::1]:2575\")";
     for (bind, problem) in [
         ("localhost", format!("\"localhost\" has no port: {example}")),
         (
@@ -64,6 +64,13 @@ fn bad_values_name_their_position() {
                 "\"0.0.0.0:99999\": port \"99999\" must be a number from 0 to 65535; {example}"
             ),
         ),
+        (
+            "2575",
+            format!("\"2575\" is a port without an IP address: {example}"),
+        ),
+        ("[::1]", format!("\"[::1]\" has no port: {example}")),
+        ("::1", format!("\"::1\" has no port: {example}")),
+        ("::1:2575", format!("\"::1:2575\" has no port: {example}")),
         (
             "localhost:2575",
             format!("\"localhost:2575\": \"localhost\" is not an IP address; {example}"),
@@ -289,6 +296,8 @@ fn a_log_level_that_would_silence_the_log_is_refused() {
         "warn,halong=debug",
         "info, lapin=off",
         "halong::pipeline=trace",
+        "3",
+        "halong=4",
     ] {
         assert!(parse(&format!("[log]\nlevel = \"{ok}\"\n")).is_ok(), "{ok}");
     }

@@ -202,7 +202,10 @@ pub fn load(
                 }
             };
             if let Some(Step::Key(k)) = steps.as_deref().and_then(<[Step]>::first) {
-                if let Some(problem) = super::fhir_types::element_problem(&rtype, k) {
+                let engine_sets = k == "resourceType" || k == "id";
+                if let Some(problem) =
+                    super::fhir_types::element_problem(&rtype, k).filter(|_| !engine_sets)
+                {
                     cx.at(key_base, problem);
                 }
             }

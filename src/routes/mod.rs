@@ -97,7 +97,9 @@ fn pattern_part_problem(t: &str, i: usize, p: &str, dicom: bool) -> Option<Strin
     let ok = match (i, dicom) {
         (0, true) => true,
         (1, true) => p.len() <= 16 && !p.contains('_'),
-        (2, true) => false,
+        (2, true) => {
+            pieces_type_is_any(t) && ((p.len() == 3 && !p.contains('_')) || structure_like)
+        }
         (0 | 1, false) => p.len() == 3 && !p.contains('_'),
         _ => (p.len() == 3 && !p.contains('_')) || structure_like,
     };
@@ -106,7 +108,7 @@ fn pattern_part_problem(t: &str, i: usize, p: &str, dicom: bool) -> Option<Strin
     }
     let what = match (i, dicom) {
         (1, true) => "a modality is at most 16 letters or digits (\"CT\", \"MR\")",
-        (2, true) => "a DICOM pattern is DICOM^MODALITY",
+        (2, true) if !pieces_type_is_any(t) => "a DICOM pattern is DICOM^MODALITY",
         (0, _) => "the message type is 3 characters (\"ORU\", \"ADT\")",
         (1, _) => "the trigger event is 3 characters (\"R01\", \"A08\")",
         _ => "the message structure is like \"ORU_R01\"",
@@ -114,6 +116,11 @@ fn pattern_part_problem(t: &str, i: usize, p: &str, dicom: bool) -> Option<Strin
     Some(format!(
         "message pattern \"{t}\": \"{p}\" does not fit: {what}"
     ))
+}
+
+/// Whether pattern `t` begins with `*^` (any type: an HL7 structure may follow).
+fn pieces_type_is_any(t: &str) -> bool {
+    t.starts_with("*^")
 }
 
 /// `TYPE^TRIGGER^STRUCTURE` with `*` for any; missing parts match anything.
@@ -147,7 +154,8 @@ impl MessagePattern {
                     i + 1
                 ));
             }
-            let dicom = pieces[0].eq_ignore_ascii_case("DICOM");
+            // `DICOM^CT`, and `*^CT`, which DICOM instances match too.
+            let dicom = pieces[0].eq_ignore_ascii_case("DICOM") || pieces[0] == "*";
             if let Some(problem) = pattern_part_problem(t, i, p, dicom) {
                 return Err(problem);
             }

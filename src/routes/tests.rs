@@ -52,7 +52,7 @@ fn patterns_match_type_trigger_and_structure() {
         assert_eq!(MessagePattern::parse(text).unwrap_err(), problem);
     }
     assert!(MessagePattern::parse("ACK^*^ACK").is_ok());
-    for dicom in ["DICOM^*", "DICOM^CT", "dicom^IVUS"] {
+    for dicom in ["DICOM^*", "DICOM^CT", "dicom^IVUS", "*^CT", "*^R01^ORU_R01"] {
         assert!(MessagePattern::parse(dicom).is_ok(), "{dicom}");
     }
     assert!(MessagePattern::parse("DICOM^CT^X").is_err());
