@@ -12,6 +12,16 @@ fn write(dir: &Path, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
+/// `halong check --config CONFIG`, run from another directory than the config's.
+fn check(config: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(config)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_names_file_line_column_for_every_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,12 +75,7 @@ id = "hash(PID-3.1)"
         "mappings/dup.toml",
         "[[resource]]\ntype = \"Patient\"\nid = \"hash(PID-3.1)\"\n[resource.set]\n\"gender\" = \"PID-8\"\n\"gender\" = \"PID-8\"\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(d.join("halong.toml"))
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let out = check(&d.join("halong.toml"));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let m = d.join("mappings/oru_r01.toml").display().to_string();
@@ -198,11 +203,7 @@ fn check_still_checks_routes_and_mappings_when_the_config_has_problems() {
         "mappings/m.toml",
         "[[resource]]\ntype = \"Patient\"\nid = \"hash(PDI-3)\"\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(d.join("halong.toml"))
-        .output()
-        .unwrap();
+    let out = check(&d.join("halong.toml"));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -236,11 +237,7 @@ fn map_of_an_empty_directory_and_check_of_a_missing_config_say_so() {
         "routes/lab.toml",
         "[[route]]\nname = \"r\"\nfrom = [\"lab\"]\nmessage = [\"ORU^R01\"]\nmapping = \"m\"\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(d.join("halong.tml"))
-        .output()
-        .unwrap();
+    let out = check(&d.join("halong.tml"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("cannot read config"), "{stderr}");
