@@ -4,9 +4,11 @@
 //! instance is the context. A path to SEG (without an explicit instance) resolves in
 //! that instance; a path to a child segment type (not a group head such as OBR, OBX,
 //! PID: typically NTE) resolves to the first one following the context segment before
-//! the next group head; otherwise a path resolves to the nearest instance of that type
-//! before the context segment, else to the first in the message. Without a
-//! context, paths resolve to the first instance. `SEG[n]` always means the n-th in the
+//! the next group head, and for NTE nowhere else: a segment without notes of its own has
+//! none. Otherwise a path resolves to the nearest instance of that type before the
+//! context segment, else to the first in the message, but never to a child of a sibling
+//! (a segment following another instance of the context's type). Without a context,
+//! paths resolve to the first instance. `SEG[n]` always means the n-th in the
 //! message. HL7's null marker `""` evaluates as absent in this version.
 
 use std::borrow::Cow;
@@ -58,6 +60,9 @@ fn is_group_head(name: &str) -> bool {
             | b"FT1"
     )
 }
+
+/// `NTE`, packed as [`crate::hl7::name_code`] packs it.
+const NTE: u32 = u32::from_le_bytes([b'N', b'T', b'E', 0]);
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -359,9 +364,10 @@ impl<'a> Scope<'a> {
         if here == want {
             return Some(cur);
         }
+        let child_type = !is_group_head(&path.segment);
         // A child of the context segment (NTE after an OBX or OBR, ...): the first
         // instance among the segments that follow it, up to the next group head.
-        if !is_group_head(&path.segment) {
+        if child_type {
             for i in cur + 1..self.msg.segment_count() {
                 let code = self.msg.segment_code(i);
                 if code == want {
@@ -371,11 +377,32 @@ impl<'a> Scope<'a> {
                     break;
                 }
             }
+            // Notes belong to the segment they follow: a segment without its own has
+            // none, never another segment's.
+            if want == NTE {
+                return None;
+            }
         }
+        // Else the nearest before (the context's parent, its patient, ...), or the first;
+        // never a child of a sibling (another segment of the context's type).
+        let mine = |&i: &usize| {
+            !(child_type
+                && self
+                    .owner(i)
+                    .is_some_and(|h| h != cur && self.msg.segment_code(h) == here))
+        };
         (0..cur)
             .rev()
-            .find(|&i| self.msg.segment_code(i) == want)
-            .or_else(first)
+            .filter(|&i| self.msg.segment_code(i) == want)
+            .find(mine)
+            .or_else(|| first().filter(mine))
+    }
+
+    /// The group head a segment follows: the nearest group head at or before it.
+    fn owner(&self, i: usize) -> Option<usize> {
+        (0..=i)
+            .rev()
+            .find(|&h| is_group_head(self.msg.segment_name(h)))
     }
 
     fn path_value(&self, path: &Path) -> Value<'a> {

@@ -277,6 +277,42 @@ fn each_uses_nearest_preceding_context_and_refs_group() {
 }
 
 #[test]
+fn a_segment_without_its_own_note_has_none_not_a_neighbours() {
+    let mapping = r#"
+[[resource]]
+type = "DiagnosticReport"
+each = "OBR"
+id = "hash(OBR-1)"
+[resource.set]
+"conclusion" = "NTE-3"
+
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"note[0].text" = "NTE-3"
+"method.text" = "ZXX-1"
+"code.text" = "EVN-1"
+"#;
+    // OBX 1 has a note and a site segment, OBX 2 has neither, OBX 3 has a note; the
+    // order has no note of its own.
+    let message = "MSH|^~\\&|LIS\rEVN|R01\rOBR|1\rOBX|1\rNTE|1||hemolysed\rZXX|m1\rOBX|2\rOBX|3\rNTE|1||repeat\r";
+    let out = run_inline(mapping, message).unwrap_or_else(|e| panic!("{e}"));
+    let field = |i: usize, a: &str, b: &str| out[i][a][b].as_str().map(str::to_string);
+    let note = |i: usize| out[i]["note"][0]["text"].as_str().map(str::to_string);
+    assert_eq!(out[0]["conclusion"], serde_json::Value::Null, "{}", out[0]);
+    assert_eq!(note(1).as_deref(), Some("hemolysed"));
+    assert_eq!(note(2), None, "{}", out[2]);
+    assert_eq!(note(3).as_deref(), Some("repeat"));
+    // Another child segment: only its own segment's, not a sibling's.
+    assert_eq!(field(1, "method", "text").as_deref(), Some("m1"));
+    assert_eq!(field(2, "method", "text"), None, "{}", out[2]);
+    // A message-level segment before the context is still found.
+    assert_eq!(field(2, "code", "text").as_deref(), Some("R01"));
+}
+
+#[test]
 fn when_skips_and_ref_is_absent_when_nothing_was_produced() {
     let mapping = r#"
 [[resource]]
