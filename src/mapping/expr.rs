@@ -168,6 +168,18 @@ impl Parser<'_> {
                     })
                 } else if word == "true" || word == "false" {
                     Ok(Expr::Bool(word == "true"))
+                } else if len == 3
+                    && matches!(self.peek(), Some(b'-' | b'.' | b'['))
+                    && word.bytes().all(|c| c.is_ascii_alphanumeric())
+                {
+                    // `pid-3`: a path with its segment in lower case.
+                    Err(ExprError {
+                        offset: start,
+                        message: format!(
+                            "segment names are upper case: write {}",
+                            word.to_ascii_uppercase()
+                        ),
+                    })
                 } else {
                     Ok(Expr::Name {
                         name: word.to_string(),
@@ -408,6 +420,12 @@ mod tests {
             ("date(PID-x)", 9, "expected a field number, found 'x'"),
             ("'open", 0, "unterminated string"),
             ("PID-3 PID-4", 6, "unexpected 'P' after expression"),
+            ("rxa-15", 0, "segment names are upper case: write RXA"),
+            (
+                "if(exists(Pid.3), 'x')",
+                10,
+                "segment names are upper case: write PID",
+            ),
             (
                 "eq(PID-8,,)",
                 9,

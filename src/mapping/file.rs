@@ -99,6 +99,9 @@ pub fn load(
                 ("duplicate key", Some(span)) => {
                     crate::diag::explain_duplicate(text, span.start).unwrap_or(msg)
                 }
+                (_, Some(span)) if inner_double_quote(text, span.start) => {
+                    format!("{msg}; inside an expression, write text in single quotes: 'CP'")
+                }
                 _ => msg,
             };
             match e.span() {
@@ -324,6 +327,22 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
         }
     }
     raw
+}
+
+/// Whether the line holding byte `at` looks like `key = "expression"` with a double
+/// quote inside the expression (`"if(eq(RXA-20, "CP"), ...)"`), which ends the TOML
+/// string early.
+fn inner_double_quote(text: &str, at: usize) -> bool {
+    let start = text
+        .get(..at)
+        .and_then(|t| t.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let Some((key, value)) = line.split_once("= \"").or_else(|| line.split_once("=\"")) else {
+        return false;
+    };
+    let key_quotes = key.matches('"').count();
+    (key_quotes == 0 || key_quotes == 2) && value.matches('"').count() > 1
 }
 
 /// "unknown segment ..." for a name HL7 v2 does not define and that is not a `Z` segment.

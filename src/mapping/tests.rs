@@ -538,6 +538,15 @@ fn toml_syntax_and_structure_errors() {
         errors[0].starts_with("3:") && errors[0].contains("TOML syntax"),
         "{errors:?}"
     );
+    let errors = load_errors(
+        "[[resource]]\ntype = \"Patient\"\nid = \"'p'\"\n[resource.set]\n\"active\" = \"eq(PID-8, \"F\")\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("5:")
+            && errors[0].ends_with("; inside an expression, write text in single quotes: 'CP'"),
+        "{errors:?}"
+    );
     let errors = load_errors("[[resorce]]\ntype = \"Patient\"\n");
     assert_eq!(
         errors,
