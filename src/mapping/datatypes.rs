@@ -196,6 +196,9 @@ fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<Cow<'t, str>> {
     t?.get(code?.trim()).map(Cow::Borrowed)
 }
 
+/// The system of UCUM units.
+const UCUM: &str = "http://unitsofmeasure.org";
+
 /// XPN → HumanName: family (1.1), given (2, 3), suffix (4), prefix (5, 6), use (7).
 pub fn human_name<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
     let mut m = Members::with_capacity(5);
@@ -334,6 +337,7 @@ pub fn codeable_concept<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> 
 pub fn quantity<'a>(
     value: &Parts<'a>,
     units: Option<&Parts<'a>>,
+    t: &Tables<'a>,
 ) -> Result<Option<Value<'a>>, String> {
     let (comparator, number) = if value.len() >= 2 {
         if value.get(4).is_some() {
@@ -355,13 +359,16 @@ pub fn quantity<'a>(
     if let Some(u) = units {
         let code = u.text(1);
         put(&mut m, "unit", u.text(2).or_else(|| code.clone()));
-        if code.is_some() {
-            put(
-                &mut m,
-                "system",
-                Some(Cow::Borrowed("http://unitsofmeasure.org")),
-            );
-            put(&mut m, "code", code);
+        // The units' coding system (component 3): UCUM when they name none or UCUM;
+        // another one through the coding-system table, and without a system no code.
+        let system = match u.get(3) {
+            None => Some(Cow::Borrowed(UCUM)),
+            Some(s) if s.trim().eq_ignore_ascii_case("UCUM") => Some(Cow::Borrowed(UCUM)),
+            named => look(t.coding_system, named),
+        };
+        if let (Some(system), Some(code)) = (system, code) {
+            put(&mut m, "system", Some(system));
+            put(&mut m, "code", Some(code));
         }
     }
     Ok(done(m))

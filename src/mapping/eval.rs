@@ -733,7 +733,7 @@ impl<'a> Scope<'a> {
                 let mut failed = None;
                 self.each_part(path, |p| {
                     if failed.is_none() {
-                        match datatypes::quantity(&p, units.as_ref()) {
+                        match datatypes::quantity(&p, units.as_ref(), self.dt) {
                             Ok(q) => items.push(q.unwrap_or(Value::Absent)),
                             Err(e) => failed = Some(e),
                         }

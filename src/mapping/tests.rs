@@ -700,9 +700,20 @@ OBX|4|NM|x||12,5\r",
         "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|1|P|2.5\r\
 OBX|1|NM|x||5.10|mmol/L^millimole per liter^UCUM\r\
 OBX|2|SN|x||<^0.5|mg/L\r\
-OBX|3|SN|x||^1^:^128\r",
+OBX|3|SN|x||^1^:^128\r\
+OBX|4|NM|x||2|ML^milliliter^ISO+\r",
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // Units in another coding system than UCUM, which no table names: the unit's text,
+    // and no UCUM code claimed.
+    assert_eq!(
+        out[3]["valueQuantity"],
+        serde_json::json!({"value": 2, "unit": "milliliter"})
+    );
+    assert_eq!(
+        out[1]["valueQuantity"]["system"], "http://unitsofmeasure.org",
+        "units that name no system are read as UCUM"
+    );
     assert_eq!(
         serde_json::to_string(&out[0]["valueQuantity"])
             .ok()
