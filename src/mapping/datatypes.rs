@@ -360,11 +360,14 @@ pub fn quantity<'a>(
         let code = u.text(1);
         put(&mut m, "unit", u.text(2).or_else(|| code.clone()));
         // The units' coding system (component 3): UCUM when they name none or UCUM;
-        // another one through the coding-system table, and without a system no code.
-        let system = match u.get(3) {
-            None => Some(Cow::Borrowed(UCUM)),
-            Some(s) if s.trim().eq_ignore_ascii_case("UCUM") => Some(Cow::Borrowed(UCUM)),
-            named => look(t.coding_system, named),
+        // else the alternate code (4) when its system (6) is UCUM; else component 3
+        // through the coding-system table, and without a system no code.
+        let ucum = |s: Option<&str>| s.is_some_and(|s| s.trim().eq_ignore_ascii_case("UCUM"));
+        let (system, code) = match u.get(3) {
+            None => (Some(Cow::Borrowed(UCUM)), code),
+            s if ucum(s) => (Some(Cow::Borrowed(UCUM)), code),
+            _ if ucum(u.get(6)) && u.get(4).is_some() => (Some(Cow::Borrowed(UCUM)), u.text(4)),
+            named => (look(t.coding_system, named), code),
         };
         if let (Some(system), Some(code)) = (system, code) {
             put(&mut m, "system", Some(system));

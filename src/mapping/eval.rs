@@ -61,6 +61,14 @@ fn is_group_head(name: &str) -> bool {
     )
 }
 
+/// A group head whose following segments are its own: every group head but those that
+/// extend the head before them (PD1 after PID, PV2 after PV1, IN2 after IN1, TQ1 after
+/// ORC, OBR or SCH), after which the segments still belong to that earlier head
+/// (`PID PD1 NTE`: the patient's note; `IN1 IN2 IN3`: the insurance's IN3).
+fn owns_children(name: &str) -> bool {
+    is_group_head(name) && !matches!(name.as_bytes(), b"PD1" | b"PV2" | b"IN2" | b"TQ1")
+}
+
 /// `NTE`, packed as [`crate::hl7::name_code`] packs it.
 const NTE: u32 = u32::from_le_bytes([b'N', b'T', b'E', 0]);
 
@@ -373,7 +381,7 @@ impl<'a> Scope<'a> {
                 if code == want {
                     return Some(i);
                 }
-                if code == here || is_group_head(self.msg.segment_name(i)) {
+                if code == here || owns_children(self.msg.segment_name(i)) {
                     break;
                 }
             }
@@ -398,11 +406,12 @@ impl<'a> Scope<'a> {
             .or_else(|| first().filter(mine))
     }
 
-    /// The group head a segment follows: the nearest group head at or before it.
+    /// The group head a segment follows: the nearest group head at or before it that
+    /// is not an extension of the one before it.
     fn owner(&self, i: usize) -> Option<usize> {
         (0..=i)
             .rev()
-            .find(|&h| is_group_head(self.msg.segment_name(h)))
+            .find(|&h| owns_children(self.msg.segment_name(h)))
     }
 
     fn path_value(&self, path: &Path) -> Value<'a> {

@@ -310,6 +310,29 @@ id = "hash(OBX-1)"
     assert_eq!(field(2, "method", "text"), None, "{}", out[2]);
     // A message-level segment before the context is still found.
     assert_eq!(field(2, "code", "text").as_deref(), Some("R01"));
+
+    // A segment that extends its head (IN2 after IN1, TQ1 after SCH) does not end the
+    // head's group: what follows it is still the head's.
+    let mapping = r#"
+[[resource]]
+type = "Coverage"
+each = "IN1"
+id = "hash(IN1-1)"
+[resource.set]
+"subscriberId" = "IN3-1"
+"network" = "NTE-3"
+"#;
+    let message =
+        "MSH|^~\\&|HIS\rPID|1\rIN1|1\rIN2|x\rIN3|a\rNTE|1||n1\rIN1|2\rIN2|y\rIN1|3\rIN2|z\rIN3|c\r";
+    let out = run_inline(mapping, message).unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(Option<&str>, Option<&str>)> = out
+        .iter()
+        .map(|r| (r["subscriberId"].as_str(), r["network"].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(Some("a"), Some("n1")), (None, None), (Some("c"), None)]
+    );
 }
 
 #[test]
@@ -701,9 +724,15 @@ OBX|4|NM|x||12,5\r",
 OBX|1|NM|x||5.10|mmol/L^millimole per liter^UCUM\r\
 OBX|2|SN|x||<^0.5|mg/L\r\
 OBX|3|SN|x||^1^:^128\r\
-OBX|4|NM|x||2|ML^milliliter^ISO+\r",
+OBX|4|NM|x||2|ML^milliliter^ISO+\r\
+OBX|5|NM|x||90|MGDL^^L^mg/dL^milligram per deciliter^UCUM\r",
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // A local code with its UCUM alternate: the alternate.
+    assert_eq!(
+        out[4]["valueQuantity"],
+        serde_json::json!({"value": 90, "unit": "MGDL", "system": "http://unitsofmeasure.org", "code": "mg/dL"})
+    );
     // Units in another coding system than UCUM, which no table names: the unit's text,
     // and no UCUM code claimed.
     assert_eq!(
