@@ -69,8 +69,10 @@ fn owns_children(name: &str) -> bool {
     is_group_head(name) && !matches!(name.as_bytes(), b"PD1" | b"PV2" | b"IN2" | b"TQ1")
 }
 
-/// `NTE`, packed as [`crate::hl7::name_code`] packs it.
+/// Segment names packed as [`crate::hl7::name_code`] packs them.
 const NTE: u32 = u32::from_le_bytes([b'N', b'T', b'E', 0]);
+const ORC: u32 = u32::from_le_bytes([b'O', b'R', b'C', 0]);
+const OBR: u32 = u32::from_le_bytes([b'O', b'B', b'R', 0]);
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -371,6 +373,24 @@ impl<'a> Scope<'a> {
         let here = self.msg.segment_code(cur);
         if here == want {
             return Some(cur);
+        }
+        // An order's ORC comes right before its OBR (with TQ1 and the like between): the
+        // ORC of an OBR group is the one after the previous OBR, or none; never the ORC
+        // of another order, before or after.
+        if want == ORC {
+            let obr = if here == OBR {
+                Some(cur)
+            } else {
+                (0..cur).rev().find(|&i| self.msg.segment_code(i) == OBR)
+            };
+            if let Some(obr) = obr {
+                return (0..obr)
+                    .rev()
+                    .map(|i| (i, self.msg.segment_code(i)))
+                    .take_while(|&(_, code)| code != OBR)
+                    .find(|&(_, code)| code == ORC)
+                    .map(|(i, _)| i);
+            }
         }
         let child_type = !is_group_head(&path.segment);
         // A child of the context segment (NTE after an OBX or OBR, ...): the first

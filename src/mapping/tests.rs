@@ -142,6 +142,77 @@ OBX|2|ST|8251-1^Note^LN||Mẫu máu đục||||||F\r\
 OBX|3|CWE|600-7^Culture^LN||27268008^Salmonella^SCT^^^^^^Salmonella species||||||P\r";
 
 #[test]
+fn oru_r01_files_each_patients_results_under_that_patient_and_never_shares_ids() {
+    let set = shipped();
+    let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
+    // Two patients, each with a visit without number and an order whose numbers are
+    // only in ORC; both orders have an OBX 1 for glucose and an SPM 1 without number.
+    let message = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M1|P|2.5\r\
+PID|1||P1^^^BV^MR||One^Patient\rPV1|1|O\rORC|RE|PLA1|FIL1\rOBR|1|||GLU^Glucose\r\
+OBX|1|NM|GLU^Glucose||5.1|mmol/L\rSPM|1|||BLD\r\
+PID|1||P2^^^BV^MR||Two^Patient\rPV1|1|O\rORC|RE|PLA2|FIL2\rOBR|1|||GLU^Glucose\r\
+OBX|1|NM|GLU^Glucose||15.9|mmol/L\rSPM|1|||BLD\r";
+    let out = m
+        .run(&msg(message), &RunContext::default())
+        .map(|r| crate::record::to_values(&r))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let of = |t: &str| -> Vec<&serde_json::Value> {
+        out.iter().filter(|r| r["resourceType"] == t).collect()
+    };
+    let patients = of("Patient");
+    assert_eq!(patients.len(), 2);
+    let patient_ref = |i: usize| format!("Patient/{}", patients[i]["id"].as_str().unwrap_or(""));
+    let subjects = |t: &str| -> Vec<String> {
+        of(t)
+            .iter()
+            .map(|r| r["subject"]["reference"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let both = vec![patient_ref(0), patient_ref(1)];
+    for t in [
+        "Encounter",
+        "ServiceRequest",
+        "DiagnosticReport",
+        "Observation",
+        "Specimen",
+    ] {
+        assert_eq!(subjects(t), both, "{t}");
+    }
+    for t in ["Encounter", "Observation", "Specimen"] {
+        let ids: std::collections::BTreeSet<&str> =
+            of(t).iter().filter_map(|r| r["id"].as_str()).collect();
+        assert_eq!(ids.len(), 2, "{t} ids must differ");
+    }
+    assert_eq!(of("Observation")[1]["valueQuantity"]["value"], 15.9);
+
+    // An OBR without an ORC of its own takes none: not the next order's, not the
+    // previous one's.
+    let message = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M2|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBR|1|PLA1|FIL1|A^One\rORC|RE|PLA2|FIL2||CM\rOBR|2|||B^Two\rOBR|3|PLA3|FIL3|C^Three\r";
+    let out = m
+        .run(&msg(message), &RunContext::default())
+        .map(|r| crate::record::to_values(&r))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let numbers: Vec<Vec<&str>> = out
+        .iter()
+        .filter(|r| r["resourceType"] == "ServiceRequest")
+        .map(|r| {
+            r["identifier"].as_array().map_or(Vec::new(), |ids| {
+                ids.iter().filter_map(|i| i["value"].as_str()).collect()
+            })
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        [
+            vec!["PLA1", "FIL1"],
+            vec!["PLA2", "FIL2"],
+            vec!["PLA3", "FIL3"]
+        ]
+    );
+}
+
+#[test]
 fn oru_r01_report_and_observations() {
     let set = shipped();
     let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
