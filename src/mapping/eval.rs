@@ -426,6 +426,26 @@ impl<'a> Scope<'a> {
             .or_else(|| first().filter(mine))
     }
 
+    /// The segments `all(path)` reads: in a context, the instances of a child segment
+    /// type that belong to the context segment (the NTEs after an OBX, up to the next
+    /// group head); otherwise every instance in the message.
+    fn instances_of(&self, path: &Path) -> Vec<usize> {
+        let want = crate::hl7::name_code(&path.segment);
+        match self.seg {
+            Some(cur) if path.instance.is_none() && !is_group_head(&path.segment) => {
+                let here = self.msg.segment_code(cur);
+                (cur + 1..self.msg.segment_count())
+                    .take_while(|&i| {
+                        let code = self.msg.segment_code(i);
+                        code != here && !owns_children(self.msg.segment_name(i))
+                    })
+                    .filter(|&i| self.msg.segment_code(i) == want)
+                    .collect()
+            }
+            _ => self.msg.segments_coded(want).collect(),
+        }
+    }
+
     /// The group head a segment follows: the nearest group head at or before it that
     /// is not an extension of the one before it.
     fn owner(&self, i: usize) -> Option<usize> {
@@ -724,7 +744,7 @@ impl<'a> Scope<'a> {
                     return Err(fail("the argument must be an HL7 path".into()));
                 };
                 let mut items = Vec::new();
-                for seg in self.msg.segments(&path.segment) {
+                for seg in self.instances_of(path) {
                     let one = Scope {
                         msg: self.msg,
                         seg: Some(seg),

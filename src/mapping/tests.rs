@@ -407,6 +407,39 @@ id = "hash(IN1-1)"
 }
 
 #[test]
+fn all_reads_every_note_of_the_current_segment_and_only_those() {
+    let mapping = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"note[*].text" = "all(NTE-3)"
+
+[[resource]]
+type = "DiagnosticReport"
+id = "'r'"
+[resource.set]
+"conclusion" = "join(all(NTE-3), ' | ')"
+"#;
+    let message = "MSH|^~\\&|LIS\rOBR|1\rNTE|1||order note\rOBX|1\rNTE|1||line one\rNTE|2||line two\rOBX|2\rOBX|3\rNTE|1||three\r";
+    let out = run_inline(mapping, message).unwrap_or_else(|e| panic!("{e}"));
+    let notes = |i: usize| -> Vec<&str> {
+        out[i]["note"].as_array().map_or(Vec::new(), |n| {
+            n.iter().filter_map(|x| x["text"].as_str()).collect()
+        })
+    };
+    assert_eq!(notes(0), ["line one", "line two"]);
+    assert!(notes(1).is_empty(), "{}", out[1]);
+    assert_eq!(notes(2), ["three"]);
+    // Without a context, every NTE of the message.
+    assert_eq!(
+        out[3]["conclusion"],
+        "order note | line one | line two | three"
+    );
+}
+
+#[test]
 fn when_skips_and_ref_is_absent_when_nothing_was_produced() {
     let mapping = r#"
 [[resource]]
