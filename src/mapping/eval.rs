@@ -73,6 +73,7 @@ fn owns_children(name: &str) -> bool {
 const NTE: u32 = u32::from_le_bytes([b'N', b'T', b'E', 0]);
 const ORC: u32 = u32::from_le_bytes([b'O', b'R', b'C', 0]);
 const OBR: u32 = u32::from_le_bytes([b'O', b'B', b'R', 0]);
+const TQ1: u32 = u32::from_le_bytes([b'T', b'Q', b'1', 0]);
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -374,22 +375,16 @@ impl<'a> Scope<'a> {
         if here == want {
             return Some(cur);
         }
-        // An order's ORC comes right before its OBR (with TQ1 and the like between): the
-        // ORC of an OBR group is the one after the previous OBR, or none; never the ORC
-        // of another order, before or after.
-        if want == ORC {
+        // An order's ORC and TQ1 belong to that order alone: never another order's,
+        // before or after (see `order_segment`).
+        if want == ORC || want == TQ1 {
             let obr = if here == OBR {
                 Some(cur)
             } else {
                 (0..cur).rev().find(|&i| self.msg.segment_code(i) == OBR)
             };
             if let Some(obr) = obr {
-                return (0..obr)
-                    .rev()
-                    .map(|i| (i, self.msg.segment_code(i)))
-                    .take_while(|&(_, code)| code != OBR)
-                    .find(|&(_, code)| code == ORC)
-                    .map(|(i, _)| i);
+                return self.order_segment(obr, want);
             }
         }
         let child_type = !is_group_head(&path.segment);
@@ -424,6 +419,26 @@ impl<'a> Scope<'a> {
             .filter(|&i| self.msg.segment_code(i) == want)
             .find(mine)
             .or_else(|| first().filter(mine))
+    }
+
+    /// The ORC or TQ1 (`want`) of the order whose OBR is `obr`. The order's ORC comes
+    /// before its OBR and after the previous OBR (TQ1 and the like may sit between);
+    /// its TQ1 lies from its ORC (else its OBR) up to the next ORC or OBR: before the OBR
+    /// in ORM and OML, after it in ORU. `None` when the order has none.
+    fn order_segment(&self, obr: usize, want: u32) -> Option<usize> {
+        let code = |i: usize| self.msg.segment_code(i);
+        let orc = (0..obr)
+            .rev()
+            .take_while(|&i| code(i) != OBR)
+            .find(|&i| code(i) == ORC);
+        if want == ORC {
+            return orc;
+        }
+        let start = orc.unwrap_or(obr);
+        let end = (obr + 1..self.msg.segment_count())
+            .find(|&i| code(i) == ORC || code(i) == OBR)
+            .unwrap_or(self.msg.segment_count());
+        (start..end).find(|&i| code(i) == want)
     }
 
     /// The segments `all(path)` reads: in a context, the instances of a child segment

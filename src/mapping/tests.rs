@@ -213,6 +213,31 @@ OBR|1|PLA1|FIL1|A^One\rORC|RE|PLA2|FIL2||CM\rOBR|2|||B^Two\rOBR|3|PLA3|FIL3|C^Th
 }
 
 #[test]
+fn an_orders_timing_is_its_own_before_or_after_its_obr() {
+    let set = shipped();
+    let priorities = |mapping: &str, message: &str| -> Vec<Option<String>> {
+        let m = set.get(mapping).unwrap_or_else(|| panic!("no {mapping}"));
+        m.run(&msg(message), &RunContext::default())
+            .map(|r| crate::record::to_values(&r))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .filter(|r| r["resourceType"] == "ServiceRequest")
+            .map(|r| r["priority"].as_str().map(str::to_string))
+            .collect()
+    };
+    // ORM: TQ1 between ORC and OBR; the second order has none.
+    let orm = "MSH|^~\\&|HIS|BV|||20240131||ORM^O01|M1|P|2.5\rPID|1||P1^^^BV^MR\r\
+ORC|NW|PLA1\rTQ1|1||||||20240131090000+0700||S\rOBR|1|PLA1||A^One\r\
+ORC|NW|PLA2\rOBR|2|PLA2||B^Two\r";
+    assert_eq!(priorities("orders", orm), [Some("stat".to_string()), None]);
+    // ORU: TQ1 after its OBR; the first order has none.
+    let oru = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M2|P|2.5\rPID|1||P1^^^BV^MR\r\
+ORC|RE|PLA1|FIL1\rOBR|1|PLA1|FIL1|A^One\rOBX|1|NM|X||1\r\
+ORC|RE|PLA2|FIL2\rOBR|2|PLA2|FIL2|B^Two\rTQ1|1||||||||A\rOBX|1|NM|X||2\r";
+    assert_eq!(priorities("oru_r01", oru), [None, Some("asap".to_string())]);
+}
+
+#[test]
 fn oru_r01_report_and_observations() {
     let set = shipped();
     let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
