@@ -870,16 +870,19 @@ impl<'a> Scope<'a> {
     }
 
     /// The instance of `t` whose context segment is nearest before or at the current
-    /// context, else the first one.
+    /// context, else the first one made without `each`. Without a context, the first
+    /// one. An instance whose segment comes after the context is never taken: a result
+    /// before any order belongs to no order.
     fn nearest(&self, t: &str) -> Option<&'a Instance> {
         let instances: &'a [Instance] = self.instances;
         let of_type = || instances.iter().filter(move |i| i.resource_type == t);
-        let before = self.seg.and_then(|cur| {
-            of_type()
-                .filter(|i| i.seg.is_some_and(|s| s <= cur))
-                .max_by_key(|i| i.seg.unwrap_or(0))
-        });
-        before.or_else(|| of_type().next())
+        let Some(cur) = self.seg else {
+            return of_type().next();
+        };
+        of_type()
+            .filter(|i| i.seg.is_some_and(|s| s <= cur))
+            .max_by_key(|i| i.seg.unwrap_or(0))
+            .or_else(|| of_type().find(|i| i.seg.is_none()))
     }
 
     /// Instances of `t` whose context segment lies in the current context's group: from

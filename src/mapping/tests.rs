@@ -238,6 +238,28 @@ ORC|RE|PLA2|FIL2\rOBR|2|PLA2|FIL2|B^Two\rTQ1|1||||||||A\rOBX|1|NM|X||2\r";
 }
 
 #[test]
+fn a_patient_level_result_before_any_order_belongs_to_no_order() {
+    let set = shipped();
+    let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
+    let message = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M3|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBX|1|NM|8867-4^Heart rate^LN||72|/min\r\
+ORC|RE|PLA1|FIL1\rOBR|1|PLA1|FIL1|GLU^Glucose|||20240131080000+0700\rOBX|1|NM|GLU||5.1\r";
+    let out = m
+        .run(&msg(message), &RunContext::default())
+        .map(|r| crate::record::to_values(&r))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let obs: Vec<&serde_json::Value> = out
+        .iter()
+        .filter(|r| r["resourceType"] == "Observation")
+        .collect();
+    assert_eq!(obs.len(), 2);
+    assert!(obs[0].get("basedOn").is_none(), "{}", obs[0]);
+    assert!(obs[0].get("effectiveDateTime").is_none(), "{}", obs[0]);
+    assert!(obs[1].get("basedOn").is_some(), "{}", obs[1]);
+    assert_eq!(obs[1]["effectiveDateTime"], "2024-01-31T08:00:00+07:00");
+}
+
+#[test]
 fn oru_r01_report_and_observations() {
     let set = shipped();
     let m = set.get("oru_r01").unwrap_or_else(|| panic!("no oru_r01"));
