@@ -74,6 +74,7 @@ const NTE: u32 = u32::from_le_bytes([b'N', b'T', b'E', 0]);
 const ORC: u32 = u32::from_le_bytes([b'O', b'R', b'C', 0]);
 const OBR: u32 = u32::from_le_bytes([b'O', b'B', b'R', 0]);
 const TQ1: u32 = u32::from_le_bytes([b'T', b'Q', b'1', 0]);
+const PID: u32 = u32::from_le_bytes([b'P', b'I', b'D', 0]);
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -268,6 +269,19 @@ pub struct Scope<'a> {
     pub trace: Option<&'a Trace>,
     /// The tables the data type functions read, looked up once per run.
     pub dt: &'a datatypes::Tables<'a>,
+    /// The context's patient group, worked out when first needed (see
+    /// [`Scope::same_patient`]).
+    pub patient: std::cell::OnceCell<Option<PatientSpan>>,
+}
+
+/// Where one patient's segments lie in a message that carries several (an ORU with a
+/// PATIENT_RESULT group per patient): from the first PID, the context's patient runs
+/// from its PID up to the next PID.
+#[derive(Clone, Copy, Debug)]
+pub struct PatientSpan {
+    first_pid: usize,
+    start: usize,
+    end: usize,
 }
 
 /// MSH fields the engine itself reads, whatever the mapping does: the delimiters (1, 2),
@@ -381,7 +395,10 @@ impl<'a> Scope<'a> {
             let obr = if here == OBR {
                 Some(cur)
             } else {
-                (0..cur).rev().find(|&i| self.msg.segment_code(i) == OBR)
+                (0..cur)
+                    .rev()
+                    .find(|&i| self.msg.segment_code(i) == OBR)
+                    .filter(|&i| self.same_patient(i))
             };
             if let Some(obr) = obr {
                 return self.order_segment(obr, want);
@@ -409,16 +426,42 @@ impl<'a> Scope<'a> {
         // Else the nearest before (the context's parent, its patient, ...), or the first;
         // never a child of a sibling (another segment of the context's type).
         let mine = |&i: &usize| {
-            !(child_type
-                && self
-                    .owner(i)
-                    .is_some_and(|h| h != cur && self.msg.segment_code(h) == here))
+            self.same_patient(i)
+                && !(child_type
+                    && self
+                        .owner(i)
+                        .is_some_and(|h| h != cur && self.msg.segment_code(h) == here))
         };
         (0..cur)
             .rev()
             .filter(|&i| self.msg.segment_code(i) == want)
             .find(mine)
             .or_else(|| first().filter(mine))
+    }
+
+    /// Whether segment `i` may be read from the current context as far as patients go:
+    /// in a message with several patients, a segment of another patient's group never
+    /// is (what comes before the first PID is the message's and always may be).
+    fn same_patient(&self, i: usize) -> bool {
+        let span = self.patient.get_or_init(|| {
+            let cur = self.seg?;
+            let pids: Vec<usize> = self.msg.segments_coded(PID).collect();
+            if pids.len() < 2 || cur < pids[0] {
+                return None;
+            }
+            let start = pids.iter().copied().rfind(|&p| p <= cur)?;
+            let end = pids
+                .iter()
+                .copied()
+                .find(|&p| p > cur)
+                .unwrap_or(usize::MAX);
+            Some(PatientSpan {
+                first_pid: pids[0],
+                start,
+                end,
+            })
+        });
+        span.is_none_or(|p| i < p.first_pid || (p.start <= i && i < p.end))
     }
 
     /// The ORC or TQ1 (`want`) of the order whose OBR is `obr`. The order's ORC comes
@@ -457,7 +500,11 @@ impl<'a> Scope<'a> {
                     .filter(|&i| self.msg.segment_code(i) == want)
                     .collect()
             }
-            _ => self.msg.segments_coded(want).collect(),
+            _ => self
+                .msg
+                .segments_coded(want)
+                .filter(|&i| self.same_patient(i))
+                .collect(),
         }
     }
 
@@ -768,6 +815,7 @@ impl<'a> Scope<'a> {
                         dicom: self.dicom,
                         trace: self.trace,
                         dt: self.dt,
+                        patient: std::cell::OnceCell::new(),
                     };
                     match one.path_value(path) {
                         Value::List(mut l) => items.append(&mut l),
@@ -880,7 +928,7 @@ impl<'a> Scope<'a> {
             return of_type().next();
         };
         of_type()
-            .filter(|i| i.seg.is_some_and(|s| s <= cur))
+            .filter(|i| i.seg.is_some_and(|s| s <= cur && self.same_patient(s)))
             .max_by_key(|i| i.seg.unwrap_or(0))
             .or_else(|| of_type().find(|i| i.seg.is_none()))
     }
@@ -892,8 +940,8 @@ impl<'a> Scope<'a> {
         let instances: &'a [Instance] = self.instances;
         let range = self.seg.map(|cur| {
             let name = self.msg.segment_code(cur);
-            let end =
-                (cur + 1..self.msg.segment_count()).find(|&i| self.msg.segment_code(i) == name);
+            let end = (cur + 1..self.msg.segment_count())
+                .find(|&i| self.msg.segment_code(i) == name || !self.same_patient(i));
             (cur, end.unwrap_or(usize::MAX))
         });
         instances.iter().filter(move |i| {

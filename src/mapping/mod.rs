@@ -219,6 +219,7 @@ impl Mapping {
                     dicom,
                     trace,
                     dt: &dt,
+                    patient: std::cell::OnceCell::new(),
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -280,6 +281,7 @@ impl Mapping {
                 dicom,
                 trace,
                 dt,
+                patient: std::cell::OnceCell::new(),
             };
             root.reset();
             root.put_text(None, "resourceType", &rule.resource_type);

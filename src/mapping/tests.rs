@@ -141,6 +141,18 @@ OBX|1|NM|2093-3^Cholesterol^LN||5.10|mmol/L^millimole per liter^UCUM|3.0-5.0|H||
 OBX|2|ST|8251-1^Note^LN||Mẫu máu đục||||||F\r\
 OBX|3|CWE|600-7^Culture^LN||27268008^Salmonella^SCT^^^^^^Salmonella species||||||P\r";
 
+/// What a shipped mapping makes of `message`, as values.
+fn run_shipped(m: &Mapping, message: &str) -> Vec<Json> {
+    m.run(&msg(message), &RunContext::default())
+        .map(|r| crate::record::to_values(&r))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The resources of type `t`.
+fn of_type<'j>(out: &'j [Json], t: &str) -> Vec<&'j Json> {
+    out.iter().filter(|r| r["resourceType"] == t).collect()
+}
+
 #[test]
 fn oru_r01_files_each_patients_results_under_that_patient_and_never_shares_ids() {
     let set = shipped();
@@ -152,13 +164,8 @@ PID|1||P1^^^BV^MR||One^Patient\rPV1|1|O\rORC|RE|PLA1|FIL1\rOBR|1|||GLU^Glucose\r
 OBX|1|NM|GLU^Glucose||5.1|mmol/L\rSPM|1|||BLD\r\
 PID|1||P2^^^BV^MR||Two^Patient\rPV1|1|O\rORC|RE|PLA2|FIL2\rOBR|1|||GLU^Glucose\r\
 OBX|1|NM|GLU^Glucose||15.9|mmol/L\rSPM|1|||BLD\r";
-    let out = m
-        .run(&msg(message), &RunContext::default())
-        .map(|r| crate::record::to_values(&r))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let of = |t: &str| -> Vec<&serde_json::Value> {
-        out.iter().filter(|r| r["resourceType"] == t).collect()
-    };
+    let out = run_shipped(m, message);
+    let of = |t: &str| of_type(&out, t);
     let patients = of("Patient");
     assert_eq!(patients.len(), 2);
     let patient_ref = |i: usize| format!("Patient/{}", patients[i]["id"].as_str().unwrap_or(""));
@@ -184,6 +191,33 @@ OBX|1|NM|GLU^Glucose||15.9|mmol/L\rSPM|1|||BLD\r";
         assert_eq!(ids.len(), 2, "{t} ids must differ");
     }
     assert_eq!(of("Observation")[1]["valueQuantity"]["value"], 15.9);
+
+    // The second patient has no visit and a patient-level OBX before its order: nothing
+    // of it points at the first patient's visit or order, and the first patient's report
+    // holds only its own result.
+    let message = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M4|P|2.5\r\
+PID|1||P1^^^BV^MR\rPV1|1|O||||||||||||||||V1\rORC|RE|PLA1|FIL1\rOBR|1|PLA1|FIL1|GLU|||20240131080000+0700\r\
+OBX|1|NM|GLU||5.1\r\
+PID|1||P2^^^BV^MR\rOBX|1|NM|8867-4^Heart rate^LN||72|/min\r\
+ORC|RE|PLA2|FIL2\rOBR|1|PLA2|FIL2|GLU\rOBX|1|NM|GLU||15.9\r";
+    let out = run_shipped(m, message);
+    let of = |t: &str| of_type(&out, t);
+    let obs = of("Observation");
+    assert_eq!(obs.len(), 3);
+    for o in &obs[1..] {
+        assert!(o.get("encounter").is_none(), "{o}");
+    }
+    assert!(obs[1].get("basedOn").is_none(), "{}", obs[1]);
+    assert!(obs[1].get("effectiveDateTime").is_none(), "{}", obs[1]);
+    let reports = of("DiagnosticReport");
+    assert_eq!(reports[0]["result"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        reports[0]["result"][0]["reference"],
+        format!("Observation/{}", obs[0]["id"].as_str().unwrap_or(""))
+    );
+    for r in &of("ServiceRequest")[1..] {
+        assert!(r.get("encounter").is_none(), "{r}");
+    }
 
     // An OBR without an ORC of its own takes none: not the next order's, not the
     // previous one's.
