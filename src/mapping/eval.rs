@@ -445,18 +445,24 @@ impl<'a> Scope<'a> {
     fn same_patient(&self, i: usize) -> bool {
         let span = self.patient.get_or_init(|| {
             let cur = self.seg?;
-            let pids: Vec<usize> = self.msg.segments_coded(PID).collect();
-            if pids.len() < 2 || cur < pids[0] {
+            let mut pids = self.msg.segments_coded(PID);
+            let first_pid = pids.next()?;
+            // One PID (the usual message): nothing to tell apart, found without scanning on.
+            let second = pids.next()?;
+            if cur < first_pid {
                 return None;
             }
-            let start = pids.iter().copied().rfind(|&p| p <= cur)?;
-            let end = pids
-                .iter()
-                .copied()
-                .find(|&p| p > cur)
-                .unwrap_or(usize::MAX);
+            let (mut start, mut end) = (first_pid, usize::MAX);
+            for p in std::iter::once(second).chain(pids) {
+                if p <= cur {
+                    start = p;
+                } else {
+                    end = p;
+                    break;
+                }
+            }
             Some(PatientSpan {
-                first_pid: pids[0],
+                first_pid,
                 start,
                 end,
             })
