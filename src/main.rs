@@ -570,12 +570,11 @@ fn map(
         let messages = match std::fs::read(file) {
             // A file of several messages maps each (named FILE#n); anything else goes to
             // the parser whole, which says what it is (a batch, not HL7, ...).
-            Ok(data) if starts_with_msh(&data) => halong::send::messages_of(file, &data).map(|m| {
-                m.into_iter()
-                    .map(|o| (o.origin, o.bytes))
-                    .collect::<Vec<_>>()
-            }),
-            Ok(data) => Ok(vec![(file.display().to_string(), data)]),
+            Ok(data) if starts_with_msh(&data) => halong::send::messages_of(file, &data),
+            Ok(bytes) => Ok(vec![halong::send::Outgoing {
+                origin: file.display().to_string(),
+                bytes,
+            }]),
             Err(e) => Err(format!("{}: cannot read: {e}", file.display())),
         };
         let messages = match messages {
@@ -586,7 +585,7 @@ fn map(
                 continue;
             }
         };
-        for (origin, bytes) in messages {
+        for halong::send::Outgoing { origin, bytes } in messages {
             match map_one(
                 &rules,
                 &origin,

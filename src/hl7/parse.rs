@@ -368,7 +368,7 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
 
 /// A segment name packed into a number, so finding segments by name compares numbers,
 /// not strings. A name that is not three bytes long gets a code no segment has.
-pub fn name_code(name: &str) -> u32 {
+pub const fn name_code(name: &str) -> u32 {
     match name.as_bytes() {
         [a, b, c] => u32::from_le_bytes([*a, *b, *c, 0]),
         _ => u32::MAX,

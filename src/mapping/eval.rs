@@ -70,11 +70,11 @@ fn owns_children(name: &str) -> bool {
 }
 
 /// Segment names packed as [`crate::hl7::name_code`] packs them.
-const NTE: u32 = u32::from_le_bytes([b'N', b'T', b'E', 0]);
-const ORC: u32 = u32::from_le_bytes([b'O', b'R', b'C', 0]);
-const OBR: u32 = u32::from_le_bytes([b'O', b'B', b'R', 0]);
-const TQ1: u32 = u32::from_le_bytes([b'T', b'Q', b'1', 0]);
-const PID: u32 = u32::from_le_bytes([b'P', b'I', b'D', 0]);
+const NTE: u32 = crate::hl7::name_code("NTE");
+const ORC: u32 = crate::hl7::name_code("ORC");
+const OBR: u32 = crate::hl7::name_code("OBR");
+const TQ1: u32 = crate::hl7::name_code("TQ1");
+const PID: u32 = crate::hl7::name_code("PID");
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -408,14 +408,11 @@ impl<'a> Scope<'a> {
         // A child of the context segment (NTE after an OBX or OBR, ...): the first
         // instance among the segments that follow it, up to the next group head.
         if child_type {
-            for i in cur + 1..self.msg.segment_count() {
-                let code = self.msg.segment_code(i);
-                if code == want {
-                    return Some(i);
-                }
-                if code == here || owns_children(self.msg.segment_name(i)) {
-                    break;
-                }
+            if let Some(i) = self
+                .children(cur)
+                .find(|&i| self.msg.segment_code(i) == want)
+            {
+                return Some(i);
             }
             // Notes belong to the segment they follow: a segment without its own has
             // none, never another segment's.
@@ -496,21 +493,33 @@ impl<'a> Scope<'a> {
     fn instances_of(&self, path: &Path) -> Vec<usize> {
         let want = crate::hl7::name_code(&path.segment);
         match self.seg {
-            Some(cur) if path.instance.is_none() && !is_group_head(&path.segment) => {
-                let here = self.msg.segment_code(cur);
-                (cur + 1..self.msg.segment_count())
-                    .take_while(|&i| {
-                        let code = self.msg.segment_code(i);
-                        code != here && !owns_children(self.msg.segment_name(i))
-                    })
-                    .filter(|&i| self.msg.segment_code(i) == want)
-                    .collect()
-            }
+            Some(cur) if path.instance.is_none() && !is_group_head(&path.segment) => self
+                .children(cur)
+                .filter(|&i| self.msg.segment_code(i) == want)
+                .collect(),
             _ => self
                 .msg
                 .segments_coded(want)
                 .filter(|&i| self.same_patient(i))
                 .collect(),
+        }
+    }
+
+    /// The segments that belong to segment `cur`: those after it, up to the next one of
+    /// its type or the next group head that owns its children.
+    fn children(&self, cur: usize) -> impl Iterator<Item = usize> + '_ {
+        let here = self.msg.segment_code(cur);
+        (cur + 1..self.msg.segment_count()).take_while(move |&i| {
+            self.msg.segment_code(i) != here && !owns_children(self.msg.segment_name(i))
+        })
+    }
+
+    /// The same scope with segment `seg` as its context.
+    fn at(&self, seg: usize) -> Scope<'a> {
+        Scope {
+            seg: Some(seg),
+            patient: std::cell::OnceCell::new(),
+            ..*self
         }
     }
 
@@ -813,17 +822,7 @@ impl<'a> Scope<'a> {
                 };
                 let mut items = Vec::new();
                 for seg in self.instances_of(path) {
-                    let one = Scope {
-                        msg: self.msg,
-                        seg: Some(seg),
-                        instances: self.instances,
-                        tables: self.tables,
-                        dicom: self.dicom,
-                        trace: self.trace,
-                        dt: self.dt,
-                        patient: std::cell::OnceCell::new(),
-                    };
-                    match one.path_value(path) {
+                    match self.at(seg).path_value(path) {
                         Value::List(mut l) => items.append(&mut l),
                         v => items.push(v),
                     }

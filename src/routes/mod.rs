@@ -75,10 +75,11 @@ pub struct Route {
 }
 
 /// What is wrong with part `i` (0: type, 1: trigger, 2: structure) of message pattern
-/// `t`, which is `p`: a part is `*` or has the shape MSH-9 gives it (`ORU`, `R01`,
-/// `ORU_R01`), so that a pattern that could never match is refused. With `dicom` (type
-/// `DICOM`), the second part is a modality (`CT`, `IVUS`).
-fn pattern_part_problem(t: &str, i: usize, p: &str, dicom: bool) -> Option<String> {
+/// `t`, which is `p`, the pattern's type being `ty`: a part is `*` or has the shape MSH-9
+/// gives it (`ORU`, `R01`, `ORU_R01`), so that a pattern that could never match is
+/// refused. For type `DICOM` (and `*`, which DICOM instances match too) the second part
+/// may be a modality (`CT`, `IVUS`); a DICOM pattern has no third part.
+fn pattern_part_problem(t: &str, ty: &str, i: usize, p: &str) -> Option<String> {
     if p == "*" {
         return None;
     }
@@ -94,33 +95,28 @@ fn pattern_part_problem(t: &str, i: usize, p: &str, dicom: bool) -> Option<Strin
             "message pattern \"{t}\": \"{p}\" is a message structure; write \"{ty}^{trigger}\" (TYPE^TRIGGER), or \"{ty}^{trigger}^{p}\""
         ));
     }
-    let ok = match (i, dicom) {
-        (0, true) => true,
-        (1, true) => p.len() <= 16 && !p.contains('_'),
-        (2, true) => {
-            pieces_type_is_any(t) && ((p.len() == 3 && !p.contains('_')) || structure_like)
-        }
-        (0 | 1, false) => p.len() == 3 && !p.contains('_'),
-        _ => (p.len() == 3 && !p.contains('_')) || structure_like,
+    let any = ty == "*";
+    let dicom = ty.eq_ignore_ascii_case("DICOM");
+    let three = p.len() == 3 && !p.contains('_');
+    let ok = match i {
+        0 => three || dicom,
+        1 if dicom || any => p.len() <= 16 && !p.contains('_'),
+        1 => three,
+        _ => !dicom && (three || structure_like),
     };
     if ok {
         return None;
     }
-    let what = match (i, dicom) {
-        (1, true) => "a modality is at most 16 letters or digits (\"CT\", \"MR\")",
-        (2, true) if !pieces_type_is_any(t) => "a DICOM pattern is DICOM^MODALITY",
-        (0, _) => "the message type is 3 characters (\"ORU\", \"ADT\")",
-        (1, _) => "the trigger event is 3 characters (\"R01\", \"A08\")",
+    let what = match i {
+        1 if dicom || any => "a modality is at most 16 letters or digits (\"CT\", \"MR\")",
+        2 if dicom => "a DICOM pattern is DICOM^MODALITY",
+        0 => "the message type is 3 characters (\"ORU\", \"ADT\")",
+        1 => "the trigger event is 3 characters (\"R01\", \"A08\")",
         _ => "the message structure is like \"ORU_R01\"",
     };
     Some(format!(
         "message pattern \"{t}\": \"{p}\" does not fit: {what}"
     ))
-}
-
-/// Whether pattern `t` begins with `*^` (any type: an HL7 structure may follow).
-fn pieces_type_is_any(t: &str) -> bool {
-    t.starts_with("*^")
 }
 
 /// `TYPE^TRIGGER^STRUCTURE` with `*` for any; missing parts match anything.
@@ -154,9 +150,7 @@ impl MessagePattern {
                     i + 1
                 ));
             }
-            // `DICOM^CT`, and `*^CT`, which DICOM instances match too.
-            let dicom = pieces[0].eq_ignore_ascii_case("DICOM") || pieces[0] == "*";
-            if let Some(problem) = pattern_part_problem(t, i, p, dicom) {
+            if let Some(problem) = pattern_part_problem(t, pieces[0], i, p) {
                 return Err(problem);
             }
             parts[i] = (*p != "*").then(|| p.to_ascii_uppercase());
@@ -367,20 +361,19 @@ fn load_file(
                 format!("unknown mapping \"{mapping}\"{hint}"),
             ));
         }
-        for f in &def.from {
-            let Some(listeners) = listeners else {
-                break;
-            };
-            if !listeners.iter().any(|l| l == f.get_ref()) {
-                let hint = did_you_mean(f.get_ref(), listeners.iter().map(String::as_str))
-                    .map(|s| format!(" (did you mean \"{s}\"?)"))
-                    .unwrap_or_else(|| {
-                        format!("; halong.toml defines: {}", quoted_list(listeners))
-                    });
-                problems.push(at(
-                    f.span(),
-                    format!("unknown listener \"{}\"{hint}", f.get_ref()),
-                ));
+        if let Some(listeners) = listeners {
+            for f in &def.from {
+                if !listeners.iter().any(|l| l == f.get_ref()) {
+                    let hint = did_you_mean(f.get_ref(), listeners.iter().map(String::as_str))
+                        .map(|s| format!(" (did you mean \"{s}\"?)"))
+                        .unwrap_or_else(|| {
+                            format!("; halong.toml defines: {}", quoted_list(listeners))
+                        });
+                    problems.push(at(
+                        f.span(),
+                        format!("unknown listener \"{}\"{hint}", f.get_ref()),
+                    ));
+                }
             }
         }
         if def.message.is_empty() {

@@ -338,12 +338,6 @@ pub type IndexEntries = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// The index entries of a record, worked out where it is made (the mapper) so that the
 /// store's writer need not; `None` for a record the store would refuse.
-pub fn index_entries_of(v: &Value) -> Option<IndexEntries> {
-    let (rt, id) = validate(v).ok()?;
-    Some(index_entries(rt, id, v))
-}
-
-/// [`index_entries_of`] a record.
 pub fn index_entries_of_record(r: &Record) -> Option<IndexEntries> {
     let (rt, id) = validate_record(r).ok()?;
     Some(index_entries(rt, id, r.root()))

@@ -93,7 +93,7 @@ use serde_json::Value;
 pub use clinical::{record_date_range, ClinicalQuery, DateOrder, Page, TokenQuery, CLINICAL_TYPES};
 pub use dates::{DateCmp, DateFilter};
 pub use error::{InvalidResource, StoreError};
-pub use index::{index_entries_of, index_entries_of_record, IndexEntries};
+pub use index::{index_entries_of_record, IndexEntries};
 pub use normalize::normalize;
 pub use search::{NameMatch, PatientQuery};
 pub use upsert::UpsertStats;

@@ -1137,7 +1137,8 @@ fn given_index_entries_are_used_only_for_records_written_as_given() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let first = patient("p1", "Nguyễn", &["Thị", "Ngọc"], &[]);
-    let mut entries = super::index_entries_of(&first).unwrap();
+    let record = crate::record::Record::from_value(&first).unwrap();
+    let mut entries = super::index_entries_of_record(&record).unwrap();
     assert!(!entries.is_empty());
     // A key only the given entries have shows which entries were written.
     entries.insert(b"x/given".to_vec(), Vec::new());

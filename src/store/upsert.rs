@@ -84,12 +84,12 @@ impl Store {
     /// Like [`Store::upsert_batch`], for values or records, with what the caller already
     /// worked out from each, where it has it: its JSON bytes (exactly what
     /// `serde_json::to_vec` of the value, or [`Record::to_json_vec`], gives: the outbox
-    /// writes them) and its index entries ([`index_entries_of`] of it), so that neither
+    /// writes them) and its index entries ([`index_entries_of_record`] of it), so that neither
     /// is made a second time. A resource the store changes before writing it (a merge, a
     /// folded study, a link added) gets both anew. A record becomes a value only where
     /// a merge needs one: studies, and a Patient or Encounter that changed.
     ///
-    /// [`index_entries_of`]: super::index_entries_of
+    /// [`index_entries_of_record`]: super::index_entries_of_record
     pub fn upsert_batch_encoded<'v, G: Into<Given<'v>>>(
         &self,
         resources: impl IntoIterator<Item = (G, Option<&'v [u8]>, Option<&'v IndexEntries>)>,
