@@ -519,3 +519,113 @@ fn hl7_messages_become_searchable_clinical_records() {
     );
     rt.block_on(engine.shutdown());
 }
+
+/// The laboratory corrects a result it had sent (a new message, new control id, the
+/// result's status C): the corrected value replaces the first in the patient's record,
+/// never sits beside it as a second result a clinician could read.
+#[test]
+fn a_corrected_result_replaces_the_first() {
+    let rt = runtime();
+    let site = Site::new("", "");
+    let engine = rt.block_on(site.start());
+    let lab = engine.listener_addr("lab").unwrap();
+    let first = String::from_utf8(sample("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7")).unwrap();
+    let corrected = first
+        .replace("|LAB0001|P|", "|LAB0001C|P|")
+        .replace("20261120102500+0700|||F", "20261120113000+0700|||C")
+        .replace(
+            "||11.2|10*3/uL|4.0-10.0|H|||F|",
+            "||9.8|10*3/uL|4.0-10.0|N|||C|",
+        );
+    assert_ne!(corrected, first);
+    for (id, msg) in [(1, &first), (2, &corrected)] {
+        assert_eq!(msa_code(&mllp_send(lab, msg.as_bytes())), "AA");
+        assert_eq!(
+            engine.journal.wait_settled(id, Duration::from_secs(30)),
+            Some(halong::journal::Status::Stored)
+        );
+    }
+    let (_, found) = get(engine.http_addr, "/fhir/Patient?identifier=079190000001");
+    let pid = ids(&found).pop().expect("the patient");
+    let (_, bundle) = get(
+        engine.http_addr,
+        &format!("/fhir/Observation?patient={pid}&_count=100"),
+    );
+    let results: Vec<&Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let codes: Vec<&Value> = results
+        .iter()
+        .map(|r| &r["code"]["coding"][0]["code"])
+        .collect();
+    assert_eq!(results.len(), 4, "one result per OBX: {codes:?}");
+    let wbc: Vec<&&Value> = results
+        .iter()
+        .filter(|r| r["code"]["coding"][0]["code"] == "6690-2")
+        .collect();
+    assert_eq!(wbc.len(), 1, "the white cell count once");
+    assert_eq!(wbc[0]["valueQuantity"]["value"], json!(9.8));
+    assert_eq!(wbc[0]["status"], "corrected");
+    let (_, reports) = get(
+        engine.http_addr,
+        &format!("/fhir/DiagnosticReport?subject=Patient/{pid}"),
+    );
+    let reports = ids(&reports);
+    assert_eq!(reports.len(), 1);
+    let (_, report) = get(
+        engine.http_addr,
+        &format!("/fhir/DiagnosticReport/{}", reports[0]),
+    );
+    assert_eq!(report["status"], "corrected");
+    rt.block_on(engine.shutdown());
+}
+
+/// Two hospitals number their patients independently. Without an assigning authority
+/// (PID-3.4), a number is the sending facility's (MSH-4): the same number from two
+/// hospitals is two patients, from one hospital one.
+#[test]
+fn a_patient_number_without_authority_belongs_to_its_facility() {
+    let rt = runtime();
+    let site = Site::new("", "");
+    let engine = rt.block_on(site.start());
+    let his = engine.listener_addr("his").unwrap();
+    let adt = |facility: &str, control: &str, family: &str, given: &str| {
+        format!(
+            "MSH|^~\\&|HIS|{facility}|HALONG|SO_Y_TE|20261126080000+0700||ADT^A04^ADT_A01|{control}|P|2.5\r\
+EVN|A04|20261126080000+0700\r\
+PID|1||BN004321^^^^MR||{family}^{given}||19800101|M\r\
+PV1|1|O|KB^01\r"
+        )
+    };
+    let messages = [
+        adt("BVDK_TINH", "A1", "Trần", "Văn Nam"),
+        adt("TTYT_HUYEN", "B1", "Lê", "Thị Hoa"),
+        adt("BVDK_TINH", "A2", "Trần", "Văn Nam"),
+    ];
+    for (id, msg) in (1..).zip(&messages) {
+        let code = msa_code(&mllp_send(his, msg.as_bytes()));
+        assert!(code == "AA" || code == "CA", "{code}");
+        assert_eq!(
+            engine.journal.wait_settled(id, Duration::from_secs(30)),
+            Some(halong::journal::Status::Stored)
+        );
+    }
+    let (_, found) = get(engine.http_addr, "/fhir/Patient?identifier=BN004321");
+    let mut names: Vec<String> = found["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["resource"]["name"][0]["family"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Lê", "Trần"]);
+    rt.block_on(engine.shutdown());
+}

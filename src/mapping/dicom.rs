@@ -150,6 +150,46 @@ mod tests {
         );
     }
 
+    /// Without an Issuer of Patient ID, the modality's institution stands for the facility
+    /// (through tables/dicom_institutions.csv): its images land in the patient the HIS of
+    /// that facility registered without an assigning authority, and not in another
+    /// facility's patient with the same number.
+    #[test]
+    fn without_an_issuer_the_institution_names_the_facility() {
+        let set = shipped();
+        let adt = crate::hl7::parse(
+            "MSH|^~\\&|HIS|BVDK_TINH|HALONG|SO_Y_TE|20261126080000||ADT^A04^ADT_A01|A1|P|2.5\r\
+PID|1||BN000777^^^^MR||Trần^Văn Nam\r"
+                .as_bytes(),
+        )
+        .unwrap();
+        let his = crate::record::to_values(
+            &set.get("adt")
+                .unwrap()
+                .run(&adt, &Default::default())
+                .unwrap(),
+        );
+        assert_eq!(his[0]["resourceType"], "Patient");
+        let patient_of = |institution: &str| {
+            let mut a = Attributes::new();
+            a.insert(0x0010_0020, "BN000777");
+            a.insert(0x0008_0080, institution);
+            a.insert(0x0020_000D, "1.2.3");
+            let out = set
+                .get("imaging_study")
+                .unwrap()
+                .run_dicom(&a, &Default::default());
+            crate::record::to_values(&out.expect("maps"))[0]["id"].clone()
+        };
+        assert_eq!(patient_of("Bệnh viện Đa khoa tỉnh"), his[0]["id"]);
+        assert_ne!(patient_of("Trung tâm Y tế huyện"), his[0]["id"]);
+        assert_ne!(patient_of("Phòng khám Hòa Bình"), his[0]["id"]);
+        assert_ne!(
+            patient_of("Phòng khám Hòa Bình"),
+            patient_of("Trung tâm Y tế huyện")
+        );
+    }
+
     #[test]
     fn a_study_without_patient_id_or_date_still_maps() {
         let mut a = Attributes::new();
