@@ -184,30 +184,74 @@ fn map_names_an_unknown_route_mapping_or_listener_with_a_suggestion() {
     );
 }
 
+/// Runs `check` on a site of `files` (path, text), which must fail; its stderr lines
+/// and a function giving a file's full path, as check names it.
+fn failed_check(files: &[(&str, &str)]) -> (Vec<String>, impl Fn(&str) -> String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (rel, text) in files {
+        write(dir.path(), rel, text);
+    }
+    let out = check(&dir.path().join("halong.toml"));
+    assert_eq!(out.status.code(), Some(1));
+    let lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (lines, move |rel: &str| {
+        dir.path().join(rel).display().to_string()
+    })
+}
+
+#[test]
+fn check_reports_every_wrong_entry_of_a_config_or_route_file_at_once() {
+    let (lines, at) = failed_check(&[
+        (
+            "halong.toml",
+            "[data]\ncache_mb = 64\n\n[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"127.0.0.1:0\"\nmax_conections = 9\n",
+        ),
+        (
+            "routes/lab.toml",
+            "[[route]]\nname = \"a\"\nfrom = [\"lab\"]\nmesage = [\"ORU^R01\"]\nmapping = \"m\"\n\n[[route]]\nname = \"b\"\nfrom = [\"lab\"]\nmessage = [\"ADT^A01\"]\nmaping = \"m\"\n",
+        ),
+        ("mappings/m.toml", "[[resource]]\ntype = \"Patient\"\nid = \"hash(PID-3.1)\"\n"),
+    ]);
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{}:2:1: unknown key `cache_mb` (did you mean `cache_mib`?)",
+                at("halong.toml")
+            ),
+            format!(
+                "{}:8:1: unknown key `max_conections` (did you mean `max_connections`?)",
+                at("halong.toml")
+            ),
+            format!(
+                "{}:4:1: unknown key `mesage` (did you mean `message`?)",
+                at("routes/lab.toml")
+            ),
+            format!(
+                "{}:11:1: unknown key `maping` (did you mean `mapping`?)",
+                at("routes/lab.toml")
+            ),
+            "4 problems found".to_string(),
+        ]
+    );
+}
+
 #[test]
 fn check_still_checks_routes_and_mappings_when_the_config_has_problems() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "halong.toml",
-        "[log]\nlevel = \"verbose\"\n\n[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"127.0.0.1:0\"\n",
-    );
-    write(
-        d,
-        "routes/lab.toml",
-        "[[route]]\nname = \"r\"\nfrom = [\"lab\", \"labb\"]\nmessage = [\"ORU^R01\"]\nmapping = \"m\"\n",
-    );
-    write(
-        d,
-        "mappings/m.toml",
-        "[[resource]]\ntype = \"Patient\"\nid = \"hash(PDI-3)\"\n",
-    );
-    let out = check(&d.join("halong.toml"));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    let at = |rel: &str| d.join(rel).display().to_string();
+    let (lines, at) = failed_check(&[
+        (
+            "halong.toml",
+            "[log]\nlevel = \"verbose\"\n\n[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"127.0.0.1:0\"\n",
+        ),
+        (
+            "routes/lab.toml",
+            "[[route]]\nname = \"r\"\nfrom = [\"lab\", \"labb\"]\nmessage = [\"ORU^R01\"]\nmapping = \"m\"\n",
+        ),
+        ("mappings/m.toml", "[[resource]]\ntype = \"Patient\"\nid = \"hash(PDI-3)\"\n"),
+    ]);
     assert_eq!(
         lines,
         [

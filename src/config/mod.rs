@@ -429,7 +429,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, Vec<Diagnostic>> {
         let mut config: Config =
-            toml::from_str(text).map_err(|e| vec![toml_diagnostic(path, text, &e)])?;
+            toml::from_str(text).map_err(|e| every_toml_problem::<Config>(path, text, e))?;
         let overrides = env::collect(env);
         if !overrides.is_empty() {
             config = env::apply(path, text, &overrides)?;
@@ -815,7 +815,7 @@ fn locate(text: &str, needle: &str, nth: usize) -> (usize, usize) {
 
 /// Turns a toml error into a diagnostic with position, adding a suggestion for an
 /// unknown key when one is close.
-pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
+fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
     let message = e.message().trim().to_string();
     let message = suggest_unknown_field(&message).unwrap_or(message);
     let message = match (message.as_str(), e.span()) {
@@ -832,6 +832,85 @@ pub(crate) fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> D
         Some(span) => Diagnostic::at_offset(path, text, span.start, message),
         None => Diagnostic::whole_file(path, message),
     }
+}
+
+/// The problems the file's TOML holds for `T`, `first` and the others, in file order.
+/// serde stops at the first; so the text is read again with each entry found wrong set
+/// right or taken out, byte for byte so that positions stay the file's: a misspelt key
+/// becomes the key it was meant to be (so the field it stands for is not missing too),
+/// any other wrong entry is blanked. It stops at a syntax error (one at a time is all
+/// TOML allows), at an error that is no `key = value` line, and at a missing field
+/// (which may be the blanked entry's own).
+pub(crate) fn every_toml_problem<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    first: toml::de::Error,
+) -> Vec<Diagnostic> {
+    const MAX_PROBLEMS: usize = 50;
+    let at = |e: &toml::de::Error| e.span().map_or(0, |s| s.start);
+    let mut found = vec![(at(&first), toml_diagnostic(path, text, &first))];
+    let mut work = text.to_string();
+    let mut err = first;
+    while found.len() < MAX_PROBLEMS {
+        let Some(span) = err.span() else { break };
+        let renamed = unknown_field(err.message())
+            .and_then(|(field, expected)| did_you_mean(field, expected))
+            .and_then(|meant| renamed_key(&work, span.clone(), meant))
+            .filter(|w| toml::from_str::<toml::Table>(w).is_ok());
+        match renamed {
+            Some(w) => work = w,
+            None => {
+                let start = work[..span.start].rfind('\n').map_or(0, |i| i + 1);
+                let end = work[span.end..]
+                    .find('\n')
+                    .map_or(work.len(), |i| span.end + i);
+                if work[start..end].trim_start().starts_with('[') {
+                    break;
+                }
+                let blank: String = work[start..end]
+                    .chars()
+                    .map(|c| " ".repeat(c.len_utf8()))
+                    .collect();
+                work.replace_range(start..end, &blank);
+                if toml::from_str::<toml::Table>(&work).is_err() {
+                    break;
+                }
+            }
+        }
+        match toml::from_str::<T>(&work) {
+            Err(e) if !e.message().starts_with("missing field") => {
+                found.push((at(&e), toml_diagnostic(path, text, &e)));
+                err = e;
+            }
+            _ => break,
+        }
+    }
+    // In the file's order, whatever order serde met them in.
+    found.sort_by_key(|(offset, _)| *offset);
+    found.into_iter().map(|(_, d)| d).collect()
+}
+
+/// `text` with the bare key at `span` replaced by `meant`, when the key and the blanks
+/// after it have room for it (`mesage = 1` → `message= 1`).
+fn renamed_key(text: &str, span: std::ops::Range<usize>, meant: &str) -> Option<String> {
+    let key = text.get(span.clone())?;
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    let room = key.len()
+        + text[span.end..]
+            .bytes()
+            .take_while(|b| *b == b' ' || *b == b'\t')
+            .count();
+    if meant.len() > room {
+        return None;
+    }
+    let mut out = text.to_string();
+    out.replace_range(span.start..span.start + room, &format!("{meant:<room$}"));
+    Some(out)
 }
 
 /// What is wrong with a quoted `bind` value that is no socket address.
@@ -866,17 +945,21 @@ fn explain_bad_address(quoted: &str) -> Option<String> {
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" gains "(did you mean `a`?)".
 fn suggest_unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let (field, rest) = rest.split_once('`')?;
-    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-    let suggestion = did_you_mean(field, expected.iter().copied());
-    Some(match suggestion {
+    let (field, expected) = unknown_field(message)?;
+    Some(match did_you_mean(field, expected.iter().copied()) {
         Some(s) => format!("unknown key `{field}` (did you mean `{s}`?)"),
         None => {
             let list: Vec<String> = expected.iter().map(|e| format!("`{e}`")).collect();
             format!("unknown key `{field}`; expected one of {}", list.join(", "))
         }
     })
+}
+
+/// The unknown key serde's message names, and the keys it expected instead.
+fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    Some((field, rest.split('`').skip(1).step_by(2).collect()))
 }
 
 #[cfg(test)]

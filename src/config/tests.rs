@@ -45,6 +45,25 @@ fn unknown_key_names_line_column_and_suggests() {
 }
 
 #[test]
+fn every_wrong_entry_is_reported_at_once() {
+    let text = "[data]\n# Chỗ lưu dữ liệu\ncache_mb = 64\n\n[[listener]]\nname = \"lab\"\nkind = \"mllp\"\nbind = \"127.0.0.1:2575\"\nmax_connections = \"lots\"\nidle_timeout_secs = -5\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "conf/halong.toml:3:1: unknown key `cache_mb` (did you mean `cache_mib`?)"
+    );
+    assert!(
+        e[1].starts_with("conf/halong.toml:9:19: invalid type: string \"lots\""),
+        "{}",
+        e[1]
+    );
+    assert!(e[2].starts_with("conf/halong.toml:10:21: "), "{}", e[2]);
+    // A syntax error is one at a time.
+    assert_eq!(errors("[http\nbnd = 1\n").len(), 1);
+}
+
+#[test]
 fn bad_values_name_their_position() {
     let text = "[[listener]]\nname = \"lab\"\nkind = \"mlp\"\nbind = \"0.0.0.0:2575\"\n";
     let e = errors(text);

@@ -331,7 +331,9 @@ fn load_file(
     let parsed: RouteFile = match toml::from_str(text) {
         Ok(p) => p,
         Err(e) => {
-            problems.push(crate::config::toml_diagnostic(file, text, &e));
+            problems.extend(crate::config::every_toml_problem::<RouteFile>(
+                file, text, e,
+            ));
             return;
         }
     };
