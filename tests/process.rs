@@ -284,11 +284,14 @@ fn check_reports_every_problem_with_position() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The misspelt key is read as `bind`, so what is wrong with its value shows too.
+    let file = dir.path().join("halong.toml").display().to_string();
     assert_eq!(
         stderr,
         format!(
-            "{}:2:1: unknown key `bnd` (did you mean `bind`?)\n1 problem found\n",
-            dir.path().join("halong.toml").display()
+            "{file}:2:1: unknown key `bnd` (did you mean `bind`?)\n\
+             {file}:2:7: \"x\" has no port: give IP:PORT, e.g. \"0.0.0.0:2575\" or \"127.0.0.1:8080\" (an IP address, not a host name; IPv6 in brackets: \"[::1]:2575\")\n\
+             2 problems found\n"
         )
     );
 
