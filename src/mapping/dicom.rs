@@ -188,6 +188,34 @@ PID|1||BN000777^^^^MR||Trần^Văn Nam\r"
             patient_of("Phòng khám Hòa Bình"),
             patient_of("Trung tâm Y tế huyện")
         );
+        // With neither, the table's `*` row names the site's facility.
+        let dir = tempfile::tempdir().unwrap();
+        let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        std::fs::create_dir(dir.path().join("tables")).unwrap();
+        for e in std::fs::read_dir(shipped_dir.join("tables")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.path().join("tables").join(p.file_name().unwrap())).unwrap();
+        }
+        std::fs::copy(
+            shipped_dir.join("imaging_study.toml"),
+            dir.path().join("imaging_study.toml"),
+        )
+        .unwrap();
+        let table = dir.path().join("tables/dicom_institutions.csv");
+        let text = std::fs::read_to_string(&table).unwrap() + "*,BVDK_TINH\n";
+        std::fs::write(&table, text).unwrap();
+        let site = crate::mapping::MappingSet::load(dir.path()).unwrap();
+        let mut a = Attributes::new();
+        a.insert(0x0010_0020, "BN000777");
+        a.insert(0x0020_000D, "1.2.3");
+        let out = site
+            .get("imaging_study")
+            .unwrap()
+            .run_dicom(&a, &Default::default());
+        assert_eq!(
+            crate::record::to_values(&out.unwrap())[0]["id"],
+            his[0]["id"]
+        );
     }
 
     #[test]

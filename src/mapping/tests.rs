@@ -1,6 +1,6 @@
 //! Tests of the mapping engine and of the shipped mappings.
 
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 
 use super::*;
 use crate::hl7;
@@ -244,6 +244,135 @@ OBR|1|PLA1|FIL1|A^One\rORC|RE|PLA2|FIL2||CM\rOBR|2|||B^Two\rOBR|3|PLA3|FIL3|C^Th
             vec!["PLA3", "FIL3"]
         ]
     );
+}
+
+/// The ids of resources of `t`, in output order.
+fn ids_of(out: &[Json], t: &str) -> Vec<String> {
+    of_type(out, t)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Record ids decide what the store keeps as one record: what differs must never share
+/// one (or one overwrites the other), what is one thing must get one from every message
+/// that tells of it (or it splits).
+#[test]
+fn ids_never_join_different_things_and_join_one_thing_across_messages() {
+    let set = shipped();
+    let run = |mapping: &str, message: &str| {
+        let m = set.get(mapping).unwrap_or_else(|| panic!("no {mapping}"));
+        run_shipped(m, message)
+    };
+    let order_types = ["ServiceRequest", "DiagnosticReport", "Observation"];
+
+    // Two patients in one ORU, each with an order without numbers.
+    let out = run(
+        "oru_r01",
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M1|P|2.5\r\
+PID|1||P1^^^BV^MR\rOBR|1|||GLU\rOBX|1|NM|GLU||2.1\r\
+PID|2||P2^^^BV^MR\rOBR|1|||GLU\rOBX|1|NM|GLU||5.0\r",
+    );
+    for t in order_types {
+        let ids = ids_of(&out, t);
+        assert!(ids.len() == 2 && ids[0] != ids[1], "{t}: {ids:?}");
+    }
+
+    // Orders without numbers in two placer groups: results and specimens apart.
+    let out = run(
+        "oru_r01",
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|M2|P|2.5\rPID|1||P1^^^BV^MR\r\
+ORC|RE|||NHOM-A\rOBR|1|||CHOL\rOBX|1|NM|CHOL||4.1\rSPM|1|||BLD\r\
+ORC|RE|||NHOM-B\rOBR|1|||CHOL\rOBX|1|NM|CHOL||7.9\rSPM|1|||BLD\r",
+    );
+    for t in [
+        "ServiceRequest",
+        "DiagnosticReport",
+        "Observation",
+        "Specimen",
+    ] {
+        let ids = ids_of(&out, t);
+        assert!(ids.len() == 2 && ids[0] != ids[1], "{t}: {ids:?}");
+    }
+
+    // One order's placer number is another's filler number: two orders.
+    let placer = run(
+        "oru_r01",
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|K1|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBR|1|12345||GLU\rOBX|1|NM|GLU||2.2\r",
+    );
+    let filler = run(
+        "oru_r01",
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|K2|P|2.5\rPID|1||P2^^^BV^MR\r\
+OBR|1||12345|GLU\rOBX|1|NM|GLU||5.5\r",
+    );
+    for t in order_types {
+        assert_ne!(ids_of(&placer, t), ids_of(&filler, t), "{t}");
+    }
+
+    // The order a HIS placed (its second OBR) is the order the laboratory reports on
+    // (its only OBR), and MSH-4 as a code with its universal id is the same facility.
+    let placed = run(
+        "orders",
+        "MSH|^~\\&|HIS|BV|||20240131||ORM^O01|O1|P|2.5\rPID|1||P1^^^BV^MR\r\
+ORC|NW|PL1\rOBR|1|PL1||CBC\rORC|NW|PL2\rOBR|2|PL2||HBA1C\r",
+    );
+    let reported = run(
+        "oru_r01",
+        "MSH|^~\\&|LIS|BV^2.16.704.1^ISO|||20240131||ORU^R01|R1|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBR|1|PL2|F9|HBA1C\rOBX|1|NM|HBA1C||6.1\r",
+    );
+    assert_eq!(
+        ids_of(&placed, "ServiceRequest")[1],
+        ids_of(&reported, "ServiceRequest")[0]
+    );
+    assert_eq!(ids_of(&placed, "Patient"), ids_of(&reported, "Patient"));
+
+    // A merge without assigning authorities links the two patients' own records.
+    let registered = |number: &str| {
+        ids_of(
+            &run(
+                "adt",
+                &format!("MSH|^~\\&|HIS|BV|||20240131||ADT^A04|A{number}|P|2.5\rPID|1||{number}\r"),
+            ),
+            "Patient",
+        )
+    };
+    let merge = run(
+        "adt_a40",
+        "MSH|^~\\&|HIS|BV|||20240131||ADT^A40|A3|P|2.5\rPID|1||BN7\rMRG|BN9\r",
+    );
+    let (survivor, merged) = (registered("BN7"), registered("BN9"));
+    assert_eq!(
+        ids_of(&merge, "Patient"),
+        [survivor[0].clone(), merged[0].clone()]
+    );
+    let links: Vec<&Json> = of_type(&merge, "Patient")
+        .iter()
+        .map(|p| &p["link"][0]["other"]["reference"])
+        .collect();
+    assert_eq!(
+        links,
+        [
+            &json!(format!("Patient/{}", merged[0])),
+            &json!(format!("Patient/{}", survivor[0]))
+        ]
+    );
+
+    // Two documents written for one order, without document numbers: two documents.
+    let document = |control: &str, kind: &str| {
+        ids_of(
+            &run(
+                "mdm_t02",
+                &format!(
+                    "MSH|^~\\&|HIS|BV|||20240131||MDM^T02|{control}|P|2.5\rPID|1||P1^^^BV^MR\r\
+TXA|1|{kind}|TX||||||||||||PL7001\rOBX|1|TX|X||text\r"
+                ),
+            ),
+            "DocumentReference",
+        )
+    };
+    assert_ne!(document("D1", "OP"), document("D2", "CN"));
 }
 
 #[test]
