@@ -133,8 +133,8 @@ impl Store {
         // their bytes, so neither a hit here nor a write copies a record.
         let mut pending: HashMap<Vec<u8>, sled::IVec> = HashMap::new();
         let mut new_per_type: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut pending_accessions: Vec<(String, &str, &str)> = Vec::new();
-        let mut relink: Vec<(String, String)> = Vec::new();
+        let mut pending_accessions: Vec<Accession> = Vec::new();
+        let mut relink: Vec<Accession> = Vec::new();
 
         for f in &folded {
             // The resource: as a value where there is one, else as the record.
@@ -219,20 +219,26 @@ impl Store {
                 }
                 (doc, bytes, as_given) = (Doc::Value(Cow::Owned(m)), sled::IVec::from(b), false);
             }
-            // Orders and studies meet by accession number (see `accession`).
+            // Orders and studies meet by accession number (see `accession`), when they
+            // are of one patient.
             let acc = match &doc {
-                Doc::Value(v) => accession(rt, &**v),
-                Doc::Record(r) => accession(rt, r.root()),
+                Doc::Value(v) => accession(rt, &**v).map(|a| (a, subject_of(&**v))),
+                Doc::Record(r) => accession(rt, r.root()).map(|a| (a, subject_of(r.root()))),
             };
-            if let Some(acc) = acc {
+            if let Some((acc, subject)) = acc {
                 batch.insert(accession_key(&acc, rt, id), &[][..]);
-                pending_accessions.push((acc.clone(), rt, id));
+                let this = Accession {
+                    number: acc,
+                    subject: subject.map(str::to_string),
+                    id: id.to_string(),
+                };
                 if rt == "ServiceRequest" {
-                    relink.push((acc, id.to_string()));
+                    relink.push(this.clone());
+                    pending_accessions.push(this);
                 } else if let Doc::Value(value) = &mut doc {
                     // A study (always a value here) without a link to its order gets one.
                     if rt == "ImagingStudy" && value.get("basedOn").is_none() {
-                        if let Some(order) = self.order_for(&acc, &pending_accessions)? {
+                        if let Some(order) = self.order_for(&this, &pending_accessions)? {
                             let v = value.to_mut();
                             v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
                             bytes = sled::IVec::from(
@@ -291,16 +297,18 @@ impl Store {
         drop(_writer);
         // Studies that arrived before their order: point them at it now.
         let mut studies = Vec::new();
-        for (acc, order) in relink {
-            let prefix = accession_key(&acc, "ImagingStudy", "");
+        for acc in relink {
+            let prefix = accession_key(&acc.number, "ImagingStudy", "");
             for item in tree.scan_prefix(&prefix) {
                 let (k, _) = item?;
                 let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 if let Some(v) = tree.get(doc_key("ImagingStudy", &id))? {
                     let mut study: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
-                    if study.is_object() && study.get("basedOn").is_none() {
-                        study["basedOn"] =
-                            serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
+                    if study.is_object()
+                        && study.get("basedOn").is_none()
+                        && acc.same_patient(subject_of(&study))
+                    {
+                        study["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{}", acc.id) }]);
                         studies.push(study);
                     }
                 }
@@ -313,28 +321,32 @@ impl Store {
         Ok(stats)
     }
 
-    /// The ServiceRequest with accession number `acc`, in this batch or stored.
+    /// The ServiceRequest of `study`'s patient with its accession number, in this batch
+    /// (`pending`: the orders written so far) or stored.
     fn order_for(
         &self,
-        acc: &str,
-        pending: &[(String, &str, &str)],
+        study: &Accession,
+        pending: &[Accession],
     ) -> Result<Option<String>, StoreError> {
-        if let Some((_, _, id)) = pending
+        if let Some(order) = pending
             .iter()
-            .find(|(a, rt, _)| a == acc && *rt == "ServiceRequest")
+            .find(|o| o.number == study.number && study.same_patient(o.subject.as_deref()))
         {
-            return Ok(Some(id.to_string()));
+            return Ok(Some(order.id.clone()));
         }
-        let prefix = accession_key(acc, "ServiceRequest", "");
-        match self.inner.tree.scan_prefix(&prefix).next() {
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(Some(
-                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                ))
+        let prefix = accession_key(&study.number, "ServiceRequest", "");
+        for item in self.inner.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Some(v) = self.inner.tree.get(doc_key("ServiceRequest", &id))? else {
+                continue;
+            };
+            let order: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
+            if study.same_patient(subject_of(&order)) {
+                return Ok(Some(id));
             }
-            None => Ok(None),
         }
+        Ok(None)
     }
 }
 
@@ -359,6 +371,31 @@ fn differs_only_in_source(a: &[u8], b: &[u8]) -> bool {
         (Some(x), Some(y)) => x == y,
         _ => false,
     }
+}
+
+/// An order's or a study's accession number, the patient it is of, and its id.
+#[derive(Clone, Debug)]
+struct Accession {
+    number: String,
+    /// `Patient/<id>`, when the record names its patient.
+    subject: Option<String>,
+    id: String,
+}
+
+impl Accession {
+    /// An accession number is only unique in the facility that gave it out: an order and
+    /// a study meet by it only when they are of one patient (or one of them names none).
+    fn same_patient(&self, other: Option<&str>) -> bool {
+        match (self.subject.as_deref(), other) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+}
+
+/// The patient a record is of (`subject.reference`).
+fn subject_of<'d>(v: impl JsonView<'d>) -> Option<&'d str> {
+    v.get("subject")?.get("reference")?.as_str()
 }
 
 /// Prefix of accession numbers: `a/<accession>\0<Type>\0<id>`. Entries are only added;
@@ -846,6 +883,38 @@ mod imaging_tests {
         let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
         assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr7" }]));
         assert_eq!(s["numberOfInstances"], 2);
+    }
+
+    /// Accession numbers are only unique in the facility that gives them out: another
+    /// patient's order with the same number is never the study's, whichever comes first.
+    #[test]
+    fn a_study_is_never_based_on_another_patients_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut theirs = order("sr8", "ACSN", "ACC-8");
+        theirs["subject"]["reference"] = json!("Patient/p2");
+        store.upsert_batch(&[theirs]).unwrap();
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-8"))])
+            .unwrap();
+        assert!(store.get("ImagingStudy", "st1").unwrap().unwrap()["basedOn"].is_null());
+        // The study's own order, after it, is.
+        store
+            .upsert_batch(&[order("sr9", "ACSN", "ACC-8")])
+            .unwrap();
+        let s = store.get("ImagingStudy", "st1").unwrap().unwrap();
+        assert_eq!(s["basedOn"], json!([{ "reference": "ServiceRequest/sr9" }]));
+
+        // The other way round: a study waiting for its order, another patient's comes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-8"))])
+            .unwrap();
+        let mut theirs = order("sr8", "ACSN", "ACC-8");
+        theirs["subject"]["reference"] = json!("Patient/p2");
+        store.upsert_batch(&[theirs]).unwrap();
+        assert!(store.get("ImagingStudy", "st1").unwrap().unwrap()["basedOn"].is_null());
     }
 
     #[test]
