@@ -359,6 +359,27 @@ OBR|1|PL2|F9|HBA1C\rOBX|1|NM|HBA1C||6.1\r",
         ]
     );
 
+    // An admission and its discharge without a visit number: one visit, by the patient
+    // and the admission time; two admissions of the patient stay two.
+    let visit = |control: &str, event: &str, admitted: &str| {
+        let out = run(
+            "adt",
+            &format!(
+                "MSH|^~\\&|HIS|BV|||20240131||ADT^{event}|{control}|P|2.5\rPID|1||BN7^^^BV^MR\r\
+PV1|1|I|NOI^1|||||||||||||||||||||||||||||||||||||||||{admitted}\r"
+            ),
+        );
+        (
+            ids_of(&out, "Encounter"),
+            of_type(&out, "Encounter")[0]["status"].clone(),
+        )
+    };
+    let (admitted, status) = visit("V1", "A01", "202401300800");
+    assert_eq!(status, "in-progress");
+    let (discharged, status) = visit("V2", "A03", "202401300800");
+    assert_eq!((discharged, status), (admitted.clone(), json!("finished")));
+    assert_ne!(visit("V3", "A01", "202402150900").0, admitted);
+
     // Two documents written for one order, without document numbers: two documents.
     let document = |control: &str, kind: &str| {
         ids_of(
