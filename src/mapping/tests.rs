@@ -396,6 +396,53 @@ TXA|1|{kind}|TX||||||||||||PL7001\rOBX|1|TX|X||text\r"
     assert_ne!(document("D1", "OP"), document("D2", "CN"));
 }
 
+/// An appointment names every practitioner and place it books, not the first of each.
+#[test]
+fn siu_appointment_names_every_practitioner_and_location() {
+    let set = shipped();
+    let m = set.get("siu_s12").unwrap_or_else(|| panic!("no siu_s12"));
+    let out = run_shipped(
+        m,
+        "MSH|^~\\&|HIS|BV|||20261125||SIU^S12|S1|P|2.5\rSCH|APT9|||||||||||||||||||||||||Booked\r\
+PID|1||BN9^^^BV^MR\rRGS|1\rAIS|1||FU^Follow-up\r\
+AIP|1||D003^Ngô^Bảo Anh|SUR^Surgeon\rAIP|2||D004^Lê^Minh|ANE^Anaesthetist\r\
+AIL|1||PT^05\rAIL|2||HOI^01^2\r",
+    );
+    let appointment = of_type(&out, "Appointment")[0];
+    let actors: Vec<(&str, &str)> =
+        appointment["participant"]
+            .as_array()
+            .map_or(Vec::new(), |ps| {
+                ps.iter()
+                    .map(|p| {
+                        let a = &p["actor"];
+                        (
+                            a["display"]
+                                .as_str()
+                                .or(a["reference"].as_str())
+                                .unwrap_or(""),
+                            a["identifier"]["value"].as_str().unwrap_or(""),
+                        )
+                    })
+                    .collect()
+            });
+    let patient = format!("Patient/{}", ids_of(&out, "Patient")[0]);
+    assert_eq!(
+        actors,
+        [
+            (patient.as_str(), ""),
+            ("Ngô Bảo Anh", "D003"),
+            ("Lê Minh", "D004"),
+            ("PT 05", ""),
+            ("HOI 01 2", "")
+        ]
+    );
+    assert_eq!(
+        appointment["participant"][2]["type"][0]["coding"][0]["code"],
+        "ANE"
+    );
+}
+
 #[test]
 fn an_orders_timing_is_its_own_before_or_after_its_obr() {
     let set = shipped();
