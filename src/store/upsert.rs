@@ -238,7 +238,7 @@ impl Store {
                 } else if let Doc::Value(value) = &mut doc {
                     // A study (always a value here) without a link to its order gets one.
                     if rt == "ImagingStudy" && value.get("basedOn").is_none() {
-                        if let Some(order) = self.order_for(&this, &pending_accessions)? {
+                        if let Some(order) = self.order_for(&this, &pending_accessions, &pending)? {
                             let v = value.to_mut();
                             v["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{order}") }]);
                             bytes = sled::IVec::from(
@@ -306,7 +306,8 @@ impl Store {
                     let mut study: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
                     if study.is_object()
                         && study.get("basedOn").is_none()
-                        && acc.same_patient(subject_of(&study))
+                        && accession("ImagingStudy", &study).as_ref() == Some(&acc.number)
+                        && self.one_patient(acc.subject.as_deref(), subject_of(&study), &pending)?
                     {
                         study["basedOn"] = serde_json::json!([{ "reference": format!("ServiceRequest/{}", acc.id) }]);
                         studies.push(study);
@@ -322,17 +323,18 @@ impl Store {
     }
 
     /// The ServiceRequest of `study`'s patient with its accession number, in this batch
-    /// (`pending`: the orders written so far) or stored.
+    /// (`orders`: the orders written so far; `pending`: every record written so far) or
+    /// stored.
     fn order_for(
         &self,
         study: &Accession,
-        pending: &[Accession],
+        orders: &[Accession],
+        pending: &HashMap<Vec<u8>, sled::IVec>,
     ) -> Result<Option<String>, StoreError> {
-        if let Some(order) = pending
-            .iter()
-            .find(|o| o.number == study.number && study.same_patient(o.subject.as_deref()))
-        {
-            return Ok(Some(order.id.clone()));
+        for o in orders.iter().filter(|o| o.number == study.number) {
+            if self.one_patient(study.subject.as_deref(), o.subject.as_deref(), pending)? {
+                return Ok(Some(o.id.clone()));
+            }
         }
         let prefix = accession_key(&study.number, "ServiceRequest", "");
         for item in self.inner.tree.scan_prefix(&prefix) {
@@ -342,11 +344,55 @@ impl Store {
                 continue;
             };
             let order: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
-            if study.same_patient(subject_of(&order)) {
+            // An entry stays when the order's number changes: it must still be its number.
+            if accession("ServiceRequest", &order).as_ref() == Some(&study.number)
+                && self.one_patient(study.subject.as_deref(), subject_of(&order), pending)?
+            {
                 return Ok(Some(id));
             }
         }
         Ok(None)
+    }
+
+    /// Whether `a` and `b` (`Patient/<id>`) are one patient: the same record, or two
+    /// records that share an identifier value (a modality that names the hospital
+    /// otherwise than the HIS still sends the patient's number). A record without a
+    /// patient is nobody's: an accession number alone does not tie it to one.
+    fn one_patient(
+        &self,
+        a: Option<&str>,
+        b: Option<&str>,
+        pending: &HashMap<Vec<u8>, sled::IVec>,
+    ) -> Result<bool, StoreError> {
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(false);
+        };
+        if a == b {
+            return Ok(true);
+        }
+        let numbers = |reference: &str| -> Result<Vec<String>, StoreError> {
+            let Some(id) = reference.strip_prefix("Patient/") else {
+                return Ok(Vec::new());
+            };
+            let key = doc_key("Patient", id);
+            let bytes = match pending.get(&key) {
+                Some(b) => Some(b.clone()),
+                None => self.inner.tree.get(&key)?,
+            };
+            let patient: Value = bytes
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            Ok(patient["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["value"].as_str())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect())
+        };
+        let theirs = numbers(b)?;
+        Ok(numbers(a)?.iter().any(|n| theirs.contains(n)))
     }
 }
 
@@ -373,24 +419,15 @@ fn differs_only_in_source(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// An order's or a study's accession number, the patient it is of, and its id.
+/// An order's or a study's accession number, the patient it is of, and its id. An
+/// accession number is only unique in the facility that gave it out: an order and a
+/// study meet by it only when they are of one patient (see `one_patient`).
 #[derive(Clone, Debug)]
 struct Accession {
     number: String,
     /// `Patient/<id>`, when the record names its patient.
     subject: Option<String>,
     id: String,
-}
-
-impl Accession {
-    /// An accession number is only unique in the facility that gave it out: an order and
-    /// a study meet by it only when they are of one patient (or one of them names none).
-    fn same_patient(&self, other: Option<&str>) -> bool {
-        match (self.subject.as_deref(), other) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        }
-    }
 }
 
 /// The patient a record is of (`subject.reference`).
@@ -477,6 +514,11 @@ fn merge_study(old: Value, new: &Value) -> Value {
     let Value::Object(mut old) = old else {
         return new.clone();
     };
+    // A study sent again for another patient (corrected at the modality) is no longer
+    // based on the first patient's order; its own is looked up again.
+    if new.get("subject").is_some() && old.get("subject") != new.get("subject") {
+        old.remove("basedOn");
+    }
     let old_series = old.remove("series");
     let mut out = merge_absent_owned(Value::Object(old), new);
     let series = merge_by_uid(old_series, new.get("series"), |o, n| {
@@ -915,6 +957,73 @@ mod imaging_tests {
         theirs["subject"]["reference"] = json!("Patient/p2");
         store.upsert_batch(&[theirs]).unwrap();
         assert!(store.get("ImagingStudy", "st1").unwrap().unwrap()["basedOn"].is_null());
+    }
+
+    /// The same patient under two records (a modality that names the hospital otherwise
+    /// than the HIS): one patient number in both is one patient. A study of nobody is
+    /// based on no order; a study moved to another patient leaves the first one's order;
+    /// an order whose accession number changed is no longer found by the old one.
+    #[test]
+    fn accession_links_follow_the_patient_number_and_the_current_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let patient = |id: &str, numbers: &[&str]| {
+            let ids: Vec<Value> = numbers.iter().map(|n| json!({ "value": n })).collect();
+            json!({ "resourceType": "Patient", "id": id, "identifier": ids })
+        };
+        let of = |mut r: Value, p: &str| {
+            r["subject"]["reference"] = json!(format!("Patient/{p}"));
+            r
+        };
+        // One batch: the patients, another patient's order first, then the study.
+        store
+            .upsert_batch(&[
+                patient("his", &["BN1", "0791"]),
+                patient("ct", &["BN1"]),
+                patient("other", &["BN2"]),
+                of(order("sr2", "ACSN", "ACC-1"), "other"),
+                of(order("sr1", "ACSN", "ACC-1"), "his"),
+                of(study("1.1", "1.1.1", Some("ACC-1")), "ct"),
+            ])
+            .unwrap();
+        let based =
+            |store: &Store| store.get("ImagingStudy", "st1").unwrap().unwrap()["basedOn"].clone();
+        assert_eq!(
+            based(&store),
+            json!([{ "reference": "ServiceRequest/sr1" }])
+        );
+        // Sent again for the other patient: their order, not the first one's.
+        store
+            .upsert_batch(&[of(study("1.1", "1.1.2", Some("ACC-1")), "other")])
+            .unwrap();
+        assert_eq!(
+            based(&store),
+            json!([{ "reference": "ServiceRequest/sr2" }])
+        );
+
+        // A study without a patient is based on no order.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut nobody = study("1.1", "1.1.1", Some("ACC-1"));
+        nobody.as_object_mut().unwrap().remove("subject");
+        store
+            .upsert_batch(&[order("sr1", "ACSN", "ACC-1"), nobody])
+            .unwrap();
+        assert!(based(&store).is_null());
+
+        // An order renumbered from ACC-5 to ACC-6 is not ACC-5's order any more.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .upsert_batch(&[order("sr5", "ACSN", "ACC-5")])
+            .unwrap();
+        store
+            .upsert_batch(&[order("sr5", "ACSN", "ACC-6")])
+            .unwrap();
+        store
+            .upsert_batch(&[study("1.1", "1.1.1", Some("ACC-5"))])
+            .unwrap();
+        assert!(based(&store).is_null());
     }
 
     #[test]
