@@ -239,6 +239,54 @@ fn check_reports_every_wrong_entry_of_a_config_or_route_file_at_once() {
     );
 }
 
+/// After misspelt keys, the checks that need the whole file still run (two listeners
+/// named alike, a route's unknown mapping) and a field really missing is reported; an
+/// unknown key whose value spans lines does not stop the report.
+#[test]
+fn check_runs_every_check_on_a_file_as_its_misspelt_keys_meant_it() {
+    let listener = "[[listener]]\nkind = \"mllp\"\nbind = \"127.0.0.1:0\"\n";
+    let (lines, at) = failed_check(&[
+        (
+            "halong.toml",
+            &format!("{listener}name = \"lab\"\nmax_conections = 5\n\n{listener}nam = \"lab\"\n"),
+        ),
+        (
+            "routes/a.toml",
+            "[[route]]\nname = \"a\"\nfrom = [\"lab\"]\nmesage = [\"ORU^R01\"]\nmapping = \"nosuch\"\n",
+        ),
+        (
+            "routes/b.toml",
+            "[[route]]\nname = \"b\"\nfrom = [\"lab\"]\nnotes = [\n  \"x\",\n]\nmessage = [\"ADT^A01\"]\nmaping = \"m\"\n",
+        ),
+        (
+            "routes/c.toml",
+            "[[route]]\nname = \"c\"\nfrom = [\"lab\"]\nmesage = [\"ADT^A04\"]\n",
+        ),
+        ("mappings/m.toml", "[[resource]]\ntype = \"Patient\"\nid = \"hash(PID-3.1)\"\n"),
+    ]);
+    let (config, a, b, c) = (
+        at("halong.toml"),
+        at("routes/a.toml"),
+        at("routes/b.toml"),
+        at("routes/c.toml"),
+    );
+    assert_eq!(
+        lines,
+        [
+            format!("{config}:5:1: unknown key `max_conections` (did you mean `max_connections`?)"),
+            format!("{config}:10:1: unknown key `nam` (did you mean `name`?)"),
+            format!("{config}:7:1: duplicate listener name \"lab\""),
+            format!("{a}:4:1: unknown key `mesage` (did you mean `message`?)"),
+            format!("{a}:5:11: unknown mapping \"nosuch\" (no mappings/nosuch.toml)"),
+            format!("{b}:4:1: unknown key `notes`; expected one of `name`, `description`, `from`, `message`, `sending_application`, `sending_facility`, `processing_id`, `mapping`, `calling_ae`"),
+            format!("{b}:8:1: unknown key `maping` (did you mean `mapping`?)"),
+            format!("{c}:1:1: missing field `mapping`"),
+            format!("{c}:4:1: unknown key `mesage` (did you mean `message`?)"),
+            "9 problems found".to_string(),
+        ]
+    );
+}
+
 #[test]
 fn check_still_checks_routes_and_mappings_when_the_config_has_problems() {
     let (lines, at) = failed_check(&[

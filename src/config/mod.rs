@@ -428,28 +428,43 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, Vec<Diagnostic>> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| every_toml_problem::<Config>(path, text, e))?;
+        let mut config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                // With only misspelt keys, the checks below run on the file as meant.
+                let (mut problems, repaired) = every_toml_problem::<Config>(path, text, e);
+                if let Some((mut config, meant)) = repaired {
+                    config.resolve_paths(path);
+                    problems.extend(config.validate(path, &meant));
+                }
+                return Err(problems);
+            }
+        };
         let overrides = env::collect(env);
         if !overrides.is_empty() {
             config = env::apply(path, text, &overrides)?;
         }
-        config.base_dir = Config::base_dir_of(path);
-        if config.data.dir.is_relative() {
-            config.data.dir = config.base_dir.join(&config.data.dir);
-        }
-        for l in &mut config.listeners {
-            for p in [&mut l.tls_cert, &mut l.tls_key].into_iter().flatten() {
-                if p.is_relative() {
-                    *p = config.base_dir.join(&*p);
-                }
-            }
-        }
+        config.resolve_paths(path);
         let problems = config.validate(path, text);
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(problems)
+        }
+    }
+
+    /// The data directory and TLS files relative to the config file's directory.
+    fn resolve_paths(&mut self, path: &Path) {
+        self.base_dir = Config::base_dir_of(path);
+        if self.data.dir.is_relative() {
+            self.data.dir = self.base_dir.join(&self.data.dir);
+        }
+        for l in &mut self.listeners {
+            for p in [&mut l.tls_cert, &mut l.tls_key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = self.base_dir.join(&*p);
+                }
+            }
         }
     }
 
@@ -838,56 +853,84 @@ fn toml_diagnostic(path: &Path, text: &str, e: &toml::de::Error) -> Diagnostic {
 /// serde stops at the first; so the text is read again with each entry found wrong set
 /// right or taken out, byte for byte so that positions stay the file's: a misspelt key
 /// becomes the key it was meant to be (so the field it stands for is not missing too),
-/// any other wrong entry is blanked. It stops at a syntax error (one at a time is all
-/// TOML allows), at an error that is no `key = value` line, and at a missing field
-/// (which may be the blanked entry's own).
+/// any other wrong entry is blanked, with the lines of its value. It stops at a syntax
+/// error (one at a time is all TOML allows), at an error that is no `key = value`
+/// entry, and at a missing field (reported unless an entry was blanked: it may be that
+/// entry's own). When only misspelt keys were wrong, the file as meant is returned too,
+/// with its text, so that the checks after parsing can run on it.
 pub(crate) fn every_toml_problem<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
     first: toml::de::Error,
-) -> Vec<Diagnostic> {
+) -> (Vec<Diagnostic>, Option<(T, String)>) {
     const MAX_PROBLEMS: usize = 50;
     let at = |e: &toml::de::Error| e.span().map_or(0, |s| s.start);
+    let parses = |t: &str| toml::from_str::<toml::Table>(t).is_ok();
     let mut found = vec![(at(&first), toml_diagnostic(path, text, &first))];
     let mut work = text.to_string();
     let mut err = first;
+    let mut blanked = false;
+    let mut repaired = None;
     while found.len() < MAX_PROBLEMS {
         let Some(span) = err.span() else { break };
         let renamed = unknown_field(err.message())
             .and_then(|(field, expected)| did_you_mean(field, expected))
             .and_then(|meant| renamed_key(&work, span.clone(), meant))
-            .filter(|w| toml::from_str::<toml::Table>(w).is_ok());
+            .filter(|w| parses(w));
         match renamed {
             Some(w) => work = w,
             None => {
                 let start = work[..span.start].rfind('\n').map_or(0, |i| i + 1);
-                let end = work[span.end..]
-                    .find('\n')
-                    .map_or(work.len(), |i| span.end + i);
-                if work[start..end].trim_start().starts_with('[') {
+                if work[start..].trim_start().starts_with('[') {
                     break;
                 }
-                let blank: String = work[start..end]
-                    .chars()
-                    .map(|c| " ".repeat(c.len_utf8()))
-                    .collect();
-                work.replace_range(start..end, &blank);
-                if toml::from_str::<toml::Table>(&work).is_err() {
+                // The entry's line, and the lines after it while its value goes on.
+                let mut end = span.end;
+                loop {
+                    end = work[end..].find('\n').map_or(work.len(), |i| end + i);
+                    let mut trial = work.clone();
+                    let blank: String = work[start..end]
+                        .chars()
+                        .map(|c| " ".repeat(c.len_utf8()))
+                        .collect();
+                    trial.replace_range(start..end, &blank);
+                    if parses(&trial) {
+                        work = trial;
+                        break;
+                    }
+                    if end == work.len() {
+                        break;
+                    }
+                    end += 1;
+                }
+                if !parses(&work) {
                     break;
                 }
+                blanked = true;
             }
         }
         match toml::from_str::<T>(&work) {
-            Err(e) if !e.message().starts_with("missing field") => {
+            Ok(t) => {
+                if !blanked {
+                    repaired = Some((t, work));
+                }
+                break;
+            }
+            Err(e) if e.message().starts_with("missing field") => {
+                if !blanked {
+                    found.push((at(&e), toml_diagnostic(path, text, &e)));
+                }
+                break;
+            }
+            Err(e) => {
                 found.push((at(&e), toml_diagnostic(path, text, &e)));
                 err = e;
             }
-            _ => break,
         }
     }
     // In the file's order, whatever order serde met them in.
     found.sort_by_key(|(offset, _)| *offset);
-    found.into_iter().map(|(_, d)| d).collect()
+    (found.into_iter().map(|(_, d)| d).collect(), repaired)
 }
 
 /// `text` with the bare key at `span` replaced by `meant`, when the key and the blanks

@@ -331,10 +331,13 @@ fn load_file(
     let parsed: RouteFile = match toml::from_str(text) {
         Ok(p) => p,
         Err(e) => {
-            problems.extend(crate::config::every_toml_problem::<RouteFile>(
-                file, text, e,
-            ));
-            return;
+            // With only misspelt keys, the routes are checked as meant (same positions).
+            let (found, repaired) = crate::config::every_toml_problem(file, text, e);
+            problems.extend(found);
+            match repaired {
+                Some((p, _)) => p,
+                None => return,
+            }
         }
     };
     let at = |span: std::ops::Range<usize>, msg: String| {
