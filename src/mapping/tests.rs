@@ -376,9 +376,15 @@ PV1|1|I|NOI^1|||||||||||||||||||||||||||||||||||||||||{admitted}\r"
     };
     let (admitted, status) = visit("V1", "A01", "202401300800");
     assert_eq!(status, "in-progress");
-    let (discharged, status) = visit("V2", "A03", "202401300800");
+    // The same instant written with seconds and a zone.
+    let (discharged, status) = visit("V2", "A03", "20240130080000+0700");
     assert_eq!((discharged, status), (admitted.clone(), json!("finished")));
     assert_ne!(visit("V3", "A01", "202402150900").0, admitted);
+    // A day without a time does not tell two visits of that day apart: no key of it.
+    assert_ne!(
+        visit("V4", "A01", "20240130").0,
+        visit("V5", "A01", "20240130").0
+    );
 
     // Two documents written for one order, without document numbers: two documents.
     let document = |control: &str, kind: &str| {
@@ -387,7 +393,7 @@ PV1|1|I|NOI^1|||||||||||||||||||||||||||||||||||||||||{admitted}\r"
                 "mdm_t02",
                 &format!(
                     "MSH|^~\\&|HIS|BV|||20240131||MDM^T02|{control}|P|2.5\rPID|1||P1^^^BV^MR\r\
-TXA|1|{kind}|TX||||||||||||PL7001\rOBX|1|TX|X||text\r"
+TXA|1|{kind}|TX|||||||||||PL7001\rOBX|1|TX|X||text\r"
                 ),
             ),
             "DocumentReference",
