@@ -386,6 +386,25 @@ PV1|1|I|NOI^1|||||||||||||||||||||||||||||||||||||||||{admitted}\r"
         visit("V5", "A01", "20240130").0
     );
 
+    // A working diagnosis confirmed in a later message is one Condition, now confirmed.
+    let diagnosis = |control: &str, kind: &str| {
+        let out = run(
+            "adt",
+            &format!(
+                "MSH|^~\\&|HIS|BV|||20240131||ADT^A08|{control}|P|2.5\rPID|1||BN7^^^BV^MR\r\
+PV1|1|I|NOI^1||||||||||||||||VN1\rDG1|1||E11.9^Type 2 diabetes^I10||20240130|{kind}\r"
+            ),
+        );
+        let c = of_type(&out, "Condition")[0];
+        (
+            c["id"].clone(),
+            c["verificationStatus"]["coding"][0]["code"].clone(),
+        )
+    };
+    let (working, status) = diagnosis("G1", "W");
+    assert_eq!(status, "provisional");
+    assert_eq!(diagnosis("G2", "F"), (working, json!("confirmed")));
+
     // Two documents written for one order, without document numbers: two documents.
     let document = |control: &str, kind: &str| {
         ids_of(
