@@ -405,6 +405,23 @@ PV1|1|I|NOI^1||||||||||||||||VN1\rDG1|1||E11.9^Type 2 diabetes^I10||20240130|{ki
     assert_eq!(status, "provisional");
     assert_eq!(diagnosis("G2", "F"), (working, json!("confirmed")));
 
+    // A weight taken once and sent again with the next update is one Observation; a
+    // weight without the time it was taken is one per message.
+    let weight = |control: &str, taken: &str| {
+        ids_of(
+            &run(
+                "adt",
+                &format!(
+                    "MSH|^~\\&|HIS|BV|||20240131||ADT^A08|{control}|P|2.5\rPID|1||BN7^^^BV^MR\r\
+OBX|1|NM|29463-7^Body weight^LN||62|kg|||||F|||{taken}\r"
+                ),
+            ),
+            "Observation",
+        )
+    };
+    assert_eq!(weight("W1", "202401300800"), weight("W2", "202401300800"));
+    assert_ne!(weight("W3", ""), weight("W4", ""));
+
     // Two documents written for one order, without document numbers: two documents.
     let document = |control: &str, kind: &str| {
         ids_of(
