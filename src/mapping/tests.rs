@@ -422,6 +422,35 @@ OBX|1|NM|29463-7^Body weight^LN||62|kg|||||F|||{taken}\r"
     assert_eq!(weight("W1", "202401300800"), weight("W2", "202401300800"));
     assert_ne!(weight("W3", ""), weight("W4", ""));
 
+    // Father and mother of one family name, without set IDs, are two contacts; the same
+    // two listed the other way round in the next update are the same two records.
+    let contacts = |control: &str, first: &str, second: &str| {
+        let out = run(
+            "adt",
+            &format!(
+                "MSH|^~\\&|HIS|BV|||20240131||ADT^A08|{control}|P|2.5\rPID|1||BN7^^^BV^MR\r\
+NK1|{first}\rNK1|{second}\r"
+            ),
+        );
+        let mut people: Vec<(String, Json)> = of_type(&out, "RelatedPerson")
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap_or("").to_string(),
+                    r["name"][0]["given"].clone(),
+                )
+            })
+            .collect();
+        people.sort_by(|a, b| a.0.cmp(&b.0));
+        people
+    };
+    let (father, mother) = ("|Nguyễn^Văn Bình|FTH^Father", "|Nguyễn^Thị Lan|MTH^Mother");
+    let once = contacts("N1", father, mother);
+    assert_ne!(once[0].0, once[1].0);
+    let numbered = contacts("N2", &format!("1{father}"), &format!("2{mother}"));
+    let reordered = contacts("N3", &format!("1{mother}"), &format!("2{father}"));
+    assert_eq!(numbered, reordered);
+
     // Two documents written for one order, without document numbers: two documents.
     let document = |control: &str, kind: &str| {
         ids_of(
