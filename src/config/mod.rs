@@ -884,28 +884,13 @@ pub(crate) fn every_toml_problem<T: serde::de::DeserializeOwned>(
                 if work[start..].trim_start().starts_with('[') {
                     break;
                 }
-                // The entry's line, and the lines after it while its value goes on.
-                let mut end = span.end;
-                loop {
-                    end = work[end..].find('\n').map_or(work.len(), |i| end + i);
-                    let mut trial = work.clone();
-                    let blank: String = work[start..end]
-                        .chars()
-                        .map(|c| " ".repeat(c.len_utf8()))
-                        .collect();
-                    trial.replace_range(start..end, &blank);
-                    if parses(&trial) {
-                        work = trial;
-                        break;
-                    }
-                    if end == work.len() {
-                        break;
-                    }
-                    end += 1;
-                }
-                if !parses(&work) {
+                // The entry's line, and the lines after it while its value goes on; an
+                // entry no blanking makes whole (a value begun on an earlier line) ends
+                // the report.
+                let Some(w) = blanked_entry(&work, start, span.end) else {
                     break;
-                }
+                };
+                work = w;
                 blanked = true;
             }
         }
@@ -931,6 +916,28 @@ pub(crate) fn every_toml_problem<T: serde::de::DeserializeOwned>(
     // In the file's order, whatever order serde met them in.
     found.sort_by_key(|(offset, _)| *offset);
     (found.into_iter().map(|(_, d)| d).collect(), repaired)
+}
+
+/// `text` with the lines from `start` blanked (byte for byte), through the line holding
+/// `end` and on, line by line, until the text is TOML again; `None` when it never is.
+fn blanked_entry(text: &str, start: usize, end: usize) -> Option<String> {
+    let mut end = end;
+    loop {
+        end = text[end..].find('\n').map_or(text.len(), |i| end + i);
+        let blank: String = text[start..end]
+            .chars()
+            .map(|c| " ".repeat(c.len_utf8()))
+            .collect();
+        let mut trial = text.to_string();
+        trial.replace_range(start..end, &blank);
+        if toml::from_str::<toml::Table>(&trial).is_ok() {
+            return Some(trial);
+        }
+        if end == text.len() {
+            return None;
+        }
+        end += 1;
+    }
 }
 
 /// `text` with the bare key at `span` replaced by `meant`, when the key and the blanks

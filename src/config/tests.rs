@@ -61,6 +61,9 @@ fn every_wrong_entry_is_reported_at_once() {
     assert!(e[2].starts_with("conf/halong.toml:10:21: "), "{}", e[2]);
     // A syntax error is one at a time.
     assert_eq!(errors("[http\nbnd = 1\n").len(), 1);
+    // A wrong item on a later line of a value: reported once, not again and again.
+    let text = "[[listener]]\nname = \"pacs\"\nkind = \"dicom\"\nbind = \"127.0.0.1:0\"\nallowed_callers = [\"CT1\",\n  5]\n";
+    assert_eq!(errors(text).len(), 1, "{:#?}", errors(text));
 }
 
 #[test]

@@ -557,7 +557,11 @@ ORC|RE|PLA1|FIL1\rOBR|1|PLA1|FIL1|GLU^Glucose|||20240131080000+0700\rOBX|1|NM|GL
     assert_eq!(obs.len(), 2);
     assert!(obs[0].get("basedOn").is_none(), "{}", obs[0]);
     assert!(obs[0].get("effectiveDateTime").is_none(), "{}", obs[0]);
-    assert!(obs[0].get("category").is_none(), "not a laboratory result: {}", obs[0]);
+    assert!(
+        obs[0].get("category").is_none(),
+        "not a laboratory result: {}",
+        obs[0]
+    );
     assert!(obs[1].get("basedOn").is_some(), "{}", obs[1]);
     assert_eq!(obs[1]["category"][0]["coding"][0]["code"], "laboratory");
     assert_eq!(obs[1]["effectiveDateTime"], "2024-01-31T08:00:00+07:00");
