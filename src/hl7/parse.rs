@@ -595,6 +595,13 @@ impl Message {
                     f(v)
                 }
             }
+            Repetition::Where { component, code } => {
+                let wanted =
+                    |rep: &&'a str| piece(rep, Some(d.component), component) == Some(code.as_str());
+                if let Some(v) = field.split(d.repetition).find(wanted).and_then(pick) {
+                    f(v)
+                }
+            }
             Repetition::All => {
                 let mut each = |rep: &'a str| {
                     if let Some(v) = pick(rep) {

@@ -1,9 +1,11 @@
 //! Access paths into a message: `PID-5`, `PID-5.1`, `PID-3[2].4.1`, `PID-3[*]`,
 //! `OBX-5.1.2`, `OBX[2]-5`, the dot form `PID.5.1`, and a bare segment name `PID`.
 //!
-//! Grammar: `SEG ['[' n ']'] [('-' | '.') FIELD ['[' (n | '*') ']'] ['.' COMP ['.' SUB]]]`
-//! where `SEG` is `[A-Z][A-Z0-9]{2}` and every number is 1-based. `OBX[2]` is the second
-//! OBX segment; `PID-3[2]` the second repetition of PID-3; `[*]` every repetition.
+//! Grammar: `SEG ['[' n ']'] [('-' | '.') FIELD ['[' (n | '*' | n '=' CODE) ']'] ['.' COMP
+//! ['.' SUB]]]` where `SEG` is `[A-Z][A-Z0-9]{2}`, `CODE` is `[A-Za-z0-9_-]{1,15}` and
+//! every number is 1-based. `OBX[2]` is the second OBX segment; `PID-3[2]` the second
+//! repetition of PID-3; `[*]` every repetition; `PID-3[5=MR]` the first repetition whose
+//! component 5 is `MR`.
 
 use std::fmt;
 
@@ -14,6 +16,47 @@ pub enum Repetition {
     Index(usize),
     /// Every repetition (`PID-3[*]`).
     All,
+    /// The first repetition whose component `component` is exactly `code`
+    /// (`PID-3[5=MR]`: the medical record number, wherever the sender lists it).
+    Where { component: usize, code: Code },
+}
+
+/// A short code a repetition filter compares with, kept inline so that paths stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Code {
+    bytes: [u8; Code::MAX],
+    len: u8,
+}
+
+impl Code {
+    /// The longest code a filter takes.
+    pub const MAX: usize = 15;
+
+    /// `None` unless `s` is 1 to [`Code::MAX`] letters, digits, `_` or `-`.
+    pub fn new(s: &str) -> Option<Code> {
+        let ok = (1..=Code::MAX).contains(&s.len())
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+        ok.then(|| {
+            let mut bytes = [0; Code::MAX];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Code {
+                bytes,
+                len: s.len() as u8,
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 /// The part of a path below the segment: field, repetition, component, subcomponent.
@@ -100,8 +143,14 @@ impl Path {
                     repetition = Repetition::All;
                 } else {
                     let (n, after) = number(text, pos + 1, "repetition")?;
-                    pos = close_bracket(text, after)?;
-                    repetition = Repetition::Index(n);
+                    if b.get(after) == Some(&b'=') {
+                        let (code, end) = filter_code(text, after + 1)?;
+                        pos = close_bracket(text, end)?;
+                        repetition = Repetition::Where { component: n, code };
+                    } else {
+                        pos = close_bracket(text, after)?;
+                        repetition = Repetition::Index(n);
+                    }
                 }
             }
             let mut component = None;
@@ -180,6 +229,35 @@ fn number(text: &str, pos: usize, what: &str) -> Result<(usize, usize), PathErro
     Ok((n, pos + digits))
 }
 
+/// The code of a repetition filter (`MR` in `PID-3[5=MR]`) starting at `pos`, and
+/// where it ends.
+fn filter_code(text: &str, pos: usize) -> Result<(Code, usize), PathError> {
+    let rest = text.get(pos..).unwrap_or("");
+    let len = rest
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+        .count();
+    if len == 0 {
+        return Err(err(
+            pos,
+            format!(
+                "expected the code the component must have (PID-3[5=MR]), found {}",
+                describe(rest)
+            ),
+        ));
+    }
+    match Code::new(&rest[..len]) {
+        Some(code) => Ok((code, pos + len)),
+        None => Err(err(
+            pos,
+            format!(
+                "a repetition filter's code has at most {} characters",
+                Code::MAX
+            ),
+        )),
+    }
+}
+
 fn close_bracket(text: &str, pos: usize) -> Result<usize, PathError> {
     if text.as_bytes().get(pos) == Some(&b']') {
         Ok(pos + 1)
@@ -206,6 +284,9 @@ impl fmt::Display for Path {
                 Repetition::Index(1) => {}
                 Repetition::Index(n) => write!(f, "[{n}]")?,
                 Repetition::All => f.write_str("[*]")?,
+                Repetition::Where { component, code } => {
+                    write!(f, "[{component}={}]", code.as_str())?
+                }
             }
             if let Some(c) = fp.component {
                 write!(f, ".{c}")?;
@@ -235,6 +316,8 @@ mod tests {
             ("PID.5.1", "PID-5.1"),
             ("MSH-9.2", "MSH-9.2"),
             ("ZP1-2", "ZP1-2"),
+            ("PID-3[5=MR].4.1", "PID-3[5=MR].4.1"),
+            ("PID-3[5=PPN]", "PID-3[5=PPN]"),
         ];
         for (text, shown) in table {
             let p = Path::parse(text).map(|p| p.to_string());
@@ -272,6 +355,22 @@ mod tests {
             ("PID-3.1.x", 8, "expected a subcomponent number, found 'x'"),
             ("PID-3.1.2.3", 9, "unexpected '.' after path"),
             ("OBX[0]-5", 4, "segment instance numbers start at 1"),
+            (
+                "PID-3[5=]",
+                8,
+                "expected the code the component must have (PID-3[5=MR]), found ']'",
+            ),
+            (
+                "PID-3[5='MR']",
+                8,
+                "expected the code the component must have (PID-3[5=MR]), found '\\''",
+            ),
+            (
+                "PID-3[5=ABCDEFGHIJKLMNOP]",
+                8,
+                "a repetition filter's code has at most 15 characters",
+            ),
+            ("PID-3[5=MR", 10, "expected ']', found end of text"),
         ];
         for (text, offset, msg) in table {
             let e = Path::parse(text).err();

@@ -272,6 +272,34 @@ pub struct Scope<'a> {
     /// The context's patient group, worked out when first needed (see
     /// [`Scope::same_patient`]).
     pub patient: std::cell::OnceCell<Option<PatientSpan>>,
+    /// Segments paths have resolved to in this scope.
+    pub resolved: Resolved,
+}
+
+/// A few (segment name and instance → segment) answers of [`Scope::resolve`], kept
+/// for the scope's lifetime; the oldest gives way when all slots are taken.
+#[derive(Default)]
+pub struct Resolved {
+    /// Key (name code, and instance + 1 in the top byte; 0 = unused, since no segment
+    /// name packs to 0) and segment + 1 (0 = none).
+    slots: [std::cell::Cell<(u32, u32)>; 8],
+    next: std::cell::Cell<usize>,
+}
+
+impl Resolved {
+    fn get(&self, key: u32) -> Option<Option<usize>> {
+        self.slots.iter().find_map(|s| {
+            let (k, v) = s.get();
+            (k == key).then(|| v.checked_sub(1).map(|v| v as usize))
+        })
+    }
+
+    fn put(&self, key: u32, seg: Option<usize>) {
+        let i = self.next.get();
+        let v = seg.map_or(0, |s| s as u32 + 1);
+        self.slots[i].set((key, v));
+        self.next.set((i + 1) % self.slots.len());
+    }
 }
 
 /// Where one patient's segments lie in a message that carries several (an ORU with a
@@ -375,9 +403,28 @@ fn name_arg(e: &Expr) -> &str {
 }
 
 impl<'a> Scope<'a> {
-    /// The segment a path resolves to under the context rule.
+    /// The segment a path resolves to under the context rule. A resource's fields read
+    /// a few segments many times over (PID, the OBR of an OBX): each is worked out once
+    /// per scope.
     pub fn resolve(&self, path: &Path) -> Option<usize> {
         let want = crate::hl7::name_code(&path.segment);
+        let key = match path.instance {
+            None => Some(want),
+            Some(n) if n < 255 => Some(want | ((n as u32 + 1) << 24)),
+            Some(_) => None,
+        };
+        let Some(key) = key else {
+            return self.resolve_uncached(path, want);
+        };
+        if let Some(found) = self.resolved.get(key) {
+            return found;
+        }
+        let found = self.resolve_uncached(path, want);
+        self.resolved.put(key, found);
+        found
+    }
+
+    fn resolve_uncached(&self, path: &Path, want: u32) -> Option<usize> {
         if let Some(n) = path.instance {
             return self.msg.segments_coded(want).nth(n.checked_sub(1)?);
         }
@@ -519,6 +566,7 @@ impl<'a> Scope<'a> {
         Scope {
             seg: Some(seg),
             patient: std::cell::OnceCell::new(),
+            resolved: Resolved::default(),
             ..*self
         }
     }
@@ -558,7 +606,9 @@ impl<'a> Scope<'a> {
                     Value::List(items)
                 }
             }
-            Repetition::Index(_) => msg.raw_in(seg, fp).map_or(Value::Absent, decode),
+            Repetition::Index(_) | Repetition::Where { .. } => {
+                msg.raw_in(seg, fp).map_or(Value::Absent, decode)
+            }
         }
     }
 
@@ -575,6 +625,7 @@ impl<'a> Scope<'a> {
             Expr::Name { name, .. } => Ok(super::dicom::value(name, self.dicom)
                 .unwrap_or_else(|| Value::Str(Cow::Borrowed(name)))),
             Expr::Call(c) => self.call(c),
+            Expr::Let(l) => self.eval(&l.expr),
         }
     }
 
@@ -914,7 +965,7 @@ impl<'a> Scope<'a> {
         };
         match fp.repetition {
             Repetition::All => msg.for_each_raw(seg, fp, |raw| f(one(raw))),
-            Repetition::Index(_) => {
+            Repetition::Index(_) | Repetition::Where { .. } => {
                 if let Some(raw) = msg.raw_in(seg, fp) {
                     f(one(raw))
                 }

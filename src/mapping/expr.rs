@@ -7,6 +7,7 @@
 //! number  = ["-"] digits ["." digits]
 //! call    = name "(" [expr {"," expr}] ")"
 //! name    = [A-Za-z_][A-Za-z0-9_]*     (only as a table name or resource type argument)
+//! let     = "$" name                   (an expression of the file's [let] table)
 //! ```
 //! Every node keeps its byte offset in the expression text, so load errors can point at
 //! the exact character.
@@ -31,7 +32,25 @@ pub enum Expr {
         offset: usize,
     },
     Call(Box<Call>),
+    /// `$name`: an expression of the file's `[let]` table, evaluated where it is used
+    /// (a `[let]` that is a bare path is inlined as that path).
+    Let(Box<Let>),
 }
+
+#[derive(Clone, Debug)]
+pub struct Let {
+    pub name: String,
+    pub expr: Expr,
+    /// Whether it calls `ref()` or `refs()` (which `id` and `when` cannot).
+    pub uses_ref: bool,
+    /// Offset of the `$`.
+    pub offset: usize,
+}
+
+/// The `[let]` expressions a file has defined so far: name → expression and whether it
+/// calls `ref()`; `None` for one that has errors (already reported), so that its uses
+/// are not reported again.
+pub type Lets = std::collections::BTreeMap<String, Option<(Expr, bool)>>;
 
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -54,11 +73,18 @@ pub struct ExprError {
 }
 
 /// Parses a whole expression.
+#[cfg(test)]
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    parse_with(src, &Lets::new())
+}
+
+/// Parses a whole expression that may use the `[let]` expressions `lets`.
+pub fn parse_with(src: &str, lets: &Lets) -> Result<Expr, ExprError> {
     let mut p = Parser {
         src,
         pos: 0,
         depth: 0,
+        lets,
     };
     p.ws();
     let e = p.expr()?;
@@ -73,6 +99,7 @@ struct Parser<'a> {
     src: &'a str,
     pos: usize,
     depth: usize,
+    lets: &'a Lets,
 }
 
 fn is_word_start(c: u8) -> bool {
@@ -131,6 +158,7 @@ impl Parser<'_> {
             }
         }
         match self.peek() {
+            Some(b'$') => self.named(),
             Some(b'\'') => self.string(),
             Some(c) if c.is_ascii_digit() || c == b'-' => self.number(),
             Some(c) if is_word_start(c) => {
@@ -192,6 +220,47 @@ impl Parser<'_> {
                 self.found()
             ))),
         }
+    }
+
+    /// `$name`, a `[let]` expression.
+    fn named(&mut self) -> Result<Expr, ExprError> {
+        let start = self.pos;
+        let len = self.src[start + 1..]
+            .bytes()
+            .take_while(|&c| is_word(c))
+            .count();
+        let name = &self.src[start + 1..start + 1 + len];
+        self.pos = start + 1 + len;
+        let found = self.lets.get(name);
+        let Some(entry) = found else {
+            let hint = crate::diag::did_you_mean(name, self.lets.keys().map(String::as_str))
+                .map_or_else(
+                    || " (define it under [let], above its first use)".to_string(),
+                    |h| format!(" (did you mean ${h}?)"),
+                );
+            return Err(ExprError {
+                offset: start,
+                message: if name.is_empty() {
+                    "expected a name after '$'".to_string()
+                } else {
+                    format!("unknown name ${name}{hint}")
+                },
+            });
+        };
+        Ok(match entry {
+            // Reported where it is defined: a stand-in keeps its uses quiet.
+            None => Expr::Str(String::new()),
+            Some((Expr::Path { path, .. }, _)) => Expr::Path {
+                path: path.clone(),
+                offset: start,
+            },
+            Some((expr, uses_ref)) => Expr::Let(Box::new(Let {
+                name: name.to_string(),
+                expr: expr.clone(),
+                uses_ref: *uses_ref,
+                offset: start,
+            })),
+        })
     }
 
     fn string(&mut self) -> Result<Expr, ExprError> {
@@ -271,7 +340,7 @@ impl Parser<'_> {
                     let Expr::Str(text) = self.string()? else {
                         unreachable!("string() returns Expr::Str")
                     };
-                    args.extend(template_parts(&text, at, self.depth)?);
+                    args.extend(template_parts(&text, at, self.depth, self.lets)?);
                 } else {
                     args.push(self.expr()?);
                 }
@@ -301,7 +370,12 @@ impl Parser<'_> {
 /// `template('{PID-5.1} {PID-5.2}')`: literal text and `{expression}` placeholders,
 /// as alternating arguments (literal, expression, literal, ...). `{{` and `}}` are
 /// literal braces. `at` is the offset of the text's first character (for errors).
-fn template_parts(text: &str, at: usize, depth: usize) -> Result<Vec<Expr>, ExprError> {
+fn template_parts(
+    text: &str,
+    at: usize,
+    depth: usize,
+    lets: &Lets,
+) -> Result<Vec<Expr>, ExprError> {
     let mut out = Vec::new();
     let mut lit = String::new();
     let mut rest = text;
@@ -332,6 +406,7 @@ fn template_parts(text: &str, at: usize, depth: usize) -> Result<Vec<Expr>, Expr
             src: inner,
             pos: 0,
             depth,
+            lets,
         };
         p.ws();
         let e = p.expr().and_then(|e| {
@@ -372,6 +447,7 @@ mod tests {
                 c.name,
                 c.args.iter().map(shape).collect::<Vec<_>>().join(",")
             ),
+            Expr::Let(l) => format!("${}={}", l.name, shape(&l.expr)),
         }
     }
 

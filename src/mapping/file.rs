@@ -34,7 +34,7 @@ pub struct SetRule {
     pub expr: Expr,
 }
 
-const TOP_KEYS: &[&str] = &["description", "resource"];
+const TOP_KEYS: &[&str] = &["description", "let", "resource"];
 const RESOURCE_KEYS: &[&str] = &["type", "id", "each", "when", "set", "description"];
 
 struct Ctx<'a> {
@@ -115,8 +115,35 @@ pub fn load(
     }
     let mut description = String::new();
     let mut raws = Vec::new();
+    let mut raw_lets = Vec::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
+            "let" => match value.get_ref() {
+                DeValue::Table(t) => {
+                    for (k, v) in t.iter() {
+                        let name = k.get_ref().as_ref();
+                        let word = name
+                            .bytes()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+                            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+                        match v.get_ref() {
+                            DeValue::String(src) if word => {
+                                raw_lets.push((name.to_string(), src.to_string(), k.span().start, v.span()))
+                            }
+                            _ if !word => cx.at(
+                                k.span().start,
+                                format!("a [let] name is letters, digits and _, starting with a letter: {name:?}"),
+                            ),
+                            _ => cx.at(
+                                v.span().start,
+                                "expected an expression in a string, e.g. \"coalesce(PID-3[5=MR].1, PID-3.1)\"",
+                            ),
+                        }
+                    }
+                }
+                _ => cx.at(value.span().start, "let must be a table: [let]"),
+            },
             "description" => match value.get_ref() {
                 DeValue::String(s) => description = s.to_string(),
                 _ => cx.at(value.span().start, "description must be a string"),
@@ -157,6 +184,25 @@ pub fn load(
             .filter_map(|r| r.bad_type.flatten().map(str::to_string)),
     );
     let check_refs = raws.iter().all(|r| r.bad_type.is_none_or(|m| m.is_some()));
+    // `[let]` expressions, in file order: each may use those above it.
+    raw_lets.sort_by_key(|l| l.2);
+    let mut lets = expr::Lets::new();
+    for (name, src, _, span) in raw_lets {
+        let base = span.start + cx.quote_len(span.start);
+        let refs = Refs {
+            allowed: true,
+            produced: &produced,
+            checked: check_refs,
+        };
+        let compiled = compile_expr(&mut cx, &src, base, tables, &refs, &lets);
+        lets.insert(
+            name,
+            compiled.map(|e| {
+                let r = uses_ref(&e);
+                (e, r)
+            }),
+        );
+    }
     let mut rules = Vec::new();
     for (n, raw) in raws.into_iter().enumerate() {
         let (Some((rtype, _)), Some((id_text, id_span))) =
@@ -183,7 +229,7 @@ pub fn load(
                 produced: &produced,
                 checked: check_refs,
             };
-            compile_expr(cx, src, base, tables, &refs)
+            compile_expr(cx, src, base, tables, &refs, &lets)
         };
         let id = checker(&mut cx, &id_text, &id_span, false);
         let when = raw
@@ -364,8 +410,9 @@ fn compile_expr(
     base: usize,
     tables: &BTreeMap<String, Table>,
     refs: &Refs<'_>,
+    lets: &expr::Lets,
 ) -> Option<Expr> {
-    match expr::parse(src) {
+    match expr::parse_with(src, lets) {
         Ok(e) => {
             let before = cx.diags.len();
             check(cx, &e, base, tables, refs);
@@ -494,6 +541,23 @@ fn check(
                 cx.at(base + offset, problem);
             }
         }
-        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) => {}
+        // Checked where it is defined; only what depends on the place of use is left.
+        Expr::Let(l) if l.uses_ref && !refs.allowed => cx.at(
+            base + l.offset,
+            format!(
+                "${} calls ref() or refs(), which cannot be used in id or when (ids are computed before references)",
+                l.name
+            ),
+        ),
+        Expr::Let(_) | Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) => {}
+    }
+}
+
+/// Whether an expression calls `ref()` or `refs()`.
+fn uses_ref(e: &Expr) -> bool {
+    match e {
+        Expr::Call(c) => matches!(c.name.as_str(), "ref" | "refs") || c.args.iter().any(uses_ref),
+        Expr::Let(l) => l.uses_ref,
+        _ => false,
     }
 }

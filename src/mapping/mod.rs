@@ -220,6 +220,7 @@ impl Mapping {
                     trace,
                     dt: &dt,
                     patient: std::cell::OnceCell::new(),
+                    resolved: eval::Resolved::default(),
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -282,6 +283,7 @@ impl Mapping {
                 trace,
                 dt,
                 patient: std::cell::OnceCell::new(),
+                resolved: eval::Resolved::default(),
             };
             root.reset();
             root.put_text(None, "resourceType", &rule.resource_type);

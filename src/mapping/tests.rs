@@ -467,6 +467,77 @@ TXA|1|{kind}|TX|||||||||||PL7001\rOBX|1|TX|X||text\r"
     assert_ne!(document("D1", "OP"), document("D2", "CN"));
 }
 
+/// A feed that lists the citizen ID before the medical record number reaches the same
+/// patient, visit and order records as one that lists the record number first; a merge
+/// names the merged patient by its record number too.
+#[test]
+fn the_record_number_names_the_patient_wherever_the_sender_lists_it() {
+    let set = shipped();
+    let run = |mapping: &str, message: String| {
+        let m = set.get(mapping).unwrap_or_else(|| panic!("no {mapping}"));
+        run_shipped(m, &message)
+    };
+    let (mr, cccd) = ("BN000888^^^BVDK^MR", "079190000888^^^CCCD^NI");
+    let admit = |pid3: &str| {
+        format!(
+            "MSH|^~\\&|HIS|BVDK|||20240131||ADT^A01|A1|P|2.5\rPID|1||{pid3}||Trần^Bình\r\
+PV1|1|I|NOI1||||||||||||||||||||||||||||||||||||||||||20240131080000+0700\r\
+OBX|1|NM|29463-7^Weight^LN||61|kg|||||F|||20240131\r"
+        )
+    };
+    let first = run("adt", admit(&format!("{mr}~{cccd}")));
+    let second = run("adt", admit(&format!("{cccd}~{mr}")));
+    for t in ["Patient", "Encounter", "Observation"] {
+        let a = ids_of(&first, t);
+        assert!(a.len() == 1 && a == ids_of(&second, t), "{t}");
+    }
+    // Without a record number, the first repetition as before.
+    let plain = run("adt", admit(cccd));
+    let cccd_first = run("adt", admit(&format!("{cccd}~079190000999^^^BHYT^HC")));
+    assert_eq!(ids_of(&plain, "Patient"), ids_of(&cccd_first, "Patient"));
+    assert_ne!(ids_of(&plain, "Patient"), ids_of(&first, "Patient"));
+
+    let result = |pid3: &str| {
+        run(
+            "oru_r01",
+            format!(
+                "MSH|^~\\&|LIS|BVDK|||20240131||ORU^R01|L1|P|2.5\rPID|1||{pid3}\r\
+OBR|1|||GLU\rOBX|1|NM|GLU||5.1\r"
+            ),
+        )
+    };
+    let (a, b) = (
+        result(&format!("{mr}~{cccd}")),
+        result(&format!("{cccd}~{mr}")),
+    );
+    assert_eq!(ids_of(&a, "Patient"), ids_of(&first, "Patient"));
+    for t in [
+        "Patient",
+        "ServiceRequest",
+        "DiagnosticReport",
+        "Observation",
+    ] {
+        assert_eq!(ids_of(&a, t), ids_of(&b, t), "{t}");
+    }
+
+    let merge = run(
+        "adt_a40",
+        format!(
+            "MSH|^~\\&|HIS|BVDK|||20240131||ADT^A40|G1|P|2.5\rPID|1||{mr}\r\
+MRG|079190000777^^^CCCD^NI~BN000777^^^BVDK^MR\r"
+        ),
+    );
+    let merged = run("adt", admit("BN000777^^^BVDK^MR"));
+    let merged_id = ids_of(&merged, "Patient");
+    let patients = of_type(&merge, "Patient");
+    assert_eq!(patients.len(), 2);
+    assert_eq!(
+        patients[0]["link"][0]["other"]["reference"],
+        json!(format!("Patient/{}", merged_id[0]))
+    );
+    assert_eq!(patients[1]["id"], json!(merged_id[0]));
+}
+
 /// An appointment names every practitioner and place it books, not the first of each.
 #[test]
 fn siu_appointment_names_every_practitioner_and_location() {
@@ -844,6 +915,37 @@ id = "'p1'"
     );
 }
 
+/// `PID-3[5=MR]` takes the first repetition whose component 5 is MR; `$name` is a
+/// `[let]` expression, read in the context it is used in.
+#[test]
+fn repetition_filters_and_let_expressions() {
+    let mapping = "[let]\nnumber = \"coalesce(PID-3[5=MR].1, PID-3.1)\"\n\
+                   tag = \"concat('#', $number)\"\n\
+                   [[resource]]\ntype = \"Patient\"\nid = \"hash($number)\"\n\
+                   [resource.set]\n\"identifier[0].value\" = \"$tag\"\n\
+                   \"identifier[1].value\" = \"PID-3[5=NI].4.1\"\n\
+                   \"identifier[2].value\" = \"PID-3[5=PPN].1\"\n\
+                   [[resource]]\ntype = \"Observation\"\neach = \"OBX\"\nid = \"hash($number, OBX-1)\"\n\
+                   [resource.set]\n\"note[0].text\" = \"$tag\"\n\"subject\" = \"ref(Patient)\"\n";
+    let out = run_inline(
+        mapping,
+        "MSH|^~\\&|A|B|||20240131||ADT^A01|1|P|2.5\rPID|1||079^^^CCCD^NI~BN7^^^BV^MR\r\
+OBX|1|NM|X||1\rOBX|2|NM|Y||2\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[0]["identifier"][0]["value"], json!("#BN7"));
+    assert_eq!(out[0]["identifier"][1]["value"], json!("CCCD"));
+    assert_eq!(out[0]["identifier"].as_array().map(Vec::len), Some(2));
+    assert_eq!(out[0]["id"], json!(functions::hash(&["BN7"])));
+    assert_eq!(out[2]["note"][0]["text"], json!("#BN7"));
+    let out = run_inline(
+        mapping,
+        "MSH|^~\\&|A|B|||20240131||ADT^A01|1|P|2.5\rPID|1||079^^^CCCD^NI\r",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[0]["identifier"][0]["value"], json!("#079"));
+}
+
 #[test]
 fn functions_table() {
     let message = "MSH|^~\\&|A||||||ADT^A01|C1|P|2.5\r\
@@ -986,6 +1088,45 @@ colour = "red"
         dir.path().join("m.toml").display()
     );
     assert_eq!(full, Some(want));
+}
+
+/// `[let]` problems: each reported once, where it is, with the names a misspelt use
+/// most likely meant.
+#[test]
+fn let_errors_point_at_the_definition_or_the_use() {
+    let text = r#"[let]
+number = "coalesce(PID-3[5=MR].1, PID-3.1)"
+broken = "dat(PID-7)"
+subject = "ref(Patient)"
+later = "$afterwards"
+"bad name" = "PID-5"
+afterwards = "PID-8"
+
+[[resource]]
+type = "Patient"
+id = "hash($nubmer)"
+[resource.set]
+"birthDate" = "$broken"
+"gender" = "$afterwards"
+"name[0].family" = "PID-3[5=].1"
+
+[[resource]]
+type = "Observation"
+id = "hash($number, $subject)"
+[resource.set]
+"subject" = "$subject"
+"#;
+    assert_eq!(
+        load_errors(text),
+        [
+            "3:11: unknown function \"dat\" (did you mean \"date\"?)",
+            "5:10: unknown name $afterwards (define it under [let], above its first use)",
+            "6:1: a [let] name is letters, digits and _, starting with a letter: \"bad name\"",
+            "11:12: unknown name $nubmer (did you mean $number?)",
+            "15:29: expected the code the component must have (PID-3[5=MR]), found ']'",
+            "19:21: $subject calls ref() or refs(), which cannot be used in id or when (ids are computed before references)",
+        ]
+    );
 }
 
 #[test]
