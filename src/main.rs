@@ -56,7 +56,9 @@ enum Command {
         #[arg(long)]
         mapping: Option<String>,
         /// Route as if the message came in on this listener (default: the first route whose
-        /// message pattern fits, whatever its listener).
+        /// message pattern fits, whatever its listener); its `facility` is what the
+        /// mapping's facility() gives (without it, the facility of the route's listener
+        /// when the route takes messages from one).
         #[arg(long, conflicts_with_all = ["route", "mapping"])]
         listener: Option<String>,
         /// HL7 v2 message files, or directories of them (*.hl7, *.txt, *.msg). Each
@@ -629,9 +631,21 @@ fn map_one(
     listener: Option<&str>,
 ) -> Result<Vec<serde_json::Value>, String> {
     let msg = halong::hl7::parse(raw).map_err(|e| format!("cannot parse: {e}"))?;
+    // The listener whose `facility` the mapping's facility() gives: the one named, else
+    // the only one the route takes messages from.
+    let mut via = listener.map(str::to_string);
+    let mut from_route = |r: &halong::routes::Route| {
+        if via.is_none() && r.from.len() == 1 {
+            via = Some(r.from[0].clone());
+        }
+    };
     let mapping_name = match (route, mapping) {
         (_, Some(m)) => m.to_string(),
-        (Some(r), None) => rules.routes.get(r).expect("checked").mapping.clone(),
+        (Some(r), None) => {
+            let r = rules.routes.get(r).expect("checked");
+            from_route(r);
+            r.mapping.clone()
+        }
         (None, None) => {
             let h = msg.header();
             let found = match listener {
@@ -641,10 +655,9 @@ fn map_one(
             let from = listener
                 .map(|l| format!(" from listener \"{l}\""))
                 .unwrap_or_default();
-            found
-                .ok_or_else(|| format!("no route takes {}{from}", h.message_type))?
-                .mapping
-                .clone()
+            let found = found.ok_or_else(|| format!("no route takes {}{from}", h.message_type))?;
+            from_route(found);
+            found.mapping.clone()
         }
     };
     let m = rules
@@ -653,6 +666,9 @@ fn map_one(
         .ok_or_else(|| format!("no mapping \"{mapping_name}\""))?;
     let ctx = halong::mapping::RunContext {
         source: format!("file:{origin}"),
+        facility: via
+            .and_then(|l| rules.facilities.get(&l).cloned())
+            .unwrap_or_default(),
     };
     let (result, unread) = m.run_with_loss_report(&msg, &ctx);
     let records = halong::record::to_values(&result.map_err(|e| e.to_string())?);

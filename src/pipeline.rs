@@ -51,6 +51,8 @@ use crate::store::Store;
 pub struct Rules {
     pub routes: RouteSet,
     pub mappings: MappingSet,
+    /// Each listener's `facility` (halong.toml), by listener name.
+    pub facilities: std::collections::BTreeMap<String, String>,
 }
 
 impl Rules {
@@ -59,6 +61,7 @@ impl Rules {
         Rules {
             routes: RouteSet::default(),
             mappings: MappingSet::default(),
+            facilities: Default::default(),
         }
     }
 
@@ -66,11 +69,13 @@ impl Rules {
     /// problem at once.
     pub fn load(config: &Config) -> Result<Rules, Vec<Diagnostic>> {
         let listeners = config.listener_names();
-        Rules::load_dirs(
+        let mut rules = Rules::load_dirs(
             &config.routes_dir(),
             &config.mappings_dir(),
             Some(&listeners),
-        )
+        )?;
+        rules.facilities = config.facilities();
+        Ok(rules)
     }
 
     /// [`Rules::load`] from the two directories; `listeners` as [`RouteSet::load`]
@@ -100,7 +105,11 @@ impl Rules {
             }
         };
         match (routes, mappings) {
-            (Some(routes), Some(mappings)) if problems.is_empty() => Ok(Rules { routes, mappings }),
+            (Some(routes), Some(mappings)) if problems.is_empty() => Ok(Rules {
+                routes,
+                mappings,
+                facilities: Default::default(),
+            }),
             _ => Err(problems),
         }
     }
@@ -226,6 +235,11 @@ fn run_route(
     };
     let ctx = RunContext {
         source: format!("urn:halong:{}:{}", meta.listener, meta.id),
+        facility: rules
+            .facilities
+            .get(&*meta.listener)
+            .cloned()
+            .unwrap_or_default(),
     };
     match run(mapping, &ctx) {
         Ok(records) => Outcome::Records {

@@ -46,6 +46,7 @@ fn expected_records(config: &Config, listener: &str, raw: &[u8], id: u64) -> Vec
         .expect("a route takes it");
     let ctx = RunContext {
         source: format!("urn:halong:{listener}:{id}"),
+        ..Default::default()
     };
     rules
         .mappings

@@ -85,6 +85,7 @@ fn mutated_messages_never_panic_anywhere() {
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let ctx = RunContext {
         source: "urn:test".into(),
+        ..Default::default()
     };
     let (mut parsed, mut mapped) = (0, 0);
     for i in 0..20_000 {

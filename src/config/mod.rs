@@ -154,6 +154,13 @@ pub struct ListenerConfig {
     /// is told (AE, or CE in enhanced mode, with ERR code 200); the message is still kept.
     #[serde(default)]
     pub unrouted_ack: UnroutedAck,
+    /// The facility (hospital or health centre code) the senders on this listener belong
+    /// to: the mappings' `facility()`, which the shipped ones use where a message names
+    /// no facility of its own (an empty MSH-4, a DICOM instance without an issuer or a
+    /// known institution), so that two hospitals' patient numbers stay apart. Unset:
+    /// absent.
+    #[serde(default)]
+    pub facility: Option<String>,
     /// DICOM: this listener's AE title. Default `HALONG`.
     #[serde(default)]
     pub ae_title: Option<String>,
@@ -485,6 +492,14 @@ impl Config {
                     &format!("duplicate listener name \"{}\"", l.name),
                 ));
             }
+            if let Some(f) = &l.facility {
+                if f.trim().is_empty()
+                    || f.trim() != f
+                    || f.chars().any(|c| c.is_control() || "|^~\\&".contains(c))
+                {
+                    out.push(diag((line, col), &format!("listener \"{}\": facility must be a code without surrounding spaces and without | ^ ~ \\ &, e.g. \"BVDK_TINH\"", l.name)));
+                }
+            }
             if l.kind == ListenerKind::Mllp
                 && (l.ae_title.is_some()
                     || l.allowed_callers.is_some()
@@ -745,6 +760,14 @@ impl Config {
 
     pub fn listener_names(&self) -> Vec<String> {
         self.listeners.iter().map(|l| l.name.clone()).collect()
+    }
+
+    /// Each listener's `facility`, by listener name, where one is set.
+    pub fn facilities(&self) -> std::collections::BTreeMap<String, String> {
+        self.listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.facility.clone()?)))
+            .collect()
     }
 }
 

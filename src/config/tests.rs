@@ -335,3 +335,30 @@ fn a_log_level_that_would_silence_the_log_is_refused() {
     let e = errors("[log]\nlevel = \"=debug\"\n");
     assert!(e[0].contains("\"=debug\" does not name a module"), "{e:?}");
 }
+
+#[test]
+fn a_listeners_facility_is_a_plain_code() {
+    let text = r#"
+[[listener]]
+name = "lab"
+kind = "mllp"
+bind = "127.0.0.1:2575"
+facility = "TTYT_HUYEN"
+
+[[listener]]
+name = "pacs"
+kind = "dicom"
+bind = "127.0.0.1:11112"
+"#;
+    let config = parse(text).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let facilities: Vec<_> = config.facilities().into_iter().collect();
+    assert_eq!(facilities, [("lab".to_string(), "TTYT_HUYEN".to_string())]);
+    for bad in ["", " BV", "BV^1"] {
+        let e = errors(&text.replace("TTYT_HUYEN", bad));
+        assert_eq!(
+            e,
+            ["conf/halong.toml:2:1: listener \"lab\": facility must be a code without surrounding spaces and without | ^ ~ \\ &, e.g. \"BVDK_TINH\""],
+            "{bad:?}"
+        );
+    }
+}

@@ -108,6 +108,7 @@ mod tests {
         let m = set.get("imaging_study").expect("imaging_study mapping");
         let ctx = super::super::RunContext {
             source: "urn:halong:pacs:9".into(),
+            ..Default::default()
         };
         let out = crate::record::to_values(&m.run_dicom(&a, &ctx).expect("maps"));
         assert_eq!(out.len(), 2);
@@ -188,6 +189,26 @@ PID|1||BN000777^^^^MR||Trần^Văn Nam\r"
             patient_of("Phòng khám Hòa Bình"),
             patient_of("Trung tâm Y tế huyện")
         );
+        // An unknown institution, or none, received on a listener with a `facility`:
+        // that facility.
+        let via_listener = |institution: Option<&str>| {
+            let mut a = Attributes::new();
+            a.insert(0x0010_0020, "BN000777");
+            if let Some(i) = institution {
+                a.insert(0x0008_0080, i);
+            }
+            a.insert(0x0020_000D, "1.2.3");
+            let ctx = crate::mapping::RunContext {
+                facility: "BVDK_TINH".into(),
+                ..Default::default()
+            };
+            let out = set.get("imaging_study").unwrap().run_dicom(&a, &ctx);
+            crate::record::to_values(&out.expect("maps"))[0]["id"].clone()
+        };
+        assert_eq!(via_listener(None), his[0]["id"]);
+        assert_eq!(via_listener(Some("Phòng chụp 2")), his[0]["id"]);
+        // The table still names another facility's institution.
+        assert_ne!(via_listener(Some("Trung tâm Y tế huyện")), his[0]["id"]);
         // With neither, the table's `*` row names the site's facility.
         let dir = tempfile::tempdir().unwrap();
         let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");

@@ -269,6 +269,8 @@ pub struct Scope<'a> {
     pub trace: Option<&'a Trace>,
     /// The tables the data type functions read, looked up once per run.
     pub dt: &'a datatypes::Tables<'a>,
+    /// What `facility()` gives ([`super::RunContext::facility`]).
+    pub facility: &'a str,
     /// The context's patient group, worked out when first needed (see
     /// [`Scope::same_patient`]).
     pub patient: std::cell::OnceCell<Option<PatientSpan>>,
@@ -660,6 +662,11 @@ impl<'a> Scope<'a> {
                 Ok(Value::Bool(false))
             }
             fid::NOT => Ok(Value::Bool(!arg(0)?.truthy())),
+            fid::FACILITY => Ok(if self.facility.is_empty() {
+                Value::Absent
+            } else {
+                Value::Str(Cow::Borrowed(self.facility))
+            }),
             fid::IF => {
                 if arg(0)?.truthy() {
                     arg(1)

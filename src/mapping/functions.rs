@@ -53,6 +53,7 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("all", 1, Some(1)),
     f("template", 1, None),
     f("base64", 1, Some(1)),
+    f("facility", 0, Some(0)),
 ];
 
 /// Standard base64 with padding (RFC 4648), for FHIR `base64Binary`.
@@ -129,6 +130,7 @@ pub mod fid {
     pub const ALL: u8 = 29;
     pub const TEMPLATE: u8 = 30;
     pub const BASE64: u8 = 31;
+    pub const FACILITY: u8 = 32;
     /// Not a function of the library (refused by validation before any run).
     pub const UNKNOWN: u8 = u8::MAX;
 }

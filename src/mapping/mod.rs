@@ -63,6 +63,9 @@ pub struct Mapping {
 pub struct RunContext {
     /// Goes to `meta.source` (listener and journal id).
     pub source: String,
+    /// The receiving listener's `facility` (halong.toml), what `facility()` gives; empty
+    /// when none is set.
+    pub facility: String,
 }
 
 /// A mapping failure at run time, naming the resource instance and the field.
@@ -219,6 +222,7 @@ impl Mapping {
                     dicom,
                     trace,
                     dt: &dt,
+                    facility: &ctx.facility,
                     patient: std::cell::OnceCell::new(),
                     resolved: eval::Resolved::default(),
                 };
@@ -282,6 +286,7 @@ impl Mapping {
                 dicom,
                 trace,
                 dt,
+                facility: &ctx.facility,
                 patient: std::cell::OnceCell::new(),
                 resolved: eval::Resolved::default(),
             };

@@ -46,6 +46,7 @@ fn run_inline(toml_text: &str, message: &str) -> Result<Vec<Json>, MapError> {
         &msg(message),
         &RunContext {
             source: "test".to_string(),
+            ..Default::default()
         },
     )
     .map(|r| crate::record::to_values(&r))
@@ -93,6 +94,7 @@ fn adt_a01_vietnamese_patient_and_encounter() {
         &msg(ADT_VI),
         &RunContext {
             source: "mllp:his/42".to_string(),
+            ..Default::default()
         },
     );
     let out = crate::record::to_values(&out.unwrap_or_else(|e| panic!("{e}")));
@@ -536,6 +538,32 @@ MRG|079190000777^^^CCCD^NI~BN000777^^^BVDK^MR\r"
         json!(format!("Patient/{}", merged_id[0]))
     );
     assert_eq!(patients[1]["id"], json!(merged_id[0]));
+}
+
+/// A sender that leaves MSH-4 empty belongs to its listener's `facility`: two such
+/// hospitals' patient BN0001 are two patients, and MSH-4, when sent, still decides.
+#[test]
+fn an_empty_sending_facility_is_the_listeners() {
+    let set = shipped();
+    let adt = set.get("adt").expect("adt");
+    let patient = |msh4: &str, facility: &str| {
+        let m = msg(&format!(
+            "MSH|^~\\&|HIS|{msh4}|||20240131||ADT^A04|X1|P|2.5\rPID|1||BN0001^^^^MR||Lê^An\r"
+        ));
+        let ctx = RunContext {
+            facility: facility.to_string(),
+            ..Default::default()
+        };
+        let out = crate::record::to_values(&adt.run(&m, &ctx).unwrap_or_else(|e| panic!("{e}")));
+        out[0]["id"].clone()
+    };
+    assert_ne!(patient("", "TTYT_HUYEN"), patient("", "BVDK_TINH"));
+    assert_eq!(patient("", "BVDK_TINH"), patient("BVDK_TINH", ""));
+    assert_eq!(patient("BVDK_TINH", "TTYT_HUYEN"), patient("BVDK_TINH", ""));
+    assert_eq!(
+        patient("", "BVDK_TINH"),
+        json!(functions::hash(&["BVDK_TINH", "BN0001"]))
+    );
 }
 
 /// An appointment names every practitioner and place it books, not the first of each.
