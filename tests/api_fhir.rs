@@ -629,3 +629,28 @@ PV1|1|O|KB^01\r"
     assert_eq!(names, ["Lê", "Trần"]);
     rt.block_on(engine.shutdown());
 }
+
+/// A sender that leaves MSH-4 empty belongs to the facility its listener is given: the
+/// Patient's id is the one `hash(facility, number)` gives, as for a sender that names it.
+#[test]
+fn an_empty_sending_facility_is_the_listeners() {
+    use sha2::Digest;
+    let rt = runtime();
+    let site = Site::new("", "facility = \"TTYT_HUYEN\"");
+    let engine = rt.block_on(site.start());
+    let his = engine.listener_addr("his").unwrap();
+    let msg = "MSH|^~\\&|HIS||HALONG|SO_Y_TE|20261126080000+0700||ADT^A04^ADT_A01|E1|P|2.5\r\
+PID|1||BN004322^^^^MR||Phạm^Thu||19800101|F\r";
+    let code = msa_code(&mllp_send(his, msg.as_bytes()));
+    assert!(code == "AA" || code == "CA", "{code}");
+    assert_eq!(
+        engine.journal.wait_settled(1, Duration::from_secs(30)),
+        Some(halong::journal::Status::Stored)
+    );
+    let digest = sha2::Sha256::digest("TTYT_HUYEN\u{1f}BN004322".as_bytes());
+    let id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let (status, patient) = get(engine.http_addr, &format!("/fhir/Patient/{id}"));
+    assert_eq!(status, 200, "{patient}");
+    assert_eq!(patient["name"][0]["family"], "Phạm");
+    rt.block_on(engine.shutdown());
+}
