@@ -260,7 +260,49 @@ impl Mapping {
                 instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
             }
         }
-        self.fields(msg, dicom, ctx, trace, &instances, &dt)
+        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt)?;
+        self.one_record_per_id(&instances, &out)?;
+        Ok(out)
+    }
+
+    /// Two records of one message under one id would be one record in the store, the
+    /// later replacing the earlier: unless they are the same, or of a type the store
+    /// merges (Patient, Encounter, ImagingStudy: each message describes a part of
+    /// them), that is a mapping error (its id rule does not tell the two apart, e.g.
+    /// two results with one code and no set IDs), never a silent loss.
+    fn one_record_per_id(&self, instances: &[Instance], out: &[Record]) -> Result<(), MapError> {
+        if instances.len() < 2 {
+            return Ok(());
+        }
+        let mut order: Vec<usize> = (0..instances.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (&instances[a], &instances[b]);
+            (&x.resource_type, &x.id, a).cmp(&(&y.resource_type, &y.id, b))
+        });
+        for pair in order.windows(2) {
+            let (a, b) = (&instances[pair[0]], &instances[pair[1]]);
+            let merged = matches!(
+                a.resource_type.as_str(),
+                "Patient" | "Encounter" | "ImagingStudy"
+            );
+            if a.resource_type != b.resource_type || a.id != b.id || merged {
+                continue;
+            }
+            if out[pair[0]] != out[pair[1]] {
+                let label =
+                    |i: &Instance| eval::label(&self.rules[i.rule], i.ordinal, i.each_index);
+                return Err(MapError {
+                    resource: label(b),
+                    field: "id".to_string(),
+                    message: format!(
+                        "{} has the same id ({}) and other content: the id rule does not tell them apart, and the store would keep only one",
+                        label(a),
+                        a.id
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Pass 2: the fields of every instance.

@@ -566,6 +566,52 @@ fn an_empty_sending_facility_is_the_listeners() {
     );
 }
 
+/// Two results that the id rule cannot tell apart (one code, no set IDs) are a mapping
+/// error naming both, not one record silently replacing the other; the same record
+/// twice (a parent order named by two orders) is no conflict.
+#[test]
+fn two_different_records_under_one_id_are_an_error() {
+    let set = shipped();
+    let oru = set.get("oru_r01").expect("oru_r01");
+    let micro = msg(
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V1|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBR|1|ORD9||600-7^Culture^LN\rOBX||ST|600-7^Bacteria identified^LN||E. coli\r\
+OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r",
+    );
+    let e = oru.run(&micro, &RunContext::default()).err();
+    let e = e.unwrap_or_else(|| panic!("two results under one id were accepted"));
+    assert_eq!(e.resource, "Observation #2 (OBX 2)");
+    assert_eq!(e.field, "id");
+    assert!(
+        e.message.starts_with("Observation #1 (OBX 1) has the same id (")
+            && e.message.ends_with(
+                ") and other content: the id rule does not tell them apart, and the store would keep only one"
+            ),
+        "{}",
+        e.message
+    );
+    // With sub-IDs (OBX-4), two results.
+    let numbered = msg(
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V2|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBR|1|ORD9||600-7^Culture^LN\rOBX||ST|600-7^Bacteria identified^LN|1|E. coli\r\
+OBX||ST|600-7^Bacteria identified^LN|2|Klebsiella pneumoniae\r",
+    );
+    let out = crate::record::to_values(&oru.run(&numbered, &RunContext::default()).unwrap());
+    assert_eq!(of_type(&out, "Observation").len(), 2);
+    // One parent order named by two orders: the same record twice.
+    let parent = msg(
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V3|P|2.5\rPID|1||P1^^^BV^MR\r\
+ORC|RE|A1||||||PARENT1\rOBR|1|A1||GLU\rORC|RE|A2||||||PARENT1\rOBR|2|A2||NA\r",
+    );
+    let out = crate::record::to_values(&oru.run(&parent, &RunContext::default()).unwrap());
+    let parents: Vec<&Json> = of_type(&out, "ServiceRequest")
+        .into_iter()
+        .filter(|r| r["identifier"][0]["value"] == "PARENT1")
+        .collect();
+    assert_eq!(parents.len(), 2);
+    assert_eq!(parents[0], parents[1]);
+}
+
 /// An appointment names every practitioner and place it books, not the first of each.
 #[test]
 fn siu_appointment_names_every_practitioner_and_location() {
