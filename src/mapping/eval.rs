@@ -215,12 +215,12 @@ impl<'a> Value<'a> {
 #[derive(Clone, Debug)]
 pub struct Instance {
     pub rule: usize,
-    pub resource_type: String,
     /// Context segment index (`each`), `None` for a resource without `each`.
     pub seg: Option<usize>,
-    pub id: String,
-    /// `Type/id`, what `ref` and `refs` point with.
+    /// `Type/id`, what `ref` and `refs` point with; the type and the id are its parts.
     pub reference: String,
+    /// Where the type ends in `reference`.
+    type_len: usize,
     /// The n-th resource of its type in this run (1-based).
     pub ordinal: usize,
     /// The n-th segment of the rule's `each` type (1-based).
@@ -232,19 +232,30 @@ impl Instance {
         rule: usize,
         resource_type: &str,
         seg: Option<usize>,
-        id: String,
+        id: &str,
         ordinal: usize,
         each_index: usize,
     ) -> Instance {
+        let mut reference = String::with_capacity(resource_type.len() + 1 + id.len());
+        reference.push_str(resource_type);
+        reference.push('/');
+        reference.push_str(id);
         Instance {
             rule,
-            resource_type: resource_type.to_string(),
             seg,
-            reference: format!("{resource_type}/{id}"),
-            id,
+            reference,
+            type_len: resource_type.len(),
             ordinal,
             each_index,
         }
+    }
+
+    pub fn resource_type(&self) -> &str {
+        &self.reference[..self.type_len]
+    }
+
+    pub fn id(&self) -> &str {
+        &self.reference[self.type_len + 1..]
     }
 }
 
@@ -986,7 +997,7 @@ impl<'a> Scope<'a> {
     /// before any order belongs to no order.
     fn nearest(&self, t: &str) -> Option<&'a Instance> {
         let instances: &'a [Instance] = self.instances;
-        let of_type = || instances.iter().filter(move |i| i.resource_type == t);
+        let of_type = || instances.iter().filter(move |i| i.resource_type() == t);
         let Some(cur) = self.seg else {
             return of_type().next();
         };
@@ -1008,7 +1019,7 @@ impl<'a> Scope<'a> {
             (cur, end.unwrap_or(usize::MAX))
         });
         instances.iter().filter(move |i| {
-            i.resource_type == t
+            i.resource_type() == t
                 && match (range, i.seg) {
                     (None, _) => true,
                     (Some((start, end)), Some(s)) => s >= start && s < end,

@@ -257,7 +257,7 @@ impl Mapping {
                     ));
                 }
                 counts.insert(&rule.resource_type, n);
-                instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
+                instances.push(Instance::new(ri, &rule.resource_type, seg, &id, n, k + 1));
             }
         }
         let out = self.fields(msg, dicom, ctx, trace, &instances, &dt)?;
@@ -275,17 +275,12 @@ impl Mapping {
             return Ok(());
         }
         let mut order: Vec<usize> = (0..instances.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (x, y) = (&instances[a], &instances[b]);
-            (&x.resource_type, &x.id, a).cmp(&(&y.resource_type, &y.id, b))
-        });
+        // Stable: of two under one id, the earlier comes first.
+        order.sort_by(|&a, &b| instances[a].reference.cmp(&instances[b].reference));
         for pair in order.windows(2) {
             let (a, b) = (&instances[pair[0]], &instances[pair[1]]);
-            let merged = matches!(
-                a.resource_type.as_str(),
-                "Patient" | "Encounter" | "ImagingStudy"
-            );
-            if a.resource_type != b.resource_type || a.id != b.id || merged {
+            let merged = matches!(a.resource_type(), "Patient" | "Encounter" | "ImagingStudy");
+            if a.reference != b.reference || merged {
                 continue;
             }
             if out[pair[0]] != out[pair[1]] {
@@ -297,7 +292,7 @@ impl Mapping {
                     message: format!(
                         "{} has the same id ({}) and other content: the id rule does not tell them apart, and the store would keep only one",
                         label(a),
-                        a.id
+                        a.id()
                     ),
                 });
             }
@@ -334,7 +329,7 @@ impl Mapping {
             };
             root.reset();
             root.put_text(None, "resourceType", &rule.resource_type);
-            root.put_text(None, "id", &inst.id);
+            root.put_text(None, "id", inst.id());
             if !ctx.source.is_empty() {
                 root.put_text(Some("meta"), "source", &ctx.source);
             }
