@@ -729,7 +729,7 @@ impl<'a> Scope<'a> {
                 })
             }),
             fid::CONCAT => {
-                let mut out = String::new();
+                let mut out = String::with_capacity(32);
                 let mut any = false;
                 for i in 0..c.args.len() {
                     if let Some(t) = arg(i)?.into_text() {
@@ -745,7 +745,7 @@ impl<'a> Scope<'a> {
             }
             fid::TEMPLATE => {
                 // Literal, placeholder, literal, ...: absent when every placeholder is.
-                let mut out = String::new();
+                let mut out = String::with_capacity(32);
                 let mut any = false;
                 for (i, a) in c.args.iter().enumerate() {
                     if i % 2 == 0 {
@@ -807,15 +807,15 @@ impl<'a> Scope<'a> {
                 })
             }
             fid::HASH => {
-                let mut parts: Vec<Cow<'a, str>> = Vec::with_capacity(c.args.len());
+                let mut h = functions::Hasher::default();
                 let mut any = false;
                 for i in 0..c.args.len() {
                     let t = arg(i)?.into_text();
                     any |= t.is_some();
-                    parts.push(t.unwrap_or_default());
+                    h.part(t.as_deref().unwrap_or_default());
                 }
                 Ok(if any {
-                    owned(functions::hash(&parts))
+                    owned(h.finish())
                 } else {
                     Value::Absent
                 })

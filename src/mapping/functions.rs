@@ -374,23 +374,43 @@ pub fn integer(v: &str) -> Result<String, String> {
     decimal(t)
 }
 
-/// Lowercase hex SHA-256 of the parts joined with U+001F, first 32 characters.
+/// Lowercase hex SHA-256 of the parts joined with U+001F, first 32 characters (what
+/// `hash()` gives; the engine feeds a [`Hasher`] instead).
+#[cfg(test)]
 pub fn hash<S: AsRef<str>>(parts: &[S]) -> String {
-    let mut h = Sha256::new();
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            h.update([0x1f]);
+    let mut h = Hasher::default();
+    for p in parts {
+        h.part(p.as_ref());
+    }
+    h.finish()
+}
+
+/// [`hash`] fed one part at a time, as an expression's arguments are evaluated.
+#[derive(Default)]
+pub struct Hasher {
+    h: Sha256,
+    started: bool,
+}
+
+impl Hasher {
+    pub fn part(&mut self, p: &str) {
+        if self.started {
+            self.h.update([0x1f]);
         }
-        h.update(p.as_ref().as_bytes());
+        self.started = true;
+        self.h.update(p.as_bytes());
     }
-    let digest = h.finalize();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for b in digest.iter().take(16) {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+
+    pub fn finish(self) -> String {
+        let digest = self.h.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32);
+        for b in digest.iter().take(16) {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
     }
-    out
 }
 
 /// `split(x, sep)`: non-empty pieces.
