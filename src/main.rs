@@ -58,8 +58,8 @@ enum Command {
         /// Route as if the message came in on this listener (default: the first route whose
         /// message pattern fits, whatever its listener); its `facility` is what the
         /// mapping's facility() gives (without it, the facility of the route's listener
-        /// when the route takes messages from one).
-        #[arg(long, conflicts_with_all = ["route", "mapping"])]
+        /// when the route takes messages from one). With --mapping, only its facility.
+        #[arg(long, conflicts_with = "route")]
         listener: Option<String>,
         /// HL7 v2 message files, or directories of them (*.hl7, *.txt, *.msg). Each
         /// message of a file is mapped on its own (reported as FILE#n).

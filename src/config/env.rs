@@ -95,7 +95,7 @@ fn set(root: &mut toml::Table, o: &Override) -> Result<(), String> {
         }
     };
     let value = match table.get(key.as_str()) {
-        Some(toml::Value::String(_)) | None => typed_guess(&o.value, table.get(key.as_str())),
+        Some(toml::Value::String(_)) | None => typed_guess(key, &o.value, table.get(key.as_str())),
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             o.value
                 .trim()
@@ -119,9 +119,14 @@ fn set(root: &mut toml::Table, o: &Override) -> Result<(), String> {
     Ok(())
 }
 
-/// A key absent from the file gets an integer or boolean when the text is one.
-fn typed_guess(text: &str, existing: Option<&toml::Value>) -> toml::Value {
-    if existing.is_none() {
+/// Keys whose value is text even when it looks like a number: a facility code such as
+/// `01001` keeps its leading zero.
+const TEXT_KEYS: &[&str] = &["facility", "ae_title", "name", "prefix", "token"];
+
+/// A key absent from the file gets an integer or boolean when the text is one, unless
+/// the key always takes text.
+fn typed_guess(key: &str, text: &str, existing: Option<&toml::Value>) -> toml::Value {
+    if existing.is_none() && !TEXT_KEYS.contains(&key) {
         if let Ok(i) = text.trim().parse::<i64>() {
             return toml::Value::Integer(i);
         }

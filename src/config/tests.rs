@@ -171,10 +171,13 @@ fn environment_overrides_scalars() {
             ("HALONG_LISTENER__LAB_1__MAX_CONNECTIONS", "7"),
             ("HALONG_LOG__LOG_PHI", "true"),
             ("HALONG_DATA__DIR", "/var/lib/halong"),
+            ("HALONG_LISTENER__LAB_1__FACILITY", "01001"),
             ("PATH", "/bin"),
         ],
     )
     .unwrap();
+    // A facility code that looks like a number stays the code it is.
+    assert_eq!(c.listeners[0].facility.as_deref(), Some("01001"));
     assert_eq!(c.http.bind.to_string(), "127.0.0.1:9999");
     assert_eq!(c.listeners[0].max_connections, 7);
     assert!(c.log.log_phi);

@@ -142,7 +142,17 @@ impl Path {
                     pos = close_bracket(text, pos + 2)?;
                     repetition = Repetition::All;
                 } else {
-                    let (n, after) = number(text, pos + 1, "repetition")?;
+                    // `[5=MR]` starts with a component number, `[2]` is a repetition.
+                    let digits = b[pos + 1..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_digit())
+                        .count();
+                    let what = if b.get(pos + 1 + digits) == Some(&b'=') {
+                        "component"
+                    } else {
+                        "repetition"
+                    };
+                    let (n, after) = number(text, pos + 1, what)?;
                     if b.get(after) == Some(&b'=') {
                         let (code, end) = filter_code(text, after + 1)?;
                         pos = close_bracket(text, end)?;
@@ -371,6 +381,7 @@ mod tests {
                 "a repetition filter's code has at most 15 characters",
             ),
             ("PID-3[5=MR", 10, "expected ']', found end of text"),
+            ("PID-3[0=MR]", 6, "component numbers start at 1"),
         ];
         for (text, offset, msg) in table {
             let e = Path::parse(text).err();

@@ -45,12 +45,22 @@ pub struct Let {
     pub uses_ref: bool,
     /// Offset of the `$`.
     pub offset: usize,
+    /// Stands in for a `[let]` that has errors (reported where it is defined).
+    pub failed: bool,
 }
 
-/// The `[let]` expressions a file has defined so far: name → expression and whether it
-/// calls `ref()`; `None` for one that has errors (already reported), so that its uses
-/// are not reported again.
-pub type Lets = std::collections::BTreeMap<String, Option<(Expr, bool)>>;
+/// A file's `[let]` names, as far as an expression may use them.
+pub type Lets = std::collections::BTreeMap<String, LetEntry>;
+
+#[derive(Clone, Debug)]
+pub enum LetEntry {
+    /// The expression and whether it calls `ref()`.
+    Ready(Expr, bool),
+    /// It has errors (already reported): its uses are quiet stand-ins.
+    Failed,
+    /// Defined below the `[let]` being read, which cannot use it.
+    Below,
+}
 
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -231,36 +241,38 @@ impl Parser<'_> {
             .count();
         let name = &self.src[start + 1..start + 1 + len];
         self.pos = start + 1 + len;
-        let found = self.lets.get(name);
-        let Some(entry) = found else {
-            let hint = crate::diag::did_you_mean(name, self.lets.keys().map(String::as_str))
-                .map_or_else(
-                    || " (define it under [let], above its first use)".to_string(),
-                    |h| format!(" (did you mean ${h}?)"),
-                );
-            return Err(ExprError {
-                offset: start,
-                message: if name.is_empty() {
-                    "expected a name after '$'".to_string()
-                } else {
-                    format!("unknown name ${name}{hint}")
-                },
-            });
+        let err = |message: String| ExprError {
+            offset: start,
+            message,
         };
-        Ok(match entry {
-            // Reported where it is defined: a stand-in keeps its uses quiet.
-            None => Expr::Str(String::new()),
-            Some((Expr::Path { path, .. }, _)) => Expr::Path {
-                path: path.clone(),
-                offset: start,
-            },
-            Some((expr, uses_ref)) => Expr::Let(Box::new(Let {
+        let hint = || {
+            crate::diag::did_you_mean(name, self.lets.keys().map(String::as_str)).map_or_else(
+                || " (define it under [let], above its first use)".to_string(),
+                |h| format!(" (did you mean ${h}?)"),
+            )
+        };
+        let let_of = |expr: &Expr, uses_ref: bool, failed: bool| {
+            Expr::Let(Box::new(Let {
                 name: name.to_string(),
                 expr: expr.clone(),
-                uses_ref: *uses_ref,
+                uses_ref,
                 offset: start,
-            })),
-        })
+                failed,
+            }))
+        };
+        match self.lets.get(name) {
+            _ if name.is_empty() => Err(err("expected a name after '$'".to_string())),
+            None => Err(err(format!("unknown name ${name}{}", hint()))),
+            Some(LetEntry::Below) => Err(err(format!(
+                "${name} is not defined above this point: a [let] may use only the names defined above it"
+            ))),
+            Some(LetEntry::Failed) => Ok(let_of(&Expr::Str(String::new()), false, true)),
+            Some(LetEntry::Ready(Expr::Path { path, .. }, _)) => Ok(Expr::Path {
+                path: path.clone(),
+                offset: start,
+            }),
+            Some(LetEntry::Ready(expr, uses_ref)) => Ok(let_of(expr, *uses_ref, false)),
+        }
     }
 
     fn string(&mut self) -> Result<Expr, ExprError> {

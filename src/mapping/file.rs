@@ -24,6 +24,9 @@ pub struct Rule {
     pub id: Expr,
     pub when: Option<Expr>,
     pub sets: Vec<SetRule>,
+    /// `unique = true`: two different records of this rule under one id in one message
+    /// are a mapping error, not the later replacing the earlier.
+    pub unique: bool,
 }
 
 /// One `[resource.set]` entry.
@@ -35,7 +38,7 @@ pub struct SetRule {
 }
 
 const TOP_KEYS: &[&str] = &["description", "let", "resource"];
-const RESOURCE_KEYS: &[&str] = &["type", "id", "each", "when", "set", "description"];
+const RESOURCE_KEYS: &[&str] = &["type", "id", "each", "when", "set", "unique", "description"];
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -79,6 +82,7 @@ struct RawRule<'i> {
     id: Option<(String, Range<usize>)>,
     when: Option<(String, Range<usize>)>,
     sets: Vec<(Spanned<std::borrow::Cow<'i, str>>, String, Range<usize>)>,
+    unique: bool,
 }
 
 /// Loads one mapping file: its description and rules, or `None` when it has errors
@@ -116,6 +120,7 @@ pub fn load(
     let mut description = String::new();
     let mut raws = Vec::new();
     let mut raw_lets = Vec::new();
+    let mut bad_lets = Vec::new();
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
             "let" => match value.get_ref() {
@@ -135,10 +140,13 @@ pub fn load(
                                 k.span().start,
                                 format!("a [let] name is letters, digits and _, starting with a letter: {name:?}"),
                             ),
-                            _ => cx.at(
-                                v.span().start,
-                                "expected an expression in a string, e.g. \"coalesce(PID-3[5=MR].1, PID-3.1)\"",
-                            ),
+                            _ => {
+                                bad_lets.push(name.to_string());
+                                cx.at(
+                                    v.span().start,
+                                    "expected an expression in a string, e.g. \"coalesce(PID-3[5=MR].1, PID-3.1)\"",
+                                )
+                            }
                         }
                     }
                 }
@@ -186,7 +194,11 @@ pub fn load(
     let check_refs = raws.iter().all(|r| r.bad_type.is_none_or(|m| m.is_some()));
     // `[let]` expressions, in file order: each may use those above it.
     raw_lets.sort_by_key(|l| l.2);
-    let mut lets = expr::Lets::new();
+    let mut lets: expr::Lets = raw_lets
+        .iter()
+        .map(|l| (l.0.clone(), expr::LetEntry::Below))
+        .collect();
+    lets.extend(bad_lets.into_iter().map(|n| (n, expr::LetEntry::Failed)));
     for (name, src, _, span) in raw_lets {
         let base = span.start + cx.quote_len(span.start);
         let refs = Refs {
@@ -195,13 +207,14 @@ pub fn load(
             checked: check_refs,
         };
         let compiled = compile_expr(&mut cx, &src, base, tables, &refs, &lets);
-        lets.insert(
-            name,
-            compiled.map(|e| {
+        let entry = match compiled {
+            Some(e) => {
                 let r = uses_ref(&e);
-                (e, r)
-            }),
-        );
+                expr::LetEntry::Ready(e, r)
+            }
+            None => expr::LetEntry::Failed,
+        };
+        lets.insert(name, entry);
     }
     let mut rules = Vec::new();
     for (n, raw) in raws.into_iter().enumerate() {
@@ -283,6 +296,7 @@ pub fn load(
                 id,
                 when: when.flatten(),
                 sets,
+                unique: raw.unique,
             });
         }
     }
@@ -298,6 +312,7 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
         id: None,
         when: None,
         sets: Vec::new(),
+        unique: false,
     };
     for (key, value) in t.iter() {
         let name = key.get_ref().as_ref();
@@ -329,6 +344,13 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
                     }
                 }
                 _ => cx.at(value.span().start, "set must be a table: [resource.set]"),
+            }
+            continue;
+        }
+        if name == "unique" {
+            match value.get_ref() {
+                DeValue::Boolean(b) => raw.unique = *b,
+                _ => cx.at(value.span().start, "unique must be true or false"),
             }
             continue;
         }
@@ -464,6 +486,10 @@ fn check(
                 return;
             }
             if functions::PATH_ARGUMENT_FUNCTIONS.contains(&c.name.as_str()) {
+                if c.args.iter().any(|a| matches!(a, Expr::Let(l) if l.failed)) {
+                    // A [let] with errors, reported where it is defined.
+                    return;
+                }
                 for a in &c.args {
                     if let Expr::Path { path, offset } = a {
                         if let Some(problem) = unknown_segment(&path.segment) {

@@ -265,13 +265,13 @@ impl Mapping {
         Ok(out)
     }
 
-    /// Two records of one message under one id would be one record in the store, the
-    /// later replacing the earlier: unless they are the same, or of a type the store
-    /// merges (Patient, Encounter, ImagingStudy: each message describes a part of
-    /// them), that is a mapping error (its id rule does not tell the two apart, e.g.
-    /// two results with one code and no set IDs), never a silent loss.
+    /// Two records of one message under one id are one record in the store, the later
+    /// replacing the earlier. For a rule with `unique = true` (results, reports) two
+    /// different ones are a mapping error: its id rule does not tell them apart (two
+    /// results with one code and no set IDs), and one would be lost without a word.
+    /// The same record twice is no conflict.
     fn one_record_per_id(&self, instances: &[Instance], out: &[Record]) -> Result<(), MapError> {
-        if instances.len() < 2 {
+        if instances.len() < 2 || !self.rules.iter().any(|r| r.unique) {
             return Ok(());
         }
         let mut order: Vec<usize> = (0..instances.len()).collect();
@@ -279,8 +279,8 @@ impl Mapping {
         order.sort_by(|&a, &b| instances[a].reference.cmp(&instances[b].reference));
         for pair in order.windows(2) {
             let (a, b) = (&instances[pair[0]], &instances[pair[1]]);
-            let merged = matches!(a.resource_type(), "Patient" | "Encounter" | "ImagingStudy");
-            if a.reference != b.reference || merged {
+            let unique = self.rules[a.rule].unique || self.rules[b.rule].unique;
+            if a.reference != b.reference || !unique {
                 continue;
             }
             if out[pair[0]] != out[pair[1]] {

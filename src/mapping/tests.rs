@@ -567,8 +567,9 @@ fn an_empty_sending_facility_is_the_listeners() {
 }
 
 /// Two results that the id rule cannot tell apart (one code, no set IDs) are a mapping
-/// error naming both, not one record silently replacing the other; the same record
-/// twice (a parent order named by two orders) is no conflict.
+/// error naming both, not one record silently replacing the other (result rules are
+/// `unique`); the same record twice (a parent order named by two orders) is no
+/// conflict, and rules that are not `unique` keep "the later replaces the earlier".
 #[test]
 fn two_different_records_under_one_id_are_an_error() {
     let set = shipped();
@@ -598,6 +599,15 @@ OBX||ST|600-7^Bacteria identified^LN|2|Klebsiella pneumoniae\r",
     );
     let out = crate::record::to_values(&oru.run(&numbered, &RunContext::default()).unwrap());
     assert_eq!(of_type(&out, "Observation").len(), 2);
+    // A working diagnosis and the final one, one code, in one message: one Condition,
+    // the later (its rule is not `unique`).
+    let adt = set.get("adt").expect("adt");
+    let diagnoses = msg(
+        "MSH|^~\\&|HIS|BV|||20240131||ADT^A03|V4|P|2.5\rPID|1||P1^^^BV^MR\r\
+PV1|1|I|||||||||||||||||VN1\rDG1|1||J18.9^Pneumonia^I10||||W\rDG1|2||J18.9^Pneumonia^I10||||F\r",
+    );
+    let out = crate::record::to_values(&adt.run(&diagnoses, &RunContext::default()).unwrap());
+    assert_eq!(of_type(&out, "Condition").len(), 2);
     // One parent order named by two orders: the same record twice.
     let parent = msg(
         "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V3|P|2.5\rPID|1||P1^^^BV^MR\r\
@@ -1183,9 +1193,11 @@ id = "hash($nubmer)"
 "birthDate" = "$broken"
 "gender" = "$afterwards"
 "name[0].family" = "PID-3[5=].1"
+"identifier[0]" = "identifier($broken)"
 
 [[resource]]
 type = "Observation"
+unique = "yes"
 id = "hash($number, $subject)"
 [resource.set]
 "subject" = "$subject"
@@ -1194,11 +1206,12 @@ id = "hash($number, $subject)"
         load_errors(text),
         [
             "3:11: unknown function \"dat\" (did you mean \"date\"?)",
-            "5:10: unknown name $afterwards (define it under [let], above its first use)",
+            "5:10: $afterwards is not defined above this point: a [let] may use only the names defined above it",
             "6:1: a [let] name is letters, digits and _, starting with a letter: \"bad name\"",
             "11:12: unknown name $nubmer (did you mean $number?)",
             "15:29: expected the code the component must have (PID-3[5=MR]), found ']'",
-            "19:21: $subject calls ref() or refs(), which cannot be used in id or when (ids are computed before references)",
+            "20:10: unique must be true or false",
+            "21:21: $subject calls ref() or refs(), which cannot be used in id or when (ids are computed before references)",
         ]
     );
 }
