@@ -85,73 +85,160 @@ struct RawRule<'i> {
     unique: bool,
 }
 
+/// The TOML document, or `None` with every syntax error reported.
+fn parse_toml<'i>(cx: &mut Ctx<'_>, text: &'i str) -> Option<Spanned<DeTable<'i>>> {
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if errors.is_empty() {
+        return Some(doc);
+    }
+    for e in errors {
+        let msg = e.message().trim().to_string();
+        let msg = match (msg.as_str(), e.span()) {
+            ("duplicate key", Some(span)) => {
+                crate::diag::explain_duplicate(text, span.start).unwrap_or(msg)
+            }
+            (_, Some(span)) if inner_double_quote(text, span.start) => {
+                format!("{msg}; inside an expression, write text in single quotes: 'CP'")
+            }
+            _ => msg,
+        };
+        match e.span() {
+            Some(span) => cx.at(span.start, format!("TOML syntax: {msg}")),
+            None => cx.diags.push(Diagnostic::whole_file(
+                cx.file,
+                format!("TOML syntax: {msg}"),
+            )),
+        }
+    }
+    None
+}
+
+/// The `[let]` entries of a file: (name, expression text, key offset, value span), in
+/// file order, and the names whose value is not an expression (reported).
+type RawLets = (Vec<(String, String, usize, Range<usize>)>, Vec<String>);
+
+fn read_lets(cx: &mut Ctx<'_>, value: &Spanned<DeValue<'_>>, out: &mut RawLets) {
+    let DeValue::Table(t) = value.get_ref() else {
+        cx.at(value.span().start, "let must be a table: [let]");
+        return;
+    };
+    for (k, v) in t.iter() {
+        let name = k.get_ref().as_ref();
+        let word = name
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        match v.get_ref() {
+            DeValue::String(src) if word => {
+                out.0
+                    .push((name.to_string(), src.to_string(), k.span().start, v.span()))
+            }
+            _ if !word => cx.at(
+                k.span().start,
+                format!("a [let] name is letters, digits and _, starting with a letter: {name:?}"),
+            ),
+            _ => {
+                out.1.push(name.to_string());
+                cx.at(
+                    v.span().start,
+                    "expected an expression in a string, e.g. \"coalesce(PID-3[5=MR].1, PID-3.1)\"",
+                )
+            }
+        }
+    }
+    out.0.sort_by_key(|l| l.2);
+}
+
+/// Compiles a file's `[let]` entries in file order on top of `base` (the shared ones):
+/// each may use `base` and the entries above it.
+fn compile_lets(
+    cx: &mut Ctx<'_>,
+    raw: RawLets,
+    base: &expr::Lets,
+    tables: &BTreeMap<String, Table>,
+    refs: &Refs<'_>,
+) -> expr::Lets {
+    let (entries, bad) = raw;
+    let mut lets = base.clone();
+    for (name, _, at, _) in &entries {
+        if base.contains_key(name) {
+            cx.at(
+                *at,
+                format!("${name} is defined in {SHARED_FILE} already; give this one another name"),
+            );
+        }
+    }
+    lets.extend(entries.iter().map(|l| (l.0.clone(), expr::LetEntry::Below)));
+    lets.extend(bad.into_iter().map(|n| (n, expr::LetEntry::Failed)));
+    for (name, src, _, span) in entries {
+        let at = span.start + cx.quote_len(span.start);
+        let entry = match compile_expr(cx, &src, at, tables, refs, &lets) {
+            Some(e) => {
+                let r = uses_ref(&e);
+                expr::LetEntry::Ready(e, r)
+            }
+            None => expr::LetEntry::Failed,
+        };
+        lets.insert(name, entry);
+    }
+    lets
+}
+
+/// The file of `[let]` names every mapping of the directory may use.
+pub const SHARED_FILE: &str = "shared.toml";
+
+/// Loads the directory's shared `[let]` names (`shared.toml`); its problems go to
+/// `diags`. A `ref()` in it is not checked against what each mapping produces.
+pub fn load_shared(
+    file: &Path,
+    text: &str,
+    tables: &BTreeMap<String, Table>,
+    diags: &mut Vec<Diagnostic>,
+) -> expr::Lets {
+    let mut cx = Ctx { file, text, diags };
+    let Some(doc) = parse_toml(&mut cx, text) else {
+        return expr::Lets::new();
+    };
+    let mut raw: RawLets = (Vec::new(), Vec::new());
+    for (key, value) in doc.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "let" => read_lets(&mut cx, value, &mut raw),
+            "description" => {}
+            "resource" => cx.at(
+                key.span().start,
+                format!("{SHARED_FILE} holds only [let] names that every mapping may use; resources go in a mapping file"),
+            ),
+            _ => cx.unknown_key(key, &["description", "let"]),
+        }
+    }
+    let produced = BTreeSet::new();
+    let refs = Refs {
+        allowed: true,
+        produced: &produced,
+        checked: false,
+    };
+    compile_lets(&mut cx, raw, &expr::Lets::new(), tables, &refs)
+}
+
 /// Loads one mapping file: its description and rules, or `None` when it has errors
 /// (which are pushed to `diags`).
 pub fn load(
     file: &Path,
     text: &str,
     tables: &BTreeMap<String, Table>,
+    shared: &expr::Lets,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(String, Vec<Rule>)> {
     let before = diags.len();
     let mut cx = Ctx { file, text, diags };
-    let (doc, errors) = DeTable::parse_recoverable(text);
-    if !errors.is_empty() {
-        for e in errors {
-            let msg = e.message().trim().to_string();
-            let msg = match (msg.as_str(), e.span()) {
-                ("duplicate key", Some(span)) => {
-                    crate::diag::explain_duplicate(text, span.start).unwrap_or(msg)
-                }
-                (_, Some(span)) if inner_double_quote(text, span.start) => {
-                    format!("{msg}; inside an expression, write text in single quotes: 'CP'")
-                }
-                _ => msg,
-            };
-            match e.span() {
-                Some(span) => cx.at(span.start, format!("TOML syntax: {msg}")),
-                None => cx
-                    .diags
-                    .push(Diagnostic::whole_file(file, format!("TOML syntax: {msg}"))),
-            }
-        }
-        return None;
-    }
+    let doc = parse_toml(&mut cx, text)?;
     let mut description = String::new();
     let mut raws = Vec::new();
-    let mut raw_lets = Vec::new();
-    let mut bad_lets = Vec::new();
+    let mut raw_lets: RawLets = (Vec::new(), Vec::new());
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
-            "let" => match value.get_ref() {
-                DeValue::Table(t) => {
-                    for (k, v) in t.iter() {
-                        let name = k.get_ref().as_ref();
-                        let word = name
-                            .bytes()
-                            .next()
-                            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-                            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-                        match v.get_ref() {
-                            DeValue::String(src) if word => {
-                                raw_lets.push((name.to_string(), src.to_string(), k.span().start, v.span()))
-                            }
-                            _ if !word => cx.at(
-                                k.span().start,
-                                format!("a [let] name is letters, digits and _, starting with a letter: {name:?}"),
-                            ),
-                            _ => {
-                                bad_lets.push(name.to_string());
-                                cx.at(
-                                    v.span().start,
-                                    "expected an expression in a string, e.g. \"coalesce(PID-3[5=MR].1, PID-3.1)\"",
-                                )
-                            }
-                        }
-                    }
-                }
-                _ => cx.at(value.span().start, "let must be a table: [let]"),
-            },
+            "let" => read_lets(&mut cx, value, &mut raw_lets),
             "description" => match value.get_ref() {
                 DeValue::String(s) => description = s.to_string(),
                 _ => cx.at(value.span().start, "description must be a string"),
@@ -192,30 +279,13 @@ pub fn load(
             .filter_map(|r| r.bad_type.flatten().map(str::to_string)),
     );
     let check_refs = raws.iter().all(|r| r.bad_type.is_none_or(|m| m.is_some()));
-    // `[let]` expressions, in file order: each may use those above it.
-    raw_lets.sort_by_key(|l| l.2);
-    let mut lets: expr::Lets = raw_lets
-        .iter()
-        .map(|l| (l.0.clone(), expr::LetEntry::Below))
-        .collect();
-    lets.extend(bad_lets.into_iter().map(|n| (n, expr::LetEntry::Failed)));
-    for (name, src, _, span) in raw_lets {
-        let base = span.start + cx.quote_len(span.start);
-        let refs = Refs {
-            allowed: true,
-            produced: &produced,
-            checked: check_refs,
-        };
-        let compiled = compile_expr(&mut cx, &src, base, tables, &refs, &lets);
-        let entry = match compiled {
-            Some(e) => {
-                let r = uses_ref(&e);
-                expr::LetEntry::Ready(e, r)
-            }
-            None => expr::LetEntry::Failed,
-        };
-        lets.insert(name, entry);
-    }
+    // `[let]` expressions, in file order: each may use the shared ones and those above it.
+    let refs = Refs {
+        allowed: true,
+        produced: &produced,
+        checked: check_refs,
+    };
+    let lets = compile_lets(&mut cx, raw_lets, shared, tables, &refs);
     let mut rules = Vec::new();
     for (n, raw) in raws.into_iter().enumerate() {
         let (Some((rtype, _)), Some((id_text, id_span))) =

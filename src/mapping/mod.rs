@@ -97,8 +97,21 @@ impl MappingSet {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .filter(|p| p.file_name().is_none_or(|n| n != file::SHARED_FILE))
             .collect();
         paths.sort();
+        let shared_path = dir.join(file::SHARED_FILE);
+        let shared = match std::fs::read_to_string(&shared_path) {
+            Ok(text) => file::load_shared(&shared_path, &text, &tables, &mut diags),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => {
+                diags.push(Diagnostic::whole_file(
+                    &shared_path,
+                    format!("cannot read shared [let] names: {e}"),
+                ));
+                Default::default()
+            }
+        };
         let mut mappings = BTreeMap::new();
         for path in paths {
             let Some(name) = path
@@ -118,7 +131,9 @@ impl MappingSet {
                     continue;
                 }
             };
-            if let Some((description, rules)) = file::load(&path, &text, &tables, &mut diags) {
+            if let Some((description, rules)) =
+                file::load(&path, &text, &tables, &shared, &mut diags)
+            {
                 let m = Mapping {
                     name: name.clone(),
                     description,

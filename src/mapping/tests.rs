@@ -1216,6 +1216,66 @@ id = "hash($number, $subject)"
     );
 }
 
+/// `shared.toml` names what every mapping of the directory may use; it is no mapping,
+/// it holds no resources, and a mapping cannot define one of its names again.
+#[test]
+fn shared_let_names_serve_every_mapping() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"))
+    };
+    std::fs::create_dir(dir.path().join("tables")).unwrap_or_else(|e| panic!("{e}"));
+    write(
+        "shared.toml",
+        "[let]\nnumber = \"coalesce(PID-3[5=MR].1, PID-3.1)\"\nkey = \"hash(MSH-4.1, $number)\"\n",
+    );
+    let mapping = "[[resource]]\ntype = \"Patient\"\nid = \"$key\"\n[resource.set]\n\"identifier[0].value\" = \"$number\"\n";
+    write("a.toml", mapping);
+    write("b.toml", mapping);
+    let set =
+        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    assert_eq!(set.names().collect::<Vec<_>>(), ["a", "b"]);
+    let m = msg("MSH|^~\\&|A|BV|||20240131||ADT^A01|1|P|2.5\rPID|1||079^^^CCCD^NI~BN7^^^BV^MR\r");
+    for name in ["a", "b"] {
+        let out = crate::record::to_values(
+            &set.get(name)
+                .unwrap()
+                .run(&m, &RunContext::default())
+                .unwrap(),
+        );
+        assert_eq!(out[0]["id"], json!(functions::hash(&["BV", "BN7"])));
+        assert_eq!(out[0]["identifier"][0]["value"], json!("BN7"));
+    }
+
+    write(
+        "shared.toml",
+        "[let]\nnumber = \"PID-3.1\"\nbroken = \"dat(PID-7)\"\n\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\n",
+    );
+    write("a.toml", "[let]\nnumber = \"PID-2\"\n\n[[resource]]\ntype = \"Patient\"\nid = \"hash($number)\"\n[resource.set]\n\"birthDate\" = \"$broken\"\n");
+    std::fs::remove_file(dir.path().join("b.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let errors: Vec<String> = MappingSet::load(dir.path())
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let file = d
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{file}:{}:{}: {}", d.line, d.column, d.message)
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "a.toml:2:1: $number is defined in shared.toml already; give this one another name",
+            "shared.toml:3:11: unknown function \"dat\" (did you mean \"date\"?)",
+            "shared.toml:5:3: shared.toml holds only [let] names that every mapping may use; resources go in a mapping file",
+        ]
+    );
+}
+
 #[test]
 fn a_misspelled_type_is_one_problem_not_one_per_reference_to_it() {
     let refs = "[[resource]]\ntype = \"Encounter\"\nid = \"'e'\"\n[resource.set]\n\"subject\" = \"ref(Patient)\"\n\"partOf\" = \"ref(Encounter)\"\n";
