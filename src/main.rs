@@ -536,7 +536,12 @@ fn map(
     }
     if let Some(m) = &mapping {
         if rules.mappings.get(m).is_none() {
-            let hint = hint(m, rules.mappings.names().collect());
+            let hint = if format!("{m}.toml") == halong::mapping::SHARED_FILE {
+                " (shared.toml holds the [let] names every mapping uses; it is not a mapping)"
+                    .to_string()
+            } else {
+                hint(m, rules.mappings.names().collect())
+            };
             eprintln!(
                 "halong map: no mapping named \"{m}\" in {}{hint}",
                 config.mappings_dir().display()

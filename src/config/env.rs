@@ -121,7 +121,9 @@ fn set(root: &mut toml::Table, o: &Override) -> Result<(), String> {
 
 /// Keys whose value is text even when it looks like a number: a facility code such as
 /// `01001` keeps its leading zero.
-const TEXT_KEYS: &[&str] = &["facility", "ae_title", "name", "prefix", "token"];
+const TEXT_KEYS: &[&str] = &[
+    "facility", "ae_title", "name", "prefix", "token", "tls_cert", "tls_key", "dir",
+];
 
 /// A key absent from the file gets an integer or boolean when the text is one, unless
 /// the key always takes text.

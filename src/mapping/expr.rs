@@ -49,7 +49,9 @@ pub struct Let {
     pub failed: bool,
 }
 
-/// A file's `[let]` names, as far as an expression may use them.
+/// A file's `[let]` names, as far as an expression may use them. The key "" (no name
+/// has it) marks a directory whose `shared.toml` could not be read: an unknown name may
+/// be one of its, so its uses stand in quietly instead of repeating that one problem.
 pub type Lets = std::collections::BTreeMap<String, LetEntry>;
 
 #[derive(Clone, Debug)]
@@ -247,7 +249,7 @@ impl Parser<'_> {
         };
         let hint = || {
             crate::diag::did_you_mean(name, self.lets.keys().map(String::as_str)).map_or_else(
-                || " (define it under [let], above its first use)".to_string(),
+                || " (define it under [let] above its first use, or in shared.toml)".to_string(),
                 |h| format!(" (did you mean ${h}?)"),
             )
         };
@@ -262,6 +264,7 @@ impl Parser<'_> {
         };
         match self.lets.get(name) {
             _ if name.is_empty() => Err(err("expected a name after '$'".to_string())),
+            None if self.lets.contains_key("") => Ok(let_of(&Expr::Str(String::new()), false, true)),
             None => Err(err(format!("unknown name ${name}{}", hint()))),
             Some(LetEntry::Below) => Err(err(format!(
                 "${name} is not defined above this point: a [let] may use only the names defined above it"

@@ -188,6 +188,12 @@ fn compile_lets(
 /// The file of `[let]` names every mapping of the directory may use.
 pub const SHARED_FILE: &str = "shared.toml";
 
+/// What a `shared.toml` that cannot be read or parsed (already reported) leaves: no
+/// names, and uses of unknown ones quiet (see [`expr::Lets`]).
+pub fn unreadable_shared() -> expr::Lets {
+    expr::Lets::from([(String::new(), expr::LetEntry::Failed)])
+}
+
 /// Loads the directory's shared `[let]` names (`shared.toml`); its problems go to
 /// `diags`. A `ref()` in it is not checked against what each mapping produces.
 pub fn load_shared(
@@ -198,7 +204,7 @@ pub fn load_shared(
 ) -> expr::Lets {
     let mut cx = Ctx { file, text, diags };
     let Some(doc) = parse_toml(&mut cx, text) else {
-        return expr::Lets::new();
+        return unreadable_shared();
     };
     let mut raw: RawLets = (Vec::new(), Vec::new());
     for (key, value) in doc.get_ref().iter() {
@@ -420,7 +426,10 @@ fn raw_rule<'i>(cx: &mut Ctx<'_>, t: &DeTable<'i>, span: Range<usize>) -> RawRul
         if name == "unique" {
             match value.get_ref() {
                 DeValue::Boolean(b) => raw.unique = *b,
-                _ => cx.at(value.span().start, "unique must be true or false"),
+                _ => cx.at(
+                    value.span().start,
+                    "unique must be true or false (a TOML boolean, without quotes)",
+                ),
             }
             continue;
         }

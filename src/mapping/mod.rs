@@ -36,6 +36,7 @@ use crate::record::Record;
 
 pub use eval::Value;
 pub use fhir_types::R4_RESOURCE_TYPES;
+pub use file::SHARED_FILE;
 pub use functions::FUNCTIONS;
 pub use tables::Table;
 
@@ -109,7 +110,7 @@ impl MappingSet {
                     &shared_path,
                     format!("cannot read shared [let] names: {e}"),
                 ));
-                Default::default()
+                file::unreadable_shared()
             }
         };
         let mut mappings = BTreeMap::new();

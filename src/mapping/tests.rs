@@ -1210,7 +1210,7 @@ id = "hash($number, $subject)"
             "6:1: a [let] name is letters, digits and _, starting with a letter: \"bad name\"",
             "11:12: unknown name $nubmer (did you mean $number?)",
             "15:29: expected the code the component must have (PID-3[5=MR]), found ']'",
-            "20:10: unique must be true or false",
+            "20:10: unique must be true or false (a TOML boolean, without quotes)",
             "21:21: $subject calls ref() or refs(), which cannot be used in id or when (ids are computed before references)",
         ]
     );
@@ -1273,6 +1273,17 @@ fn shared_let_names_serve_every_mapping() {
             "shared.toml:3:11: unknown function \"dat\" (did you mean \"date\"?)",
             "shared.toml:5:3: shared.toml holds only [let] names that every mapping may use; resources go in a mapping file",
         ]
+    );
+
+    // A shared.toml that does not parse is one problem, not one per use of its names.
+    write("shared.toml", "[let]\nnumber = \"PID-3.1\n");
+    write("a.toml", mapping);
+    let errors = MappingSet::load(dir.path()).err().unwrap_or_default();
+    assert_eq!(errors.len(), 1, "{}", crate::diag::render(&errors));
+    assert!(
+        errors[0].to_string().contains("shared.toml:2:"),
+        "{}",
+        errors[0]
     );
 }
 

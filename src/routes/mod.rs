@@ -360,7 +360,14 @@ fn load_file(
         if !mappings.contains(&mapping) {
             let hint = did_you_mean(&mapping, mappings.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
-                .unwrap_or_else(|| format!(" (no mappings/{mapping}.toml)"));
+                .unwrap_or_else(|| {
+                    if format!("{mapping}.toml") == crate::mapping::SHARED_FILE {
+                        " (shared.toml holds the [let] names every mapping uses; it is not a mapping)"
+                            .to_string()
+                    } else {
+                        format!(" (no mappings/{mapping}.toml)")
+                    }
+                });
             problems.push(at(
                 def.mapping.span(),
                 format!("unknown mapping \"{mapping}\"{hint}"),
