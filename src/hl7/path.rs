@@ -74,6 +74,9 @@ pub struct FieldPath {
 pub struct Path {
     /// Segment name, three ASCII characters.
     pub segment: String,
+    /// The name packed by [`super::name_code`], kept beside it so that finding the
+    /// segment reads no string.
+    pub code: u32,
     /// 1-based segment instance (`OBX[2]`); `None` means "the first" (or the current one
     /// in a mapping context).
     pub instance: Option<usize>,
@@ -192,6 +195,7 @@ impl Path {
         }
         Ok((
             Path {
+                code: super::name_code(&segment),
                 segment,
                 instance,
                 field,

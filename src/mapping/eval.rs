@@ -26,9 +26,18 @@ use crate::hl7::{Message, Path, Repetition};
 /// any other segment type, from a context segment, first looks at the segments that
 /// follow the context up to the next group head: that is where its NTE notes are.
 fn is_group_head(name: &str) -> bool {
+    is_group_head_name(name.as_bytes())
+}
+
+/// [`is_group_head`] of a name packed by [`crate::hl7::name_code`].
+fn is_group_head_code(code: u32) -> bool {
+    is_group_head_name(&code.to_le_bytes()[..3])
+}
+
+fn is_group_head_name(name: &[u8]) -> bool {
     // A byte match compiles to a few comparisons, not a string compare per head.
     matches!(
-        name.as_bytes(),
+        name,
         b"MSH"
             | b"PID"
             | b"PD1"
@@ -420,7 +429,7 @@ impl<'a> Scope<'a> {
     /// a few segments many times over (PID, the OBR of an OBX): each is worked out once
     /// per scope.
     pub fn resolve(&self, path: &Path) -> Option<usize> {
-        let want = crate::hl7::name_code(&path.segment);
+        let want = path.code;
         let key = match path.instance {
             None => Some(want),
             Some(n) if n < 255 => Some(want | ((n as u32 + 1) << 24)),
@@ -464,7 +473,7 @@ impl<'a> Scope<'a> {
                 return self.order_segment(obr, want);
             }
         }
-        let child_type = !is_group_head(&path.segment);
+        let child_type = !is_group_head_code(path.code);
         // A child of the context segment (NTE after an OBX or OBR, ...): the first
         // instance among the segments that follow it, up to the next group head.
         if child_type {
@@ -551,9 +560,9 @@ impl<'a> Scope<'a> {
     /// type that belong to the context segment (the NTEs after an OBX, up to the next
     /// group head); otherwise every instance in the message.
     fn instances_of(&self, path: &Path) -> Vec<usize> {
-        let want = crate::hl7::name_code(&path.segment);
+        let want = path.code;
         match self.seg {
-            Some(cur) if path.instance.is_none() && !is_group_head(&path.segment) => self
+            Some(cur) if path.instance.is_none() && !is_group_head_code(path.code) => self
                 .children(cur)
                 .filter(|&i| self.msg.segment_code(i) == want)
                 .collect(),

@@ -373,11 +373,14 @@ fn set_value<'a>(
     steps: &'a [Step],
     value: Value<'a>,
 ) -> Result<(), String> {
-    let star = steps.contains(&Step::All);
+    if !value.present() {
+        // Nothing to set: the output path is not even read.
+        return Ok(());
+    }
     match value {
         // Item `i` goes to index `i`, so that several `[*]` paths fed by the same
         // repetitions stay aligned.
-        Value::List(items) if star => {
+        Value::List(items) if steps.contains(&Step::All) => {
             for (i, item) in items.into_iter().enumerate() {
                 if item.present() {
                     root.set(steps, i, item)?;
@@ -385,8 +388,7 @@ fn set_value<'a>(
             }
             Ok(())
         }
-        v if v.present() => root.set(steps, 0, v),
-        _ => Ok(()),
+        v => root.set(steps, 0, v),
     }
 }
 
