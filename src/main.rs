@@ -536,11 +536,9 @@ fn map(
     }
     if let Some(m) = &mapping {
         if rules.mappings.get(m).is_none() {
-            let hint = if format!("{m}.toml") == halong::mapping::SHARED_FILE {
-                " (shared.toml holds the [let] names every mapping uses; it is not a mapping)"
-                    .to_string()
-            } else {
-                hint(m, rules.mappings.names().collect())
+            let hint = match halong::mapping::not_a_mapping(m) {
+                Some(what) => what.to_string(),
+                None => hint(m, rules.mappings.names().collect()),
             };
             eprintln!(
                 "halong map: no mapping named \"{m}\" in {}{hint}",

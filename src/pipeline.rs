@@ -135,7 +135,7 @@ fn mapping_file_stems(dir: &Path) -> Vec<String> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let p = e.path();
-                    (p.extension()? == "toml" && p.file_name()? != crate::mapping::SHARED_FILE)
+                    crate::mapping::is_mapping_file(&p)
                         .then(|| p.file_stem()?.to_str().map(str::to_string))?
                 })
                 .collect()

@@ -493,7 +493,7 @@ impl Config {
                 ));
             }
             if let Some(f) = &l.facility {
-                if f.trim().is_empty()
+                if f.is_empty()
                     || f.trim() != f
                     || f.chars().any(|c| c.is_control() || "|^~\\&".contains(c))
                 {

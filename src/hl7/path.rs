@@ -34,9 +34,7 @@ impl Code {
 
     /// `None` unless `s` is 1 to [`Code::MAX`] letters, digits, `_` or `-`.
     pub fn new(s: &str) -> Option<Code> {
-        let ok = (1..=Code::MAX).contains(&s.len())
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+        let ok = (1..=Code::MAX).contains(&s.len()) && s.bytes().all(Code::allows);
         ok.then(|| {
             let mut bytes = [0; Code::MAX];
             bytes[..s.len()].copy_from_slice(s.as_bytes());
@@ -45,6 +43,11 @@ impl Code {
                 len: s.len() as u8,
             }
         })
+    }
+
+    /// A byte a code may hold.
+    fn allows(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
     }
 
     pub fn as_str(&self) -> &str {
@@ -247,10 +250,7 @@ fn number(text: &str, pos: usize, what: &str) -> Result<(usize, usize), PathErro
 /// where it ends.
 fn filter_code(text: &str, pos: usize) -> Result<(Code, usize), PathError> {
     let rest = text.get(pos..).unwrap_or("");
-    let len = rest
-        .bytes()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
-        .count();
+    let len = rest.bytes().take_while(|&c| Code::allows(c)).count();
     if len == 0 {
         return Err(err(
             pos,

@@ -122,6 +122,11 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
+/// Whether `s` is a name of the grammar (what may follow `$`).
+pub fn is_name(s: &str) -> bool {
+    s.bytes().next().is_some_and(is_word_start) && s.bytes().all(is_word)
+}
+
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
         self.src.as_bytes().get(self.pos).copied()

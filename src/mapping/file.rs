@@ -124,11 +124,7 @@ fn read_lets(cx: &mut Ctx<'_>, value: &Spanned<DeValue<'_>>, out: &mut RawLets) 
     };
     for (k, v) in t.iter() {
         let name = k.get_ref().as_ref();
-        let word = name
-            .bytes()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        let word = expr::is_name(name);
         match v.get_ref() {
             DeValue::String(src) if word => {
                 out.0
@@ -661,7 +657,10 @@ fn check(
 /// Whether an expression calls `ref()` or `refs()`.
 fn uses_ref(e: &Expr) -> bool {
     match e {
-        Expr::Call(c) => matches!(c.name.as_str(), "ref" | "refs") || c.args.iter().any(uses_ref),
+        Expr::Call(c) => {
+            matches!(c.fid, functions::fid::REF | functions::fid::REFS)
+                || c.args.iter().any(uses_ref)
+        }
         Expr::Let(l) => l.uses_ref,
         _ => false,
     }

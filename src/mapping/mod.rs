@@ -80,6 +80,19 @@ pub struct MapError {
     pub message: String,
 }
 
+/// Whether `path` is a mapping file of its directory: `*.toml`, but not the shared
+/// `[let]` names ([`SHARED_FILE`]).
+pub fn is_mapping_file(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+        && path.file_name().is_some_and(|n| n != SHARED_FILE)
+}
+
+/// What to tell someone who names `shared` as a mapping: what that file is.
+pub fn not_a_mapping(name: &str) -> Option<&'static str> {
+    (format!("{name}.toml") == SHARED_FILE)
+        .then_some(" (shared.toml holds the [let] names every mapping uses; it is not a mapping)")
+}
+
 impl MappingSet {
     /// Loads every mapping of `dir`; all problems at once, each with file:line:column.
     pub fn load(dir: &std::path::Path) -> Result<MappingSet, Vec<Diagnostic>> {
@@ -97,8 +110,7 @@ impl MappingSet {
         let mut paths: Vec<_> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .filter(|p| p.file_name().is_none_or(|n| n != file::SHARED_FILE))
+            .filter(|p| is_mapping_file(p))
             .collect();
         paths.sort();
         let shared_path = dir.join(file::SHARED_FILE);

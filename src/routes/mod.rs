@@ -360,13 +360,9 @@ fn load_file(
         if !mappings.contains(&mapping) {
             let hint = did_you_mean(&mapping, mappings.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
-                .unwrap_or_else(|| {
-                    if format!("{mapping}.toml") == crate::mapping::SHARED_FILE {
-                        " (shared.toml holds the [let] names every mapping uses; it is not a mapping)"
-                            .to_string()
-                    } else {
-                        format!(" (no mappings/{mapping}.toml)")
-                    }
+                .unwrap_or_else(|| match crate::mapping::not_a_mapping(&mapping) {
+                    Some(what) => what.to_string(),
+                    None => format!(" (no mappings/{mapping}.toml)"),
                 });
             problems.push(at(
                 def.mapping.span(),
