@@ -133,7 +133,8 @@ impl Builder {
             return false;
         }
         let first = self.rec.nodes.len() as u32;
-        self.rec.nodes.extend(self.pending.drain(mark..));
+        self.rec.nodes.extend_from_slice(&self.pending[mark..]);
+        self.pending.truncate(mark);
         self.pending.push(Slot::new(tag, first, count as u32));
         true
     }

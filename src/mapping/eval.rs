@@ -299,28 +299,29 @@ pub struct Scope<'a> {
 }
 
 /// A few (segment name and instance → segment) answers of [`Scope::resolve`], kept
-/// for the scope's lifetime; the oldest gives way when all slots are taken.
+/// for the scope's lifetime, each in the slot its key hashes to (a clash replaces the
+/// older answer, which is only worked out again).
 #[derive(Default)]
 pub struct Resolved {
     /// Key (name code, and instance + 1 in the top byte; 0 = unused, since no segment
     /// name packs to 0) and segment + 1 (0 = none).
-    slots: [std::cell::Cell<(u32, u32)>; 8],
-    next: std::cell::Cell<usize>,
+    slots: [std::cell::Cell<(u32, u32)>; 16],
 }
 
 impl Resolved {
+    fn slot(&self, key: u32) -> &std::cell::Cell<(u32, u32)> {
+        let h = key.wrapping_mul(0x9E37_79B1) >> 28;
+        &self.slots[h as usize % self.slots.len()]
+    }
+
     fn get(&self, key: u32) -> Option<Option<usize>> {
-        self.slots.iter().find_map(|s| {
-            let (k, v) = s.get();
-            (k == key).then(|| v.checked_sub(1).map(|v| v as usize))
-        })
+        let (k, v) = self.slot(key).get();
+        (k == key).then(|| v.checked_sub(1).map(|v| v as usize))
     }
 
     fn put(&self, key: u32, seg: Option<usize>) {
-        let i = self.next.get();
         let v = seg.map_or(0, |s| s as u32 + 1);
-        self.slots[i].set((key, v));
-        self.next.set((i + 1) % self.slots.len());
+        self.slot(key).set((key, v));
     }
 }
 
@@ -651,80 +652,125 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// Argument `i` of a call, absent when there is none.
+    fn arg(&self, c: &'a Call, i: usize) -> Result<Value<'a>, String> {
+        match c.args.get(i) {
+            Some(e) => self.eval(e),
+            None => Ok(Value::Absent),
+        }
+    }
+
+    /// A function call. The small, frequent functions are worked out here; every other
+    /// one in a function of its own, so that this one, entered for every call, stays
+    /// small in code and in stack (an interpreter's dispatch is where its time goes).
     fn call(&self, c: &'a Call) -> Result<Value<'a>, String> {
-        let arg = |i: usize| -> Result<Value<'a>, String> {
-            match c.args.get(i) {
-                Some(e) => self.eval(e),
-                None => Ok(Value::Absent),
-            }
-        };
-        let fail = |msg: String| format!("{}: {msg}", c.text);
         match c.fid {
-            fid::EXISTS => Ok(Value::Bool(arg(0)?.truthy())),
+            fid::EXISTS => Ok(Value::Bool(self.arg(c, 0)?.truthy())),
+            fid::NOT => Ok(Value::Bool(!self.arg(c, 0)?.truthy())),
             fid::EQ => {
-                let (a, b) = (arg(0)?.into_text(), arg(1)?.into_text());
-                Ok(Value::Bool(a == b))
+                let (a, b) = (self.arg(c, 0)?, self.arg(c, 1)?);
+                Ok(Value::Bool(a.into_text() == b.into_text()))
             }
-            fid::IN => {
-                let Some(x) = arg(0)?.into_text() else {
-                    return Ok(Value::Bool(false));
-                };
-                for a in c.args.iter().skip(1) {
-                    // A literal is compared as it is (an empty one is absent: no match).
-                    let hit = match a {
-                        Expr::Str(s) => !s.is_empty() && **s == *x,
-                        e => self.eval(e)?.into_text().as_deref() == Some(&*x),
-                    };
-                    if hit {
-                        return Ok(Value::Bool(true));
-                    }
-                }
-                Ok(Value::Bool(false))
-            }
-            fid::NOT => Ok(Value::Bool(!arg(0)?.truthy())),
-            fid::FACILITY => Ok(if self.facility.is_empty() {
-                Value::Absent
-            } else {
-                Value::Str(Cow::Borrowed(self.facility))
-            }),
+            fid::IN => self.call_in(c),
             fid::IF => {
-                if arg(0)?.truthy() {
-                    arg(1)
+                if self.arg(c, 0)?.truthy() {
+                    self.arg(c, 1)
                 } else {
-                    arg(2)
+                    self.arg(c, 2)
                 }
             }
             fid::COALESCE => {
-                for i in 0..c.args.len() {
-                    let v = arg(i)?;
+                for e in &c.args {
+                    let v = self.eval(e)?;
                     if !v.is_absent() {
                         return Ok(v);
                     }
                 }
                 Ok(Value::Absent)
             }
-            fid::DATE => map1(arg(0)?, &mut |t| {
+            fid::DEFAULT => {
+                let v = self.arg(c, 0)?;
+                if v.is_absent() {
+                    self.arg(c, 1)
+                } else {
+                    Ok(v)
+                }
+            }
+            fid::FACILITY => Ok(if self.facility.is_empty() {
+                Value::Absent
+            } else {
+                Value::Str(Cow::Borrowed(self.facility))
+            }),
+            fid::DATE
+            | fid::DATETIME
+            | fid::DECIMAL
+            | fid::INTEGER
+            | fid::TRIM
+            | fid::UPPER
+            | fid::LOWER
+            | fid::BASE64 => self.call_text(c),
+            fid::CONCAT | fid::TEMPLATE => self.call_concat(c),
+            fid::LOOKUP => self.call_lookup(c),
+            fid::HASH => self.call_hash(c),
+            fid::REF | fid::REFS => Ok(self.call_ref(c)),
+            fid::HUMAN_NAME
+            | fid::ADDRESS
+            | fid::CONTACT_POINT
+            | fid::IDENTIFIER
+            | fid::CODEABLE_CONCEPT => self.call_datatype(c),
+            fid::QUANTITY => self.call_quantity(c),
+            _ => self.call_rare(c),
+        }
+    }
+
+    #[inline(never)]
+    fn call_in(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let Some(x) = self.arg(c, 0)?.into_text() else {
+            return Ok(Value::Bool(false));
+        };
+        for a in c.args.iter().skip(1) {
+            // A literal is compared as it is (an empty one is absent: no match).
+            let hit = match a {
+                Expr::Str(s) => !s.is_empty() && **s == *x,
+                e => self.eval(e)?.into_text().as_deref() == Some(&*x),
+            };
+            if hit {
+                return Ok(Value::Bool(true));
+            }
+        }
+        Ok(Value::Bool(false))
+    }
+
+    /// The functions of one text: dates, numbers, trimming and case, base64.
+    #[inline(never)]
+    fn call_text(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let fail = |msg: String| failed(c, msg);
+        match c.fid {
+            fid::DATE => map1(self.arg(c, 0)?, &mut |t| {
                 functions::date(&t).map(owned).map_err(fail)
             }),
             fid::DATETIME => {
-                let zone = arg(1)?.into_text();
-                map1(arg(0)?, &mut |t| {
+                let zone = self.arg(c, 1)?.into_text();
+                map1(self.arg(c, 0)?, &mut |t| {
                     functions::datetime(&t, zone.as_deref())
                         .map(owned)
                         .map_err(fail)
                 })
             }
-            fid::DECIMAL => map1(arg(0)?, &mut |t| {
+            fid::DECIMAL => map1(self.arg(c, 0)?, &mut |t| {
                 functions::decimal(&t)
                     .map(|n| Value::Num(Cow::Owned(n)))
                     .map_err(fail)
             }),
-            fid::INTEGER => map1(arg(0)?, &mut |t| {
+            fid::INTEGER => map1(self.arg(c, 0)?, &mut |t| {
                 functions::integer(&t)
                     .map(|n| Value::Num(Cow::Owned(n)))
                     .map_err(fail)
             }),
-            fid::TRIM | fid::UPPER | fid::LOWER => map1(arg(0)?, &mut |t| {
+            fid::BASE64 => map1(self.arg(c, 0)?, &mut |t| {
+                Ok(owned(functions::base64(t.as_bytes())))
+            }),
+            _ => map1(self.arg(c, 0)?, &mut |t| {
                 let t: Cow<'a, str> = match (c.fid, t) {
                     (fid::UPPER, t) => Cow::Owned(t.trim().to_uppercase()),
                     (fid::LOWER, t) => Cow::Owned(t.trim().to_lowercase()),
@@ -737,37 +783,143 @@ impl<'a> Scope<'a> {
                     Value::Str(t)
                 })
             }),
-            fid::CONCAT => {
-                let mut out = String::with_capacity(32);
-                let mut any = false;
-                for i in 0..c.args.len() {
-                    if let Some(t) = arg(i)?.into_text() {
-                        out.push_str(&t);
-                        any = true;
-                    }
+        }
+    }
+
+    /// `concat(a, b, ...)`, and `template`'s literal, placeholder, literal, ...: absent
+    /// when every placeholder is.
+    #[inline(never)]
+    fn call_concat(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let mut out = String::with_capacity(32);
+        let mut any = false;
+        let template = c.fid == fid::TEMPLATE;
+        for (i, a) in c.args.iter().enumerate() {
+            if template && i % 2 == 0 {
+                if let Expr::Str(t) = a {
+                    out.push_str(t);
                 }
-                Ok(if any && !out.trim().is_empty() {
-                    owned(out)
-                } else {
-                    Value::Absent
-                })
+            } else if let Some(t) = self.eval(a)?.into_text() {
+                out.push_str(&t);
+                any = true;
             }
-            fid::TEMPLATE => {
-                // Literal, placeholder, literal, ...: absent when every placeholder is.
-                let mut out = String::with_capacity(32);
-                let mut any = false;
-                for (i, a) in c.args.iter().enumerate() {
-                    if i % 2 == 0 {
-                        if let Expr::Str(t) = a {
-                            out.push_str(t);
-                        }
-                    } else if let Some(t) = self.eval(a)?.into_text() {
-                        any = true;
-                        out.push_str(&t);
-                    }
+        }
+        let present = if template {
+            any
+        } else {
+            any && !out.trim().is_empty()
+        };
+        Ok(if present { owned(out) } else { Value::Absent })
+    }
+
+    #[inline(never)]
+    fn call_lookup(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let name = c.args.first().map_or("", name_arg);
+        let Some(table) = self.tables.get(name) else {
+            return Err(failed(c, format!("unknown table {name:?}")));
+        };
+        let default = self.arg(c, 2)?;
+        map1(self.arg(c, 1)?, &mut |t| {
+            Ok(match table.get(t.trim()) {
+                Some(v) => Value::Str(Cow::Borrowed(v)),
+                None => default.clone(),
+            })
+        })
+    }
+
+    #[inline(never)]
+    fn call_hash(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let mut h = functions::Hasher::default();
+        let mut any = false;
+        for e in &c.args {
+            let t = self.eval(e)?.into_text();
+            any |= t.is_some();
+            h.part(t.as_deref().unwrap_or_default());
+        }
+        Ok(if any {
+            owned(h.finish())
+        } else {
+            Value::Absent
+        })
+    }
+
+    /// `ref(Type)` and `refs(Type)`.
+    #[inline(never)]
+    fn call_ref(&self, c: &'a Call) -> Value<'a> {
+        let t = c.args.first().map_or("", name_arg);
+        if c.fid == fid::REF {
+            return self.nearest(t).map_or(Value::Absent, reference);
+        }
+        let items: Vec<Value> = self.in_group(t).map(reference).collect();
+        if items.is_empty() {
+            Value::Absent
+        } else {
+            Value::List(items)
+        }
+    }
+
+    /// The data type functions: HumanName, Address, ContactPoint, Identifier,
+    /// CodeableConcept from an HL7 path.
+    #[inline(never)]
+    fn call_datatype(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let Some(Expr::Path { path, .. }) = c.args.first() else {
+            return Err(failed(c, "the argument must be an HL7 path".into()));
+        };
+        let t = self.dt;
+        let build = |p: &Parts<'a>| match c.fid {
+            fid::HUMAN_NAME => datatypes::human_name(p, t),
+            fid::ADDRESS => datatypes::address(p, t),
+            fid::CONTACT_POINT => datatypes::contact_point(p, t),
+            fid::IDENTIFIER => datatypes::identifier(p, t),
+            _ => datatypes::codeable_concept(p, t),
+        };
+        if !is_all(path) {
+            let mut one = Value::Absent;
+            self.each_part(path, |p| one = build(&p).unwrap_or(Value::Absent));
+            return Ok(one);
+        }
+        let mut items = Vec::new();
+        self.each_part(path, |p| items.push(build(&p).unwrap_or(Value::Absent)));
+        Ok(collect(items, true))
+    }
+
+    #[inline(never)]
+    fn call_quantity(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let Some(Expr::Path { path, .. }) = c.args.first() else {
+            return Err(failed(c, "the first argument must be an HL7 path".into()));
+        };
+        let units = match c.args.get(1) {
+            Some(Expr::Path { path, .. }) => {
+                let mut first = None;
+                self.each_part(path, |p| {
+                    first.get_or_insert(p);
+                });
+                first
+            }
+            Some(_) => return Err(failed(c, "the second argument must be an HL7 path".into())),
+            None => None,
+        };
+        let all = is_all(path);
+        let mut items = Vec::new();
+        let mut failure = None;
+        self.each_part(path, |p| {
+            if failure.is_none() {
+                match datatypes::quantity(&p, units.as_ref(), self.dt) {
+                    Ok(q) => items.push(q.unwrap_or(Value::Absent)),
+                    Err(e) => failure = Some(e),
                 }
-                Ok(if any { owned(out) } else { Value::Absent })
             }
+        });
+        if let Some(e) = failure {
+            return Err(failed(c, e));
+        }
+        Ok(collect(items, all))
+    }
+
+    /// The functions few fields call: split, join, required, matches, all.
+    #[inline(never)]
+    fn call_rare(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let arg = |i: usize| self.arg(c, i);
+        match c.fid {
             fid::SPLIT => {
                 let sep = arg(1)?.into_text().unwrap_or_default();
                 match arg(0)? {
@@ -802,46 +954,6 @@ impl<'a> Scope<'a> {
                     owned(parts.join(&*sep))
                 })
             }
-            fid::LOOKUP => {
-                let name = c.args.first().map_or("", name_arg);
-                let Some(table) = self.tables.get(name) else {
-                    return Err(fail(format!("unknown table {name:?}")));
-                };
-                let default = arg(2)?;
-                map1(arg(1)?, &mut |t| {
-                    Ok(match table.get(t.trim()) {
-                        Some(v) => Value::Str(Cow::Borrowed(v)),
-                        None => default.clone(),
-                    })
-                })
-            }
-            fid::HASH => {
-                let mut h = functions::Hasher::default();
-                let mut any = false;
-                for i in 0..c.args.len() {
-                    let t = arg(i)?.into_text();
-                    any |= t.is_some();
-                    h.part(t.as_deref().unwrap_or_default());
-                }
-                Ok(if any {
-                    owned(h.finish())
-                } else {
-                    Value::Absent
-                })
-            }
-            fid::REF => {
-                let t = c.args.first().map_or("", name_arg);
-                Ok(self.nearest(t).map_or(Value::Absent, reference))
-            }
-            fid::REFS => {
-                let t = c.args.first().map_or("", name_arg);
-                let items: Vec<Value> = self.in_group(t).map(reference).collect();
-                Ok(if items.is_empty() {
-                    Value::Absent
-                } else {
-                    Value::List(items)
-                })
-            }
             fid::REQUIRED => {
                 let v = arg(0)?;
                 if v.is_absent() {
@@ -849,17 +961,9 @@ impl<'a> Scope<'a> {
                         || "a required value is missing".to_string(),
                         Cow::into_owned,
                     );
-                    return Err(fail(why));
+                    return Err(failed(c, why));
                 }
                 Ok(v)
-            }
-            fid::DEFAULT => {
-                let v = arg(0)?;
-                if v.is_absent() {
-                    arg(1)
-                } else {
-                    Ok(v)
-                }
             }
             fid::MATCHES => {
                 let pat = arg(1)?.into_text().unwrap_or_default();
@@ -869,34 +973,9 @@ impl<'a> Scope<'a> {
                         .is_some_and(|t| functions::glob(&pat, &t)),
                 ))
             }
-            fid::HUMAN_NAME
-            | fid::ADDRESS
-            | fid::CONTACT_POINT
-            | fid::IDENTIFIER
-            | fid::CODEABLE_CONCEPT => {
-                let Some(Expr::Path { path, .. }) = c.args.first() else {
-                    return Err(fail("the argument must be an HL7 path".into()));
-                };
-                let t = self.dt;
-                let build = |p: &Parts<'a>| match c.fid {
-                    fid::HUMAN_NAME => datatypes::human_name(p, t),
-                    fid::ADDRESS => datatypes::address(p, t),
-                    fid::CONTACT_POINT => datatypes::contact_point(p, t),
-                    fid::IDENTIFIER => datatypes::identifier(p, t),
-                    _ => datatypes::codeable_concept(p, t),
-                };
-                if !is_all(path) {
-                    let mut one = Value::Absent;
-                    self.each_part(path, |p| one = build(&p).unwrap_or(Value::Absent));
-                    return Ok(one);
-                }
-                let mut items = Vec::new();
-                self.each_part(path, |p| items.push(build(&p).unwrap_or(Value::Absent)));
-                Ok(collect(items, true))
-            }
             fid::ALL => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
-                    return Err(fail("the argument must be an HL7 path".into()));
+                    return Err(failed(c, "the argument must be an HL7 path".into()));
                 };
                 let mut items = Vec::new();
                 for seg in self.instances_of(path) {
@@ -907,39 +986,7 @@ impl<'a> Scope<'a> {
                 }
                 Ok(collect(items, true))
             }
-            fid::BASE64 => map1(arg(0)?, &mut |t| Ok(owned(functions::base64(t.as_bytes())))),
-            fid::QUANTITY => {
-                let Some(Expr::Path { path, .. }) = c.args.first() else {
-                    return Err(fail("the first argument must be an HL7 path".into()));
-                };
-                let units = match c.args.get(1) {
-                    Some(Expr::Path { path, .. }) => {
-                        let mut first = None;
-                        self.each_part(path, |p| {
-                            first.get_or_insert(p);
-                        });
-                        first
-                    }
-                    Some(_) => return Err(fail("the second argument must be an HL7 path".into())),
-                    None => None,
-                };
-                let all = is_all(path);
-                let mut items = Vec::new();
-                let mut failed = None;
-                self.each_part(path, |p| {
-                    if failed.is_none() {
-                        match datatypes::quantity(&p, units.as_ref(), self.dt) {
-                            Ok(q) => items.push(q.unwrap_or(Value::Absent)),
-                            Err(e) => failed = Some(e),
-                        }
-                    }
-                });
-                if let Some(e) = failed {
-                    return Err(fail(e));
-                }
-                Ok(collect(items, all))
-            }
-            _ => Err(fail(format!("unknown function {:?}", c.name))),
+            _ => Err(failed(c, format!("unknown function {:?}", c.name))),
         }
     }
 
@@ -1067,6 +1114,12 @@ fn collect(items: Vec<Value<'_>>, all: bool) -> Value<'_> {
     } else {
         items.into_iter().next().unwrap_or(Value::Absent)
     }
+}
+
+/// A run-time error of call `c`, led by its text.
+#[cold]
+fn failed(c: &Call, msg: String) -> String {
+    format!("{}: {msg}", c.text)
 }
 
 fn owned<'a>(s: String) -> Value<'a> {

@@ -27,6 +27,8 @@ pub struct Rule {
     /// `unique = true`: two different records of this rule under one id in one message
     /// are a mapping error, not the later replacing the earlier.
     pub unique: bool,
+    /// How many distinct top-level elements its output paths name.
+    pub roots: usize,
 }
 
 /// One `[resource.set]` entry.
@@ -35,6 +37,9 @@ pub struct SetRule {
     pub key: String,
     pub steps: Vec<Step>,
     pub expr: Expr,
+    /// Which of its rule's top-level elements the path starts with (numbered in the
+    /// order they first appear), so the resource's member is found without a search.
+    pub root: usize,
 }
 
 const TOP_KEYS: &[&str] = &["description", "let", "resource"];
@@ -322,6 +327,7 @@ pub fn load(
             .as_ref()
             .map(|(src, span)| checker(&mut cx, src, span, false));
         let mut sets = Vec::new();
+        let mut roots: Vec<String> = Vec::new();
         for (key, src, span) in &raw.sets {
             let key_text = key.get_ref().as_ref();
             let key_base = key.span().start + cx.quote_len(key.span().start);
@@ -353,10 +359,19 @@ pub fn load(
             }
             let expr = checker(&mut cx, src, span, true);
             if let (Some(steps), Some(expr)) = (steps, expr) {
+                let first = match steps.first() {
+                    Some(Step::Key(k)) => k.as_str(),
+                    _ => "",
+                };
+                let root = roots.iter().position(|r| r == first).unwrap_or_else(|| {
+                    roots.push(first.to_string());
+                    roots.len() - 1
+                });
                 sets.push(SetRule {
                     key: key_text.to_string(),
                     steps,
                     expr,
+                    root,
                 });
             }
         }
@@ -369,6 +384,7 @@ pub fn load(
                 when: when.flatten(),
                 sets,
                 unique: raw.unique,
+                roots: roots.len(),
             });
         }
     }

@@ -355,7 +355,7 @@ impl Mapping {
                 patient: std::cell::OnceCell::new(),
                 resolved: eval::Resolved::default(),
             };
-            root.reset();
+            root.start(rule.roots);
             root.put_text(None, "resourceType", &rule.resource_type);
             root.put_text(None, "id", inst.id());
             if !ctx.source.is_empty() {
@@ -368,7 +368,7 @@ impl Mapping {
                     message,
                 };
                 let value = scope.eval(&set.expr).map_err(err)?;
-                set_value(&mut root, &set.steps, value).map_err(err)?;
+                set_value(&mut root, set, value).map_err(err)?;
             }
             out.push(
                 root.to_record(&mut builder)
@@ -382,9 +382,10 @@ impl Mapping {
 /// Sets a value at an output path; lists spread over `[*]` by index.
 fn set_value<'a>(
     root: &mut output::Tree<'a>,
-    steps: &'a [Step],
+    set: &'a file::SetRule,
     value: Value<'a>,
 ) -> Result<(), String> {
+    let (steps, at) = (&set.steps[..], Some(set.root));
     if !value.present() {
         // Nothing to set: the output path is not even read.
         return Ok(());
@@ -395,12 +396,12 @@ fn set_value<'a>(
         Value::List(items) if steps.contains(&Step::All) => {
             for (i, item) in items.into_iter().enumerate() {
                 if item.present() {
-                    root.set(steps, i, item)?;
+                    root.set_at(steps, at, i, item)?;
                 }
             }
             Ok(())
         }
-        v => root.set(steps, 0, v),
+        v => root.set_at(steps, at, 0, v),
     }
 }
 

@@ -98,6 +98,9 @@ pub fn parse_out_path(s: &str) -> Result<Vec<Step>, OutPathError> {
 #[derive(Debug)]
 pub struct Tree<'a> {
     nodes: Vec<TreeNode<'a>>,
+    /// The root's members by the rule's numbering of top-level elements
+    /// ([`super::file::SetRule::root`]); `NONE` until set.
+    roots: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -130,6 +133,7 @@ impl<'a> Tree<'a> {
     pub fn new() -> Tree<'a> {
         let mut t = Tree {
             nodes: Vec::with_capacity(128),
+            roots: Vec::new(),
         };
         t.reset();
         t
@@ -139,6 +143,33 @@ impl<'a> Tree<'a> {
     pub fn reset(&mut self) {
         self.nodes.clear();
         self.nodes.push(TreeNode::new(Kind::Obj, "", 0));
+        self.roots.clear();
+    }
+
+    /// Empty again, for a resource whose output paths name `roots` distinct top-level
+    /// elements (see [`Tree::set_at`]).
+    pub fn start(&mut self, roots: usize) {
+        self.reset();
+        self.roots.resize(roots, NONE);
+    }
+
+    /// The root's member `k`, top-level element number `slot` of the rule: found
+    /// without a search once set. Before that, only the members the engine puts
+    /// ([`Tree::put_text`]) can be there already.
+    fn root_member(&mut self, k: &'a str, slot: usize) -> u32 {
+        let known = self.roots.get(slot).copied().unwrap_or(NONE);
+        if known != NONE {
+            return known;
+        }
+        let m = if matches!(k, "resourceType" | "id" | "meta") {
+            self.member(ROOT, k)
+        } else {
+            self.append(ROOT, TreeNode::new(Kind::Empty, k, 0))
+        };
+        if let Some(s) = self.roots.get_mut(slot) {
+            *s = m;
+        }
+        m
     }
 
     fn at(&mut self, n: u32) -> &mut TreeNode<'a> {
@@ -221,9 +252,22 @@ impl<'a> Tree<'a> {
 
     /// Sets `value` at `steps`; a `[*]` step stands for index `star`. Err names the
     /// conflict (a place set twice with different values, a key inside an array, ...).
+    #[cfg(test)]
     pub fn set(&mut self, steps: &'a [Step], star: usize, value: Value<'a>) -> Result<(), String> {
+        self.set_at(steps, None, star, value)
+    }
+
+    /// [`Tree::set`] of a path whose first element is top-level element number `root`
+    /// of its rule, on a tree made ready with [`Tree::start`] (`None`: found by name).
+    pub fn set_at(
+        &mut self,
+        steps: &'a [Step],
+        root: Option<usize>,
+        star: usize,
+        value: Value<'a>,
+    ) -> Result<(), String> {
         let mut at = ROOT;
-        for step in steps {
+        for (n, step) in steps.iter().enumerate() {
             if let Kind::Leaf(Value::Obj(_) | Value::List(_)) = self.at(at).kind {
                 // Inside a value a function built (an Identifier, a HumanName, ...).
                 self.open(at);
@@ -235,7 +279,12 @@ impl<'a> Tree<'a> {
                         Kind::Obj => {}
                         _ => return Err(format!("cannot set {k:?} inside a non-object")),
                     }
-                    self.member(at, k)
+                    match root {
+                        Some(slot) if n == 0 && slot < self.roots.len() => {
+                            self.root_member(k, slot)
+                        }
+                        _ => self.member(at, k),
+                    }
                 }
                 Step::Index(_) | Step::All => {
                     let i = match step {
@@ -453,6 +502,64 @@ mod tests {
                 "identifier": [{"value": "x"}],
                 "telecom": [{"value": "0901"}],
                 "address": {"line": ["1"], "city": "Huế"}
+            }))
+        );
+    }
+
+    #[test]
+    fn members_found_by_their_rules_numbering_come_out_as_members_found_by_name() {
+        let keys = [
+            "name[0].family",
+            "meta.profile[0]",
+            "gender",
+            "name[0].given[0]",
+            "identifier[*].value",
+            "gender",
+        ];
+        // Top-level elements numbered in the order they first appear, as a rule does.
+        let slots = [0, 1, 2, 0, 3, 2];
+        let paths: Vec<Vec<Step>> = keys
+            .iter()
+            .map(|s| parse_out_path(s).unwrap_or_default())
+            .collect();
+        let s = |t: &'static str| Value::Str(std::borrow::Cow::Borrowed(t));
+        let values = [
+            s("Lê"),
+            s("urn:p"),
+            s("female"),
+            s("Thị"),
+            s("x"),
+            s("male"),
+        ];
+        let build = |numbered: bool| {
+            let mut tree = Tree::new();
+            tree.start(4);
+            tree.put_text(None, "resourceType", "Patient");
+            tree.put_text(Some("meta"), "source", "urn:s");
+            let outcomes: Vec<Result<(), String>> = paths
+                .iter()
+                .zip(slots)
+                .zip(values.clone())
+                .map(|((p, slot), v)| tree.set_at(p, numbered.then_some(slot), 0, v))
+                .collect();
+            let record = tree.to_record(&mut Builder::new()).map(|r| r.to_json_vec());
+            (outcomes, record)
+        };
+        let (by_name, by_number) = (build(false), build(true));
+        assert_eq!(by_number, by_name);
+        // The engine's `meta` is the one the path sets into, and a second value for one
+        // element is still a conflict.
+        let (outcomes, record) = by_number;
+        assert_eq!(outcomes[5], Err("set twice".into()));
+        let out: Option<serde_json::Value> = record.and_then(|r| serde_json::from_slice(&r).ok());
+        assert_eq!(
+            out,
+            Some(json!({
+                "resourceType": "Patient",
+                "meta": {"source": "urn:s", "profile": ["urn:p"]},
+                "name": [{"family": "Lê", "given": ["Thị"]}],
+                "gender": "female",
+                "identifier": [{"value": "x"}]
             }))
         );
     }
