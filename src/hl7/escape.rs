@@ -23,8 +23,14 @@ use super::parse::Delimiters;
 /// search (delimiters are ASCII; a false hit only takes the slow path): most fields are
 /// a few bytes long, too short for a vectorised search to pay.
 pub fn has_escape(raw: &str, d: &Delimiters) -> bool {
-    d.escape
-        .is_some_and(|e| raw.bytes().any(|b| u32::from(b) == u32::from(e)))
+    match d.escape {
+        Some(e) if e.is_ascii() => {
+            let e = e as u8;
+            super::parse::find_byte3(raw.as_bytes(), 0, e, e, e).is_some()
+        }
+        Some(e) => raw.bytes().any(|b| u32::from(b) == u32::from(e)),
+        None => false,
+    }
 }
 
 /// Decodes the escape sequences of raw HL7 text. Borrowed when `raw` holds no escape

@@ -27,6 +27,7 @@ pub use ack::{
 };
 pub use charset::Charset;
 pub use escape::{escape, has_escape, unescape};
+pub(crate) use parse::find_byte3;
 pub(crate) use parse::piece;
 pub use parse::{name_code, parse, read_header, Delimiters, Header, Message, ParseError};
 pub use path::{FieldPath, Path, PathError, Repetition};

@@ -45,15 +45,15 @@ impl<'a> Parts<'a> {
         // Delimiters are ASCII (see `Delimiters`), so their byte offsets are character
         // boundaries.
         if let Some(b) = part.filter(char::is_ascii).map(|c| c as u8) {
-            for (i, &x) in text.as_bytes().iter().enumerate() {
-                if x == b {
-                    if n == CUTS {
-                        more = true;
-                        break;
-                    }
-                    cuts[n] = i as u32;
-                    n += 1;
+            let mut from = 0;
+            while let Some(i) = crate::hl7::find_byte3(text.as_bytes(), from, b, b, b) {
+                if n == CUTS {
+                    more = true;
+                    break;
                 }
+                cuts[n] = i as u32;
+                n += 1;
+                from = i + 1;
             }
         } else if let Some(c) = part {
             more = text.contains(c);
