@@ -49,10 +49,14 @@ pub struct Let {
     pub failed: bool,
 }
 
-/// A file's `[let]` names, as far as an expression may use them. The key "" (no name
-/// has it) marks a directory whose `shared.toml` could not be read: an unknown name may
-/// be one of its, so its uses stand in quietly instead of repeating that one problem.
-pub type Lets = std::collections::BTreeMap<String, LetEntry>;
+/// A file's `[let]` names, as far as an expression may use them.
+#[derive(Clone, Debug, Default)]
+pub struct Lets {
+    pub names: std::collections::BTreeMap<String, LetEntry>,
+    /// The directory's `shared.toml` could not be read (reported once): an unknown name
+    /// may be one of its, so its uses stand in quietly instead of repeating that problem.
+    pub shared_unreadable: bool,
+}
 
 #[derive(Clone, Debug)]
 pub enum LetEntry {
@@ -87,7 +91,7 @@ pub struct ExprError {
 /// Parses a whole expression.
 #[cfg(test)]
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
-    parse_with(src, &Lets::new())
+    parse_with(src, &Lets::default())
 }
 
 /// Parses a whole expression that may use the `[let]` expressions `lets`.
@@ -253,7 +257,7 @@ impl Parser<'_> {
             message,
         };
         let hint = || {
-            crate::diag::did_you_mean(name, self.lets.keys().map(String::as_str)).map_or_else(
+            crate::diag::did_you_mean(name, self.lets.names.keys().map(String::as_str)).map_or_else(
                 || " (define it under [let] above its first use, or in shared.toml)".to_string(),
                 |h| format!(" (did you mean ${h}?)"),
             )
@@ -267,9 +271,9 @@ impl Parser<'_> {
                 failed,
             }))
         };
-        match self.lets.get(name) {
+        match self.lets.names.get(name) {
             _ if name.is_empty() => Err(err("expected a name after '$'".to_string())),
-            None if self.lets.contains_key("") => Ok(let_of(&Expr::Str(String::new()), false, true)),
+            None if self.lets.shared_unreadable => Ok(let_of(&Expr::Str(String::new()), false, true)),
             None => Err(err(format!("unknown name ${name}{}", hint()))),
             Some(LetEntry::Below) => Err(err(format!(
                 "${name} is not defined above this point: a [let] may use only the names defined above it"

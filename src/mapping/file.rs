@@ -163,15 +163,16 @@ fn compile_lets(
     let (entries, bad) = raw;
     let mut lets = base.clone();
     for (name, _, at, _) in &entries {
-        if base.contains_key(name) {
+        if base.names.contains_key(name) {
             cx.at(
                 *at,
                 format!("${name} is defined in {SHARED_FILE} already; give this one another name"),
             );
         }
     }
-    lets.extend(entries.iter().map(|l| (l.0.clone(), expr::LetEntry::Below)));
-    lets.extend(bad.into_iter().map(|n| (n, expr::LetEntry::Failed)));
+    let names = &mut lets.names;
+    names.extend(entries.iter().map(|l| (l.0.clone(), expr::LetEntry::Below)));
+    names.extend(bad.into_iter().map(|n| (n, expr::LetEntry::Failed)));
     for (name, src, _, span) in entries {
         let at = span.start + cx.quote_len(span.start);
         let entry = match compile_expr(cx, &src, at, tables, refs, &lets) {
@@ -181,7 +182,7 @@ fn compile_lets(
             }
             None => expr::LetEntry::Failed,
         };
-        lets.insert(name, entry);
+        lets.names.insert(name, entry);
     }
     lets
 }
@@ -192,7 +193,10 @@ pub const SHARED_FILE: &str = "shared.toml";
 /// What a `shared.toml` that cannot be read or parsed (already reported) leaves: no
 /// names, and uses of unknown ones quiet (see [`expr::Lets`]).
 pub fn unreadable_shared() -> expr::Lets {
-    expr::Lets::from([(String::new(), expr::LetEntry::Failed)])
+    expr::Lets {
+        shared_unreadable: true,
+        ..Default::default()
+    }
 }
 
 /// Loads the directory's shared `[let]` names (`shared.toml`); its problems go to
@@ -225,7 +229,7 @@ pub fn load_shared(
         produced: &produced,
         checked: false,
     };
-    compile_lets(&mut cx, raw, &expr::Lets::new(), tables, &refs)
+    compile_lets(&mut cx, raw, &expr::Lets::default(), tables, &refs)
 }
 
 /// Loads one mapping file: its description and rules, or `None` when it has errors
