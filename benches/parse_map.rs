@@ -106,18 +106,69 @@ fn halong_engine(bytes: &[u8], m: &Mapping, index: bool) -> usize {
     n
 }
 
-/// Bytes per second of `f` over `set`, timed for about `budget`.
+/// Bytes per second of `f` over `set`, timed for about `budget` (at least one round).
 fn rate(set: &[&[u8]], budget: Duration, mut f: impl FnMut(&[u8]) -> usize) -> f64 {
     let bytes: usize = set.iter().map(|b| b.len()).sum();
     let start = Instant::now();
     let mut rounds = 0u64;
-    while start.elapsed() < budget || rounds < 3 {
+    while start.elapsed() < budget || rounds < 1 {
         for b in set {
             black_box(f(b));
         }
         rounds += 1;
     }
     (bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64()
+}
+
+/// `f` against hl7-parser on the same bytes, in short turns taken one after the other
+/// (who goes first alternates), so that both see the machine as it is at that moment:
+/// on a shared machine whose speed drifts by a tenth within seconds, a ratio taken from
+/// two separate long runs moves by more than the changes it is meant to show.
+struct Paired {
+    /// Median MB/s of `f` and of hl7-parser over the turns.
+    mbps: f64,
+    base_mbps: f64,
+    /// Median, lowest and highest ratio of one turn's pair.
+    ratio: f64,
+    low: f64,
+    high: f64,
+}
+
+const TURNS: usize = 15;
+
+fn paired(set: &[&[u8]], mut f: impl FnMut(&[u8]) -> usize) -> Paired {
+    let slice = Duration::from_millis(150);
+    let (mut xs, mut bases, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for turn in 0..TURNS {
+        let (x, base) = if turn % 2 == 0 {
+            let x = rate(set, slice, &mut f);
+            (x, rate(set, slice, hl7_parser_parse))
+        } else {
+            let base = rate(set, slice, hl7_parser_parse);
+            (rate(set, slice, &mut f), base)
+        };
+        xs.push(x / 1e6);
+        bases.push(base / 1e6);
+        ratios.push(x / base);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Paired {
+        mbps: median(&mut xs),
+        base_mbps: median(&mut bases),
+        low: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        high: ratios.iter().copied().fold(0.0, f64::max),
+        ratio: median(&mut ratios),
+    }
+}
+
+fn row(label: &str, p: &Paired, extra: &str) {
+    println!(
+        "  {label:<34}{:>8.1}   {:.2}   ({:.2}–{:.2}){extra}",
+        p.mbps, p.ratio, p.low, p.high
+    );
 }
 
 fn main() {
@@ -187,75 +238,52 @@ fn main() {
     }
     c.final_summary();
 
-    // The summary: MB/s on one core and the ratio to hl7-parser, same run.
-    let budget = Duration::from_secs(2);
+    // The summary: MB/s on one core and the ratio to hl7-parser, each ratio the median
+    // of TURNS short turns taken one after the other, with the lowest and highest.
     let set: Vec<&[u8]> = corpus.iter().map(|(b, _)| b.as_slice()).collect();
-    let base = rate(&set, budget, hl7_parser_parse);
-    let parse = rate(&set, budget, |b| {
+    let parse = paired(&set, |b| {
         halong::hl7::parse(b).map_or(0, |m| m.segment_count())
     });
     let mut i = 0;
-    let full = rate(&set, budget, |b| {
+    let full = paired(&set, |b| {
         let name = &corpus[i % corpus.len()].1;
         i += 1;
         halong_parse_map(b, rules.mappings.get(name).unwrap())
     });
-    let mut engine = [0.0; 2];
-    for (index, r) in [false, true].into_iter().zip(engine.iter_mut()) {
+    let mut engine = Vec::new();
+    for index in [false, true] {
         let mut i = 0;
-        *r = rate(&set, budget, |b| {
+        engine.push(paired(&set, |b| {
             let name = &corpus[i % corpus.len()].1;
             i += 1;
             halong_engine(b, rules.mappings.get(name).unwrap(), index)
-        });
+        }));
     }
     let one = [oru.as_slice()];
-    let oru_base = rate(&one, budget, hl7_parser_parse);
-    let oru_full = rate(&one, budget, |b| halong_parse_map(b, oru_map));
-    let oru_engine = rate(&one, budget, |b| halong_engine(b, oru_map, true));
-    let oru_msgs = oru_full / oru.len() as f64;
-    let mb = |r: f64| r / 1e6;
+    let oru_full = paired(&one, |b| halong_parse_map(b, oru_map));
+    let oru_engine = paired(&one, |b| halong_engine(b, oru_map, true));
+    let oru_msgs = oru_full.mbps * 1e6 / oru.len() as f64;
     println!();
-    println!("summary (one core)                       MB/s   ratio to hl7-parser");
+    println!("summary (one core; ratios: median of {TURNS} alternated turns, lowest–highest)");
+    println!("                                        MB/s   ratio to hl7-parser");
     println!("corpus ({} messages, {} bytes)", corpus.len(), corpus_bytes);
     println!(
-        "  hl7-parser 0.3 parse               {:>8.1}   1.00",
-        mb(base)
+        "  {:<34}{:>8.1}   1.00",
+        "hl7-parser 0.3 parse", full.base_mbps
     );
-    println!(
-        "  halong parse                       {:>8.1}   {:.2}",
-        mb(parse),
-        parse / base
-    );
-    println!(
-        "  halong parse+map                   {:>8.1}   {:.2}",
-        mb(full),
-        full / base
-    );
-    println!(
-        "    + records as JSON bytes          {:>8.1}   {:.2}",
-        mb(engine[0]),
-        engine[0] / base
-    );
-    println!(
-        "    + JSON bytes and index entries   {:>8.1}   {:.2}",
-        mb(engine[1]),
-        engine[1] / base
-    );
+    row("halong parse", &parse, "");
+    row("halong parse+map", &full, "");
+    row("  + records as JSON bytes", &engine[0], "");
+    row("  + JSON bytes and index entries", &engine[1], "");
     println!("ORU^R01 with 20 OBX ({} bytes)", oru.len());
     println!(
-        "  hl7-parser 0.3 parse               {:>8.1}   1.00",
-        mb(oru_base)
+        "  {:<34}{:>8.1}   1.00",
+        "hl7-parser 0.3 parse", oru_full.base_mbps
     );
-    println!(
-        "  halong parse+map                   {:>8.1}   {:.2}   ({:.0} messages/s)",
-        mb(oru_full),
-        oru_full / oru_base,
-        oru_msgs
+    row(
+        "halong parse+map",
+        &oru_full,
+        &format!("   {oru_msgs:.0} messages/s"),
     );
-    println!(
-        "    + JSON bytes and index entries   {:>8.1}   {:.2}",
-        mb(oru_engine),
-        oru_engine / oru_base
-    );
+    row("  + JSON bytes and index entries", &oru_engine, "");
 }
