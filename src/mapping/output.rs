@@ -101,6 +101,8 @@ pub struct Tree<'a> {
     /// The root's members by the rule's numbering of top-level elements
     /// ([`super::file::SetRule::root`]); `NONE` until set.
     roots: Vec<u32>,
+    /// The nodes [`Tree::put_text`] has made are those below this one.
+    put_end: u32,
 }
 
 #[derive(Debug)]
@@ -134,6 +136,7 @@ impl<'a> Tree<'a> {
         let mut t = Tree {
             nodes: Vec::with_capacity(128),
             roots: Vec::new(),
+            put_end: 0,
         };
         t.reset();
         t
@@ -144,6 +147,7 @@ impl<'a> Tree<'a> {
         self.nodes.clear();
         self.nodes.push(TreeNode::new(Kind::Obj, "", 0));
         self.roots.clear();
+        self.put_end = 1;
     }
 
     /// Empty again, for a resource whose output paths name `roots` distinct top-level
@@ -154,15 +158,20 @@ impl<'a> Tree<'a> {
     }
 
     /// The root's member `k`, top-level element number `slot` of the rule: found
-    /// without a search once set. Before that, only the members the engine puts
-    /// ([`Tree::put_text`]) can be there already.
+    /// without a search once set. Before that, only a member the engine put
+    /// ([`Tree::put_text`], before any output path) can be there already, and those are
+    /// the root's first members.
     fn root_member(&mut self, k: &'a str, slot: usize) -> u32 {
         let known = self.roots.get(slot).copied().unwrap_or(NONE);
         if known != NONE {
             return known;
         }
-        let m = if matches!(k, "resourceType" | "id" | "meta") {
-            self.member(ROOT, k)
+        let mut c = self.nodes[ROOT as usize].first;
+        while c < self.put_end && !same_key(self.nodes[c as usize].key, k) {
+            c = self.nodes[c as usize].next;
+        }
+        let m = if c < self.put_end {
+            c
         } else {
             self.append(ROOT, TreeNode::new(Kind::Empty, k, 0))
         };
@@ -205,6 +214,7 @@ impl<'a> Tree<'a> {
         };
         let leaf = Kind::Leaf(Value::Str(std::borrow::Cow::Borrowed(text)));
         self.append(parent, TreeNode::new(leaf, key, 0));
+        self.put_end = self.nodes.len() as u32;
     }
 
     /// The member `k` of object node `obj`, added (empty) when there is none.
