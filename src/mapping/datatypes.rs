@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use super::eval::Value;
+use super::functions;
 use super::tables::Table;
 
 /// One selected piece seen as parts (components, or subcomponents of a component), each
@@ -150,9 +151,11 @@ type Members<'a> = Vec<(&'a str, Value<'a>)>;
 /// `v` without surrounding white space; `None` when nothing is left.
 fn trimmed(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
     match v {
-        Cow::Borrowed(b) => Some(b.trim()).filter(|t| !t.is_empty()).map(Cow::Borrowed),
+        Cow::Borrowed(b) => Some(functions::trim(b))
+            .filter(|t| !t.is_empty())
+            .map(Cow::Borrowed),
         Cow::Owned(o) => {
-            let t = o.trim();
+            let t = functions::trim(&o);
             if t.is_empty() {
                 None
             } else if t.len() == o.len() {
@@ -193,7 +196,7 @@ pub struct Tables<'a> {
 }
 
 fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<Cow<'t, str>> {
-    t?.get(code?.trim()).map(Cow::Borrowed)
+    t?.get(functions::trim(code?)).map(Cow::Borrowed)
 }
 
 /// The system of UCUM units.

@@ -774,7 +774,7 @@ impl<'a> Scope<'a> {
                 let t: Cow<'a, str> = match (c.fid, t) {
                     (fid::UPPER, t) => Cow::Owned(t.trim().to_uppercase()),
                     (fid::LOWER, t) => Cow::Owned(t.trim().to_lowercase()),
-                    (_, Cow::Borrowed(b)) => Cow::Borrowed(b.trim()),
+                    (_, Cow::Borrowed(b)) => Cow::Borrowed(functions::trim(b)),
                     (_, Cow::Owned(o)) => Cow::Owned(o.trim().to_string()),
                 };
                 Ok(if t.is_empty() {
@@ -819,7 +819,7 @@ impl<'a> Scope<'a> {
         };
         let default = self.arg(c, 2)?;
         map1(self.arg(c, 1)?, &mut |t| {
-            Ok(match table.get(t.trim()) {
+            Ok(match table.get(functions::trim(&t)) {
                 Some(v) => Value::Str(Cow::Borrowed(v)),
                 None => default.clone(),
             })

@@ -161,12 +161,32 @@ impl FunctionSpec {
     }
 }
 
+/// `s.trim()`, without walking characters when `s` starts and ends with a printable
+/// ASCII byte (nearly every field value), the case that needs no trimming.
+pub fn trim(s: &str) -> &str {
+    let plain = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b < 0x7F);
+    if plain(s.as_bytes().first()) && plain(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 fn digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The value of a few decimal digits (0 when `s` has anything else, or overflows).
 fn num(s: &str) -> u32 {
-    s.parse().unwrap_or(0)
+    s.bytes()
+        .try_fold(0u32, |n, b| {
+            let d = b.wrapping_sub(b'0');
+            (d < 10)
+                .then_some(n)?
+                .checked_mul(10)?
+                .checked_add(d.into())
+        })
+        .unwrap_or(0)
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -227,12 +247,9 @@ fn split_dtm(v: &str) -> Option<Dtm<'_>> {
             }
         }
     }
-    let t: Vec<u32> = (0..time.len())
-        .step_by(2)
-        .map(|i| num(&time[i..i + 2]))
-        .collect();
+    // Hours, minutes, seconds: as many as given.
     let limits = [23, 59, 59];
-    if t.iter().zip(limits).any(|(v, max)| *v > max) {
+    if (0..time.len() / 2).any(|k| num(&time[2 * k..2 * k + 2]) > limits[k]) {
         return None;
     }
     Some(Dtm {
@@ -260,14 +277,14 @@ fn fhir_date(date: &str) -> String {
 
 /// HL7 DT/DTM → FHIR date, keeping the precision given (time and zone dropped).
 pub fn date(v: &str) -> Result<String, String> {
-    let d = split_dtm(v.trim()).ok_or_else(|| format!("{v:?} is not a valid HL7 date"))?;
+    let d = split_dtm(trim(v)).ok_or_else(|| format!("{v:?} is not a valid HL7 date"))?;
     Ok(fhir_date(d.date))
 }
 
 /// HL7 DTM → FHIR dateTime. Dates alone keep their precision; a time is completed to
 /// seconds and needs a zone: the value's own, else `default_zone` (`+07:00` or `+0700`).
 pub fn datetime(v: &str, default_zone: Option<&str>) -> Result<String, String> {
-    let d = split_dtm(v.trim()).ok_or_else(|| format!("{v:?} is not a valid HL7 date/time"))?;
+    let d = split_dtm(trim(v)).ok_or_else(|| format!("{v:?} is not a valid HL7 date/time"))?;
     let mut out = fhir_date(d.date);
     if d.time.is_empty() {
         return Ok(out);
@@ -275,14 +292,16 @@ pub fn datetime(v: &str, default_zone: Option<&str>) -> Result<String, String> {
     if d.date.len() < 8 {
         return Err(format!("{v:?} has a time but no day"));
     }
-    let zone = if !d.zone.is_empty() {
-        Cow::Owned(format!("{}:{}", &d.zone[..3], &d.zone[3..]))
+    // The value's own zone ("+0700", checked by `split_dtm`) gets its colon below; a
+    // default zone is already written as FHIR wants it once normalised.
+    let default = if !d.zone.is_empty() {
+        None
     } else {
         match default_zone.map(|z| (z, is_fhir_zone(z))) {
             // Already in the form FHIR wants: no copy.
-            Some((z, true)) => Cow::Borrowed(z),
+            Some((z, true)) => Some(Cow::Borrowed(z)),
             Some((z, false)) if normalise_zone(z).is_some() => {
-                Cow::Owned(normalise_zone(z).unwrap_or_default())
+                Some(Cow::Owned(normalise_zone(z).unwrap_or_default()))
             }
             Some(_) => {
                 return Err(format!(
@@ -306,7 +325,14 @@ pub fn datetime(v: &str, default_zone: Option<&str>) -> Result<String, String> {
         out.push('.');
         out.push_str(d.fraction);
     }
-    out.push_str(&zone);
+    match default {
+        Some(zone) => out.push_str(&zone),
+        None => {
+            out.push_str(&d.zone[..3]);
+            out.push(':');
+            out.push_str(&d.zone[3..]);
+        }
+    }
     Ok(out)
 }
 
@@ -333,7 +359,7 @@ pub fn normalise_zone(z: &str) -> Option<String> {
 
 /// HL7 NM → JSON number text, keeping the digits given ("5.10" stays "5.10").
 pub fn decimal(v: &str) -> Result<String, String> {
-    let t = v.trim();
+    let t = trim(v);
     let (neg, body) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
         Some(b'+') => (false, &t[1..]),
@@ -366,7 +392,7 @@ pub fn decimal(v: &str) -> Result<String, String> {
 
 /// An integer (optional sign, digits) → JSON number text.
 pub fn integer(v: &str) -> Result<String, String> {
-    let t = v.trim();
+    let t = trim(v);
     let body = t.strip_prefix(['+', '-']).unwrap_or(t);
     if !digits(body) {
         return Err(format!("{v:?} is not an integer"));
@@ -495,6 +521,31 @@ mod tests {
         );
         assert!(datetime("20240131", Some("bad")).is_ok());
         assert!(datetime("2024013108", Some("bad")).is_err());
+        // Each part of the time against its own limit; the zone's hours and minutes too.
+        for bad in [
+            "2024013124",
+            "202401312360",
+            "20240131235960",
+            "20240131083000+1500",
+            "20240131083000+0760",
+            "20240131083000+07a0",
+        ] {
+            assert!(datetime(bad, Some("+07:00")).is_err(), "{bad}");
+        }
+        assert_eq!(
+            datetime("20240131235959-1400", None).as_deref(),
+            Ok("2024-01-31T23:59:59-14:00")
+        );
+    }
+
+    #[test]
+    fn trim_is_str_trim() {
+        for s in [
+            "", " ", "a", " a", "a ", "\ta\r", "ab c", "Đức", " Đức ", "\u{a0}x", "x\u{a0}",
+            "\u{85}", "x\u{7f}", "\u{7f}",
+        ] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]
