@@ -1118,6 +1118,26 @@ id = "'p'"
         Some("Patient #1 id: the id expression gave no value")
     );
 
+    // An id FHIR would refuse is an error, not a record; the id's own characters
+    // (letters, digits, '-', '.') and up to 64 of them pass.
+    let raw = "[[resource]]\ntype = \"Patient\"\nid = \"PID-3.1\"\n";
+    for bad in ["BN 1", "BN_1", "BN/1", "Đức", &"9".repeat(65)] {
+        let e = run_inline(raw, &format!("MSH|^~\\&|A\rPID|1||{bad}\r"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e,
+            Some(format!(
+                "Patient #1 id: {bad:?} is not a valid FHIR id (A-Z a-z 0-9 - . and at most 64)"
+            )),
+            "{bad}"
+        );
+    }
+    for good in ["BN-1.a", "Z9", &"9".repeat(64)] {
+        let out = run_inline(raw, &format!("MSH|^~\\&|A\rPID|1||{good}\r")).expect(good);
+        assert_eq!(out[0]["id"], good);
+    }
+
     let zone =
         "[[resource]]\ntype = \"Encounter\"\nid = \"'e'\"\n[resource.set]\n\"period.start\" = \"datetime(PV1-3)\"\n";
     let e = run_inline(zone, "MSH|^~\\&|A\rPV1|1|I|20240131083000\r")
