@@ -13,13 +13,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
 use super::datatypes::{self, Parts};
 use super::expr::{Call, Expr};
 use super::functions::{self, fid};
-use super::tables::Table;
+use super::tables::{Table, TableMap};
 use crate::hl7::{Message, Path, Repetition};
 
 /// Segments that open a group (a patient, a visit, an order, a result, ...). A path to
@@ -282,7 +283,7 @@ pub struct Scope<'a> {
     /// Context segment index.
     pub seg: Option<usize>,
     pub instances: &'a [Instance],
-    pub tables: &'a BTreeMap<String, Table>,
+    pub tables: &'a TableMap,
     /// The DICOM instance, when the input is one (see `mapping::dicom`).
     pub dicom: Option<&'a crate::dicom::Attributes>,
     /// Records what is read, for the loss report; `None` in the engine.
@@ -813,8 +814,9 @@ impl<'a> Scope<'a> {
 
     #[inline(never)]
     fn call_lookup(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        // Bound at load; looked up by name only for an expression that was not loaded.
         let name = c.args.first().map_or("", name_arg);
-        let Some(table) = self.tables.get(name) else {
+        let Some(table) = c.table.as_ref().or_else(|| self.tables.get(name)) else {
             return Err(failed(c, format!("unknown table {name:?}")));
         };
         let default = self.arg(c, 2)?;
@@ -1085,16 +1087,41 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// The tables the data type functions use, from a mapping directory's tables.
-pub fn datatype_tables(tables: &BTreeMap<String, Table>) -> datatypes::Tables<'_> {
-    let t = |n: &str| tables.get(n);
-    datatypes::Tables {
-        coding_system: t("v2_coding_system"),
-        id_systems: t("id_systems"),
-        name_use: t("v2_name_use"),
-        address_use: t("v2_address_use"),
-        telecom_use: t("v2_telecom_use"),
-        telecom_system: t("v2_telecom_system"),
+/// The tables the data type functions use, picked from a mapping directory's tables
+/// once, at load.
+#[derive(Clone, Debug, Default)]
+pub struct DatatypeTables {
+    coding_system: Option<Arc<Table>>,
+    id_systems: Option<Arc<Table>>,
+    name_use: Option<Arc<Table>>,
+    address_use: Option<Arc<Table>>,
+    telecom_use: Option<Arc<Table>>,
+    telecom_system: Option<Arc<Table>>,
+}
+
+impl DatatypeTables {
+    pub fn pick(tables: &TableMap) -> DatatypeTables {
+        let t = |n: &str| tables.get(n).cloned();
+        DatatypeTables {
+            coding_system: t("v2_coding_system"),
+            id_systems: t("id_systems"),
+            name_use: t("v2_name_use"),
+            address_use: t("v2_address_use"),
+            telecom_use: t("v2_telecom_use"),
+            telecom_system: t("v2_telecom_system"),
+        }
+    }
+
+    /// What the data type functions read.
+    pub fn get(&self) -> datatypes::Tables<'_> {
+        datatypes::Tables {
+            coding_system: self.coding_system.as_deref(),
+            id_systems: self.id_systems.as_deref(),
+            name_use: self.name_use.as_deref(),
+            address_use: self.address_use.as_deref(),
+            telecom_use: self.telecom_use.as_deref(),
+            telecom_system: self.telecom_system.as_deref(),
+        }
     }
 }
 

@@ -78,6 +78,8 @@ pub struct Call {
     pub offset: usize,
     /// Source text of the whole call, for runtime error messages.
     pub text: String,
+    /// For `lookup()`: the table it names, once the mapping is loaded.
+    pub table: Option<std::sync::Arc<super::tables::Table>>,
 }
 
 /// A syntax error at byte `offset` of the expression text.
@@ -387,6 +389,7 @@ impl Parser<'_> {
             args,
             offset: start,
             text: self.src[start..self.pos].to_string(),
+            table: None,
         })))
     }
 }

@@ -2,7 +2,7 @@
 //! and compiled into rules. Every problem becomes a [`Diagnostic`] pointing at the
 //! offending key, value, or the exact character inside an expression string.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::Path;
 
@@ -13,7 +13,7 @@ use super::expr::{self, Expr};
 use super::fhir_types::R4_RESOURCE_TYPES;
 use super::functions::{self, FUNCTIONS};
 use super::output::{parse_out_path, Step};
-use super::tables::Table;
+use super::tables::TableMap;
 use crate::diag::{did_you_mean, Diagnostic};
 
 /// One `[[resource]]`, compiled.
@@ -157,7 +157,7 @@ fn compile_lets(
     cx: &mut Ctx<'_>,
     raw: RawLets,
     base: &expr::Lets,
-    tables: &BTreeMap<String, Table>,
+    tables: &TableMap,
     refs: &Refs<'_>,
 ) -> expr::Lets {
     let (entries, bad) = raw;
@@ -204,7 +204,7 @@ pub fn unreadable_shared() -> expr::Lets {
 pub fn load_shared(
     file: &Path,
     text: &str,
-    tables: &BTreeMap<String, Table>,
+    tables: &TableMap,
     diags: &mut Vec<Diagnostic>,
 ) -> expr::Lets {
     let mut cx = Ctx { file, text, diags };
@@ -237,7 +237,7 @@ pub fn load_shared(
 pub fn load(
     file: &Path,
     text: &str,
-    tables: &BTreeMap<String, Table>,
+    tables: &TableMap,
     shared: &expr::Lets,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(String, Vec<Rule>)> {
@@ -525,20 +525,40 @@ fn compile_expr(
     cx: &mut Ctx<'_>,
     src: &str,
     base: usize,
-    tables: &BTreeMap<String, Table>,
+    tables: &TableMap,
     refs: &Refs<'_>,
     lets: &expr::Lets,
 ) -> Option<Expr> {
     match expr::parse_with(src, lets) {
-        Ok(e) => {
+        Ok(mut e) => {
             let before = cx.diags.len();
             check(cx, &e, base, tables, refs);
+            bind_tables(&mut e, tables);
             (cx.diags.len() == before).then_some(e)
         }
         Err(e) => {
             cx.at(base + e.offset, e.message);
             None
         }
+    }
+}
+
+/// Gives every `lookup()` of an expression the table it names (checked by [`check`]), so
+/// that a run does not look tables up by name.
+fn bind_tables(e: &mut Expr, tables: &TableMap) {
+    match e {
+        Expr::Call(c) => {
+            if c.fid == functions::fid::LOOKUP {
+                if let Some(Expr::Name { name, .. } | Expr::Str(name)) = c.args.first() {
+                    c.table = tables.get(name.as_str()).cloned();
+                }
+            }
+            for a in &mut c.args {
+                bind_tables(a, tables);
+            }
+        }
+        Expr::Let(l) => bind_tables(&mut l.expr, tables),
+        Expr::Path { .. } | Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => {}
     }
 }
 
@@ -552,13 +572,7 @@ struct Refs<'a> {
     checked: bool,
 }
 
-fn check(
-    cx: &mut Ctx<'_>,
-    e: &Expr,
-    base: usize,
-    tables: &BTreeMap<String, Table>,
-    refs: &Refs<'_>,
-) {
+fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs<'_>) {
     match e {
         Expr::Name { name, .. } if super::dicom::is_attribute(name) => {}
         Expr::Name { name, offset } => {

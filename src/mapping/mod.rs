@@ -56,7 +56,9 @@ pub struct Mapping {
     name: String,
     description: String,
     rules: Vec<Rule>,
-    tables: Arc<BTreeMap<String, Table>>,
+    tables: Arc<tables::TableMap>,
+    /// The data type functions' tables, picked from `tables`.
+    dt: eval::DatatypeTables,
 }
 
 /// Facts about one run that go into every resource.
@@ -152,6 +154,7 @@ impl MappingSet {
                     description,
                     rules,
                     tables: Arc::clone(&tables),
+                    dt: eval::DatatypeTables::pick(&tables),
                 };
                 mappings.insert(name, m);
             }
@@ -232,7 +235,7 @@ impl Mapping {
         ctx: &RunContext,
         trace: Option<&Trace>,
     ) -> Result<Vec<Record>, MapError> {
-        let dt = eval::datatype_tables(&self.tables);
+        let dt = self.dt.get();
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::diag::Diagnostic;
 
@@ -172,8 +173,12 @@ fn field(line: &str, pos: usize, to_comma: bool) -> Result<(String, usize), (usi
     }
 }
 
+/// A mapping directory's tables by name. Each is shared: a `lookup()` call holds the
+/// table it names from load on ([`super::expr::Call::table`]).
+pub type TableMap = BTreeMap<String, Arc<Table>>;
+
 /// Every `*.csv` of `dir`, by file stem. A missing directory is no tables.
-pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Table> {
+pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> TableMap {
     let mut tables = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return tables;
@@ -194,7 +199,7 @@ pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Tab
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                tables.insert(name, Table::parse(&path, &text, diags));
+                tables.insert(name, Arc::new(Table::parse(&path, &text, diags)));
             }
             Err(e) => diags.push(Diagnostic::whole_file(
                 &path,
