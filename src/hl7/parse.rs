@@ -820,22 +820,32 @@ mod tests {
             b"a|}|\x7c|\xfc|\xfd|^~\\&|".to_vec(),
             "Đặng|Văn|Đức||".as_bytes().to_vec(),
         ];
-        for len in 0..20 {
-            for at in 0..len {
-                let mut l = vec![b'}'; len];
-                l[at] = b'|';
-                lines.push(l.clone());
-                if at > 0 {
-                    l[at - 1] = 0xFC;
+        // Any needle, the high and the zero byte too, each beside the bytes one bit away.
+        for needle in [b'|', 0x00, 0x80, 0xFF] {
+            for len in 0..20 {
+                for at in 0..len {
+                    let mut l = vec![b'}'; len];
+                    l[at] = needle;
+                    lines.push(l.clone());
+                    for near in [needle ^ 0x80, needle ^ 0x01] {
+                        if at > 0 {
+                            l[at - 1] = near;
+                        }
+                        if at + 1 < len {
+                            l[at + 1] = near;
+                        }
+                        lines.push(l.clone());
+                    }
                 }
-                lines.push(l);
             }
         }
-        for line in lines {
-            let mut got = Vec::new();
-            each_byte(&line, b'|', |i| got.push(i));
-            let want: Vec<usize> = (0..line.len()).filter(|&i| line[i] == b'|').collect();
-            assert_eq!(got, want, "{line:?}");
+        for line in &lines {
+            for needle in [b'|', 0x00, 0x80, 0xFF] {
+                let mut got = Vec::new();
+                each_byte(line, needle, |i| got.push(i));
+                let want: Vec<usize> = (0..line.len()).filter(|&i| line[i] == needle).collect();
+                assert_eq!(got, want, "{needle:#x} in {line:?}");
+            }
         }
     }
 
@@ -896,6 +906,10 @@ mod tests {
             "^^&&^~^&",
             "Nguyễn&Văn^Đức~Trần^^Bình",
             "~",
+            // Delimiters at the ends of eight-byte words and across them.
+            "abcdefg^hijklmno^pq~rstuvwx&y^z",
+            "abcdefgh~ijklmn^o&pqrstuvw^x",
+            "0123456^^89abcde~~f^g&&h",
         ];
         for f in fields {
             for rep in 0..=4 {

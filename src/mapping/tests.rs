@@ -34,13 +34,17 @@ fn dir_with(toml_text: &str, tables: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// The mappings of a directory made by [`dir_with`], which must load.
+fn load_set(dir: &tempfile::TempDir) -> MappingSet {
+    MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)))
+}
+
 fn run_inline(toml_text: &str, message: &str) -> Result<Vec<Json>, MapError> {
     let dir = dir_with(
         toml_text,
         &[("v2_gender", "code,value\nM,male\nF,female\n")],
     );
-    let set =
-        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let set = load_set(&dir);
     let m = set.get("m").unwrap_or_else(|| panic!("no mapping m"));
     m.run(
         &msg(message),
@@ -84,6 +88,62 @@ fn shipped_mappings_load() {
             "siu_s12"
         ]
     );
+}
+
+/// Every `lookup()` call of `m`'s expressions: (bound to a table, the table's size).
+fn lookups(m: &Mapping) -> Vec<(bool, usize)> {
+    use super::expr::Expr;
+    fn walk(e: &Expr, out: &mut Vec<(bool, usize)>) {
+        match e {
+            Expr::Call(c) => {
+                if c.fid == functions::fid::LOOKUP {
+                    out.push((c.table.is_some(), c.table.as_ref().map_or(0, |t| t.len())));
+                }
+                c.args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Let(l) => walk(&l.expr, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for r in &m.rules {
+        walk(&r.id, &mut out);
+        r.when.iter().for_each(|w| walk(w, &mut out));
+        r.sets.iter().for_each(|s| walk(&s.expr, &mut out));
+    }
+    out
+}
+
+#[test]
+fn every_lookup_holds_its_table_from_load_on() {
+    // Through a [let], with the table named in quotes, and directly.
+    let text = r#"
+[let]
+sex = "lookup(v2_gender, PID-8)"
+[[resource]]
+type = "Patient"
+id = "'p'"
+[resource.set]
+"gender" = "$sex"
+"extension[0].valueCode" = "lookup('v2_gender', PID-8, 'unknown')"
+"#;
+    let dir = dir_with(text, &[("v2_gender", "code,value\nM,male\nF,female\n")]);
+    let set = load_set(&dir);
+    let m = set.get("m").unwrap_or_else(|| panic!("no mapping m"));
+    assert_eq!(lookups(m), [(true, 2), (true, 2)]);
+    let out = run_inline(text, "MSH|^~\\&|A\rPID|1|||||||F\r").expect("maps");
+    assert_eq!(out[0]["gender"], "female");
+    assert_eq!(out[0]["extension"][0]["valueCode"], "female");
+    // Every lookup of the shipped mappings (their [let]s and shared.toml's included).
+    let shipped = shipped();
+    let mut all = 0;
+    for name in shipped.names() {
+        let m = shipped.get(name).unwrap_or_else(|| panic!("{name}"));
+        let found = lookups(m);
+        assert!(found.iter().all(|&(bound, _)| bound), "{name}: {found:?}");
+        all += found.len();
+    }
+    assert!(all > 50, "{all} lookups in the shipped mappings");
 }
 
 #[test]
@@ -1252,8 +1312,7 @@ fn shared_let_names_serve_every_mapping() {
     let mapping = "[[resource]]\ntype = \"Patient\"\nid = \"$key\"\n[resource.set]\n\"identifier[0].value\" = \"$number\"\n";
     write("a.toml", mapping);
     write("b.toml", mapping);
-    let set =
-        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let set = load_set(&dir);
     assert_eq!(set.names().collect::<Vec<_>>(), ["a", "b"]);
     let m = msg("MSH|^~\\&|A|BV|||20240131||ADT^A01|1|P|2.5\rPID|1||079^^^CCCD^NI~BN7^^^BV^MR\r");
     for name in ["a", "b"] {
@@ -1384,8 +1443,7 @@ id = "hash(OBX-1)"
 "valueString" = "OBX-5"
 "#;
     let dir = dir_with(toml_text, &[("v2_gender", "code,value\nM,male\n")]);
-    let set =
-        MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)));
+    let set = load_set(&dir);
     let m = set.get("m").unwrap_or_else(|| panic!("no m"));
     let message = "MSH|^~\\&|LIS|LAB|||20240131||ORU^R01|1|P|2.5\r\
 PID|1||42^^^BV||TRẦN^Bình||19700101|M|||||||||||||||||||||20240101\r\
