@@ -373,6 +373,18 @@ pub const fn name_code(name: &str) -> u32 {
     }
 }
 
+/// A byte in every byte of a word: `LO * b` repeats `b` eight times.
+const LO: u64 = 0x0101_0101_0101_0101;
+
+/// Eight bytes as one word, the first in the lowest bits (so the lowest flagged byte of
+/// a test on it is the first in the text).
+#[inline]
+fn word(chunk: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&chunk[..8]);
+    u64::from_le_bytes(w)
+}
+
 /// The offset of the first byte at or after `from` that is `a`, `b` or `c` (pass one
 /// twice to look for two). Eight bytes are tested at a time in a plain `u64` (each byte
 /// XORed with the needle, then the zero-byte test), which beats a byte loop on the
@@ -380,15 +392,12 @@ pub const fn name_code(name: &str) -> u32 {
 /// search.
 #[inline]
 pub(crate) fn find_byte3(bytes: &[u8], from: usize, a: u8, b: u8, c: u8) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let (ma, mb, mc) = (LO * u64::from(a), LO * u64::from(b), LO * u64::from(c));
     let zero = |y: u64| y.wrapping_sub(LO) & !y & HI;
     let mut i = from;
     while let Some(chunk) = bytes.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
+        let x = word(chunk);
         // The lowest flagged byte is always a true match (a false flag can only follow
         // a true one, through the borrow).
         let hit = zero(x ^ ma) | zero(x ^ mb) | zero(x ^ mc);
@@ -409,15 +418,12 @@ pub(crate) fn find_byte3(bytes: &[u8], from: usize, a: u8, b: u8, c: u8) -> Opti
 /// (no false flags, unlike [`find_byte3`]'s), whose flags are taken lowest first.
 #[inline]
 fn each_byte(bytes: &[u8], needle: u8, mut f: impl FnMut(usize)) {
-    const LO: u64 = 0x0101_0101_0101_0101;
     const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
     let m = LO * u64::from(needle);
     let mut chunks = bytes.chunks_exact(8);
     let mut base = 0;
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word) ^ m;
+        let x = word(chunk) ^ m;
         // A byte's top bit ends up set exactly when the byte is zero.
         let mut hit = !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7);
         while hit != 0 {

@@ -283,7 +283,6 @@ pub struct Scope<'a> {
     /// Context segment index.
     pub seg: Option<usize>,
     pub instances: &'a [Instance],
-    pub tables: &'a TableMap,
     /// The DICOM instance, when the input is one (see `mapping::dicom`).
     pub dicom: Option<&'a crate::dicom::Attributes>,
     /// Records what is read, for the loss report; `None` in the engine.
@@ -814,9 +813,9 @@ impl<'a> Scope<'a> {
 
     #[inline(never)]
     fn call_lookup(&self, c: &'a Call) -> Result<Value<'a>, String> {
-        // Bound at load; looked up by name only for an expression that was not loaded.
-        let name = c.args.first().map_or("", name_arg);
-        let Some(table) = c.table.as_ref().or_else(|| self.tables.get(name)) else {
+        // Bound at load (`file::bind_tables`), where an unknown table is an error.
+        let Some(table) = &c.table else {
+            let name = c.args.first().map_or("", name_arg);
             return Err(failed(c, format!("unknown table {name:?}")));
         };
         let default = self.arg(c, 2)?;

@@ -28,7 +28,6 @@ mod output;
 mod tables;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::diag::Diagnostic;
 use crate::hl7::Message;
@@ -56,8 +55,8 @@ pub struct Mapping {
     name: String,
     description: String,
     rules: Vec<Rule>,
-    tables: Arc<tables::TableMap>,
-    /// The data type functions' tables, picked from `tables`.
+    /// The data type functions' tables, picked from the directory's (each `lookup()`
+    /// holds its own, [`expr::Call::table`]).
     dt: eval::DatatypeTables,
 }
 
@@ -108,7 +107,7 @@ impl MappingSet {
                 )])
             }
         };
-        let tables = Arc::new(tables::load_dir(&dir.join("tables"), &mut diags));
+        let tables = tables::load_dir(&dir.join("tables"), &mut diags);
         let mut paths: Vec<_> = entries
             .flatten()
             .map(|e| e.path())
@@ -153,7 +152,6 @@ impl MappingSet {
                     name: name.clone(),
                     description,
                     rules,
-                    tables: Arc::clone(&tables),
                     dt: eval::DatatypeTables::pick(&tables),
                 };
                 mappings.insert(name, m);
@@ -256,7 +254,6 @@ impl Mapping {
                     msg,
                     seg,
                     instances: &[],
-                    tables: &self.tables,
                     dicom,
                     trace,
                     dt: &dt,
@@ -357,7 +354,6 @@ impl Mapping {
                 msg,
                 seg: inst.seg,
                 instances,
-                tables: &self.tables,
                 dicom,
                 trace,
                 dt,
