@@ -29,6 +29,9 @@ pub struct Rule {
     pub unique: bool,
     /// How many distinct top-level elements its output paths name.
     pub roots: usize,
+    /// The output's shape, when its paths never meet (see [`super::plan`]); else the
+    /// resource is built in an [`super::output::Tree`].
+    pub plan: Option<super::plan::Plan>,
 }
 
 /// One `[resource.set]` entry.
@@ -386,9 +389,10 @@ pub fn load(
                 each: raw.each.map(|e| e.0),
                 id,
                 when: when.flatten(),
-                sets,
                 unique: raw.unique,
                 roots: roots.len(),
+                plan: super::plan::Plan::new(sets.iter().map(|s| s.steps.as_slice())),
+                sets,
             });
         }
     }

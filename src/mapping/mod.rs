@@ -25,6 +25,7 @@ mod fhir_types;
 mod file;
 mod functions;
 mod output;
+mod plan;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -348,6 +349,8 @@ impl Mapping {
         let mut out = Vec::with_capacity(instances.len());
         let mut builder = crate::record::Builder::new();
         let mut root = output::Tree::new();
+        let mut values: Vec<Value<'a>> = Vec::new();
+        let mut scratch = plan::Scratch::default();
         for inst in instances {
             let rule = &self.rules[inst.rule];
             let scope = Scope {
@@ -361,20 +364,52 @@ impl Mapping {
                 patient: std::cell::OnceCell::new(),
                 resolved: eval::Resolved::default(),
             };
+            let err = |set: &file::SetRule, message: String| MapError {
+                resource: eval::label(rule, inst.ordinal, inst.each_index),
+                field: set.key.clone(),
+                message,
+            };
+            values.clear();
+            if let Some(plan) = &rule.plan {
+                for set in &rule.sets {
+                    values.push(scope.eval(&set.expr).map_err(|m| err(set, m))?);
+                }
+                let b = &mut builder;
+                let mark = b.mark();
+                b.string(&rule.resource_type);
+                b.key("resourceType");
+                b.string(inst.id());
+                b.key("id");
+                if !ctx.source.is_empty() {
+                    let meta = b.mark();
+                    b.string(&ctx.source);
+                    b.key("source");
+                    b.close_object(meta);
+                    b.key("meta");
+                }
+                if plan.members(&values, &mut scratch, b).is_ok() {
+                    b.close_object(mark);
+                    out.push(b.finish().expect("a resource has its type and id"));
+                    continue;
+                }
+                // Two paths meet in this resource: what was written goes, and the tree
+                // merges the values or names the conflict.
+                b.finish();
+            }
             root.start(rule.roots);
             root.put_text(None, "resourceType", &rule.resource_type);
             root.put_text(None, "id", inst.id());
             if !ctx.source.is_empty() {
                 root.put_text(Some("meta"), "source", &ctx.source);
             }
+            let mut evaluated = values.drain(..);
             for set in &rule.sets {
-                let err = |message: String| MapError {
-                    resource: eval::label(rule, inst.ordinal, inst.each_index),
-                    field: set.key.clone(),
-                    message,
+                let value = match evaluated.next() {
+                    Some(v) => v,
+                    None => scope.eval(&set.expr).map_err(|m| err(set, m))?,
                 };
-                let value = scope.eval(&set.expr).map_err(err)?;
-                set_value(&mut root, set, value).map_err(err)?;
+                set_value_at(&mut root, &set.steps, Some(set.root), value)
+                    .map_err(|m| err(set, m))?;
             }
             out.push(
                 root.to_record(&mut builder)
@@ -385,13 +420,14 @@ impl Mapping {
     }
 }
 
-/// Sets a value at an output path; lists spread over `[*]` by index.
-fn set_value<'a>(
+/// Sets a value at an output path (whose first element is the rule's top-level element
+/// number `at`, `None`: found by name); lists spread over `[*]` by index.
+fn set_value_at<'a>(
     root: &mut output::Tree<'a>,
-    set: &'a file::SetRule,
+    steps: &'a [Step],
+    at: Option<usize>,
     value: Value<'a>,
 ) -> Result<(), String> {
-    let (steps, at) = (&set.steps[..], Some(set.root));
     if !value.present() {
         // Nothing to set: the output path is not even read.
         return Ok(());

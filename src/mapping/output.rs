@@ -95,6 +95,11 @@ pub fn parse_out_path(s: &str) -> Result<Vec<Step>, OutPathError> {
 /// comparing the mapping's own key strings (no hashing, no key copies); array items are
 /// kept in index order. [`Tree::to_record`] writes the record once, members in the
 /// order they were first set, leaving out what is empty.
+///
+/// A rule whose shape is laid out at load writes its records without a tree
+/// ([`super::plan`]); the tree builds the others, and any resource in which two paths
+/// meet (it merges them, or names the conflict). It is what the plan's output is
+/// defined by.
 #[derive(Debug)]
 pub struct Tree<'a> {
     nodes: Vec<TreeNode<'a>>,
@@ -399,7 +404,7 @@ impl<'a> TreeNode<'a> {
     }
 }
 
-fn emit_value(v: &Value<'_>, b: &mut Builder) -> bool {
+pub(super) fn emit_value(v: &Value<'_>, b: &mut Builder) -> bool {
     match v {
         Value::Absent => false,
         Value::Str(s) if s.is_empty() => false,

@@ -1644,3 +1644,94 @@ OBX|2|ST|||||||||F\r",
         Some("Observation #1 (OBX 1) effectiveDateTime: datetime(OBX-14): \"202401310830\" has a time but no zone; give a default zone, e.g. datetime(x, '+07:00')")
     );
 }
+
+/// The shipped mappings' output paths never meet, so every rule writes its records from
+/// its plan; a rule that falls back to the tree is named.
+#[test]
+fn every_shipped_rule_has_a_plan() {
+    let set = shipped();
+    let mut without = Vec::new();
+    for name in set.names() {
+        for rule in &set.get(name).unwrap().rules {
+            if rule.plan.is_none() {
+                without.push(format!("{name}: {}", rule.resource_type));
+            }
+        }
+    }
+    assert!(without.is_empty(), "{without:?}");
+}
+
+/// A resource whose paths meet at run time is built as the tree builds it (merged, or a
+/// mapping error naming the field), one whose paths cannot be laid out at all too, and
+/// a resource after either is written from its own values.
+#[test]
+fn resources_whose_paths_meet_come_out_as_the_tree_makes_them() {
+    let toml_text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"code" = "codeable_concept(OBX-3)"
+# The same text the data type function gives: merged, no conflict.
+"code.text" = "OBX-3.2"
+"identifier[*]" = "identifier(OBX-21[*])"
+# Where OBX-21 repeats, a second value for item 1: a conflict.
+"identifier[1].value" = "OBX-18"
+"status" = "'final'"
+
+[[resource]]
+type = "Patient"
+id = "'p1'"
+[resource.set]
+# Inside meta, which the engine fills: never laid out ahead.
+"meta.tag[0].code" = "'t'"
+"gender" = "lookup(v2_gender, PID-8)"
+
+[[resource]]
+type = "Observation"
+id = "'last'"
+[resource.set]
+"status" = "'preliminary'"
+"code.text" = "PID-8"
+"#;
+    let dir = dir_with(toml_text, &[("v2_gender", "code,value\nM,male\n")]);
+    let set = load_set(&dir);
+    let rules = &set.get("m").unwrap().rules;
+    let planned: Vec<bool> = rules.iter().map(|r| r.plan.is_some()).collect();
+    assert_eq!(planned, [true, false, true]);
+    let obx = |f18: &str, f21: &str| {
+        let mut f = vec![""; 22];
+        f[..6].copy_from_slice(&["OBX", "1", "ST", "1-8^Glucose^LN", "", "x"]);
+        (f[11], f[18], f[21]) = ("F", f18, f21);
+        format!(
+            "MSH|^~\\&|A|B|||20240131||ORU^R01|1|P|2.5\rPID|1||P1||N^A||19800101|M\r{}\r",
+            f.join("|")
+        )
+    };
+    let ok = obx("L2", "E1");
+    let out = run_inline(toml_text, &ok).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        out[0],
+        json!({"resourceType": "Observation", "id": out[0]["id"], "meta": {"source": "test"},
+            "code": {"coding": [{"code": "1-8", "display": "Glucose"}], "text": "Glucose"},
+            "identifier": [{"value": "E1"}, {"value": "L2"}], "status": "final"})
+    );
+    assert_eq!(
+        out[1],
+        json!({"resourceType": "Patient", "id": "p1",
+            "meta": {"source": "test", "tag": [{"code": "t"}]}, "gender": "male"})
+    );
+    assert_eq!(
+        out[2],
+        json!({"resourceType": "Observation", "id": "last", "meta": {"source": "test"},
+            "status": "preliminary", "code": {"text": "M"}})
+    );
+    let clash = obx("L2", "E1~E2");
+    let e = run_inline(toml_text, &clash).err();
+    let e = e.unwrap_or_else(|| panic!("two values for identifier[1].value were accepted"));
+    assert_eq!(
+        (e.resource.as_str(), e.field.as_str(), e.message.as_str()),
+        ("Observation #1 (OBX 1)", "identifier[1].value", "set twice")
+    );
+}
