@@ -237,7 +237,8 @@ impl Mapping {
         let dt = self.dt.get();
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        // Resources made so far, per type (a mapping makes a handful of types).
+        let mut counts: Vec<(&str, usize)> = Vec::new();
         let mut contexts: Vec<Option<usize>> = Vec::new();
         for (ri, rule) in self.rules.iter().enumerate() {
             contexts.clear();
@@ -247,9 +248,9 @@ impl Mapping {
             }
             for (k, &seg) in contexts.iter().enumerate() {
                 let n = counts
-                    .get(rule.resource_type.as_str())
-                    .copied()
-                    .unwrap_or(0)
+                    .iter()
+                    .find(|(t, _)| *t == rule.resource_type)
+                    .map_or(0, |&(_, n)| n)
                     + 1;
                 let scope = Scope {
                     msg,
@@ -292,7 +293,10 @@ impl Mapping {
                         format!("{id:?} is not a valid FHIR id (A-Z a-z 0-9 - . and at most 64)"),
                     ));
                 }
-                counts.insert(&rule.resource_type, n);
+                match counts.iter_mut().find(|(t, _)| *t == rule.resource_type) {
+                    Some(c) => c.1 = n,
+                    None => counts.push((&rule.resource_type, n)),
+                }
                 instances.push(Instance::new(ri, &rule.resource_type, seg, &id, n, k + 1));
             }
         }
@@ -348,7 +352,8 @@ impl Mapping {
     ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
         let mut builder = crate::record::Builder::new();
-        let mut root = output::Tree::new();
+        // Only for a rule without a plan, or a resource whose paths meet.
+        let mut tree: Option<output::Tree> = None;
         let mut values: Vec<Value<'a>> = Vec::new();
         let mut scratch = plan::Scratch::default();
         for inst in instances {
@@ -396,6 +401,7 @@ impl Mapping {
                 // merges the values or names the conflict.
                 b.finish();
             }
+            let root = tree.get_or_insert_with(output::Tree::new);
             root.start(rule.roots);
             root.put_text(None, "resourceType", &rule.resource_type);
             root.put_text(None, "id", inst.id());
@@ -408,8 +414,7 @@ impl Mapping {
                     Some(v) => v,
                     None => scope.eval(&set.expr).map_err(|m| err(set, m))?,
                 };
-                set_value_at(&mut root, &set.steps, Some(set.root), value)
-                    .map_err(|m| err(set, m))?;
+                set_value_at(root, &set.steps, Some(set.root), value).map_err(|m| err(set, m))?;
             }
             out.push(
                 root.to_record(&mut builder)
