@@ -702,4 +702,71 @@ mod tests {
         assert!(written > met, "{written} written, {met} met");
         assert!(met > 0);
     }
+
+    /// Random output paths (a few keys, indices and `[*]`, up to three steps) with
+    /// random values (absent, text, lists, built objects): wherever the plan writes a
+    /// record it is the tree's, and wherever the tree gives a mapping error the plan
+    /// hands the resource to the tree.
+    #[test]
+    fn agrees_with_the_tree_on_random_paths_and_values() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        const KEYS: [&str; 4] = ["a", "b", "text", "value"];
+        const TEXTS: [&str; 4] = ["", "x", "y", "Lê"];
+        let (mut written, mut met, mut laid_out) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let mut paths = Vec::new();
+            for _ in 0..1 + next(5) {
+                let mut p = KEYS[next(4) as usize].to_string();
+                let mut star = false;
+                for _ in 0..next(3) {
+                    match next(4) {
+                        0 if !star => {
+                            p.push_str("[*]");
+                            star = true;
+                        }
+                        1 => p.push_str(&format!("[{}]", next(3))),
+                        _ => p.push_str(&format!(".{}", KEYS[next(4) as usize])),
+                    }
+                }
+                paths.push(p);
+            }
+            let value = |next: &mut dyn FnMut(u64) -> u64| -> Value<'static> {
+                let text = |next: &mut dyn FnMut(u64) -> u64| s(TEXTS[next(4) as usize]);
+                match next(5) {
+                    0 => Value::Absent,
+                    1 | 2 => text(next),
+                    3 => Value::List((0..next(4)).map(|_| text(next)).collect()),
+                    _ => Value::Obj(
+                        (0..next(3))
+                            .map(|_| (KEYS[next(4) as usize], text(next)))
+                            .collect(),
+                    ),
+                }
+            };
+            let values: Vec<Value<'static>> = paths.iter().map(|_| value(&mut next)).collect();
+            let ps: Vec<&str> = paths.iter().map(String::as_str).collect();
+            match both(&ps, &values) {
+                (Some(Ok(plan)), tree) => {
+                    assert_eq!(Ok(plan), tree, "{ps:?} {values:?}");
+                    written += 1;
+                    laid_out += 1;
+                }
+                (Some(Err(Meet)), _) => {
+                    met += 1;
+                    laid_out += 1;
+                }
+                (None, _) => {}
+            }
+        }
+        assert!(
+            laid_out > 10_000 && written > 5 * met,
+            "{laid_out} {written} {met}"
+        );
+    }
 }
