@@ -47,8 +47,22 @@ impl Table {
         if let Some(v) = self.exact.get(code) {
             return Some(v);
         }
-        let v = if code.bytes().any(|b| b.is_ascii_uppercase()) || !code.is_ascii() {
+        let v = if !code.is_ascii() {
             self.folded.get(&code.to_lowercase())
+        } else if code.bytes().any(|b| b.is_ascii_uppercase()) {
+            // A short ASCII code is lowered in place, without allocating (a miss is
+            // common: a code system that no table row names).
+            let mut buf = [0u8; 32];
+            match buf.get_mut(..code.len()) {
+                Some(lower) => {
+                    lower.copy_from_slice(code.as_bytes());
+                    lower.make_ascii_lowercase();
+                    std::str::from_utf8(lower)
+                        .ok()
+                        .and_then(|l| self.folded.get(l))
+                }
+                None => self.folded.get(&code.to_ascii_lowercase()),
+            }
         } else {
             self.folded.get(code)
         };
@@ -239,6 +253,20 @@ mod tests {
         assert_eq!(t.get("hh"), Some("critical"));
         assert_eq!(t.get("Hh"), Some("critical"));
         assert_eq!(t.get("h"), None);
+        // Codes of any length, and beyond ASCII.
+        let long = "urn:oid:2.16.840.1.113883.6.1.Extra";
+        let t = Table::parse(
+            Path::new("t.csv"),
+            &format!("code,value\n{long},long\nĐỊNH,vi\n{},exactly 32\n", "A".repeat(32)),
+            &mut diags,
+        );
+        assert_eq!(t.get(&long.to_uppercase()), Some("long"));
+        assert_eq!(t.get(&long.to_lowercase()), Some("long"));
+        assert_eq!(t.get("định"), Some("vi"));
+        assert_eq!(t.get("ĐỊnh"), Some("vi"));
+        assert_eq!(t.get(&"a".repeat(32)), Some("exactly 32"));
+        assert_eq!(t.get(&"A".repeat(33)), None);
+        assert_eq!(t.get(&"aA".repeat(16)), Some("exactly 32"));
     }
 
     #[test]
