@@ -629,14 +629,6 @@ impl Message {
         seg == 0 && field <= 2
     }
 
-    /// Raw text of every selected piece (one per selected repetition); absent pieces are
-    /// left out, empty ones kept as "".
-    pub fn raws_in(&self, seg: usize, fp: &FieldPath) -> Vec<&str> {
-        let mut out = Vec::new();
-        self.for_each_raw(seg, fp, |s| out.push(s));
-        out
-    }
-
     /// Raw text of the first selected piece: `None` when absent, `Some("")` when present
     /// but empty, `Some("\"\"")` for HL7's null marker.
     pub fn raw_in(&self, seg: usize, fp: &FieldPath) -> Option<&str> {
@@ -649,7 +641,8 @@ impl Message {
         first
     }
 
-    /// Calls `f` with the raw text of every selected piece, as [`Message::raws_in`] lists them.
+    /// Calls `f` with the raw text of every selected piece (one per selected repetition);
+    /// absent pieces are left out, empty ones given as "".
     pub fn for_each_raw<'a>(&'a self, seg: usize, fp: &FieldPath, mut f: impl FnMut(&'a str)) {
         let Some(field) = self.field_raw(seg, fp.field) else {
             return;

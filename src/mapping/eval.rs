@@ -622,7 +622,8 @@ impl<'a> Scope<'a> {
         };
         match fp.repetition {
             Repetition::All => {
-                let items: Vec<Value> = msg.raws_in(seg, fp).into_iter().map(decode).collect();
+                let mut items: Vec<Value> = Vec::new();
+                msg.for_each_raw(seg, fp, |raw| items.push(decode(raw)));
                 if items.iter().all(Value::is_absent) {
                     Value::Absent
                 } else {

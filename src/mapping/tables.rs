@@ -257,7 +257,10 @@ mod tests {
         let long = "urn:oid:2.16.840.1.113883.6.1.Extra";
         let t = Table::parse(
             Path::new("t.csv"),
-            &format!("code,value\n{long},long\nĐỊNH,vi\n{},exactly 32\n", "A".repeat(32)),
+            &format!(
+                "code,value\n{long},long\nĐỊNH,vi\n{},exactly 32\n",
+                "A".repeat(32)
+            ),
             &mut diags,
         );
         assert_eq!(t.get(&long.to_uppercase()), Some("long"));
