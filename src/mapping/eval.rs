@@ -183,7 +183,7 @@ impl<'a> Value<'a> {
 
     /// Present and as [`Value::compacted`] would leave it (what the data type functions
     /// build is), checked without building anything.
-    fn is_compact(&self) -> bool {
+    pub(super) fn is_compact(&self) -> bool {
         match self {
             Value::Absent => false,
             Value::Str(s) => !s.is_empty(),

@@ -9,7 +9,8 @@
 //! - `eval`      — values, the context rule for `each`, and function evaluation.
 //! - `functions` — the function catalogue and pure functions (dates, numbers, hash).
 //! - `tables`    — lookup tables.
-//! - `output`    — output paths and building the JSON resource.
+//! - `output`    — output paths, and building a resource in a tree where paths meet.
+//! - `plan`      — each rule's output shape, laid out at load; writes the records.
 //!
 //! A run is two passes: first every resource instance and its id (so `ref` sees
 //! resources declared later), then their fields. Resources come out in file order, and
@@ -376,8 +377,24 @@ impl Mapping {
             };
             values.clear();
             if let Some(plan) = &rule.plan {
-                for set in &rule.sets {
-                    values.push(scope.eval(&set.expr).map_err(|m| err(set, m))?);
+                for (k, set) in rule.sets.iter().enumerate() {
+                    match scope.eval(&set.expr) {
+                        Ok(v) => values.push(v),
+                        Err(m) => {
+                            // A path that met an earlier one in the tree would have
+                            // stopped the resource before this expression: its error
+                            // comes first, as when each value is set as it is made.
+                            let root = tree.get_or_insert_with(output::Tree::new);
+                            root.start(rule.roots);
+                            root.put_text(None, "resourceType", &rule.resource_type);
+                            root.put_text(None, "id", inst.id());
+                            for (set, value) in rule.sets[..k].iter().zip(values.drain(..)) {
+                                set_value_at(root, &set.steps, Some(set.root), value)
+                                    .map_err(|m| err(set, m))?;
+                            }
+                            return Err(err(set, m));
+                        }
+                    }
                 }
                 let b = &mut builder;
                 let mark = b.mark();

@@ -17,7 +17,7 @@
 //! `meta`, which the engine fills) has no plan and always uses the tree.
 
 use super::eval::Value;
-use super::output::Step;
+use super::output::{emit_value, Step};
 use crate::record::Builder;
 
 #[derive(Clone, Debug)]
@@ -89,8 +89,9 @@ impl Plan {
                 at = plan.child(at, step)?;
             }
             let node = &mut plan.nodes[at];
-            // A value inside which other paths set members is opened as an object; one
-            // set twice, or where items are set, is not laid out.
+            // A node with a value may also have members (the value is opened at run
+            // time); a node set twice, or set where array items are indexed, means no
+            // plan.
             if node.value.is_some() || matches!(node.kind, Kind::Arr { .. }) {
                 return None;
             }
@@ -190,14 +191,21 @@ impl Plan {
         self.object(0, None, &mut e, b)
     }
 
-    /// What the value of node `n` is at this place: the whole value, or below a `[*]`
-    /// (`star`) the value's item; `None` when nothing would be set.
-    fn own<'v, 'a>(&self, n: u32, star: Option<usize>, e: &Emit<'v, 'a>) -> Option<&'v Value<'a>> {
-        let s = self.nodes[n as usize].value? as usize;
-        match star {
-            None => e.present[s].then_some(&e.values[s]),
-            Some(i) => item(&e.values[s], i),
-        }
+    /// The set rule whose value goes to node `n`, and that value at this place: the
+    /// whole value, or below a `[*]` (`star`) the value's item; `None` when nothing
+    /// would be set.
+    fn own<'v, 'a>(
+        &self,
+        n: u32,
+        star: Option<usize>,
+        e: &Emit<'v, 'a>,
+    ) -> Option<(u32, &'v Value<'a>)> {
+        let s = self.nodes[n as usize].value?;
+        let v = match star {
+            None => e.present[s as usize].then_some(&e.values[s as usize]),
+            Some(i) => item(&e.values[s as usize], i),
+        };
+        v.map(|v| (s, v))
     }
 
     /// The first set rule that puts anything at or below node `n` at this place.
@@ -222,24 +230,21 @@ impl Plan {
     ) -> Result<bool, Meet> {
         let own = self.own(n, star, e);
         match &self.nodes[n as usize].kind {
-            Kind::Leaf => Ok(own.is_some_and(|v| emit_value(v, b))),
+            Kind::Leaf => Ok(own.is_some_and(|(_, v)| emit_value(v, b))),
             Kind::Obj(children) => match own {
                 None => {
                     let mark = b.mark();
                     self.object(n, star, e, b)?;
                     Ok(b.close_object(mark))
                 }
-                Some(v) => {
+                Some((s, v)) => {
                     let below = children
                         .iter()
                         .filter_map(|&c| self.first(c, star, e))
                         .min();
                     match below {
                         None => Ok(emit_value(v, b)),
-                        Some(below) => {
-                            let s = self.nodes[n as usize].value.unwrap_or(u32::MAX);
-                            self.opened(v, s, below, n, star, e, b)
-                        }
+                        Some(below) => self.opened(v, s, below, n, star, e, b),
                     }
                 }
             },
@@ -257,12 +262,12 @@ impl Plan {
                 });
                 let mark = b.mark();
                 let mut f = 0;
-                for i in 0..items {
+                // `items` is 0 when there is no `[*]` item shape.
+                for (i, c) in (0..items).zip(std::iter::repeat(*each).flatten()) {
                     while let Some(&c) = fixed.get(f).filter(|&&c| self.index(c) < i) {
                         self.emit(c, star, e, b)?;
                         f += 1;
                     }
-                    let c = each.unwrap_or_default();
                     match fixed.get(f).filter(|&&c| self.index(c) == i) {
                         Some(&at) => {
                             f += 1;
@@ -307,9 +312,8 @@ impl Plan {
             // Two values for one item.
             return Err(Meet);
         }
-        let node = &self.nodes[each as usize];
-        match (self.own(each, Some(i), e), node.value, &node.kind) {
-            (Some(v), Some(s), Kind::Leaf) => self.opened(v, s, below, at, star, e, b),
+        match (self.own(each, Some(i), e), &self.nodes[each as usize].kind) {
+            (Some((s, v)), Kind::Leaf) => self.opened(v, s, below, at, star, e, b),
             _ => Err(Meet),
         }
     }
@@ -328,7 +332,9 @@ impl Plan {
         e: &mut Emit<'_, '_>,
         b: &mut Builder,
     ) -> Result<bool, Meet> {
-        let (Value::Obj(members), true) = (v, s < below) else {
+        // The tree compacts the value as it opens it: a value the data type functions
+        // built is compact already; another goes to the tree.
+        let (Value::Obj(members), true) = (v, s < below && v.is_compact()) else {
             return Err(Meet);
         };
         let Kind::Obj(children) = &self.nodes[n as usize].kind else {
@@ -405,10 +411,6 @@ fn item<'v, 'a>(v: &'v Value<'a>, i: usize) -> Option<&'v Value<'a>> {
         Value::List(items) => items.get(i).filter(|v| v.present()),
         v => (i == 0 && v.present()).then_some(v),
     }
-}
-
-fn emit_value(v: &Value<'_>, b: &mut Builder) -> bool {
-    super::output::emit_value(v, b)
 }
 
 #[cfg(test)]
@@ -563,7 +565,7 @@ mod tests {
             (
                 &["name[*]", "name[0].text", "name[9].use", "name[10]"],
                 vec![
-                    objs(&[&[("family", "Lê"), ("x", "")], &[("family", "Trần")]]),
+                    objs(&[&[("family", "Lê")], &[("family", "Trần")]]),
                     s("Lê Văn"),
                     s("nickname"),
                     obj(&[("family", "alias")]),
@@ -579,6 +581,20 @@ mod tests {
                 &["code", "code.text"],
                 vec![obj(&[("coding", "c")]), s("t")],
                 true,
+            ),
+            // A value the tree would compact as it opens it goes to the tree.
+            (
+                &["code", "code.text"],
+                vec![obj(&[("coding", "c"), ("x", "")]), s("t")],
+                false,
+            ),
+            (
+                &["code", "code.text"],
+                vec![
+                    Value::Obj(vec![("x", Value::Num(Cow::Borrowed("")))]),
+                    s("t"),
+                ],
+                false,
             ),
             (
                 &["code", "code.text"],
@@ -736,17 +752,31 @@ mod tests {
                 }
                 paths.push(p);
             }
+            // Text, numbers (one empty, one not JSON's), a boolean, and mostly compact
+            // built objects, as the data type functions make them.
+            fn leaf(next: &mut dyn FnMut(u64) -> u64) -> Value<'static> {
+                match next(8) {
+                    0 => Value::Num(Cow::Borrowed(["1", "", "1E5", "x"][next(4) as usize])),
+                    1 => Value::Bool(next(2) == 0),
+                    _ => s(TEXTS[next(4) as usize]),
+                }
+            }
+            fn object(next: &mut dyn FnMut(u64) -> u64) -> Value<'static> {
+                let members = (0..next(3)).map(|_| (KEYS[next(4) as usize], leaf(next)));
+                let v = Value::Obj(members.collect());
+                if next(4) == 0 {
+                    v
+                } else {
+                    v.compacted()
+                }
+            }
             let value = |next: &mut dyn FnMut(u64) -> u64| -> Value<'static> {
-                let text = |next: &mut dyn FnMut(u64) -> u64| s(TEXTS[next(4) as usize]);
-                match next(5) {
+                match next(6) {
                     0 => Value::Absent,
-                    1 | 2 => text(next),
-                    3 => Value::List((0..next(4)).map(|_| text(next)).collect()),
-                    _ => Value::Obj(
-                        (0..next(3))
-                            .map(|_| (KEYS[next(4) as usize], text(next)))
-                            .collect(),
-                    ),
+                    1 | 2 => leaf(next),
+                    3 => Value::List((0..next(4)).map(|_| leaf(next)).collect()),
+                    4 => Value::List((0..next(4)).map(|_| object(next)).collect()),
+                    _ => object(next),
                 }
             };
             let values: Vec<Value<'static>> = paths.iter().map(|_| value(&mut next)).collect();

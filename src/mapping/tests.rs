@@ -1679,6 +1679,7 @@ id = "hash(OBX-1)"
 # Where OBX-21 repeats, a second value for item 1: a conflict.
 "identifier[1].value" = "OBX-18"
 "status" = "'final'"
+"effectiveDateTime" = "datetime(OBX-14, '+07:00')"
 
 [[resource]]
 type = "Patient"
@@ -1700,15 +1701,16 @@ id = "'last'"
     let rules = &set.get("m").unwrap().rules;
     let planned: Vec<bool> = rules.iter().map(|r| r.plan.is_some()).collect();
     assert_eq!(planned, [true, false, true]);
-    let obx = |f18: &str, f21: &str| {
+    let obx_at = |f14: &str, f18: &str, f21: &str| {
         let mut f = vec![""; 22];
         f[..6].copy_from_slice(&["OBX", "1", "ST", "1-8^Glucose^LN", "", "x"]);
-        (f[11], f[18], f[21]) = ("F", f18, f21);
+        (f[11], f[14], f[18], f[21]) = ("F", f14, f18, f21);
         format!(
             "MSH|^~\\&|A|B|||20240131||ORU^R01|1|P|2.5\rPID|1||P1||N^A||19800101|M\r{}\r",
             f.join("|")
         )
     };
+    let obx = |f18: &str, f21: &str| obx_at("", f18, f21);
     let ok = obx("L2", "E1");
     let out = run_inline(toml_text, &ok).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(
@@ -1734,4 +1736,21 @@ id = "'last'"
         (e.resource.as_str(), e.field.as_str(), e.message.as_str()),
         ("Observation #1 (OBX 1)", "identifier[1].value", "set twice")
     );
+    // The record the tree merged has its members in the order they were first set.
+    let keys: Vec<&String> = out[0].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["resourceType", "id", "meta", "code", "identifier", "status"]
+    );
+    // A conflict before a value that cannot be worked out is the error, as it is when
+    // each value is set as it is made; without the conflict, the value's error.
+    let e = run_inline(toml_text, &obx_at("2024-01-31", "L2", "E1~E2")).err();
+    let e = e.unwrap_or_else(|| panic!("two values for identifier[1].value were accepted"));
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("identifier[1].value", "set twice")
+    );
+    let e = run_inline(toml_text, &obx_at("2024-01-31", "L2", "E1")).err();
+    let e = e.unwrap_or_else(|| panic!("an invalid OBX-14 was accepted"));
+    assert_eq!(e.field, "effectiveDateTime");
 }
