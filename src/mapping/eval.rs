@@ -88,7 +88,15 @@ const PID: u32 = crate::hl7::name_code("PID");
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
+///
+/// The tag is a whole word (`repr(u64)`): with a one-byte tag the compiler moved a value
+/// as the tag byte and the 31 bytes after it, in overlapping 16-byte pieces at odd
+/// offsets, and reading one back soon after it was written so stalled the processor
+/// (a load that spans two earlier stores is not forwarded from them). Values move
+/// through every level of the interpreter; the word-sized tag keeps each move to
+/// aligned words. The size is the same, 32 bytes. (About 5–8 % of parse + map.)
 #[derive(Clone, Debug, PartialEq)]
+#[repr(u64)]
 pub enum Value<'a> {
     Absent,
     Str(Cow<'a, str>),

@@ -1754,3 +1754,10 @@ id = "'last'"
     let e = e.unwrap_or_else(|| panic!("an invalid OBX-14 was accepted"));
     assert_eq!(e.field, "effectiveDateTime");
 }
+
+/// A value is four words, its tag one of them (see [`eval::Value`]).
+#[test]
+fn a_value_is_four_aligned_words() {
+    assert_eq!(std::mem::size_of::<Value>(), 32);
+    assert_eq!(std::mem::align_of::<Value>(), 8);
+}
