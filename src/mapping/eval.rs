@@ -985,11 +985,19 @@ impl<'a> Scope<'a> {
             }
             fid::ALL => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
-                    return Err(failed(c, "the argument must be an HL7 path".into()));
+                    return Err(failed(c, "the first argument must be an HL7 path".into()));
                 };
                 let mut items = Vec::new();
                 for seg in self.instances_of(path) {
-                    match self.at(seg).path_value(path) {
+                    let at = self.at(seg);
+                    // `all(PATH, CONDITION)`: only the segments where the condition,
+                    // read with that segment as the context, holds.
+                    if let Some(condition) = c.args.get(1) {
+                        if !at.eval(condition)?.truthy() {
+                            continue;
+                        }
+                    }
+                    match at.path_value(path) {
                         Value::List(mut l) => items.append(&mut l),
                         v => items.push(v),
                     }

@@ -603,22 +603,33 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                     // A [let] with errors, reported where it is defined.
                     return;
                 }
-                for a in &c.args {
+                // all()'s second argument is a condition, any expression.
+                let (paths, rest) = match c.name.as_str() {
+                    "all" => c.args.split_at(1),
+                    _ => (&c.args[..], &[][..]),
+                };
+                for a in paths {
                     if let Expr::Path { path, offset } = a {
                         if let Some(problem) = unknown_segment(&path.segment) {
                             cx.at(base + offset, problem);
                         }
                     }
                     if !matches!(a, Expr::Path { path, .. } if path.field.is_some()) {
-                        cx.at(
-                            at,
+                        let message = if c.name == "all" {
+                            "the first argument of all() must be an HL7 field path, e.g. all(NTE-3)"
+                                .to_string()
+                        } else {
                             format!(
                                 "the arguments of {}() must be HL7 field paths, e.g. {}(PID-5[*])",
                                 c.name, c.name
-                            ),
-                        );
+                            )
+                        };
+                        cx.at(at, message);
                         return;
                     }
+                }
+                for a in rest {
+                    check(cx, a, base, tables, refs);
                 }
                 return;
             }

@@ -1761,3 +1761,57 @@ fn a_value_is_four_aligned_words() {
     assert_eq!(std::mem::size_of::<Value>(), 32);
     assert_eq!(std::mem::align_of::<Value>(), 8);
 }
+
+/// `all(PATH, CONDITION)`: the path in the segments where the condition holds, each
+/// read with its segment as the context; the condition is checked like any expression.
+#[test]
+fn all_keeps_the_segments_its_condition_holds_for() {
+    let text = r#"
+[[resource]]
+type = "Observation"
+id = "'o'"
+[resource.set]
+"note[*].text" = "all(OBX-5, not(in(OBX-2, 'ED', 'RP')))"
+"component[*].valueString" = "all(OBX-5.5, eq(OBX-2, 'ED'))"
+"component[*].code.text" = "all(OBX-3.2, eq(OBX-2, 'ED'))"
+"method.text" = "join(all(NTE-3, exists(NTE-4)), ' ')"
+"#;
+    let message = "MSH|^~\\&|A|B|||20240131||MDM^T02|1|P|2.5\rPID|1||P1\r\
+OBX|1|TX|X^Line||First line.\r\
+OBX|2|ED|PDF^Report||^AP^PDF^Base64^JVBERi0xLjQ=\r\
+NTE|1||kept|C\rNTE|2||left out\r\
+OBX|3|TX|X^Line||Last line.\r\
+OBX|4|ED|IMG^Image||^IM^JPEG^Base64^/9j/4AAQ\r";
+    let out = run_inline(text, message).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        out[0]["note"],
+        json!([{"text": "First line."}, {"text": "Last line."}])
+    );
+    assert_eq!(
+        out[0]["component"],
+        json!([
+            {"valueString": "JVBERi0xLjQ=", "code": {"text": "Report"}},
+            {"valueString": "/9j/4AAQ", "code": {"text": "Image"}}
+        ])
+    );
+    assert_eq!(out[0]["method"], json!({"text": "kept"}));
+    let errors = load_errors(
+        r#"
+[[resource]]
+type = "Observation"
+id = "'o'"
+[resource.set]
+"note[0].text" = "all('OBX-5')"
+"note[1].text" = "all(OBX-5, OBX-2, 'x')"
+"note[2].text" = "all(OBX-5, eq(OBX-2, datetme(OBX-14)))"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "6:19: the first argument of all() must be an HL7 field path, e.g. all(NTE-3)",
+            "7:19: all() takes 1 or 2 arguments, got 3",
+            "8:40: unknown function \"datetme\" (did you mean \"datetime\"?)",
+        ]
+    );
+}
