@@ -1775,26 +1775,33 @@ id = "'o'"
 "component[*].valueString" = "all(OBX-5.5, eq(OBX-2, 'ED'))"
 "component[*].code.text" = "all(OBX-3.2, eq(OBX-2, 'ED'))"
 "method.text" = "join(all(NTE-3, exists(NTE-4)), ' ')"
+# A note's condition reads the OBX the note belongs to.
+"bodySite.text" = "join(all(NTE-3, eq(OBX-3.2, 'Image')), ' ')"
 "#;
     let message = "MSH|^~\\&|A|B|||20240131||MDM^T02|1|P|2.5\rPID|1||P1\r\
 OBX|1|TX|X^Line||First line.\r\
 OBX|2|ED|PDF^Report||^AP^PDF^Base64^JVBERi0xLjQ=\r\
 NTE|1||kept|C\rNTE|2||left out\r\
 OBX|3|TX|X^Line||Last line.\r\
-OBX|4|ED|IMG^Image||^IM^JPEG^Base64^/9j/4AAQ\r";
+OBX|4|ED|IMG^Image||^IM^JPEG^Base64^/9j/4AAQ\r\
+NTE|1||about the last line\r\
+OBX|5|ED|||^AP^PDF^Base64^JVBERi0xLjU=\r";
     let out = run_inline(text, message).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(
         out[0]["note"],
         json!([{"text": "First line."}, {"text": "Last line."}])
     );
+    // One item per segment kept, absent where the path is empty: lists stay aligned.
     assert_eq!(
         out[0]["component"],
         json!([
             {"valueString": "JVBERi0xLjQ=", "code": {"text": "Report"}},
-            {"valueString": "/9j/4AAQ", "code": {"text": "Image"}}
+            {"valueString": "/9j/4AAQ", "code": {"text": "Image"}},
+            {"valueString": "JVBERi0xLjU="}
         ])
     );
     assert_eq!(out[0]["method"], json!({"text": "kept"}));
+    assert_eq!(out[0]["bodySite"], json!({"text": "about the last line"}));
     let errors = load_errors(
         r#"
 [[resource]]
@@ -1814,4 +1821,69 @@ id = "'o'"
             "8:40: unknown function \"datetme\" (did you mean \"datetime\"?)",
         ]
     );
+}
+
+/// An MDM document: every file sent in base64 (OBX-2 ED, "Base64" in any case) is an
+/// attachment of its own with its content type, in order; the text lines and anything
+/// not in base64 are one text attachment after them, however many files there are.
+#[test]
+fn an_mdm_documents_files_are_attachments_of_their_own() {
+    let set = shipped();
+    let mdm = set.get("mdm_t02").expect("mdm_t02");
+    let head = "MSH|^~\\&|HIS|BV|||20261127||MDM^T02|D1|P|2.5\rPID|1||P1^^^BV^MR\r\
+TXA|1|DS|AP|20261127||||||||DOC9||||AU\r";
+    let message = format!(
+        "{head}OBX|1|TX|N^Tóm tắt||Ổn định.\r\
+OBX|2|ED|18842-5^Discharge summary^LN||HIS^AP^PDF^Base64^JVBERi0xLjQ=\r\
+OBX|3|ED|P^Page||HIS^IM^JPEG^BASE64^/9j/4AAQ\r\
+OBX|4|ED|X^Hex||HIS^AP^PDF^Hex^4142\r\
+OBX|5|ED|||HIS^image^webp^Base64^UklGRg==\r"
+    );
+    let out = run_shipped(mdm, &message);
+    let doc = of_type(&out, "DocumentReference")[0];
+    let text = crate::mapping::functions::base64("Ổn định.\nHIS^AP^PDF^Hex^4142".as_bytes());
+    assert_eq!(
+        doc["content"],
+        json!([
+            {"attachment": {"contentType": "application/pdf", "title": "Discharge summary", "data": "JVBERi0xLjQ="}},
+            {"attachment": {"contentType": "image/jpeg", "title": "Page", "data": "/9j/4AAQ"}},
+            {"attachment": {"contentType": "application/octet-stream", "data": "UklGRg=="}},
+            {"attachment": {"contentType": "text/plain", "title": "Tóm tắt", "data": text}}
+        ])
+    );
+    // The reports of the files: their types from the same table, their data whatever
+    // the case of "Base64"; an unknown subtype as the sender names it.
+    let forms: Vec<&Json> = of_type(&out, "DiagnosticReport")
+        .iter()
+        .map(|r| &r["presentedForm"][0])
+        .collect();
+    assert_eq!(
+        forms,
+        [
+            &json!({"contentType": "application/pdf", "data": "JVBERi0xLjQ="}),
+            &json!({"contentType": "image/jpeg", "data": "/9j/4AAQ"}),
+            &json!({"contentType": "application/pdf"}),
+            &json!({"contentType": "image/webp", "data": "UklGRg=="}),
+        ]
+    );
+    // More files than any fixed index: the text still comes last, nothing clashes.
+    let pages: String = (1..=25)
+        .map(|i| format!("OBX|{i}|ED|P^Page {i}||HIS^IM^JPEG^Base64^/9j/{i:02}\r"))
+        .collect();
+    let out = run_shipped(mdm, &format!("{head}{pages}OBX|26|TX|N^Note||Hết.\r"));
+    let content = &of_type(&out, "DocumentReference")[0]["content"];
+    let content = content.as_array().expect("content");
+    assert_eq!(content.len(), 26);
+    assert_eq!(content[24]["attachment"]["data"], "/9j/25");
+    assert_eq!(content[25]["attachment"]["contentType"], "text/plain");
+    // The first OBX is a file: the text has no title of another OBX's.
+    let out = run_shipped(
+        mdm,
+        &format!(
+            "{head}{}OBX|26|TX|N^Note||Hết.\r",
+            &pages[..pages.find("\r").unwrap() + 1]
+        ),
+    );
+    let content = &of_type(&out, "DocumentReference")[0]["content"];
+    assert_eq!(content[1]["attachment"].get("title"), None);
 }
