@@ -384,10 +384,7 @@ impl Mapping {
                             // A path that met an earlier one in the tree would have
                             // stopped the resource before this expression: its error
                             // comes first, as when each value is set as it is made.
-                            let root = tree.get_or_insert_with(output::Tree::new);
-                            root.start(rule.roots);
-                            root.put_text(None, "resourceType", &rule.resource_type);
-                            root.put_text(None, "id", inst.id());
+                            let root = start_tree(&mut tree, rule, inst, &ctx.source);
                             for (set, value) in rule.sets[..k].iter().zip(values.drain(..)) {
                                 set_value_at(root, &set.steps, Some(set.root), value)
                                     .map_err(|m| err(set, m))?;
@@ -418,13 +415,7 @@ impl Mapping {
                 // merges the values or names the conflict.
                 b.finish();
             }
-            let root = tree.get_or_insert_with(output::Tree::new);
-            root.start(rule.roots);
-            root.put_text(None, "resourceType", &rule.resource_type);
-            root.put_text(None, "id", inst.id());
-            if !ctx.source.is_empty() {
-                root.put_text(Some("meta"), "source", &ctx.source);
-            }
+            let root = start_tree(&mut tree, rule, inst, &ctx.source);
             let mut evaluated = values.drain(..);
             for set in &rule.sets {
                 let value = match evaluated.next() {
@@ -440,6 +431,24 @@ impl Mapping {
         }
         Ok(out)
     }
+}
+
+/// The run's tree (made when first needed), ready for one resource: empty but for what
+/// the engine sets (`resourceType`, `id`, `meta.source`).
+fn start_tree<'t, 'a>(
+    tree: &'t mut Option<output::Tree<'a>>,
+    rule: &'a Rule,
+    inst: &'a Instance,
+    source: &'a str,
+) -> &'t mut output::Tree<'a> {
+    let root = tree.get_or_insert_with(output::Tree::new);
+    root.start(rule.roots);
+    root.put_text(None, "resourceType", &rule.resource_type);
+    root.put_text(None, "id", inst.id());
+    if !source.is_empty() {
+        root.put_text(Some("meta"), "source", source);
+    }
+    root
 }
 
 /// Sets a value at an output path (whose first element is the rule's top-level element

@@ -262,19 +262,20 @@ impl Plan {
                 });
                 let mark = b.mark();
                 let mut f = 0;
-                // `items` is 0 when there is no `[*]` item shape.
-                for (i, c) in (0..items).zip(std::iter::repeat(*each).flatten()) {
-                    while let Some(&c) = fixed.get(f).filter(|&&c| self.index(c) < i) {
-                        self.emit(c, star, e, b)?;
-                        f += 1;
-                    }
-                    match fixed.get(f).filter(|&&c| self.index(c) == i) {
-                        Some(&at) => {
+                if let Some(c) = *each {
+                    for i in 0..items {
+                        while let Some(&c) = fixed.get(f).filter(|&&c| self.index(c) < i) {
+                            self.emit(c, star, e, b)?;
                             f += 1;
-                            self.same_index(c, i, at, star, e, b)?;
                         }
-                        None => {
-                            self.emit(c, Some(i), e, b)?;
+                        match fixed.get(f).filter(|&&c| self.index(c) == i) {
+                            Some(&at) => {
+                                f += 1;
+                                self.same_index(c, i, at, star, e, b)?;
+                            }
+                            None => {
+                                self.emit(c, Some(i), e, b)?;
+                            }
                         }
                     }
                 }
