@@ -346,16 +346,16 @@ pub fn quantity<'a>(
         if value.get(4).is_some() {
             return Ok(None);
         }
-        (value.text(1), value.get(2))
+        (value.text(1), value.text(2))
     } else {
-        (None, value.get(1))
+        (None, value.text(1))
     };
     let Some(number) = number else {
         return Ok(None);
     };
-    let n = super::functions::decimal(number)?;
+    let n = super::functions::decimal_text(number)?;
     let mut m = Members::with_capacity(5);
-    m.push(("value", Value::Num(Cow::Owned(n))));
+    m.push(("value", Value::Num(n)));
     if let Some(c) = comparator.filter(|c| matches!(&**c, "<" | ">" | "<=" | ">=")) {
         put(&mut m, "comparator", Some(c));
     }

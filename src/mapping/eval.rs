@@ -104,8 +104,11 @@ pub enum Value<'a> {
     Num(Cow<'a, str>),
     Bool(bool),
     List(Vec<Value<'a>>),
-    /// An object: a reference, or what a data type function built (keys in order).
+    /// An object: what a data type function built (keys in order).
     Obj(Vec<(&'a str, Value<'a>)>),
+    /// A reference, `{"reference": "Type/id"}`: what `ref()` and `refs()` give, the
+    /// object without a list of one member to allocate (a result has four or more).
+    Ref(&'a str),
 }
 
 impl<'a> Value<'a> {
@@ -119,7 +122,7 @@ impl<'a> Value<'a> {
             Value::Bool(b) => *b,
             Value::List(items) => items.iter().any(|v| !v.is_absent()),
             Value::Str(s) => !s.is_empty(),
-            Value::Num(_) | Value::Obj(_) => true,
+            Value::Num(_) | Value::Obj(_) | Value::Ref(_) => true,
         }
     }
 
@@ -133,7 +136,7 @@ impl<'a> Value<'a> {
                 let parts: Vec<Cow<'_, str>> = items.iter().filter_map(Value::text).collect();
                 (!parts.is_empty()).then(|| Cow::Owned(parts.join(",")))
             }
-            Value::Obj(_) => self.to_json().map(|j| Cow::Owned(j.to_string())),
+            Value::Obj(_) | Value::Ref(_) => self.to_json().map(|j| Cow::Owned(j.to_string())),
         }
     }
 
@@ -154,6 +157,7 @@ impl<'a> Value<'a> {
             Value::Num(_) | Value::Bool(_) => true,
             Value::List(items) => items.iter().any(Value::present),
             Value::Obj(members) => members.iter().any(|(_, v)| v.present()),
+            Value::Ref(r) => !r.is_empty(),
         }
     }
 
@@ -201,6 +205,7 @@ impl<'a> Value<'a> {
             Value::Obj(members) => {
                 !members.is_empty() && members.iter().all(|(_, v)| v.is_compact())
             }
+            Value::Ref(r) => !r.is_empty(),
         }
     }
 
@@ -225,6 +230,30 @@ impl<'a> Value<'a> {
                     .collect();
                 (!map.is_empty()).then_some(Json::Object(map))
             }
+            Value::Ref(r) => (!r.is_empty()).then(|| {
+                let mut map = serde_json::Map::new();
+                map.insert("reference".to_string(), Json::String(r.to_string()));
+                Json::Object(map)
+            }),
+        }
+    }
+
+    /// The value with every reference written out as the object it stands for (for the
+    /// tree, which opens and compares objects).
+    pub(super) fn expanded(self) -> Value<'a> {
+        match self {
+            Value::Ref(r) => Value::Obj(vec![("reference", Value::Str(Cow::Borrowed(r)))]),
+            Value::List(items) => {
+                if items
+                    .iter()
+                    .any(|v| matches!(v, Value::Ref(_) | Value::List(_)))
+                {
+                    Value::List(items.into_iter().map(Value::expanded).collect())
+                } else {
+                    Value::List(items)
+                }
+            }
+            other => other,
         }
     }
 }
@@ -767,9 +796,7 @@ impl<'a> Scope<'a> {
                 })
             }
             fid::DECIMAL => map1(self.arg(c, 0)?, &mut |t| {
-                functions::decimal(&t)
-                    .map(|n| Value::Num(Cow::Owned(n)))
-                    .map_err(fail)
+                functions::decimal_text(t).map(Value::Num).map_err(fail)
             }),
             fid::INTEGER => map1(self.arg(c, 0)?, &mut |t| {
                 functions::integer(&t)
@@ -909,12 +936,17 @@ impl<'a> Scope<'a> {
             None => None,
         };
         let all = is_all(path);
+        // Without `[*]` one value, kept without a list.
         let mut items = Vec::new();
+        let mut one = None;
         let mut failure = None;
         self.each_part(path, |p| {
             if failure.is_none() {
                 match datatypes::quantity(&p, units.as_ref(), self.dt) {
-                    Ok(q) => items.push(q.unwrap_or(Value::Absent)),
+                    Ok(q) if all => items.push(q.unwrap_or(Value::Absent)),
+                    Ok(q) => {
+                        one.get_or_insert(q.unwrap_or(Value::Absent));
+                    }
                     Err(e) => failure = Some(e),
                 }
             }
@@ -922,7 +954,10 @@ impl<'a> Scope<'a> {
         if let Some(e) = failure {
             return Err(failed(c, e));
         }
-        Ok(collect(items, all))
+        Ok(match one {
+            Some(v) => v,
+            None => collect(items, all),
+        })
     }
 
     /// The functions few fields call: split, join, required, matches, all.
@@ -1170,5 +1205,5 @@ fn owned<'a>(s: String) -> Value<'a> {
 }
 
 fn reference(i: &Instance) -> Value<'_> {
-    Value::Obj(vec![("reference", Value::Str(Cow::Borrowed(&i.reference)))])
+    Value::Ref(&i.reference)
 }

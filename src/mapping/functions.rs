@@ -359,11 +359,17 @@ pub fn normalise_zone(z: &str) -> Option<String> {
 
 /// HL7 NM → JSON number text, keeping the digits given ("5.10" stays "5.10").
 pub fn decimal(v: &str) -> Result<String, String> {
-    let t = trim(v);
-    let (neg, body) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
+    decimal_text(Cow::Borrowed(v)).map(Cow::into_owned)
+}
+
+/// [`decimal`] of text that may be borrowed: text already written as it would come out
+/// (`6.2`, `-0.5`, `140`, most results) is given back as it is, without a copy.
+pub fn decimal_text(v: Cow<'_, str>) -> Result<Cow<'_, str>, String> {
+    let t = trim(&v);
+    let (neg, signed, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, true, &t[1..]),
+        Some(b'+') => (false, true, &t[1..]),
+        _ => (false, false, t),
     };
     let (int, frac) = match body.find('.') {
         Some(i) => (&body[..i], Some(&body[i + 1..])),
@@ -372,22 +378,32 @@ pub fn decimal(v: &str) -> Result<String, String> {
     let int_ok = int.is_empty() || digits(int);
     let frac_ok = frac.is_none_or(|f| f.is_empty() || digits(f));
     if !int_ok || !frac_ok || (int.is_empty() && frac.is_none_or(str::is_empty)) {
-        return Err(format!("{v:?} is not a decimal"));
+        return Err(format!("{:?} is not a decimal", &*v));
     }
-    let int = int.trim_start_matches('0');
-    let mut out = String::new();
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        rest => rest,
+    };
+    let frac = frac.filter(|f| !f.is_empty());
+    let zero = int == "0" && frac.is_none_or(|f| f.bytes().all(|b| b == b'0'));
+    let neg = neg && !zero;
+    // The text comes out as it came in when nothing above changed it.
+    let same = signed == neg
+        && int.len() + frac.map_or(0, |f| f.len() + 1) == body.len()
+        && t.len() == v.len();
+    if same {
+        return Ok(v);
+    }
+    let mut out = String::with_capacity(t.len() + 1);
     if neg {
         out.push('-');
     }
-    out.push_str(if int.is_empty() { "0" } else { int });
-    if let Some(f) = frac.filter(|f| !f.is_empty()) {
+    out.push_str(int);
+    if let Some(f) = frac {
         out.push('.');
         out.push_str(f);
     }
-    if out == "-0" || out.starts_with("-0.") && out[3..].bytes().all(|b| b == b'0') {
-        out.remove(0);
-    }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// An integer (optional sign, digits) → JSON number text.
@@ -590,6 +606,32 @@ mod tests {
         }
         assert_eq!(integer("42").as_deref(), Ok("42"));
         assert!(integer("4.2").is_err());
+        // Text already as it comes out is given back, not copied; anything else is new.
+        for v in ["5.10", "12", "0", "0.5", "-2", "-0.5", "10.000"] {
+            assert!(
+                matches!(decimal_text(Cow::Borrowed(v)), Ok(Cow::Borrowed(t)) if t == v),
+                "{v}"
+            );
+        }
+        for (v, want) in [
+            ("+3", "3"),
+            ("007", "7"),
+            (" 1", "1"),
+            ("-0", "0"),
+            ("-0.00", "0.00"),
+            ("2.", "2"),
+            (".5", "0.5"),
+            ("00.5", "0.5"),
+            ("0.", "0"),
+            ("-00", "0"),
+        ] {
+            let got = decimal_text(Cow::Borrowed(v));
+            assert!(
+                matches!(&got, Ok(Cow::Owned(t)) if t == want),
+                "{v}: {got:?}"
+            );
+            assert_eq!(decimal(v).as_deref(), Ok(want), "{v}");
+        }
     }
 
     #[test]

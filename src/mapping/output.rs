@@ -281,6 +281,7 @@ impl<'a> Tree<'a> {
         star: usize,
         value: Value<'a>,
     ) -> Result<(), String> {
+        let value = value.expanded();
         let mut at = ROOT;
         for (n, step) in steps.iter().enumerate() {
             if let Kind::Leaf(Value::Obj(_) | Value::List(_)) = self.at(at).kind {
@@ -422,6 +423,13 @@ pub(super) fn emit_value(v: &Value<'_>, b: &mut Builder) -> bool {
         }
         Value::List(items) => b.array(items, emit_value),
         Value::Obj(members) => b.object(members, emit_value),
+        Value::Ref("") => false,
+        Value::Ref(r) => {
+            let mark = b.mark();
+            b.string(r);
+            b.key("reference");
+            b.close_object(mark)
+        }
     }
 }
 

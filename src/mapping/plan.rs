@@ -335,8 +335,14 @@ impl Plan {
     ) -> Result<bool, Meet> {
         // The tree compacts the value as it opens it: a value the data type functions
         // built is compact already; another goes to the tree.
-        let (Value::Obj(members), true) = (v, s < below && v.is_compact()) else {
-            return Err(Meet);
+        let one;
+        let members = match v {
+            Value::Obj(members) if s < below && v.is_compact() => members.as_slice(),
+            Value::Ref(r) if s < below && v.is_compact() => {
+                one = [("reference", Value::Str(std::borrow::Cow::Borrowed(*r)))];
+                &one[..]
+            }
+            _ => return Err(Meet),
         };
         let Kind::Obj(children) = &self.nodes[n as usize].kind else {
             return Err(Meet);

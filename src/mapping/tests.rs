@@ -1034,6 +1034,59 @@ id = "'p1'"
 }
 
 #[test]
+fn a_reference_is_the_object_it_stands_for_on_every_path() {
+    // A reference is carried without building its object; written out plainly, opened
+    // by a later path, set where another value meets it (the tree), inside a list and
+    // as text, it is `{"reference": "Type/id"}` as before.
+    let mapping = r#"
+[[resource]]
+type = "Patient"
+id = "'p1'"
+
+[[resource]]
+type = "Encounter"
+each = "PV1"
+id = "hash(PV1-19)"
+
+[[resource]]
+type = "Observation"
+id = "'o1'"
+[resource.set]
+"subject" = "ref(Patient)"
+"subject.display" = "PID-5.1"
+"encounter" = "ref(Encounter)"
+"focus[*]" = "refs(Encounter)"
+"focus[1].display" = "PV1-19"
+"note[0].text" = "concat('see ', ref(Patient))"
+"derivedFrom[0]" = "ref(Patient)"
+"derivedFrom[0].reference" = "'Patient/p1'"
+"#;
+    let message = "MSH|^~\\&|A\rPID|1||P1||NGUYEN^AN\rPV1|1|I|||||||||||||||||V1\rPV1|1|I|||||||||||||||||V2\r";
+    let out = run_inline(mapping, message).unwrap_or_else(|e| panic!("{e}"));
+    let enc: Vec<String> = ids_of(&out, "Encounter")
+        .iter()
+        .map(|id| format!("Encounter/{id}"))
+        .collect();
+    assert_eq!(enc.len(), 2);
+    assert_eq!(
+        out[3],
+        serde_json::json!({"resourceType": "Observation", "id": "o1", "meta": {"source": "test"},
+            "subject": {"reference": "Patient/p1", "display": "NGUYEN"},
+            "encounter": {"reference": enc[0]},
+            "focus": [{"reference": enc[0]}, {"reference": enc[1], "display": "V1"}],
+            "note": [{"text": "see {\"reference\":\"Patient/p1\"}"}],
+            "derivedFrom": [{"reference": "Patient/p1"}]})
+    );
+    // The same place set to another reference: the tree names the conflict.
+    let conflict = mapping.replace("'Patient/p1'", "'Patient/p2'");
+    let err = run_inline(&conflict, message).unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.message.as_str()),
+        ("derivedFrom[0].reference", "set twice")
+    );
+}
+
+#[test]
 fn an_index_after_a_list_counts_only_what_the_list_holds() {
     // The first PID-3 repetition is empty: the list of identifiers holds one, and
     // `identifier[0]` is that one; setting the same list again is no conflict.
