@@ -279,14 +279,16 @@ impl Instance {
         rule: usize,
         resource_type: &str,
         seg: Option<usize>,
-        id: &str,
+        id: String,
         ordinal: usize,
         each_index: usize,
     ) -> Instance {
-        let mut reference = String::with_capacity(resource_type.len() + 1 + id.len());
-        reference.push_str(resource_type);
-        reference.push('/');
-        reference.push_str(id);
+        // The id's own buffer when it has room for the type before it (a hash leaves
+        // room), so that a resource's id is not allocated twice.
+        let mut reference = id;
+        reference.reserve(resource_type.len() + 1);
+        reference.insert(0, '/');
+        reference.insert_str(0, resource_type);
         Instance {
             rule,
             seg,

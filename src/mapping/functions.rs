@@ -446,11 +446,15 @@ impl Hasher {
     pub fn finish(self) -> String {
         let digest = self.h.finalize();
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(32);
-        for b in digest.iter().take(16) {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+        let mut hex = [0u8; 32];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(&digest[..16]) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
         }
+        // Room for a resource type and "/" before it: an id becomes its reference in
+        // the same buffer.
+        let mut out = String::with_capacity(64);
+        out.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
         out
     }
 }

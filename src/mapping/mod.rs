@@ -298,7 +298,7 @@ impl Mapping {
                     Some(c) => c.1 = n,
                     None => counts.push((&rule.resource_type, n)),
                 }
-                instances.push(Instance::new(ri, &rule.resource_type, seg, &id, n, k + 1));
+                instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
             }
         }
         let out = self.fields(msg, dicom, ctx, trace, &instances, &dt)?;
