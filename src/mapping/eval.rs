@@ -1020,6 +1020,32 @@ impl<'a> Scope<'a> {
                         .is_some_and(|t| functions::glob(&pat, &t)),
                 ))
             }
+            fid::ED_DATA => {
+                // Lists (`all(...)` of several ED values) are taken item by item.
+                let one = |d: Value<'a>, e: Option<&Value<'a>>| -> Result<Value<'a>, String> {
+                    let (Some(d), Some(e)) = (d.into_text(), e.and_then(Value::text)) else {
+                        return Ok(Value::Absent);
+                    };
+                    functions::ed_data(d, &e)
+                        .map(|v| v.map_or(Value::Absent, Value::Str))
+                        .map_err(|m| failed(c, m))
+                };
+                match (arg(0)?, arg(1)?) {
+                    (Value::List(data), encoding) => {
+                        let items = data
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, d)| match &encoding {
+                                Value::List(e) => one(d, e.get(i)),
+                                e => one(d, Some(e)),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok(collect(items, true))
+                    }
+                    (d, Value::List(e)) => one(d, e.first()),
+                    (d, e) => one(d, Some(&e)),
+                }
+            }
             fid::ALL => {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
                     return Err(failed(c, "the first argument must be an HL7 path".into()));

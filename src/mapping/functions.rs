@@ -54,6 +54,7 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("template", 1, None),
     f("base64", 1, Some(1)),
     f("facility", 0, Some(0)),
+    f("ed_data", 2, Some(2)),
 ];
 
 /// Standard base64 with padding (RFC 4648), for FHIR `base64Binary`.
@@ -88,6 +89,46 @@ pub const PATH_ARGUMENT_FUNCTIONS: &[&str] = &[
     "codeable_concept",
     "quantity",
 ];
+
+/// The data of an HL7 ED (encapsulated data) value as standard base64, by its encoding
+/// (ED component 4, any case): `Base64` as sent, `Hex` decoded, `A` (text as it is)
+/// encoded. `None` for another encoding, which cannot be converted; an error for `Hex`
+/// data that is not pairs of hexadecimal digits.
+pub fn ed_data<'a>(data: Cow<'a, str>, encoding: &str) -> Result<Option<Cow<'a, str>>, String> {
+    let encoding = trim(encoding);
+    if encoding.eq_ignore_ascii_case("base64") {
+        return Ok(Some(data));
+    }
+    if encoding.eq_ignore_ascii_case("a") {
+        return Ok(Some(Cow::Owned(base64(data.as_bytes()))));
+    }
+    if !encoding.eq_ignore_ascii_case("hex") {
+        return Ok(None);
+    }
+    let hex = data.as_bytes();
+    if let Some(i) = hex.iter().position(|c| !c.is_ascii_hexdigit()) {
+        let ch = data[i..].chars().next().unwrap_or_default();
+        return Err(format!(
+            "the data is not hexadecimal: {ch:?} at character {}",
+            data[..i].chars().count() + 1
+        ));
+    }
+    if hex.len() % 2 == 1 {
+        return Err(format!(
+            "the data is not hexadecimal: an odd number of digits ({})",
+            hex.len()
+        ));
+    }
+    let value = |c: u8| match c {
+        b'0'..=b'9' => c - b'0',
+        _ => (c | 0x20) - b'a' + 10,
+    };
+    let bytes: Vec<u8> = hex
+        .chunks_exact(2)
+        .map(|pair| (value(pair[0]) << 4) | value(pair[1]))
+        .collect();
+    Ok(Some(Cow::Owned(base64(&bytes))))
+}
 
 /// `*` matches any run of characters, `?` one character; the rest literally, ignoring
 /// ASCII case (the same rule as route patterns).
@@ -131,6 +172,7 @@ pub mod fid {
     pub const TEMPLATE: u8 = 30;
     pub const BASE64: u8 = 31;
     pub const FACILITY: u8 = 32;
+    pub const ED_DATA: u8 = 33;
     /// Not a function of the library (refused by validation before any run).
     pub const UNKNOWN: u8 = u8::MAX;
 }
@@ -636,6 +678,48 @@ mod tests {
             );
             assert_eq!(decimal(v).as_deref(), Ok(want), "{v}");
         }
+    }
+
+    #[test]
+    fn ed_data_by_encoding() {
+        let ed = |data: &str, enc: &str| {
+            ed_data(Cow::Borrowed(data), enc).map(|d| d.map(Cow::into_owned))
+        };
+        // "%PDF" in each encoding the function converts, in any case.
+        for (data, enc) in [
+            ("JVBERg==", "Base64"),
+            ("JVBERg==", "BASE64"),
+            ("25504446", "Hex"),
+            ("25504446", " hex "),
+            ("%PDF", "A"),
+            ("%PDF", "a"),
+        ] {
+            assert_eq!(
+                ed(data, enc),
+                Ok(Some("JVBERg==".to_string())),
+                "{data} {enc}"
+            );
+        }
+        assert_eq!(ed("2550444a", "HEX"), ed("2550444A", "Hex"));
+        assert_eq!(ed("", "Hex"), Ok(Some(String::new())));
+        // Text is encoded as UTF-8, escapes already decoded by the path.
+        assert_eq!(ed("Ổn", "A"), Ok(Some(base64("Ổn".as_bytes()))));
+        // An encoding that cannot be converted gives nothing (the mapping decides).
+        for enc in ["", "UU", "Base64x"] {
+            assert_eq!(ed("data", enc), Ok(None), "{enc}");
+        }
+        assert_eq!(
+            ed("255", "Hex"),
+            Err("the data is not hexadecimal: an odd number of digits (3)".to_string())
+        );
+        assert_eq!(
+            ed("2550 446", "Hex"),
+            Err("the data is not hexadecimal: ' ' at character 5".to_string())
+        );
+        assert_eq!(
+            ed("25Ổ446", "Hex"),
+            Err("the data is not hexadecimal: 'Ổ' at character 3".to_string())
+        );
     }
 
     #[test]

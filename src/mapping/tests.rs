@@ -1876,6 +1876,39 @@ id = "'o'"
     );
 }
 
+/// A result or order OBX that is a file (ED) becomes a report with the file as its
+/// presented form, in base64 whatever the encoding it came in.
+#[test]
+fn an_ed_result_keeps_its_file_in_each_encoding() {
+    let set = shipped();
+    let b64 = |t: &str| crate::mapping::functions::base64(t.as_bytes());
+    for (mapping, head) in [
+        ("oru_r01", "MSH|^~\\&|LIS|BV|||20261127||ORU^R01|R1|P|2.5\rPID|1||P1^^^BV^MR\rOBR|1|O1||X^Xray\r"),
+        ("orders", "MSH|^~\\&|HIS|BV|||20261127||ORM^O01|O1|P|2.5\rPID|1||P1^^^BV^MR\rORC|NW|O1\rOBR|1|O1||X^Xray\r"),
+    ] {
+        let m = set.get(mapping).expect(mapping);
+        let message = format!(
+            "{head}OBX|1|ED|R^Report||HIS^AP^PDF^Hex^255044460A\r\
+OBX|2|ED|R^Report||HIS^TEXT^RTF^A^{{\\E\\rtf1 x}}\r\
+OBX|3|ED|R^Report||HIS^AP^PDF^Base64^JVBERg==\r"
+        );
+        let out = run_shipped(m, &message);
+        let forms: Vec<&Json> = of_type(&out, "DiagnosticReport")
+            .iter()
+            .filter_map(|r| r.get("presentedForm"))
+            .collect();
+        assert_eq!(
+            forms,
+            [
+                &json!([{"contentType": "application/pdf", "data": b64("%PDF\n")}]),
+                &json!([{"contentType": "application/rtf", "data": b64("{\\rtf1 x}")}]),
+                &json!([{"contentType": "application/pdf", "data": "JVBERg=="}]),
+            ],
+            "{mapping}"
+        );
+    }
+}
+
 /// An MDM document: every file sent in base64 (OBX-2 ED, "Base64" in any case) is an
 /// attachment of its own with its content type, in order; the text lines and anything
 /// not in base64 are one text attachment after them, however many files there are.
@@ -1890,22 +1923,30 @@ TXA|1|DS|AP|20261127||||||||DOC9||||AU\r";
 OBX|2|ED|18842-5^Discharge summary^LN||HIS^AP^PDF^Base64^JVBERi0xLjQ=\r\
 OBX|3|ED|P^Page||HIS^IM^JPEG^BASE64^/9j/4AAQ\r\
 OBX|4|ED|X^Hex||HIS^AP^PDF^Hex^4142\r\
-OBX|5|ED|||HIS^image^webp^Base64^UklGRg==\r"
+OBX|5|ED|||HIS^image^webp^Base64^UklGRg==\r\
+OBX|6|ED|H^Letter||HIS^TEXT^HTML^a^<p>A\\T\\B</p>\r\
+OBX|7|ED|U^Old||HIS^AP^PDF^UU^begin\r"
     );
     let out = run_shipped(mdm, &message);
     let doc = of_type(&out, "DocumentReference")[0];
-    let text = crate::mapping::functions::base64("Ổn định.\nHIS^AP^PDF^Hex^4142".as_bytes());
+    // Hex is decoded ("AB") and plain text (A, its escapes decoded) encoded; an
+    // encoding halong cannot convert stays in the text as it was sent.
+    let b64 = |t: &str| crate::mapping::functions::base64(t.as_bytes());
     assert_eq!(
         doc["content"],
         json!([
             {"attachment": {"contentType": "application/pdf", "title": "Discharge summary", "data": "JVBERi0xLjQ="}},
             {"attachment": {"contentType": "image/jpeg", "title": "Page", "data": "/9j/4AAQ"}},
+            {"attachment": {"contentType": "application/pdf", "title": "Hex", "data": "QUI="}},
             {"attachment": {"contentType": "application/octet-stream", "data": "UklGRg=="}},
-            {"attachment": {"contentType": "text/plain", "title": "Tóm tắt", "data": text}}
+            {"attachment": {"contentType": "text/html", "title": "Letter", "data": b64("<p>A&B</p>")}},
+            {"attachment": {"contentType": "text/plain", "title": "Tóm tắt",
+                "data": b64("Ổn định.\nHIS^AP^PDF^UU^begin")}}
         ])
     );
     // The reports of the files: their types from the same table, their data whatever
-    // the case of "Base64"; an unknown subtype as the sender names it.
+    // the case of the encoding; an unknown subtype as the sender names it; no data in
+    // an encoding that cannot be converted.
     let forms: Vec<&Json> = of_type(&out, "DiagnosticReport")
         .iter()
         .map(|r| &r["presentedForm"][0])
@@ -1915,9 +1956,23 @@ OBX|5|ED|||HIS^image^webp^Base64^UklGRg==\r"
         [
             &json!({"contentType": "application/pdf", "data": "JVBERi0xLjQ="}),
             &json!({"contentType": "image/jpeg", "data": "/9j/4AAQ"}),
-            &json!({"contentType": "application/pdf"}),
+            &json!({"contentType": "application/pdf", "data": "QUI="}),
             &json!({"contentType": "image/webp", "data": "UklGRg=="}),
+            &json!({"contentType": "text/html", "data": b64("<p>A&B</p>")}),
+            &json!({"contentType": "application/pdf"}),
         ]
+    );
+    // Hex that is not hex is a mapping error naming the field and the place.
+    let bad = message.replace("Hex^4142", "HEX^41G2");
+    let err = mdm
+        .run(&msg(&bad), &RunContext::default())
+        .expect_err("bad hex");
+    assert_eq!(
+        (err.field.as_str(), err.message.as_str()),
+        (
+            "content[*].attachment.data",
+            "ed_data(all(OBX-5.5, $encapsulated), all(OBX-5.4, $encapsulated)): the data is not hexadecimal: 'G' at character 3"
+        )
     );
     // More files than any fixed index: the text still comes last, nothing clashes.
     let pages: String = (1..=25)
