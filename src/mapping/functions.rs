@@ -91,9 +91,10 @@ pub const PATH_ARGUMENT_FUNCTIONS: &[&str] = &[
 ];
 
 /// The data of an HL7 ED (encapsulated data) value as standard base64, by its encoding
-/// (ED component 4, any case): `Base64` as sent, `Hex` decoded, `A` (text as it is)
-/// encoded. `None` for another encoding, which cannot be converted; an error for `Hex`
-/// data that is not pairs of hexadecimal digits.
+/// (ED component 4, any case): `Base64` as sent, `Hex` decoded (ASCII white space
+/// between digits skipped), `A` (text as it is) encoded. `None` for another encoding,
+/// which cannot be converted; an error for `Hex` data that is not pairs of hexadecimal
+/// digits.
 pub fn ed_data<'a>(data: Cow<'a, str>, encoding: &str) -> Result<Option<Cow<'a, str>>, String> {
     let encoding = trim(encoding);
     if encoding.eq_ignore_ascii_case("base64") {
@@ -106,26 +107,33 @@ pub fn ed_data<'a>(data: Cow<'a, str>, encoding: &str) -> Result<Option<Cow<'a, 
         return Ok(None);
     }
     let hex = data.as_bytes();
-    if let Some(i) = hex.iter().position(|c| !c.is_ascii_hexdigit()) {
+    if let Some(i) = hex
+        .iter()
+        .position(|c| !c.is_ascii_hexdigit() && !c.is_ascii_whitespace())
+    {
         let ch = data[i..].chars().next().unwrap_or_default();
         return Err(format!(
             "the data is not hexadecimal: {ch:?} at character {}",
             data[..i].chars().count() + 1
         ));
     }
-    if hex.len() % 2 == 1 {
+    let digits: Vec<u8> = hex
+        .iter()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|&c| match c {
+            b'0'..=b'9' => c - b'0',
+            _ => (c | 0x20) - b'a' + 10,
+        })
+        .collect();
+    if digits.len() % 2 == 1 {
         return Err(format!(
             "the data is not hexadecimal: an odd number of digits ({})",
-            hex.len()
+            digits.len()
         ));
     }
-    let value = |c: u8| match c {
-        b'0'..=b'9' => c - b'0',
-        _ => (c | 0x20) - b'a' + 10,
-    };
-    let bytes: Vec<u8> = hex
+    let bytes: Vec<u8> = digits
         .chunks_exact(2)
-        .map(|pair| (value(pair[0]) << 4) | value(pair[1]))
+        .map(|pair| (pair[0] << 4) | pair[1])
         .collect();
     Ok(Some(Cow::Owned(base64(&bytes))))
 }
@@ -680,6 +688,71 @@ mod tests {
         }
     }
 
+    /// `decimal` as it was first written (text built piece by piece, then negative zero
+    /// fixed), against which the version that keeps canonical text borrowed is checked.
+    fn decimal_reference(v: &str) -> Result<String, String> {
+        let t = v.trim();
+        let (neg, body) = match t.as_bytes().first() {
+            Some(b'-') => (true, &t[1..]),
+            Some(b'+') => (false, &t[1..]),
+            _ => (false, t),
+        };
+        let (int, frac) = match body.find('.') {
+            Some(i) => (&body[..i], Some(&body[i + 1..])),
+            None => (body, None),
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let int_ok = int.is_empty() || digits(int);
+        let frac_ok = frac.is_none_or(|f| f.is_empty() || digits(f));
+        if !int_ok || !frac_ok || (int.is_empty() && frac.is_none_or(str::is_empty)) {
+            return Err(format!("{v:?} is not a decimal"));
+        }
+        let int = int.trim_start_matches('0');
+        let mut out = String::new();
+        if neg {
+            out.push('-');
+        }
+        out.push_str(if int.is_empty() { "0" } else { int });
+        if let Some(f) = frac.filter(|f| !f.is_empty()) {
+            out.push('.');
+            out.push_str(f);
+        }
+        if out == "-0" || out.starts_with("-0.") && out[3..].bytes().all(|b| b == b'0') {
+            out.remove(0);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn decimal_text_is_the_reference_on_every_short_input() {
+        const PIECES: [&str; 9] = ["0", "1", "9", ".", "-", "+", " ", "\u{a0}", "x"];
+        let mut checked = 0;
+        let mut input = Vec::new();
+        fn walk(input: &mut Vec<&'static str>, checked: &mut usize) {
+            let v: String = input.concat();
+            let want = decimal_reference(&v);
+            let got = decimal_text(Cow::Borrowed(&v));
+            assert_eq!(
+                got.as_deref().map_err(String::as_str),
+                want.as_deref().map_err(String::as_str),
+                "{v:?}"
+            );
+            // Owned text (an unescaped field) gives the same.
+            let owned = decimal_text(Cow::Owned(v.clone())).map(Cow::into_owned);
+            assert_eq!(owned, want, "{v:?}");
+            *checked += 1;
+            if input.len() < 5 {
+                for p in PIECES {
+                    input.push(p);
+                    walk(input, checked);
+                    input.pop();
+                }
+            }
+        }
+        walk(&mut input, &mut checked);
+        assert_eq!(checked, (0..=5).map(|n| 9usize.pow(n)).sum::<usize>());
+    }
+
     #[test]
     fn ed_data_by_encoding() {
         let ed = |data: &str, enc: &str| {
@@ -701,6 +774,9 @@ mod tests {
             );
         }
         assert_eq!(ed("2550444a", "HEX"), ed("2550444A", "Hex"));
+        assert_eq!(ed("ff00Ab", "hex"), Ok(Some(base64(&[0xff, 0x00, 0xab]))));
+        // White space between digits, as in a hex dump, is skipped.
+        assert_eq!(ed(" 2550 4446\t", "Hex"), Ok(Some("JVBERg==".to_string())));
         assert_eq!(ed("", "Hex"), Ok(Some(String::new())));
         // Text is encoded as UTF-8, escapes already decoded by the path.
         assert_eq!(ed("Ổn", "A"), Ok(Some(base64("Ổn".as_bytes()))));
@@ -714,7 +790,11 @@ mod tests {
         );
         assert_eq!(
             ed("2550 446", "Hex"),
-            Err("the data is not hexadecimal: ' ' at character 5".to_string())
+            Err("the data is not hexadecimal: an odd number of digits (7)".to_string())
+        );
+        assert_eq!(
+            ed("2550-4446", "Hex"),
+            Err("the data is not hexadecimal: '-' at character 5".to_string())
         );
         assert_eq!(
             ed("25Ổ446", "Hex"),

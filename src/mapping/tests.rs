@@ -1036,9 +1036,9 @@ id = "'p1'"
 #[test]
 fn a_reference_is_the_object_it_stands_for_on_every_path() {
     // A reference is carried without building its object; written out plainly, opened
-    // by a later path, set where another value meets it (the tree), inside a list and
-    // as text, it is `{"reference": "Type/id"}` as before.
-    let mapping = r#"
+    // by a later path, inside a list and as text, it is `{"reference": "Type/id"}` as
+    // before, whether the plan writes the record or the tree does.
+    let resources = r#"
 [[resource]]
 type = "Patient"
 id = "'p1'"
@@ -1047,38 +1047,63 @@ id = "'p1'"
 type = "Encounter"
 each = "PV1"
 id = "hash(PV1-19)"
-
-[[resource]]
-type = "Observation"
-id = "'o1'"
-[resource.set]
+"#;
+    let observation = |sets: &str| {
+        format!("{resources}\n[[resource]]\ntype = \"Observation\"\nid = \"'o1'\"\n[resource.set]\n{sets}")
+    };
+    let planned = observation(
+        r#"
 "subject" = "ref(Patient)"
 "subject.display" = "PID-5.1"
 "encounter" = "ref(Encounter)"
 "focus[*]" = "refs(Encounter)"
 "focus[1].display" = "PV1-19"
 "note[0].text" = "concat('see ', ref(Patient))"
-"derivedFrom[0]" = "ref(Patient)"
-"derivedFrom[0].reference" = "'Patient/p1'"
-"#;
+"#,
+    );
     let message = "MSH|^~\\&|A\rPID|1||P1||NGUYEN^AN\rPV1|1|I|||||||||||||||||V1\rPV1|1|I|||||||||||||||||V2\r";
-    let out = run_inline(mapping, message).unwrap_or_else(|e| panic!("{e}"));
+    let dir = dir_with(&planned, &[]);
+    let set = load_set(&dir);
+    let rules = &set.get("m").unwrap().rules;
+    assert!(rules[2].plan.is_some(), "the plan writes this one");
+    let out = run_inline(&planned, message).unwrap_or_else(|e| panic!("{e}"));
     let enc: Vec<String> = ids_of(&out, "Encounter")
         .iter()
         .map(|id| format!("Encounter/{id}"))
         .collect();
     assert_eq!(enc.len(), 2);
+    let want = json!({"resourceType": "Observation", "id": "o1", "meta": {"source": "test"},
+        "subject": {"reference": "Patient/p1", "display": "NGUYEN"},
+        "encounter": {"reference": enc[0]},
+        "focus": [{"reference": enc[0]}, {"reference": enc[1], "display": "V1"}],
+        "note": [{"text": "see {\"reference\":\"Patient/p1\"}"}]});
+    assert_eq!(out[3], want);
+    // The same paths with two that meet at run time (one place set twice to the same
+    // reference): the walk hands the resource to the tree, which writes the same record
+    // with derivedFrom; and a whole list of references, opened by a later path (a rule
+    // without a plan), in the tree.
+    let met = format!(
+        "{planned}\"derivedFrom[0]\" = \"ref(Patient)\"\n\"derivedFrom[0].reference\" = \"'Patient/p1'\"\n"
+    );
+    let out = run_inline(&met, message).unwrap_or_else(|e| panic!("{e}"));
+    let mut with_derived = want.clone();
+    with_derived["derivedFrom"] = json!([{"reference": "Patient/p1"}]);
+    assert_eq!(out[3], with_derived);
+    let whole_list = observation(
+        r#"
+"focus" = "refs(Encounter)"
+"focus[1].display" = "PV1-19"
+"#,
+    );
+    let dir = dir_with(&whole_list, &[]);
+    assert!(load_set(&dir).get("m").unwrap().rules[2].plan.is_none());
+    let out = run_inline(&whole_list, message).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        out[3],
-        serde_json::json!({"resourceType": "Observation", "id": "o1", "meta": {"source": "test"},
-            "subject": {"reference": "Patient/p1", "display": "NGUYEN"},
-            "encounter": {"reference": enc[0]},
-            "focus": [{"reference": enc[0]}, {"reference": enc[1], "display": "V1"}],
-            "note": [{"text": "see {\"reference\":\"Patient/p1\"}"}],
-            "derivedFrom": [{"reference": "Patient/p1"}]})
+        out[3]["focus"],
+        json!([{"reference": enc[0]}, {"reference": enc[1], "display": "V1"}])
     );
     // The same place set to another reference: the tree names the conflict.
-    let conflict = mapping.replace("'Patient/p1'", "'Patient/p2'");
+    let conflict = met.replace("'Patient/p1'", "'Patient/p2'");
     let err = run_inline(&conflict, message).unwrap_err();
     assert_eq!(
         (err.field.as_str(), err.message.as_str()),
@@ -1890,7 +1915,10 @@ fn an_ed_result_keeps_its_file_in_each_encoding() {
         let message = format!(
             "{head}OBX|1|ED|R^Report||HIS^AP^PDF^Hex^255044460A\r\
 OBX|2|ED|R^Report||HIS^TEXT^RTF^A^{{\\E\\rtf1 x}}\r\
-OBX|3|ED|R^Report||HIS^AP^PDF^Base64^JVBERg==\r"
+OBX|3|ED|R^Report||HIS^AP^PDF^Base64^JVBERg==\r\
+OBX|4|ED|R^Report||HIS^TEXT^^A^hello\r\
+OBX|5|ED|R^Report||HIS^AP^^hex^00FF\r\
+OBX|6|ED|R^Report||HIS^AP^PDF^UU^begin\r"
         );
         let out = run_shipped(m, &message);
         let forms: Vec<&Json> = of_type(&out, "DiagnosticReport")
@@ -1903,6 +1931,11 @@ OBX|3|ED|R^Report||HIS^AP^PDF^Base64^JVBERg==\r"
                 &json!([{"contentType": "application/pdf", "data": b64("%PDF\n")}]),
                 &json!([{"contentType": "application/rtf", "data": b64("{\\rtf1 x}")}]),
                 &json!([{"contentType": "application/pdf", "data": "JVBERg=="}]),
+                // Without a subtype: text for A, else bytes of no known type.
+                &json!([{"contentType": "text/plain", "data": b64("hello")}]),
+                &json!([{"contentType": "application/octet-stream", "data": "AP8="}]),
+                // An encoding that cannot be converted: the type, no data.
+                &json!([{"contentType": "application/pdf"}]),
             ],
             "{mapping}"
         );
@@ -1925,7 +1958,11 @@ OBX|3|ED|P^Page||HIS^IM^JPEG^BASE64^/9j/4AAQ\r\
 OBX|4|ED|X^Hex||HIS^AP^PDF^Hex^4142\r\
 OBX|5|ED|||HIS^image^webp^Base64^UklGRg==\r\
 OBX|6|ED|H^Letter||HIS^TEXT^HTML^a^<p>A\\T\\B</p>\r\
-OBX|7|ED|U^Old||HIS^AP^PDF^UU^begin\r"
+OBX|7|ED|U^Old||HIS^AP^PDF^UU^begin\r\
+OBX|8|ED|E^Empty||HIS^AP^PDF^Base64^\r\
+OBX|9|ED|B^Bytes||HIS^AP^^ Hex ^00FF\r\
+OBX|10|ED|T^Plain||HIS^TEXT^PLAIN^A^plain text\r\
+OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r"
     );
     let out = run_shipped(mdm, &message);
     let doc = of_type(&out, "DocumentReference")[0];
@@ -1940,8 +1977,14 @@ OBX|7|ED|U^Old||HIS^AP^PDF^UU^begin\r"
             {"attachment": {"contentType": "application/pdf", "title": "Hex", "data": "QUI="}},
             {"attachment": {"contentType": "application/octet-stream", "data": "UklGRg=="}},
             {"attachment": {"contentType": "text/html", "title": "Letter", "data": b64("<p>A&B</p>")}},
+            // A file with no data keeps its place: the next one's data stays its own.
+            {"attachment": {"contentType": "application/pdf", "title": "Empty"}},
+            // No subtype, no type (a report's file of the same is octet-stream).
+            {"attachment": {"title": "Bytes", "data": "AP8="}},
+            {"attachment": {"contentType": "text/plain", "title": "Plain", "data": b64("plain text")}},
+            // Text without a subtype is text.
             {"attachment": {"contentType": "text/plain", "title": "Tóm tắt",
-                "data": b64("Ổn định.\nHIS^AP^PDF^UU^begin")}}
+                "data": b64("Ổn định.\nHIS^AP^PDF^UU^begin\nHIS^TEXT^^A^a note")}}
         ])
     );
     // The reports of the files: their types from the same table, their data whatever
@@ -1960,6 +2003,10 @@ OBX|7|ED|U^Old||HIS^AP^PDF^UU^begin\r"
             &json!({"contentType": "image/webp", "data": "UklGRg=="}),
             &json!({"contentType": "text/html", "data": b64("<p>A&B</p>")}),
             &json!({"contentType": "application/pdf"}),
+            &json!({"contentType": "application/pdf"}),
+            &json!({"contentType": "application/octet-stream", "data": "AP8="}),
+            &json!({"contentType": "text/plain", "data": b64("plain text")}),
+            &json!({"contentType": "text/plain", "data": b64("a note")}),
         ]
     );
     // Hex that is not hex is a mapping error naming the field and the place.
