@@ -178,6 +178,91 @@ impl Builder {
 
     /// The record whose root is the one node left (an object); `None` if that is not
     /// so. The builder is empty again afterwards.
+    /// Where a fragment written next starts (see [`Builder::end_fragment`]).
+    pub(crate) fn fragment_start(&self) -> FragmentStart {
+        FragmentStart {
+            mark: self.pending.len(),
+            nodes: self.rec.nodes.len() as u32,
+            text: self.rec.text.len() as u32,
+        }
+    }
+
+    /// The object written since `start` (its members pushed and nothing else), as a
+    /// fragment to copy into a record with [`Builder::fragment`]; `None` when it has no
+    /// members. The fragment's nodes and text stay in this builder until it is cleared.
+    pub(crate) fn end_fragment(&mut self, start: FragmentStart) -> Option<Fragment> {
+        if !self.close_object(start.mark) {
+            return None;
+        }
+        let root = self.pending.pop()?;
+        Some(Fragment {
+            nodes: (start.nodes, self.rec.nodes.len() as u32),
+            text: (start.text, self.rec.text.len() as u32),
+            root,
+        })
+    }
+
+    /// Pushes fragment `f` of builder `from` as the next node (a copy of its nodes and
+    /// text, their offsets moved to where they land).
+    pub(crate) fn fragment(&mut self, from: &Builder, f: &Fragment) {
+        let moved = self.copy_below(from, f, f.nodes.1);
+        self.pending.push(moved(f.root));
+    }
+
+    /// Pushes the members of fragment `f` of builder `from` as the next nodes, as if
+    /// they had been pushed one by one (the object is opened: more members may follow
+    /// before its container is closed).
+    pub(crate) fn fragment_members(&mut self, from: &Builder, f: &Fragment) {
+        // An object's members are the last nodes written for it.
+        let (first, count) = (f.root.a, f.root.b);
+        let moved = self.copy_below(from, f, first);
+        let members = &from.rec.nodes[first as usize..(first + count) as usize];
+        self.pending.extend(members.iter().map(|&n| moved(n)));
+    }
+
+    /// The keys of fragment `f`'s members.
+    pub(crate) fn fragment_keys<'s>(&'s self, f: &Fragment) -> impl Iterator<Item = &'s str> {
+        let (first, count) = (f.root.a as usize, f.root.b as usize);
+        self.rec.nodes[first..first + count]
+            .iter()
+            .map(|n| self.rec.key_of(n))
+    }
+
+    /// Copies fragment `f`'s text and its nodes up to `end` (not those after, which the
+    /// caller places); gives the move of a node's offsets from `from` to here.
+    fn copy_below(&mut self, from: &Builder, f: &Fragment, end: u32) -> impl Fn(Slot) -> Slot {
+        let (text_from, node_from) = (f.text.0, f.nodes.0);
+        let text_to = self.rec.text.len() as u32;
+        let node_to = self.rec.nodes.len() as u32;
+        self.rec
+            .text
+            .push_str(&from.rec.text[f.text.0 as usize..f.text.1 as usize]);
+        let moved = move |mut n: Slot| {
+            if n.key_len > 0 {
+                n.key = n.key - text_from + text_to;
+            }
+            match n.tag {
+                Tag::Str | Tag::Num => n.a = n.a - text_from + text_to,
+                Tag::Obj | Tag::Arr => n.a = n.a - node_from + node_to,
+                Tag::Null | Tag::False | Tag::True => {}
+            }
+            n
+        };
+        self.rec.nodes.extend(
+            from.rec.nodes[node_from as usize..end as usize]
+                .iter()
+                .map(|&n| moved(n)),
+        );
+        moved
+    }
+
+    /// Forgets everything written (fragments included), keeping the buffers.
+    pub(crate) fn clear(&mut self) {
+        self.rec.text.clear();
+        self.rec.nodes.clear();
+        self.pending.clear();
+    }
+
     pub(crate) fn finish(&mut self) -> Option<Record> {
         let ok = self.pending.len() == 1 && self.pending[0].tag == Tag::Obj;
         if ok {
@@ -192,6 +277,24 @@ impl Builder {
         self.pending.clear();
         record
     }
+}
+
+/// Where a fragment begins in a [`Builder`].
+#[derive(Clone, Copy)]
+pub(crate) struct FragmentStart {
+    mark: usize,
+    nodes: u32,
+    text: u32,
+}
+
+/// An object written ahead in one [`Builder`] (a data type's value), to be copied into
+/// a record built by another where it goes: its descendants' nodes and its text, as
+/// ranges of the builder's buffers, and its own node.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Fragment {
+    nodes: (u32, u32),
+    text: (u32, u32),
+    root: Slot,
 }
 
 /// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.

@@ -109,6 +109,11 @@ pub enum Value<'a> {
     /// A reference, `{"reference": "Type/id"}`: what `ref()` and `refs()` give, the
     /// object without a list of one member to allocate (a result has four or more).
     Ref(&'a str),
+    /// A data type function's object, already written as record nodes (fragment `n` of
+    /// the resource being made; see [`Scope::eval_set`]). Only a set rule's own value
+    /// is one, and it goes only into its record: where the tree must take the value
+    /// apart, the set rule is evaluated again into a [`Value::Obj`].
+    Frag(u32),
 }
 
 impl<'a> Value<'a> {
@@ -122,7 +127,7 @@ impl<'a> Value<'a> {
             Value::Bool(b) => *b,
             Value::List(items) => items.iter().any(|v| !v.is_absent()),
             Value::Str(s) => !s.is_empty(),
-            Value::Num(_) | Value::Obj(_) | Value::Ref(_) => true,
+            Value::Num(_) | Value::Obj(_) | Value::Ref(_) | Value::Frag(_) => true,
         }
     }
 
@@ -136,7 +141,9 @@ impl<'a> Value<'a> {
                 let parts: Vec<Cow<'_, str>> = items.iter().filter_map(Value::text).collect();
                 (!parts.is_empty()).then(|| Cow::Owned(parts.join(",")))
             }
-            Value::Obj(_) | Value::Ref(_) => self.to_json().map(|j| Cow::Owned(j.to_string())),
+            Value::Obj(_) | Value::Ref(_) | Value::Frag(_) => {
+                self.to_json().map(|j| Cow::Owned(j.to_string()))
+            }
         }
     }
 
@@ -158,6 +165,8 @@ impl<'a> Value<'a> {
             Value::List(items) => items.iter().any(Value::present),
             Value::Obj(members) => members.iter().any(|(_, v)| v.present()),
             Value::Ref(r) => !r.is_empty(),
+            // Made only when something was written.
+            Value::Frag(_) => true,
         }
     }
 
@@ -206,6 +215,7 @@ impl<'a> Value<'a> {
                 !members.is_empty() && members.iter().all(|(_, v)| v.is_compact())
             }
             Value::Ref(r) => !r.is_empty(),
+            Value::Frag(_) => true,
         }
     }
 
@@ -235,11 +245,23 @@ impl<'a> Value<'a> {
                 map.insert("reference".to_string(), Json::String(r.to_string()));
                 Json::Object(map)
             }),
+            // Its content is in the resource's fragments, not here; no expression
+            // reads a set rule's value.
+            Value::Frag(_) => None,
         }
     }
 
     /// The value with every reference written out as the object it stands for (for the
     /// tree, which opens and compares objects).
+    /// Whether it is, or holds, an object written ahead ([`Value::Frag`]).
+    pub(super) fn written_ahead(&self) -> bool {
+        match self {
+            Value::Frag(_) => true,
+            Value::List(items) => items.iter().any(|v| matches!(v, Value::Frag(_))),
+            _ => false,
+        }
+    }
+
     pub(super) fn expanded(self) -> Value<'a> {
         match self {
             Value::Ref(r) => Value::Obj(vec![("reference", Value::Str(Cow::Borrowed(r)))]),
@@ -918,6 +940,61 @@ impl<'a> Scope<'a> {
         }
         let mut items = Vec::new();
         self.each_part(path, |p| items.push(build(&p).unwrap_or(Value::Absent)));
+        Ok(collect(items, true))
+    }
+
+    /// A set rule's value, as [`Scope::eval`] gives it, except that a data type
+    /// function's objects (the whole expression: `codeable_concept(OBX-3)`,
+    /// `identifier(PID-3[*])`) are written ahead as record nodes into `side`, each
+    /// a [`Value::Frag`] numbered in `frags`: no lists built, walked and dropped.
+    pub(super) fn eval_set(
+        &self,
+        e: &'a Expr,
+        side: &mut crate::record::Builder,
+        frags: &mut Vec<crate::record::Fragment>,
+    ) -> Result<Value<'a>, String> {
+        let Expr::Call(c) = e else {
+            return self.eval(e);
+        };
+        let (Some(Expr::Path { path, .. }), true) = (
+            c.args.first(),
+            matches!(
+                c.fid,
+                fid::HUMAN_NAME
+                    | fid::ADDRESS
+                    | fid::CONTACT_POINT
+                    | fid::IDENTIFIER
+                    | fid::CODEABLE_CONCEPT
+            ),
+        ) else {
+            return self.eval(e);
+        };
+        let t = self.dt;
+        let mut write = |p: &Parts<'a>| {
+            let start = side.fragment_start();
+            let mut sink = datatypes::BuilderSink::new(side);
+            match c.fid {
+                fid::HUMAN_NAME => datatypes::human_name_into(p, t, &mut sink),
+                fid::ADDRESS => datatypes::address_into(p, t, &mut sink),
+                fid::CONTACT_POINT => datatypes::contact_point_into(p, t, &mut sink),
+                fid::IDENTIFIER => datatypes::identifier_into(p, t, &mut sink),
+                _ => datatypes::codeable_concept_into(p, t, &mut sink),
+            }
+            match side.end_fragment(start) {
+                Some(f) => {
+                    frags.push(f);
+                    Value::Frag((frags.len() - 1) as u32)
+                }
+                None => Value::Absent,
+            }
+        };
+        if !is_all(path) {
+            let mut one = Value::Absent;
+            self.each_part(path, |p| one = write(&p));
+            return Ok(one);
+        }
+        let mut items = Vec::new();
+        self.each_part(path, |p| items.push(write(&p)));
         Ok(collect(items, true))
     }
 

@@ -357,6 +357,9 @@ impl Mapping {
         let mut tree: Option<output::Tree> = None;
         let mut values: Vec<Value<'a>> = Vec::new();
         let mut scratch = plan::Scratch::default();
+        // Data type objects of the resource being made, written ahead (Value::Frag).
+        let mut side = crate::record::Builder::new();
+        let mut fragments = Vec::new();
         for inst in instances {
             let rule = &self.rules[inst.rule];
             let scope = Scope {
@@ -376,9 +379,20 @@ impl Mapping {
                 message,
             };
             values.clear();
+            side.clear();
+            fragments.clear();
+            // The tree takes objects apart: it gets a value written ahead evaluated
+            // again as a value.
+            let for_tree = |set: &'a file::SetRule, v: Value<'a>| {
+                if v.written_ahead() {
+                    scope.eval(&set.expr)
+                } else {
+                    Ok(v)
+                }
+            };
             if let Some(plan) = &rule.plan {
                 for (k, set) in rule.sets.iter().enumerate() {
-                    match scope.eval(&set.expr) {
+                    match scope.eval_set(&set.expr, &mut side, &mut fragments) {
                         Ok(v) => values.push(v),
                         Err(m) => {
                             // A path that met an earlier one in the tree would have
@@ -386,6 +400,7 @@ impl Mapping {
                             // comes first, as when each value is set as it is made.
                             let root = start_tree(&mut tree, rule, inst, &ctx.source);
                             for (set, value) in rule.sets[..k].iter().zip(values.drain(..)) {
+                                let value = for_tree(set, value).map_err(|m| err(set, m))?;
                                 set_value_at(root, &set.steps, Some(set.root), value)
                                     .map_err(|m| err(set, m))?;
                             }
@@ -406,7 +421,11 @@ impl Mapping {
                     b.close_object(meta);
                     b.key("meta");
                 }
-                if plan.members(&values, &mut scratch, b).is_ok() {
+                let ahead = plan::Ahead {
+                    side: &side,
+                    fragments: &fragments,
+                };
+                if plan.members(&values, ahead, &mut scratch, b).is_ok() {
                     b.close_object(mark);
                     out.push(b.finish().expect("a resource has its type and id"));
                     continue;
@@ -419,9 +438,10 @@ impl Mapping {
             let mut evaluated = values.drain(..);
             for set in &rule.sets {
                 let value = match evaluated.next() {
-                    Some(v) => v,
-                    None => scope.eval(&set.expr).map_err(|m| err(set, m))?,
-                };
+                    Some(v) => for_tree(set, v),
+                    None => scope.eval(&set.expr),
+                }
+                .map_err(|m| err(set, m))?;
                 set_value_at(root, &set.steps, Some(set.root), value).map_err(|m| err(set, m))?;
             }
             out.push(

@@ -424,6 +424,9 @@ pub(super) fn emit_value(v: &Value<'_>, b: &mut Builder) -> bool {
         Value::List(items) => b.array(items, emit_value),
         Value::Obj(members) => b.object(members, emit_value),
         Value::Ref("") => false,
+        // Copied from where it was written by the plan's walk (`plan::put`); nothing
+        // else gets one.
+        Value::Frag(_) => false,
         Value::Ref(r) => {
             let mark = b.mark();
             b.string(r);

@@ -18,7 +18,7 @@
 
 use super::eval::Value;
 use super::output::{emit_value, Step};
-use crate::record::Builder;
+use crate::record::{Builder, Fragment};
 
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -69,6 +69,42 @@ struct Emit<'v, 'a> {
     values: &'v [Value<'a>],
     present: &'v [bool],
     order: &'v mut Vec<(u32, u32)>,
+    ahead: Ahead<'v>,
+}
+
+/// Objects written ahead ([`Value::Frag`] `n` is `fragments[n]` of `side`).
+#[derive(Clone, Copy)]
+pub struct Ahead<'v> {
+    pub side: &'v Builder,
+    pub fragments: &'v [Fragment],
+}
+
+impl<'v> Ahead<'v> {
+    fn fragment(&self, n: u32) -> Option<&'v Fragment> {
+        self.fragments.get(n as usize)
+    }
+}
+
+/// Pushes value `v` (see [`emit_value`]), copying the objects written ahead; true
+/// when it pushed a node.
+fn put(v: &Value<'_>, b: &mut Builder, ahead: Ahead<'_>) -> bool {
+    match v {
+        Value::Frag(n) => match ahead.fragment(*n) {
+            Some(f) => {
+                b.fragment(ahead.side, f);
+                true
+            }
+            None => false,
+        },
+        Value::List(items) if v.written_ahead() => {
+            let mark = b.mark();
+            for item in items {
+                put(item, b, ahead);
+            }
+            b.close_array(mark)
+        }
+        v => emit_value(v, b),
+    }
 }
 
 impl Plan {
@@ -177,6 +213,7 @@ impl Plan {
     pub fn members(
         &self,
         values: &[Value<'_>],
+        ahead: Ahead<'_>,
         scratch: &mut Scratch,
         b: &mut Builder,
     ) -> Result<(), Meet> {
@@ -187,6 +224,7 @@ impl Plan {
             values,
             present: &scratch.present,
             order: &mut scratch.order,
+            ahead,
         };
         self.object(0, None, &mut e, b)
     }
@@ -230,7 +268,7 @@ impl Plan {
     ) -> Result<bool, Meet> {
         let own = self.own(n, star, e);
         match &self.nodes[n as usize].kind {
-            Kind::Leaf => Ok(own.is_some_and(|(_, v)| emit_value(v, b))),
+            Kind::Leaf => Ok(own.is_some_and(|(_, v)| put(v, b, e.ahead))),
             Kind::Obj(children) => match own {
                 None => {
                     let mark = b.mark();
@@ -243,7 +281,7 @@ impl Plan {
                         .filter_map(|&c| self.first(c, star, e))
                         .min();
                     match below {
-                        None => Ok(emit_value(v, b)),
+                        None => Ok(put(v, b, e.ahead)),
                         Some(below) => self.opened(v, s, below, n, star, e, b),
                     }
                 }
@@ -335,13 +373,17 @@ impl Plan {
     ) -> Result<bool, Meet> {
         // The tree compacts the value as it opens it: a value the data type functions
         // built is compact already; another goes to the tree.
+        if s >= below || !v.is_compact() {
+            return Err(Meet);
+        }
         let one;
-        let members = match v {
-            Value::Obj(members) if s < below && v.is_compact() => members.as_slice(),
-            Value::Ref(r) if s < below && v.is_compact() => {
+        let (members, fragment) = match v {
+            Value::Obj(members) => (members.as_slice(), None),
+            Value::Ref(r) => {
                 one = [("reference", Value::Str(std::borrow::Cow::Borrowed(*r)))];
-                &one[..]
+                (&one[..], None)
             }
+            Value::Frag(f) => (&[][..], Some(e.ahead.fragment(*f).ok_or(Meet)?)),
             _ => return Err(Meet),
         };
         let Kind::Obj(children) = &self.nodes[n as usize].kind else {
@@ -349,13 +391,18 @@ impl Plan {
         };
         for &c in children {
             let key = self.nodes[c as usize].key.as_str();
-            if members.iter().any(|(k, m)| *k == key && m.present())
-                && self.first(c, star, e).is_some()
-            {
+            let taken = match fragment {
+                Some(f) => e.ahead.side.fragment_keys(f).any(|k| k == key),
+                None => members.iter().any(|(k, m)| *k == key && m.present()),
+            };
+            if taken && self.first(c, star, e).is_some() {
                 return Err(Meet);
             }
         }
         let mark = b.mark();
+        if let Some(f) = fragment {
+            b.fragment_members(e.ahead.side, f);
+        }
         for (k, m) in members {
             if emit_value(m, b) {
                 b.key(k);
@@ -451,7 +498,12 @@ mod tests {
             b.key("resourceType");
             b.string("x");
             b.key("id");
-            let r = plan.members(values, &mut Scratch::default(), &mut b);
+            let side = Builder::new();
+            let ahead = Ahead {
+                side: &side,
+                fragments: &[],
+            };
+            let r = plan.members(values, ahead, &mut Scratch::default(), &mut b);
             b.close_object(mark);
             let record = b.finish().unwrap();
             r.map(|()| String::from_utf8(record.to_json_vec()).unwrap())
