@@ -176,8 +176,6 @@ impl Builder {
         self.close_array(mark)
     }
 
-    /// The record whose root is the one node left (an object); `None` if that is not
-    /// so. The builder is empty again afterwards.
     /// Where a fragment written next starts (see [`Builder::end_fragment`]).
     pub(crate) fn fragment_start(&self) -> FragmentStart {
         FragmentStart {
@@ -263,6 +261,8 @@ impl Builder {
         self.pending.clear();
     }
 
+    /// The record whose root is the one node left (an object); `None` if that is not
+    /// so. The builder is empty again afterwards.
     pub(crate) fn finish(&mut self) -> Option<Record> {
         let ok = self.pending.len() == 1 && self.pending[0].tag == Tag::Obj;
         if ok {

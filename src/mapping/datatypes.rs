@@ -633,6 +633,28 @@ mod tests {
         };
         let (mut side, mut out) = (Builder::new(), Builder::new());
         let mut written = 0;
+        // Written as a member after others (so the copy lands past the start of the
+        // record's text and nodes), whole or opened with a member of its own after.
+        let record = |b: &mut Builder, put: &mut dyn FnMut(&mut Builder) -> bool, open: bool| {
+            let mark = b.mark();
+            let inner = b.mark();
+            b.string("v");
+            b.key("k");
+            b.close_object(inner);
+            b.key("before");
+            if open {
+                let mark = b.mark();
+                put(b);
+                b.string("after");
+                b.key("zz");
+                b.close_object(mark);
+                b.key("x");
+            } else if put(b) {
+                b.key("x");
+            }
+            b.close_object(mark);
+            b.finish().expect("a record")
+        };
         for round in 0..20_000 {
             let text: String = (0..next(14))
                 .map(|_| words[next(words.len() as u64) as usize])
@@ -642,77 +664,80 @@ mod tests {
             } else {
                 (Some('^'), Some('&'))
             };
-            let p = Parts::raw(&text, part, sub);
-            for f in 0..5 {
-                let value = match f {
-                    0 => human_name(&p, &t),
-                    1 => address(&p, &t),
-                    2 => contact_point(&p, &t),
-                    3 => identifier(&p, &t),
-                    _ => codeable_concept(&p, &t),
-                };
-                side.clear();
-                let start = side.fragment_start();
-                let mut sink = BuilderSink::new(&mut side);
-                match f {
-                    0 => human_name_into(&p, &t, &mut sink),
-                    1 => address_into(&p, &t, &mut sink),
-                    2 => contact_point_into(&p, &t, &mut sink),
-                    3 => identifier_into(&p, &t, &mut sink),
-                    _ => codeable_concept_into(&p, &t, &mut sink),
-                }
-                let fragment = side.end_fragment(start);
-                // As a member of a record, then opened with a member after its own.
-                let json = |b: &mut Builder, put: &mut dyn FnMut(&mut Builder) -> bool| {
-                    let mark = b.mark();
-                    if put(b) {
-                        b.key("x");
-                    }
-                    b.close_object(mark);
-                    b.finish()
-                        .map(|r| String::from_utf8(r.to_json_vec()).unwrap())
-                };
-                let want = json(&mut out, &mut |b| {
-                    value.as_ref().is_some_and(|v| emit_value(v, b))
-                });
-                let got = json(&mut out, &mut |b| match &fragment {
-                    Some(fr) => {
-                        b.fragment(&side, fr);
-                        true
-                    }
-                    None => false,
-                });
-                assert_eq!(got, want, "{f} {text:?}");
-                if let (Some(Value::Obj(members)), Some(fr)) = (&value, &fragment) {
-                    let opened = |b: &mut Builder, own: &mut dyn FnMut(&mut Builder)| {
-                        let mark = b.mark();
-                        own(b);
-                        b.string("after");
-                        b.key("zz");
-                        b.close_object(mark);
-                        b.finish()
-                            .map(|r| String::from_utf8(r.to_json_vec()).unwrap())
+            // Fragments pile up in the side builder over a round, so each lands at
+            // offsets of its own there too.
+            side.clear();
+            for p in [Parts::raw(&text, part, sub), eager(&text, part, sub)] {
+                for f in 0..5 {
+                    let value = match f {
+                        0 => human_name(&p, &t),
+                        1 => address(&p, &t),
+                        2 => contact_point(&p, &t),
+                        3 => identifier(&p, &t),
+                        _ => codeable_concept(&p, &t),
                     };
-                    let want = opened(&mut out, &mut |b| {
-                        for (k, m) in members {
-                            if emit_value(m, b) {
-                                b.key(k);
+                    let start = side.fragment_start();
+                    let mut sink = BuilderSink::new(&mut side);
+                    match f {
+                        0 => human_name_into(&p, &t, &mut sink),
+                        1 => address_into(&p, &t, &mut sink),
+                        2 => contact_point_into(&p, &t, &mut sink),
+                        3 => identifier_into(&p, &t, &mut sink),
+                        _ => codeable_concept_into(&p, &t, &mut sink),
+                    }
+                    let fragment = side.end_fragment(start);
+                    let want = record(
+                        &mut out,
+                        &mut |b| value.as_ref().is_some_and(|v| emit_value(v, b)),
+                        false,
+                    );
+                    let got = record(
+                        &mut out,
+                        &mut |b| match &fragment {
+                            Some(fr) => {
+                                b.fragment(&side, fr);
+                                true
                             }
-                        }
-                    });
-                    let got = opened(&mut out, &mut |b| b.fragment_members(&side, fr));
-                    assert_eq!(got, want, "opened {f} {text:?}");
-                    let keys: Vec<&str> = side.fragment_keys(fr).collect();
-                    let present: Vec<&str> = members
-                        .iter()
-                        .filter(|(_, m)| m.present())
-                        .map(|(k, _)| *k)
-                        .collect();
-                    assert_eq!(keys, present, "{f} {text:?}");
-                    written += 1;
+                            None => false,
+                        },
+                        false,
+                    );
+                    // The same nodes and text, not only the same JSON.
+                    assert_eq!(got, want, "{f} {text:?}");
+                    if let (Some(Value::Obj(members)), Some(fr)) = (&value, &fragment) {
+                        let want = record(
+                            &mut out,
+                            &mut |b| {
+                                for (k, m) in members {
+                                    if emit_value(m, b) {
+                                        b.key(k);
+                                    }
+                                }
+                                true
+                            },
+                            true,
+                        );
+                        let got = record(
+                            &mut out,
+                            &mut |b| {
+                                b.fragment_members(&side, fr);
+                                true
+                            },
+                            true,
+                        );
+                        assert_eq!(got, want, "opened {f} {text:?}");
+                        let keys: Vec<&str> = side.fragment_keys(fr).collect();
+                        let present: Vec<&str> = members
+                            .iter()
+                            .filter(|(_, m)| m.present())
+                            .map(|(k, _)| *k)
+                            .collect();
+                        assert_eq!(keys, present, "{f} {text:?}");
+                        written += 1;
+                    }
                 }
             }
         }
-        assert!(written > 20_000, "{written}");
+        assert!(written > 40_000, "{written}");
     }
 }

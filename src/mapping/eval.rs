@@ -251,8 +251,6 @@ impl<'a> Value<'a> {
         }
     }
 
-    /// The value with every reference written out as the object it stands for (for the
-    /// tree, which opens and compares objects).
     /// Whether it is, or holds, an object written ahead ([`Value::Frag`]).
     pub(super) fn written_ahead(&self) -> bool {
         match self {
@@ -262,6 +260,8 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// The value with every reference written out as the object it stands for (for the
+    /// tree, which opens and compares objects).
     pub(super) fn expanded(self) -> Value<'a> {
         match self {
             Value::Ref(r) => Value::Obj(vec![("reference", Value::Str(Cow::Borrowed(r)))]),
