@@ -1127,6 +1127,10 @@ impl<'a> Scope<'a> {
                 let Some(Expr::Path { path, .. }) = c.args.first() else {
                     return Err(failed(c, "the first argument must be an HL7 path".into()));
                 };
+                // `all(PATH, CONDITION, DEFAULT)`: an instance whose path is empty
+                // gives DEFAULT, so that a list of one value per instance has one
+                // everywhere (a content type for every file, say).
+                let default = arg(2)?;
                 let mut items = Vec::new();
                 for seg in self.instances_of(path) {
                     let at = self.at(seg);
@@ -1137,9 +1141,17 @@ impl<'a> Scope<'a> {
                             continue;
                         }
                     }
+                    let start = items.len();
                     match at.path_value(path) {
                         Value::List(mut l) => items.append(&mut l),
                         v => items.push(v),
+                    }
+                    if !default.is_absent() {
+                        for item in &mut items[start..] {
+                            if item.is_absent() {
+                                *item = default.clone();
+                            }
+                        }
                     }
                 }
                 Ok(collect(items, true))

@@ -50,7 +50,7 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("identifier", 1, Some(1)),
     f("codeable_concept", 1, Some(1)),
     f("quantity", 1, Some(2)),
-    f("all", 1, Some(2)),
+    f("all", 1, Some(3)),
     f("template", 1, None),
     f("base64", 1, Some(1)),
     f("facility", 0, Some(0)),

@@ -1852,6 +1852,9 @@ id = "'o'"
 "note[*].text" = "all(OBX-5, not(in(OBX-2, 'ED', 'RP')))"
 "component[*].valueString" = "all(OBX-5.5, eq(OBX-2, 'ED'))"
 "component[*].code.text" = "all(OBX-3.2, eq(OBX-2, 'ED'))"
+# With a default: one value for every kept segment; none where no segment is kept.
+"component[*].code.coding[0].code" = "all(OBX-3.2, eq(OBX-2, 'ED'), 'untitled')"
+"category[*].text" = "all(OBX-3.2, eq(OBX-2, 'RP'), 'untitled')"
 "method.text" = "join(all(NTE-3, exists(NTE-4)), ' ')"
 # A note's condition reads the OBX the note belongs to.
 "bodySite.text" = "join(all(NTE-3, eq(OBX-3.2, 'Image')), ' ')"
@@ -1873,11 +1876,12 @@ OBX|5|ED|||^AP^PDF^Base64^JVBERi0xLjU=\r";
     assert_eq!(
         out[0]["component"],
         json!([
-            {"valueString": "JVBERi0xLjQ=", "code": {"text": "Report"}},
-            {"valueString": "/9j/4AAQ", "code": {"text": "Image"}},
-            {"valueString": "JVBERi0xLjU="}
+            {"valueString": "JVBERi0xLjQ=", "code": {"text": "Report", "coding": [{"code": "Report"}]}},
+            {"valueString": "/9j/4AAQ", "code": {"text": "Image", "coding": [{"code": "Image"}]}},
+            {"valueString": "JVBERi0xLjU=", "code": {"coding": [{"code": "untitled"}]}}
         ])
     );
+    assert_eq!(out[0].get("category"), None);
     assert_eq!(out[0]["method"], json!({"text": "kept"}));
     assert_eq!(out[0]["bodySite"], json!({"text": "about the last line"}));
     let errors = load_errors(
@@ -1887,7 +1891,7 @@ type = "Observation"
 id = "'o'"
 [resource.set]
 "note[0].text" = "all('OBX-5')"
-"note[1].text" = "all(OBX-5, OBX-2, 'x')"
+"note[1].text" = "all(OBX-5, OBX-2, 'x', 'y')"
 "note[2].text" = "all(OBX-5, eq(OBX-2, datetme(OBX-14)))"
 "#,
     );
@@ -1895,7 +1899,7 @@ id = "'o'"
         errors,
         [
             "6:19: the first argument of all() must be an HL7 field path, e.g. all(NTE-3)",
-            "7:19: all() takes 1 or 2 arguments, got 3",
+            "7:19: all() takes 1 to 3 arguments, got 4",
             "8:40: unknown function \"datetme\" (did you mean \"datetime\"?)",
         ]
     );
@@ -1979,8 +1983,8 @@ OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r"
             {"attachment": {"contentType": "text/html", "title": "Letter", "data": b64("<p>A&B</p>")}},
             // A file with no data keeps its place: the next one's data stays its own.
             {"attachment": {"contentType": "application/pdf", "title": "Empty"}},
-            // No subtype, no type (a report's file of the same is octet-stream).
-            {"attachment": {"title": "Bytes", "data": "AP8="}},
+            // No subtype: bytes of no known type.
+            {"attachment": {"contentType": "application/octet-stream", "title": "Bytes", "data": "AP8="}},
             {"attachment": {"contentType": "text/plain", "title": "Plain", "data": b64("plain text")}},
             // Text without a subtype is text.
             {"attachment": {"contentType": "text/plain", "title": "Tóm tắt",
