@@ -357,7 +357,17 @@ pub struct Scope<'a> {
     pub patient: std::cell::OnceCell<Option<PatientSpan>>,
     /// Segments paths have resolved to in this scope.
     pub resolved: Resolved,
+    /// What `ref(T)` found in this scope (a result asks for its order four times).
+    pub nearest: Nearest<'a>,
 }
+
+/// A few answers of [`Scope::nearest`] (type → instance), kept for the scope's
+/// lifetime; once full, further types are worked out every time.
+#[derive(Default)]
+pub struct Nearest<'a>(std::cell::Cell<[Option<Found<'a>>; 4]>);
+
+/// A type and the instance of it `ref()` points to, if any.
+type Found<'a> = (&'a str, Option<&'a Instance>);
 
 /// A few (segment name and instance → segment) answers of [`Scope::resolve`], kept
 /// for the scope's lifetime, each in the slot its key hashes to (a clash replaces the
@@ -638,7 +648,7 @@ impl<'a> Scope<'a> {
 
     /// The segments that belong to segment `cur`: those after it, up to the next one of
     /// its type or the next group head that owns its children.
-    fn children(&self, cur: usize) -> impl Iterator<Item = usize> + '_ {
+    fn children(&self, cur: usize) -> impl Iterator<Item = usize> + use<'_, 'a> {
         let here = self.msg.segment_code(cur);
         (cur + 1..self.msg.segment_count()).take_while(move |&i| {
             self.msg.segment_code(i) != here && !owns_children(self.msg.segment_name(i))
@@ -651,6 +661,7 @@ impl<'a> Scope<'a> {
             seg: Some(seg),
             patient: std::cell::OnceCell::new(),
             resolved: Resolved::default(),
+            nearest: Nearest::default(),
             ..*self
         }
     }
@@ -1221,7 +1232,22 @@ impl<'a> Scope<'a> {
     /// context, else the first one made without `each`. Without a context, the first
     /// one. An instance whose segment comes after the context is never taken: a result
     /// before any order belongs to no order.
-    fn nearest(&self, t: &str) -> Option<&'a Instance> {
+    fn nearest(&self, t: &'a str) -> Option<&'a Instance> {
+        let mut known = self.nearest.0.get();
+        for &(k, found) in known.iter().flatten() {
+            if k == t {
+                return found;
+            }
+        }
+        let found = self.nearest_uncached(t);
+        if let Some(free) = known.iter_mut().find(|e| e.is_none()) {
+            *free = Some((t, found));
+            self.nearest.0.set(known);
+        }
+        found
+    }
+
+    fn nearest_uncached(&self, t: &str) -> Option<&'a Instance> {
         let instances: &'a [Instance] = self.instances;
         let of_type = || instances.iter().filter(move |i| i.resource_type() == t);
         let Some(cur) = self.seg else {

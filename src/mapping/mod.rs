@@ -263,6 +263,7 @@ impl Mapping {
                     facility: &ctx.facility,
                     patient: std::cell::OnceCell::new(),
                     resolved: eval::Resolved::default(),
+                    nearest: eval::Nearest::default(),
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -372,6 +373,7 @@ impl Mapping {
                 facility: &ctx.facility,
                 patient: std::cell::OnceCell::new(),
                 resolved: eval::Resolved::default(),
+                nearest: eval::Nearest::default(),
             };
             let err = |set: &file::SetRule, message: String| MapError {
                 resource: eval::label(rule, inst.ordinal, inst.each_index),

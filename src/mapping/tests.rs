@@ -1169,6 +1169,48 @@ OBX|1|NM|X||1\rOBX|2|NM|Y||2\r",
 }
 
 #[test]
+fn ref_answers_each_type_however_many_one_resource_asks_for() {
+    // Each type asked for twice, six types: more than a scope keeps answers for.
+    let types = [
+        "Patient",
+        "Encounter",
+        "Specimen",
+        "Device",
+        "Location",
+        "Group",
+    ];
+    let mut mapping = String::new();
+    for t in types {
+        mapping.push_str(&format!(
+            "[[resource]]\ntype = \"{t}\"\nid = \"'{t}1'\"\n\n"
+        ));
+    }
+    mapping.push_str("[[resource]]\ntype = \"Basic\"\nid = \"'b'\"\n[resource.set]\n");
+    for (i, t) in types.iter().chain(types.iter()).enumerate() {
+        mapping.push_str(&format!(
+            "\"extension[{i}].valueReference\" = \"ref({t})\"\n"
+        ));
+    }
+    let out = run_inline(&mapping, "MSH|^~\\&|A\rPID|1||P1\r").unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<&str> = out[6]["extension"]
+        .as_array()
+        .expect("extension")
+        .iter()
+        .map(|e| {
+            e["valueReference"]["reference"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    let want: Vec<String> = types
+        .iter()
+        .chain(types.iter())
+        .map(|t| format!("{t}/{t}1"))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn functions_table() {
     let message = "MSH|^~\\&|A||||||ADT^A01|C1|P|2.5\r\
 PID|1||ID1^^^AUTH||Doe^John Paul^Q||20240131083000+0700|X|||\"\"|| a b \r";
