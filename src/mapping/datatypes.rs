@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use super::eval::Value;
-use super::functions;
+use super::functions::{self, fid};
 use super::tables::Table;
 use crate::record::Builder;
 
@@ -343,10 +343,30 @@ impl<'a> Sink<'a> for BuilderSink<'_> {
     }
 }
 
-/// A data type function's value, built with a [`ValueSink`].
-fn value<'a>(f: impl FnOnce(&mut ValueSink<'a>)) -> Option<Value<'a>> {
+/// The data type functions that build an object from one piece, by number.
+pub(crate) const OBJECT_FUNCTIONS: [u8; 5] = [
+    fid::HUMAN_NAME,
+    fid::ADDRESS,
+    fid::CONTACT_POINT,
+    fid::IDENTIFIER,
+    fid::CODEABLE_CONCEPT,
+];
+
+/// Data type function `f` (one of [`OBJECT_FUNCTIONS`]) of piece `p`, into `s`.
+pub(crate) fn write<'a>(f: u8, p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
+    match f {
+        fid::HUMAN_NAME => human_name(p, t, s),
+        fid::ADDRESS => address(p, t, s),
+        fid::CONTACT_POINT => contact_point(p, t, s),
+        fid::IDENTIFIER => identifier(p, t, s),
+        _ => codeable_concept(p, t, s),
+    }
+}
+
+/// Data type function `f` of piece `p` as a value; `None` when it builds nothing.
+pub(crate) fn build<'a>(f: u8, p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
     let mut sink = ValueSink::default();
-    f(&mut sink);
+    write(f, p, t, &mut sink);
     sink.finish()
 }
 
@@ -368,11 +388,7 @@ fn look<'t>(t: Option<&'t Table>, code: Option<&str>) -> Option<Cow<'t, str>> {
 const UCUM: &str = "http://unitsofmeasure.org";
 
 /// XPN → HumanName: family (1.1), given (2, 3), suffix (4), prefix (5, 6), use (7).
-pub fn human_name<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
-    value(|s| human_name_into(p, t, s))
-}
-
-pub(crate) fn human_name_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
+fn human_name<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
     s.text("use", look(t.name_use, p.get(7)));
     s.text("family", p.text(1));
     s.texts("given", [p.text(2), p.text(3)].into_iter().flatten());
@@ -382,11 +398,7 @@ pub(crate) fn human_name_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Si
 
 /// XAD → Address: line (1.1, 2), city (3), state (4), postalCode (5), country (6),
 /// use (7), district (9).
-pub fn address<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
-    value(|s| address_into(p, t, s))
-}
-
-pub(crate) fn address_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
+fn address<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
     s.text("use", look(t.address_use, p.get(7)));
     s.texts(
         "line",
@@ -405,11 +417,7 @@ pub(crate) fn address_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<
 /// XTN → ContactPoint: system from component 3 (equipment type), value from 4 (e-mail)
 /// or 12 (unformatted), else 1, else built from 5-7 (country, area, local number; any of
 /// area and local) and 8 (extension); use from component 2.
-pub fn contact_point<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
-    value(|s| contact_point_into(p, t, s))
-}
-
-pub(crate) fn contact_point_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
+fn contact_point<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
     let equipment = p.get(3);
     let system = look(t.telecom_system, equipment);
     let value = if system.as_deref() == Some("email") || equipment == Some("Internet") {
@@ -446,11 +454,7 @@ pub(crate) fn contact_point_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl
 
 /// CX → Identifier: value (1), system from the assigning authority (4.1 through
 /// `id_systems`, else 4.2 as an OID), type (5).
-pub fn identifier<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
-    value(|s| identifier_into(p, t, s))
-}
-
-pub(crate) fn identifier_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
+fn identifier<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
     let Some(value) = p.text(1) else {
         return;
     };
@@ -479,11 +483,7 @@ pub(crate) fn identifier_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Si
 
 /// CWE/CE → CodeableConcept: codings from components 1-3 and 4-6 (systems through
 /// `v2_coding_system`), text from 9, else the first display.
-pub fn codeable_concept<'a>(p: &Parts<'a>, t: &Tables<'a>) -> Option<Value<'a>> {
-    value(|s| codeable_concept_into(p, t, s))
-}
-
-pub(crate) fn codeable_concept_into<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
+fn codeable_concept<'a>(p: &Parts<'a>, t: &Tables<'a>, s: &mut impl Sink<'a>) {
     s.begin_list();
     for base in [1, 4] {
         let Some(code) = p.text(base) else {
@@ -668,23 +668,10 @@ mod tests {
             // offsets of its own there too.
             side.clear();
             for p in [Parts::raw(&text, part, sub), eager(&text, part, sub)] {
-                for f in 0..5 {
-                    let value = match f {
-                        0 => human_name(&p, &t),
-                        1 => address(&p, &t),
-                        2 => contact_point(&p, &t),
-                        3 => identifier(&p, &t),
-                        _ => codeable_concept(&p, &t),
-                    };
+                for f in OBJECT_FUNCTIONS {
+                    let value = build(f, &p, &t);
                     let start = side.fragment_start();
-                    let mut sink = BuilderSink::new(&mut side);
-                    match f {
-                        0 => human_name_into(&p, &t, &mut sink),
-                        1 => address_into(&p, &t, &mut sink),
-                        2 => contact_point_into(&p, &t, &mut sink),
-                        3 => identifier_into(&p, &t, &mut sink),
-                        _ => codeable_concept_into(&p, &t, &mut sink),
-                    }
+                    write(f, &p, &t, &mut BuilderSink::new(&mut side));
                     let fragment = side.end_fragment(start);
                     let want = record(
                         &mut out,

@@ -936,22 +936,21 @@ impl<'a> Scope<'a> {
         let Some(Expr::Path { path, .. }) = c.args.first() else {
             return Err(failed(c, "the argument must be an HL7 path".into()));
         };
-        let t = self.dt;
-        let build = |p: &Parts<'a>| match c.fid {
-            fid::HUMAN_NAME => datatypes::human_name(p, t),
-            fid::ADDRESS => datatypes::address(p, t),
-            fid::CONTACT_POINT => datatypes::contact_point(p, t),
-            fid::IDENTIFIER => datatypes::identifier(p, t),
-            _ => datatypes::codeable_concept(p, t),
-        };
+        Ok(self.each_value(path, |p| {
+            datatypes::build(c.fid, p, self.dt).unwrap_or(Value::Absent)
+        }))
+    }
+
+    /// `f` of the piece `path` selects, or with `[*]` the list of `f` of each.
+    fn each_value(&self, path: &Path, mut f: impl FnMut(&Parts<'a>) -> Value<'a>) -> Value<'a> {
         if !is_all(path) {
             let mut one = Value::Absent;
-            self.each_part(path, |p| one = build(&p).unwrap_or(Value::Absent));
-            return Ok(one);
+            self.each_part(path, |p| one = f(&p));
+            return one;
         }
         let mut items = Vec::new();
-        self.each_part(path, |p| items.push(build(&p).unwrap_or(Value::Absent)));
-        Ok(collect(items, true))
+        self.each_part(path, |p| items.push(f(&p)));
+        collect(items, true)
     }
 
     /// A set rule's value, as [`Scope::eval`] gives it, except that a data type
@@ -967,30 +966,14 @@ impl<'a> Scope<'a> {
         let Expr::Call(c) = e else {
             return self.eval(e);
         };
-        let (Some(Expr::Path { path, .. }), true) = (
-            c.args.first(),
-            matches!(
-                c.fid,
-                fid::HUMAN_NAME
-                    | fid::ADDRESS
-                    | fid::CONTACT_POINT
-                    | fid::IDENTIFIER
-                    | fid::CODEABLE_CONCEPT
-            ),
-        ) else {
+        let (Some(Expr::Path { path, .. }), true) =
+            (c.args.first(), datatypes::OBJECT_FUNCTIONS.contains(&c.fid))
+        else {
             return self.eval(e);
         };
-        let t = self.dt;
-        let mut write = |p: &Parts<'a>| {
+        Ok(self.each_value(path, |p| {
             let start = side.fragment_start();
-            let mut sink = datatypes::BuilderSink::new(side);
-            match c.fid {
-                fid::HUMAN_NAME => datatypes::human_name_into(p, t, &mut sink),
-                fid::ADDRESS => datatypes::address_into(p, t, &mut sink),
-                fid::CONTACT_POINT => datatypes::contact_point_into(p, t, &mut sink),
-                fid::IDENTIFIER => datatypes::identifier_into(p, t, &mut sink),
-                _ => datatypes::codeable_concept_into(p, t, &mut sink),
-            }
+            datatypes::write(c.fid, p, self.dt, &mut datatypes::BuilderSink::new(side));
             match side.end_fragment(start) {
                 Some(f) => {
                     frags.push(f);
@@ -998,15 +981,7 @@ impl<'a> Scope<'a> {
                 }
                 None => Value::Absent,
             }
-        };
-        if !is_all(path) {
-            let mut one = Value::Absent;
-            self.each_part(path, |p| one = write(&p));
-            return Ok(one);
-        }
-        let mut items = Vec::new();
-        self.each_part(path, |p| items.push(write(&p)));
-        Ok(collect(items, true))
+        }))
     }
 
     #[inline(never)]
