@@ -111,7 +111,8 @@ pub fn ed_data<'a>(data: Cow<'a, str>, encoding: &str) -> Result<Option<Cow<'a, 
         .iter()
         .position(|c| !c.is_ascii_hexdigit() && !c.is_ascii_whitespace())
     {
-        let ch = data[i..].chars().next().unwrap_or_default();
+        // Quoted as text, so that the API hides it with the other quoted values.
+        let ch: String = data[i..].chars().take(1).collect();
         return Err(format!(
             "the data is not hexadecimal: {ch:?} at character {}",
             data[..i].chars().count() + 1
@@ -794,11 +795,11 @@ mod tests {
         );
         assert_eq!(
             ed("2550-4446", "Hex"),
-            Err("the data is not hexadecimal: '-' at character 5".to_string())
+            Err("the data is not hexadecimal: \"-\" at character 5".to_string())
         );
         assert_eq!(
             ed("25Ổ446", "Hex"),
-            Err("the data is not hexadecimal: 'Ổ' at character 3".to_string())
+            Err("the data is not hexadecimal: \"Ổ\" at character 3".to_string())
         );
     }
 
