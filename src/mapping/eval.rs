@@ -1110,8 +1110,13 @@ impl<'a> Scope<'a> {
                 }
             }
             fid::ALL => {
-                let Some(Expr::Path { path, .. }) = c.args.first() else {
+                // `all(PATH)`, or `all(EXPR)`: an expression evaluated in every instance
+                // of the one segment its paths name (checked at load).
+                let Some(first) = c.args.first() else {
                     return Err(failed(c, "the first argument must be an HL7 path".into()));
+                };
+                let Some(path) = first_path(first) else {
+                    return Err(failed(c, "the first argument reads no HL7 path".into()));
                 };
                 // `all(PATH, CONDITION, DEFAULT)`: an instance whose path is empty
                 // gives DEFAULT, so that a list of one value per instance has one
@@ -1128,7 +1133,11 @@ impl<'a> Scope<'a> {
                         }
                     }
                     let start = items.len();
-                    match at.path_value(path) {
+                    let v = match first {
+                        Expr::Path { .. } => at.path_value(path),
+                        e => at.eval(e)?,
+                    };
+                    match v {
                         Value::List(mut l) => items.append(&mut l),
                         v => items.push(v),
                     }
@@ -1291,6 +1300,17 @@ impl DatatypeTables {
             telecom_use: self.telecom_use.as_deref(),
             telecom_system: self.telecom_system.as_deref(),
         }
+    }
+}
+
+/// The first HL7 path an expression reads (in the order it is written, through
+/// `[let]` names): the segment `all(EXPR)` goes through.
+pub(super) fn first_path(e: &Expr) -> Option<&Path> {
+    match e {
+        Expr::Path { path, .. } => Some(path),
+        Expr::Call(c) => c.args.iter().find_map(first_path),
+        Expr::Let(l) => first_path(&l.expr),
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => None,
     }
 }
 

@@ -603,8 +603,13 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                     // A [let] with errors, reported where it is defined.
                     return;
                 }
-                // all()'s second argument is a condition, any expression.
+                // all()'s second argument is a condition, any expression; its first may
+                // be an expression of one segment's fields.
                 let (paths, rest) = match c.name.as_str() {
+                    "all" if !matches!(c.args[0], Expr::Path { .. }) => {
+                        check_all_expression(cx, c, base);
+                        (&[][..], &c.args[..])
+                    }
                     "all" => c.args.split_at(1),
                     _ => (&c.args[..], &[][..]),
                 };
@@ -700,6 +705,58 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
             ),
         ),
         Expr::Let(_) | Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) => {}
+    }
+}
+
+/// `all(EXPR, ...)` with an expression: it is evaluated in every instance of a segment,
+/// so it must read that segment's fields and no other's.
+fn check_all_expression(cx: &mut Ctx<'_>, c: &super::expr::Call, base: usize) {
+    let first = &c.args[0];
+    let mut segments: Vec<&str> = Vec::new();
+    let mut failed_let = false;
+    each_path(
+        first,
+        &mut |p| {
+            if !segments.contains(&p.segment.as_str()) {
+                segments.push(&p.segment);
+            }
+        },
+        &mut failed_let,
+    );
+    if failed_let {
+        // Reported where the [let] is defined.
+        return;
+    }
+    let at = base + c.offset;
+    match segments.as_slice() {
+        [] => cx.at(
+            at,
+            "the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), \
+             or an expression of one segment's fields, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))"
+                .to_string(),
+        ),
+        [_] => {}
+        [many @ .., last] => cx.at(
+            at,
+            format!(
+                "the first argument of all() reads {} and {last}: it is evaluated in every \
+                 instance of one segment, so its paths must all name one (read other \
+                 segments in the condition, the second argument)",
+                many.join(", ")
+            ),
+        ),
+    }
+}
+
+/// Calls `f` with every HL7 path an expression reads, through `[let]` names; `failed`
+/// is set when it uses a `[let]` that has errors.
+fn each_path<'e>(e: &'e Expr, f: &mut impl FnMut(&'e crate::hl7::Path), failed: &mut bool) {
+    match e {
+        Expr::Path { path, .. } => f(path),
+        Expr::Call(c) => c.args.iter().for_each(|a| each_path(a, f, failed)),
+        Expr::Let(l) if l.failed => *failed = true,
+        Expr::Let(l) => each_path(&l.expr, f, failed),
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => {}
     }
 }
 

@@ -1900,6 +1900,10 @@ id = "'o'"
 "method.text" = "join(all(NTE-3, exists(NTE-4)), ' ')"
 # A note's condition reads the OBX the note belongs to.
 "bodySite.text" = "join(all(NTE-3, eq(OBX-3.2, 'Image')), ' ')"
+# An expression in every instance: a choice per segment, aligned with the other lists.
+"code.coding[*].code" = "all(if(eq(OBX-2, 'ED'), OBX-5.3, OBX-5))"
+"code.coding[*].display" = "all(if(eq(OBX-2, 'ED'), upper(OBX-3.2)), exists(OBX-1), '-')"
+"code.text" = "join(all(concat(NTE-1, ':', NTE-3), exists(NTE-4)), ' ')"
 "#;
     let message = "MSH|^~\\&|A|B|||20240131||MDM^T02|1|P|2.5\rPID|1||P1\r\
 OBX|1|TX|X^Line||First line.\r\
@@ -1926,6 +1930,19 @@ OBX|5|ED|||^AP^PDF^Base64^JVBERi0xLjU=\r";
     assert_eq!(out[0].get("category"), None);
     assert_eq!(out[0]["method"], json!({"text": "kept"}));
     assert_eq!(out[0]["bodySite"], json!({"text": "about the last line"}));
+    assert_eq!(
+        out[0]["code"],
+        json!({
+            "coding": [
+                {"code": "First line.", "display": "-"},
+                {"code": "PDF", "display": "REPORT"},
+                {"code": "Last line.", "display": "-"},
+                {"code": "JPEG", "display": "IMAGE"},
+                {"code": "PDF", "display": "-"}
+            ],
+            "text": "1:kept"
+        })
+    );
     let errors = load_errors(
         r#"
 [[resource]]
@@ -1935,20 +1952,27 @@ id = "'o'"
 "note[0].text" = "all('OBX-5')"
 "note[1].text" = "all(OBX-5, OBX-2, 'x', 'y')"
 "note[2].text" = "all(OBX-5, eq(OBX-2, datetme(OBX-14)))"
+"note[3].text" = "all(concat('x', 'y'))"
+"note[4].text" = "all(concat(OBX-5, NTE-3, PID-5))"
+"note[5].text" = "all(lower(OBX-5), OBX-2, 'x', 'y')"
 "#,
     );
     assert_eq!(
         errors,
         [
-            "6:19: the first argument of all() must be an HL7 field path, e.g. all(NTE-3)",
+            "6:19: the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), or an expression of one segment's fields, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))",
             "7:19: all() takes 1 to 3 arguments, got 4",
             "8:40: unknown function \"datetme\" (did you mean \"datetime\"?)",
+            "9:19: the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), or an expression of one segment's fields, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))",
+            "10:19: the first argument of all() reads OBX, NTE and PID: it is evaluated in every instance of one segment, so its paths must all name one (read other segments in the condition, the second argument)",
+            "11:19: all() takes 1 to 3 arguments, got 4",
         ]
     );
 }
 
 /// A result or order OBX that is a file (ED) becomes a report with the file as its
-/// presented form, in base64 whatever the encoding it came in.
+/// presented form, in base64 whatever the encoding it came in; one that points to a
+/// file (RP), a report with its address.
 #[test]
 fn an_ed_result_keeps_its_file_in_each_encoding() {
     let set = shipped();
@@ -1964,7 +1988,10 @@ OBX|2|ED|R^Report||HIS^TEXT^RTF^A^{{\\E\\rtf1 x}}\r\
 OBX|3|ED|R^Report||HIS^AP^PDF^Base64^JVBERg==\r\
 OBX|4|ED|R^Report||HIS^TEXT^^A^hello\r\
 OBX|5|ED|R^Report||HIS^AP^^hex^00FF\r\
-OBX|6|ED|R^Report||HIS^AP^PDF^UU^begin\r"
+OBX|6|ED|R^Report||HIS^AP^PDF^UU^begin\r\
+OBX|7|RP|R^Report||http://pacs/r/7^PACS^AP^PDF\r\
+OBX|8|RP|R^Report||http://pacs/r/8^^image^jpeg\r\
+OBX|9|RP|R^Report||http://pacs/r/9^^IM^MRXS\r"
         );
         let out = run_shipped(m, &message);
         let forms: Vec<&Json> = of_type(&out, "DiagnosticReport")
@@ -1982,15 +2009,22 @@ OBX|6|ED|R^Report||HIS^AP^PDF^UU^begin\r"
                 &json!([{"contentType": "application/octet-stream", "data": "AP8="}]),
                 // An encoding that cannot be converted: the type, no data.
                 &json!([{"contentType": "application/pdf"}]),
+                // A pointer: its address; its type by subtype from the table (a
+                // standard AP^PDF too), else type/subtype as sent.
+                &json!([{"url": "http://pacs/r/7", "contentType": "application/pdf"}]),
+                &json!([{"url": "http://pacs/r/8", "contentType": "image/jpeg"}]),
+                &json!([{"url": "http://pacs/r/9", "contentType": "im/MRXS"}]),
             ],
             "{mapping}"
         );
     }
 }
 
-/// An MDM document: every file sent in base64 (OBX-2 ED, "Base64" in any case) is an
-/// attachment of its own with its content type, in order; the text lines and anything
-/// not in base64 are one text attachment after them, however many files there are.
+/// An MDM document: every file (OBX-2 ED in Base64 or Hex, or text of a named subtype)
+/// and every pointer to one (RP) is an attachment of its own with its content type, in
+/// order; the text lines, the data of text without a subtype and anything in an
+/// encoding halong cannot convert are one text attachment after them, however many
+/// files there are.
 #[test]
 fn an_mdm_documents_files_are_attachments_of_their_own() {
     let set = shipped();
@@ -2008,7 +2042,9 @@ OBX|7|ED|U^Old||HIS^AP^PDF^UU^begin\r\
 OBX|8|ED|E^Empty||HIS^AP^PDF^Base64^\r\
 OBX|9|ED|B^Bytes||HIS^AP^^ Hex ^00FF\r\
 OBX|10|ED|T^Plain||HIS^TEXT^PLAIN^A^plain text\r\
-OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r"
+OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r\
+OBX|12|RP|R^Scan||http://pacs/doc/7^PACS^AP^PDF\r\
+OBX|13|RP|S^Slide||http://x/y\\T\\z^^IM^MRXS\r"
     );
     let out = run_shipped(mdm, &message);
     let doc = of_type(&out, "DocumentReference")[0];
@@ -2028,9 +2064,12 @@ OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r"
             // No subtype: bytes of no known type.
             {"attachment": {"contentType": "application/octet-stream", "title": "Bytes", "data": "AP8="}},
             {"attachment": {"contentType": "text/plain", "title": "Plain", "data": b64("plain text")}},
-            // Text without a subtype is text.
+            // A pointer: its address, its type by subtype from the table, else as sent.
+            {"attachment": {"contentType": "application/pdf", "title": "Scan", "url": "http://pacs/doc/7"}},
+            {"attachment": {"contentType": "im/MRXS", "title": "Slide", "url": "http://x/y&z"}},
+            // Text without a subtype is text: its data (OBX-5.5), not the whole value.
             {"attachment": {"contentType": "text/plain", "title": "Tóm tắt",
-                "data": b64("Ổn định.\nHIS^AP^PDF^UU^begin\nHIS^TEXT^^A^a note")}}
+                "data": b64("Ổn định.\nHIS^AP^PDF^UU^begin\na note")}}
         ])
     );
     // The reports of the files: their types from the same table, their data whatever
@@ -2053,6 +2092,8 @@ OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r"
             &json!({"contentType": "application/octet-stream", "data": "AP8="}),
             &json!({"contentType": "text/plain", "data": b64("plain text")}),
             &json!({"contentType": "text/plain", "data": b64("a note")}),
+            &json!({"url": "http://pacs/doc/7", "contentType": "application/pdf"}),
+            &json!({"url": "http://x/y&z", "contentType": "im/MRXS"}),
         ]
     );
     // Hex that is not hex is a mapping error naming the field and the place.
@@ -2064,7 +2105,7 @@ OBX|11|ED|N^Note||HIS^TEXT^^A^a note\r"
         (err.field.as_str(), err.message.as_str()),
         (
             "content[*].attachment.data",
-            "ed_data(all(OBX-5.5, $encapsulated), all(OBX-5.4, $encapsulated)): the data is not hexadecimal: \"G\" at character 3"
+            "ed_data(OBX-5.5, OBX-5.4): the data is not hexadecimal: \"G\" at character 3"
         )
     );
     // The character is part of the document: the API's summary hides it.
