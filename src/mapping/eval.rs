@@ -12,6 +12,7 @@
 //! message. HL7's null marker `""` evaluates as absent in this version.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -359,6 +360,48 @@ pub struct Scope<'a> {
     pub resolved: Resolved,
     /// What `ref(T)` found in this scope (a result asks for its order four times).
     pub nearest: Nearest<'a>,
+    /// The pieces the resource being made has read, when this scope is that
+    /// resource's (not a scope of `all()` or of a group's other segment).
+    pub reads: Option<&'a Reads<'a>>,
+}
+
+/// The raw pieces one resource's paths have read, by the path's number
+/// ([`super::expr::number_paths`]), kept while the resource is made: in
+/// `if(exists(PID-5.2), concat(' ', PID-5.2))` the field is looked up once, and so is
+/// `OBX-2` that four rules of a result test. About two in five reads repeat one before.
+pub struct Reads<'a> {
+    /// The resource being made; a kept piece of an earlier one is stale.
+    round: Cell<u32>,
+    kept: Box<[Cell<Kept<'a>>]>,
+}
+
+/// The round a piece was read in, and the piece (`None`: the path selects nothing).
+type Kept<'a> = (u32, Option<&'a str>);
+
+impl<'a> Reads<'a> {
+    pub fn new(paths: usize) -> Reads<'a> {
+        Reads {
+            round: Cell::new(1),
+            kept: (0..paths).map(|_| Cell::new((0, None))).collect(),
+        }
+    }
+
+    /// Forgets what was read: the next resource is made.
+    pub fn next_resource(&self) {
+        self.round.set(self.round.get().wrapping_add(1).max(1));
+    }
+
+    /// The piece path `slot` read for this resource (`Some(None)`: none), if it did.
+    fn get(&self, slot: u32) -> Option<Option<&'a str>> {
+        let (round, raw) = self.kept.get(slot as usize)?.get();
+        (round == self.round.get()).then_some(raw)
+    }
+
+    fn put(&self, slot: u32, raw: Option<&'a str>) {
+        if let Some(k) = self.kept.get(slot as usize) {
+            k.set((self.round.get(), raw));
+        }
+    }
 }
 
 /// A few answers of [`Scope::nearest`] (type → instance), kept for the scope's
@@ -662,6 +705,8 @@ impl<'a> Scope<'a> {
             patient: std::cell::OnceCell::new(),
             resolved: Resolved::default(),
             nearest: Nearest::default(),
+            // What this segment's paths read is not the resource's.
+            reads: None,
             ..*self
         }
     }
@@ -674,7 +719,21 @@ impl<'a> Scope<'a> {
             .find(|&h| owns_children(self.msg.segment_name(h)))
     }
 
-    fn path_value(&self, path: &Path) -> Value<'a> {
+    /// The value of path `path`, numbered `slot` in its mapping.
+    fn path_value(&self, path: &Path, slot: u32) -> Value<'a> {
+        if let (Some(reads), Some(fp)) = (self.reads, &path.field) {
+            if !matches!(fp.repetition, Repetition::All) {
+                let raw = reads.get(slot).unwrap_or_else(|| {
+                    let raw = self.resolve(path).and_then(|seg| self.msg.raw_in(seg, fp));
+                    reads.put(slot, raw);
+                    raw
+                });
+                return match raw {
+                    None | Some("" | "\"\"") => Value::Absent,
+                    Some(raw) => Value::Str(self.msg.unescape(raw)),
+                };
+            }
+        }
         let Some(seg) = self.resolve(path) else {
             return Value::Absent;
         };
@@ -710,7 +769,7 @@ impl<'a> Scope<'a> {
 
     pub fn eval(&self, e: &'a Expr) -> Result<Value<'a>, String> {
         match e {
-            Expr::Path { path, .. } => Ok(self.path_value(path)),
+            Expr::Path { path, slot, .. } => Ok(self.path_value(path, *slot)),
             Expr::Str(s) => Ok(if s.is_empty() {
                 Value::Absent
             } else {
@@ -1111,7 +1170,8 @@ impl<'a> Scope<'a> {
             }
             fid::ALL => {
                 // `all(PATH)`, or `all(EXPR)`: an expression evaluated in every instance
-                // of the one segment its paths name (checked at load).
+                // of the segment its first path names (it has one: checked at load),
+                // its other paths read with that instance as the context.
                 let Some(first) = c.args.first() else {
                     return Err(failed(c, "the first argument must be an HL7 path".into()));
                 };
@@ -1134,7 +1194,7 @@ impl<'a> Scope<'a> {
                     }
                     let start = items.len();
                     let v = match first {
-                        Expr::Path { .. } => at.path_value(path),
+                        Expr::Path { .. } => at.path_value(path, super::expr::NO_SLOT),
                         e => at.eval(e)?,
                     };
                     match v {

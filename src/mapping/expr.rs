@@ -14,6 +14,23 @@
 
 use crate::hl7::Path;
 
+/// A path not numbered (yet): its reads are not kept.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// Numbers the paths of `e` (through `[let]` names): one number per distinct path,
+/// given out by `numbers`, the same for every expression of one mapping.
+pub fn number_paths(e: &mut Expr, numbers: &mut std::collections::HashMap<String, u32>) {
+    match e {
+        Expr::Path { path, slot, .. } => {
+            let next = numbers.len() as u32;
+            *slot = *numbers.entry(format!("{path:?}")).or_insert(next);
+        }
+        Expr::Call(c) => c.args.iter_mut().for_each(|a| number_paths(a, numbers)),
+        Expr::Let(l) => number_paths(&mut l.expr, numbers),
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => {}
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Expr {
     /// `offset` is kept for diagnostics about paths.
@@ -21,6 +38,10 @@ pub enum Expr {
     Path {
         path: Path,
         offset: usize,
+        /// The same number for the same path everywhere in one mapping (numbered at
+        /// load, [`number_paths`]): where a resource's reads are kept, so that a path
+        /// read again while the resource is made is not looked up again.
+        slot: u32,
     },
     Str(String),
     Num(String),
@@ -216,6 +237,7 @@ impl Parser<'_> {
                     Ok(Expr::Path {
                         path,
                         offset: start,
+                        slot: NO_SLOT,
                     })
                 } else if word == "true" || word == "false" {
                     Ok(Expr::Bool(word == "true"))
@@ -284,6 +306,7 @@ impl Parser<'_> {
             Some(LetEntry::Ready(Expr::Path { path, .. }, _)) => Ok(Expr::Path {
                 path: path.clone(),
                 offset: start,
+                slot: NO_SLOT,
             }),
             Some(LetEntry::Ready(expr, uses_ref)) => Ok(let_of(expr, *uses_ref, false)),
         }

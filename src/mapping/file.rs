@@ -614,7 +614,7 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                     _ => (&c.args[..], &[][..]),
                 };
                 for a in paths {
-                    if let Expr::Path { path, offset } = a {
+                    if let Expr::Path { path, offset, .. } = a {
                         if let Some(problem) = unknown_segment(&path.segment) {
                             cx.at(base + offset, problem);
                         }
@@ -691,7 +691,7 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                 check(cx, a, base, tables, refs);
             }
         }
-        Expr::Path { path, offset } => {
+        Expr::Path { path, offset, .. } => {
             if let Some(problem) = unknown_segment(&path.segment) {
                 cx.at(base + offset, problem);
             }
@@ -708,55 +708,30 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
     }
 }
 
-/// `all(EXPR, ...)` with an expression: it is evaluated in every instance of a segment,
-/// so it must read that segment's fields and no other's.
+/// `all(EXPR, ...)` with an expression: it is evaluated in every instance of the
+/// segment its first path names, so it must read one.
 fn check_all_expression(cx: &mut Ctx<'_>, c: &super::expr::Call, base: usize) {
     let first = &c.args[0];
-    let mut segments: Vec<&str> = Vec::new();
-    let mut failed_let = false;
-    each_path(
-        first,
-        &mut |p| {
-            if !segments.contains(&p.segment.as_str()) {
-                segments.push(&p.segment);
-            }
-        },
-        &mut failed_let,
-    );
-    if failed_let {
-        // Reported where the [let] is defined.
-        return;
-    }
-    let at = base + c.offset;
-    match segments.as_slice() {
-        [] => cx.at(
-            at,
+    if first_path_or_failed_let(first).is_none() {
+        cx.at(
+            base + c.offset,
             "the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), \
-             or an expression of one segment's fields, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))"
+             or an expression whose first path names the segment to go through, e.g. \
+             all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))"
                 .to_string(),
-        ),
-        [_] => {}
-        [many @ .., last] => cx.at(
-            at,
-            format!(
-                "the first argument of all() reads {} and {last}: it is evaluated in every \
-                 instance of one segment, so its paths must all name one (read other \
-                 segments in the condition, the second argument)",
-                many.join(", ")
-            ),
-        ),
+        );
     }
 }
 
-/// Calls `f` with every HL7 path an expression reads, through `[let]` names; `failed`
-/// is set when it uses a `[let]` that has errors.
-fn each_path<'e>(e: &'e Expr, f: &mut impl FnMut(&'e crate::hl7::Path), failed: &mut bool) {
+/// Whether an expression reads an HL7 path, or uses a `[let]` with errors (reported
+/// where it is defined).
+fn first_path_or_failed_let(e: &Expr) -> Option<()> {
     match e {
-        Expr::Path { path, .. } => f(path),
-        Expr::Call(c) => c.args.iter().for_each(|a| each_path(a, f, failed)),
-        Expr::Let(l) if l.failed => *failed = true,
-        Expr::Let(l) => each_path(&l.expr, f, failed),
-        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => {}
+        Expr::Path { .. } => Some(()),
+        Expr::Call(c) => c.args.iter().find_map(first_path_or_failed_let),
+        Expr::Let(l) if l.failed => Some(()),
+        Expr::Let(l) => first_path_or_failed_let(&l.expr),
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => None,
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Mapping {
     /// The data type functions' tables, picked from the directory's (each `lookup()`
     /// holds its own, [`expr::Call::table`]).
     dt: eval::DatatypeTables,
+    /// How many distinct paths its expressions read (see [`expr::number_paths`]).
+    paths: usize,
 }
 
 /// Facts about one run that go into every resource.
@@ -147,14 +149,22 @@ impl MappingSet {
                     continue;
                 }
             };
-            if let Some((description, rules)) =
+            if let Some((description, mut rules)) =
                 file::load(&path, &text, &tables, &shared, &mut diags)
             {
+                let mut numbers = std::collections::HashMap::new();
+                for r in &mut rules {
+                    let exprs = r.sets.iter_mut().map(|s| &mut s.expr);
+                    for e in exprs.chain([&mut r.id]).chain(r.when.as_mut()) {
+                        expr::number_paths(e, &mut numbers);
+                    }
+                }
                 let m = Mapping {
                     name: name.clone(),
                     description,
                     rules,
                     dt: eval::DatatypeTables::pick(&tables),
+                    paths: numbers.len(),
                 };
                 mappings.insert(name, m);
             }
@@ -264,6 +274,7 @@ impl Mapping {
                     patient: std::cell::OnceCell::new(),
                     resolved: eval::Resolved::default(),
                     nearest: eval::Nearest::default(),
+                    reads: None,
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -302,7 +313,8 @@ impl Mapping {
                 instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
             }
         }
-        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt)?;
+        let reads = eval::Reads::new(if trace.is_some() { 0 } else { self.paths });
+        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads)?;
         self.one_record_per_id(&instances, &out)?;
         Ok(out)
     }
@@ -343,6 +355,7 @@ impl Mapping {
     }
 
     /// Pass 2: the fields of every instance.
+    #[allow(clippy::too_many_arguments)]
     fn fields<'a>(
         &'a self,
         msg: &'a Message,
@@ -351,6 +364,7 @@ impl Mapping {
         trace: Option<&'a Trace>,
         instances: &'a [Instance],
         dt: &'a datatypes::Tables<'a>,
+        reads: &'a eval::Reads<'a>,
     ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
         let mut builder = crate::record::Builder::new();
@@ -363,6 +377,7 @@ impl Mapping {
         let mut fragments = Vec::new();
         for inst in instances {
             let rule = &self.rules[inst.rule];
+            reads.next_resource();
             let scope = Scope {
                 msg,
                 seg: inst.seg,
@@ -374,6 +389,8 @@ impl Mapping {
                 patient: std::cell::OnceCell::new(),
                 resolved: eval::Resolved::default(),
                 nearest: eval::Nearest::default(),
+                // Without a trace: the loss report notes every read.
+                reads: trace.is_none().then_some(reads),
             };
             let err = |set: &file::SetRule, message: String| MapError {
                 resource: eval::label(rule, inst.ordinal, inst.each_index),

@@ -1875,6 +1875,70 @@ id = "'last'"
     assert_eq!(e.field, "effectiveDateTime");
 }
 
+/// A path read again while one resource is made gives what it gave the first time
+/// (kept, not looked up again), and the next resource reads its own segment: the same
+/// paths in every OBX, in the resource's scope, in `all()` and in a group's other
+/// segments, with and without the loss report (which reads every path itself).
+#[test]
+fn a_path_read_again_is_the_same_and_the_next_resource_reads_its_own() {
+    let text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1, OBX-3.1)"
+[resource.set]
+"code.text" = "OBX-3.2"
+"code.coding[0].code" = "OBX-3.1"
+"code.coding[0].display" = "if(exists(OBX-3.2), concat(OBX-3.2, ' (', OBX-3.1, ')'))"
+"valueString" = "if(eq(OBX-2, 'ST'), OBX-5)"
+"valueQuantity.value" = "if(eq(OBX-2, 'NM'), decimal(OBX-5))"
+"note[*].text" = "all(concat(NTE-3, '/', OBX-3.1))"
+"method.text" = "concat(OBR-4.1, ':', OBX-3.1, ':', OBR-4.1)"
+"#;
+    let message = "MSH|^~\\&|A|B|||20240131||ORU^R01|1|P|2.5\rPID|1||P1\r\
+OBR|1|||CBC\r\
+OBX|1|NM|HGB^Hemoglobin||13.5\rNTE|1||n1\rNTE|2||n2\r\
+OBX|2|ST|COM^Comment||ok\r\
+OBR|2|||LIP\r\
+OBX|1|NM|CHOL||5.1\rNTE|1||n3\r";
+    let expected = json!([
+        {"code": {"text": "Hemoglobin", "coding": [{"code": "HGB", "display": "Hemoglobin (HGB)"}]},
+         "valueQuantity": {"value": 13.5},
+         "note": [{"text": "n1/HGB"}, {"text": "n2/HGB"}],
+         "method": {"text": "CBC:HGB:CBC"}},
+        {"code": {"text": "Comment", "coding": [{"code": "COM", "display": "Comment (COM)"}]},
+         "valueString": "ok",
+         "method": {"text": "CBC:COM:CBC"}},
+        {"code": {"coding": [{"code": "CHOL"}]},
+         "valueQuantity": {"value": 5.1},
+         "note": [{"text": "n3/CHOL"}],
+         "method": {"text": "LIP:CHOL:LIP"}}
+    ]);
+    let strip = |out: Vec<Json>| -> Vec<Json> {
+        out.into_iter()
+            .map(|mut r| {
+                let o = r.as_object_mut().expect("object");
+                for k in ["resourceType", "id", "meta"] {
+                    o.remove(k);
+                }
+                r
+            })
+            .collect()
+    };
+    let out = run_inline(text, message).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(Json::Array(strip(out)), expected);
+    let dir = dir_with(text, &[]);
+    let set = load_set(&dir);
+    let (traced, unread) = set
+        .get("m")
+        .expect("m")
+        .run_with_loss_report(&msg(message), &RunContext::default());
+    let traced = traced.unwrap_or_else(|e| panic!("{e:?}"));
+    let traced: Vec<Json> = traced.iter().map(|r| r.to_value()).collect();
+    assert_eq!(Json::Array(strip(traced)), expected);
+    assert!(!unread.iter().any(|u| u.starts_with("OBX")), "{unread:?}");
+}
+
 /// A value is four words, its tag one of them (see [`eval::Value`]).
 #[test]
 fn a_value_is_four_aligned_words() {
@@ -1953,19 +2017,17 @@ id = "'o'"
 "note[1].text" = "all(OBX-5, OBX-2, 'x', 'y')"
 "note[2].text" = "all(OBX-5, eq(OBX-2, datetme(OBX-14)))"
 "note[3].text" = "all(concat('x', 'y'))"
-"note[4].text" = "all(concat(OBX-5, NTE-3, PID-5))"
-"note[5].text" = "all(lower(OBX-5), OBX-2, 'x', 'y')"
+"note[4].text" = "all(lower(OBX-5), OBX-2, 'x', 'y')"
 "#,
     );
     assert_eq!(
         errors,
         [
-            "6:19: the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), or an expression of one segment's fields, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))",
+            "6:19: the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), or an expression whose first path names the segment to go through, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))",
             "7:19: all() takes 1 to 3 arguments, got 4",
             "8:40: unknown function \"datetme\" (did you mean \"datetime\"?)",
-            "9:19: the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), or an expression of one segment's fields, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))",
-            "10:19: the first argument of all() reads OBX, NTE and PID: it is evaluated in every instance of one segment, so its paths must all name one (read other segments in the condition, the second argument)",
-            "11:19: all() takes 1 to 3 arguments, got 4",
+            "9:19: the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), or an expression whose first path names the segment to go through, e.g. all(if(eq(OBX-2, 'ED'), OBX-5.5, OBX-5))",
+            "10:19: all() takes 1 to 3 arguments, got 4",
         ]
     );
 }
