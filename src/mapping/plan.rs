@@ -24,6 +24,8 @@ use crate::record::{Builder, Fragment};
 pub struct Plan {
     /// Node 0 is the resource (the root object).
     nodes: Vec<Node>,
+    /// More than 64 set rules: which are present is a list, not the bits of a word.
+    wide: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +39,9 @@ struct Node {
     kind: Kind,
     /// The set rules whose paths run through or end at this node, ascending.
     sets: Vec<u32>,
+    /// The same as bits (set rule `s` is bit `s`), when the plan is not wide: the
+    /// first present one below a node is one instruction.
+    mask: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +65,7 @@ pub struct Meet;
 #[derive(Default)]
 pub struct Scratch {
     order: Vec<(u32, u32)>,
+    /// Of a wide plan (see [`Emit::bits`]).
     present: Vec<bool>,
 }
 
@@ -67,6 +73,9 @@ pub struct Scratch {
 /// for ordering members.
 struct Emit<'v, 'a> {
     values: &'v [Value<'a>],
+    /// Which values put anything into the resource: bit `s` for set rule `s`, or, in
+    /// a wide plan, `present[s]`.
+    bits: u64,
     present: &'v [bool],
     order: &'v mut Vec<(u32, u32)>,
     ahead: Ahead<'v>,
@@ -113,6 +122,7 @@ impl Plan {
     pub fn new<'s>(paths: impl IntoIterator<Item = &'s [Step]>) -> Option<Plan> {
         let mut plan = Plan {
             nodes: vec![Node::new(String::new(), 0, Kind::Obj(Vec::new()))],
+            wide: false,
         };
         for (s, steps) in paths.into_iter().enumerate() {
             let s = u32::try_from(s).ok()?;
@@ -133,6 +143,12 @@ impl Plan {
             }
             node.value = Some(s);
             node.sets.push(s);
+        }
+        plan.wide = plan.nodes[0].sets.last().is_some_and(|&s| s >= 64);
+        if !plan.wide {
+            for node in &mut plan.nodes {
+                node.mask = node.sets.iter().fold(0, |m, &s| m | 1 << s);
+            }
         }
         Some(plan)
     }
@@ -218,10 +234,18 @@ impl Plan {
         b: &mut Builder,
     ) -> Result<(), Meet> {
         scratch.present.clear();
-        scratch.present.extend(values.iter().map(Value::present));
+        let mut bits = 0;
+        if self.wide {
+            scratch.present.extend(values.iter().map(Value::present));
+        } else {
+            for (s, v) in values.iter().enumerate() {
+                bits |= u64::from(v.present()) << s;
+            }
+        }
         scratch.order.clear();
         let mut e = Emit {
             values,
+            bits,
             present: &scratch.present,
             order: &mut scratch.order,
             ahead,
@@ -240,22 +264,41 @@ impl Plan {
     ) -> Option<(u32, &'v Value<'a>)> {
         let s = self.nodes[n as usize].value?;
         let v = match star {
-            None => e.present[s as usize].then_some(&e.values[s as usize]),
+            None => self.present(s, e).then_some(&e.values[s as usize]),
             Some(i) => item(&e.values[s as usize], i),
         };
         v.map(|v| (s, v))
     }
 
+    /// Whether set rule `s`'s value puts anything into the resource.
+    fn present(&self, s: u32, e: &Emit<'_, '_>) -> bool {
+        if self.wide {
+            e.present[s as usize]
+        } else {
+            e.bits >> s & 1 == 1
+        }
+    }
+
     /// The first set rule that puts anything at or below node `n` at this place.
     fn first(&self, n: u32, star: Option<usize>, e: &Emit<'_, '_>) -> Option<u32> {
-        self.nodes[n as usize]
-            .sets
-            .iter()
-            .copied()
-            .find(|&s| match star {
+        let node = &self.nodes[n as usize];
+        if self.wide {
+            return node.sets.iter().copied().find(|&s| match star {
                 None => e.present[s as usize],
                 Some(i) => item(&e.values[s as usize], i).is_some(),
-            })
+            });
+        }
+        // Only a present value has a present item.
+        let mut m = node.mask & e.bits;
+        while m != 0 {
+            let s = m.trailing_zeros();
+            match star {
+                None => return Some(s),
+                Some(i) if item(&e.values[s as usize], i).is_some() => return Some(s),
+                Some(_) => m &= m - 1,
+            }
+        }
+        None
     }
 
     /// Pushes node `n` when it holds anything; true when it did.
@@ -293,7 +336,7 @@ impl Plan {
                         .iter()
                         .map(|&s| match &e.values[s as usize] {
                             Value::List(items) => items.len(),
-                            _ => usize::from(e.present[s as usize]),
+                            _ => usize::from(self.present(s, e)),
                         })
                         .max()
                         .unwrap_or(0)
@@ -454,6 +497,7 @@ impl Node {
             value: None,
             kind,
             sets: Vec::new(),
+            mask: 0,
         }
     }
 }
@@ -776,6 +820,49 @@ mod tests {
         // (a quarter of the patterns) meet, and so does `n[0].text` before `n[*]`.
         assert!(written > met, "{written} written, {met} met");
         assert!(met > 0);
+    }
+
+    /// A rule of more than 64 set rules keeps which are present in a list, not in a
+    /// word's bits: the same paths after 60 others write what the tree does, on every
+    /// presence pattern of the paths that share objects (and half the others present).
+    #[test]
+    fn a_wide_plan_agrees_with_the_tree() {
+        let shared = ["a.x", "c[*].p", "a.y.z", "n[*]", "n[0].text", "c[*].q"];
+        let values = [
+            s("ax"),
+            list(&["p0", "", "p2"]),
+            s("ayz"),
+            objs(&[&[("family", "Lê")], &[("given", "An")]]),
+            s("Lê An"),
+            list(&["", "q1"]),
+        ];
+        let pads: Vec<String> = (0..60).map(|i| format!("pad{i}.v")).collect();
+        let mut paths: Vec<&str> = pads.iter().map(String::as_str).collect();
+        paths.extend(shared);
+        let steps: Vec<Vec<Step>> = paths.iter().map(|p| parse_out_path(p).unwrap()).collect();
+        assert!(Plan::new(steps.iter().map(Vec::as_slice)).unwrap().wide);
+        let mut written = 0;
+        for mask in 0u32..1 << shared.len() {
+            let mut all: Vec<Value<'static>> = (0..60)
+                .map(|i| if i % 2 == 0 { s("p") } else { Value::Absent })
+                .collect();
+            all.extend(values.iter().enumerate().map(|(k, v)| {
+                if mask & (1 << k) != 0 {
+                    v.clone()
+                } else {
+                    Value::Absent
+                }
+            }));
+            match both(&paths, &all) {
+                (Some(Ok(plan)), tree) => {
+                    assert_eq!(Ok(plan), tree, "mask {mask:b}");
+                    written += 1;
+                }
+                (Some(Err(Meet)), _) => {}
+                (None, _) => panic!("no plan"),
+            }
+        }
+        assert!(written > 32, "{written}");
     }
 
     /// Random output paths (a few keys, indices and `[*]`, up to three steps) with
