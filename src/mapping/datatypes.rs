@@ -40,22 +40,33 @@ const CUTS: usize = 24;
 
 impl<'a> Parts<'a> {
     /// `text` (escape-free) split on `part` and each part on `sub`.
-    pub fn raw(text: &'a str, part: Option<char>, sub: Option<char>) -> Parts<'a> {
+    pub fn raw(text: &'a str, part: Option<char>, mut sub: Option<char>) -> Parts<'a> {
         let mut cuts = [0u32; CUTS];
         let mut n = 0;
         let mut more = false;
         // Delimiters are ASCII (see `Delimiters`), so their byte offsets are character
         // boundaries.
         if let Some(b) = part.filter(char::is_ascii).map(|c| c as u8) {
+            // The same pass looks for the subpart separator: without one, no part is
+            // searched for it again.
+            let s = sub.filter(char::is_ascii).map_or(b, |c| c as u8);
+            let mut subs = false;
             let mut from = 0;
-            while let Some(i) = crate::hl7::find_byte3(text.as_bytes(), from, b, b, b) {
+            while let Some(i) = crate::hl7::find_byte3(text.as_bytes(), from, b, s, s) {
+                from = i + 1;
+                if text.as_bytes()[i] != b {
+                    subs = true;
+                    continue;
+                }
                 if n == CUTS {
                     more = true;
                     break;
                 }
                 cuts[n] = i as u32;
                 n += 1;
-                from = i + 1;
+            }
+            if !subs && !more && s != b {
+                sub = None;
             }
         } else if let Some(c) = part {
             more = text.contains(c);
