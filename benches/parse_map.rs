@@ -6,8 +6,17 @@
 //! of MB/s per core and the ratio of halong parse+map to hl7-parser parse. Parse + map
 //! ends with the records ([`halong::record::Record`]); two more rows add what the
 //! engine's mapper does with them (JSON bytes, then index entries for the store).
+//!
+//! halong runs with mimalloc, the allocator of the `halong` binary, and so does
+//! hl7-parser in the main baseline. hl7-parser allocates for every segment and field,
+//! so it runs much faster with mimalloc than with the system allocator, which is what
+//! a program that uses it gets unless it chooses another: the summary also gives the
+//! ratio to hl7-parser on the system allocator, measured in the same turns.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, Criterion, Throughput};
@@ -16,9 +25,78 @@ use halong::config::Config;
 use halong::mapping::{Mapping, RunContext};
 use halong::pipeline::Rules;
 
-// The allocator the `halong` binary runs with, so the figures are the engine's.
+/// mimalloc, the allocator the `halong` binary runs with (so the figures are the
+/// engine's), except on a thread inside [`on_system_allocator`]. A block goes back to
+/// the allocator it came from: mimalloc knows its own (`mi_is_in_heap_region`), and
+/// every system block is freed before `on_system_allocator` returns (it checks).
+struct Switch;
+
+thread_local! {
+    static SYSTEM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// System blocks not freed yet.
+static SYSTEM_LIVE: AtomicIsize = AtomicIsize::new(0);
+
+extern "C" {
+    // In the mimalloc library the `mimalloc` crate links.
+    fn mi_is_in_heap_region(p: *const std::ffi::c_void) -> bool;
+}
+
+fn on_system() -> bool {
+    SYSTEM.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Whether `p` is a block of the system allocator (only such blocks exist while a
+/// thread is on it).
+fn is_system_block(p: *mut u8) -> bool {
+    SYSTEM_LIVE.load(Ordering::Relaxed) != 0 && !unsafe { mi_is_in_heap_region(p.cast()) }
+}
+
+unsafe impl GlobalAlloc for Switch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if on_system() {
+            SYSTEM_LIVE.fetch_add(1, Ordering::Relaxed);
+            unsafe { System.alloc(layout) }
+        } else {
+            unsafe { mimalloc::MiMalloc.alloc(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        if is_system_block(p) {
+            SYSTEM_LIVE.fetch_sub(1, Ordering::Relaxed);
+            unsafe { System.dealloc(p, layout) }
+        } else {
+            unsafe { mimalloc::MiMalloc.dealloc(p, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if is_system_block(p) {
+            unsafe { System.realloc(p, layout, new_size) }
+        } else {
+            unsafe { mimalloc::MiMalloc.realloc(p, layout, new_size) }
+        }
+    }
+}
+
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: Switch = Switch;
+
+/// `f` with this thread's allocations on the system allocator; every block it made
+/// is freed when it returns.
+fn on_system_allocator<T>(f: impl FnOnce() -> T) -> T {
+    SYSTEM.with(|s| s.set(true));
+    let out = f();
+    SYSTEM.with(|s| s.set(false));
+    assert_eq!(
+        SYSTEM_LIVE.load(Ordering::Relaxed),
+        0,
+        "a system block outlived the call"
+    );
+    out
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -82,6 +160,11 @@ fn hl7_parser_parse(bytes: &[u8]) -> usize {
     }
 }
 
+/// The same on the system allocator.
+fn hl7_parser_parse_system(bytes: &[u8]) -> usize {
+    on_system_allocator(|| hl7_parser_parse(bytes))
+}
+
 fn halong_parse_map(bytes: &[u8], m: &Mapping) -> usize {
     let msg = halong::hl7::parse(bytes).expect("parses");
     m.run(&msg, &RunContext::default()).map_or(0, |r| r.len())
@@ -120,7 +203,7 @@ fn rate(set: &[&[u8]], budget: Duration, mut f: impl FnMut(&[u8]) -> usize) -> f
     (bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64()
 }
 
-/// `f` against hl7-parser on the same bytes, in short turns taken one after the other
+/// `f` against hl7-parser (`base`) on the same bytes, in short turns taken one after the other
 /// (who goes first alternates), so that both see the machine as it is at that moment:
 /// on a shared machine whose speed drifts by a tenth within seconds, a ratio taken from
 /// two separate long runs moves by more than the changes it is meant to show.
@@ -136,15 +219,15 @@ struct Paired {
 
 const TURNS: usize = 15;
 
-fn paired(set: &[&[u8]], mut f: impl FnMut(&[u8]) -> usize) -> Paired {
+fn paired(set: &[&[u8]], base: fn(&[u8]) -> usize, mut f: impl FnMut(&[u8]) -> usize) -> Paired {
     let slice = Duration::from_millis(150);
     let (mut xs, mut bases, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for turn in 0..TURNS {
         let (x, base) = if turn % 2 == 0 {
             let x = rate(set, slice, &mut f);
-            (x, rate(set, slice, hl7_parser_parse))
+            (x, rate(set, slice, base))
         } else {
-            let base = rate(set, slice, hl7_parser_parse);
+            let base = rate(set, slice, base);
             (rate(set, slice, &mut f), base)
         };
         xs.push(x / 1e6);
@@ -186,6 +269,10 @@ fn main() {
             assert!(halong_parse_map(m, rules.mappings.get(name).unwrap()) > 0);
         }
         assert!(halong_parse_map(&oru, oru_map) >= 22);
+        // The baseline on the system allocator frees what it makes (it checks).
+        for (m, _) in &corpus {
+            assert_eq!(hl7_parser_parse_system(m), hl7_parser_parse(m));
+        }
         println!(
             "parse_map: {} corpus messages and the 20-OBX ORU map",
             corpus.len()
@@ -241,49 +328,57 @@ fn main() {
     // The summary: MB/s on one core and the ratio to hl7-parser, each ratio the median
     // of TURNS short turns taken one after the other, with the lowest and highest.
     let set: Vec<&[u8]> = corpus.iter().map(|(b, _)| b.as_slice()).collect();
-    let parse = paired(&set, |b| {
+    let base = hl7_parser_parse;
+    let parse = paired(&set, base, |b| {
         halong::hl7::parse(b).map_or(0, |m| m.segment_count())
     });
-    let mut i = 0;
-    let full = paired(&set, |b| {
-        let name = &corpus[i % corpus.len()].1;
-        i += 1;
+    let map_corpus = |i: &mut usize, b: &[u8]| {
+        let name = &corpus[*i % corpus.len()].1;
+        *i += 1;
         halong_parse_map(b, rules.mappings.get(name).unwrap())
-    });
+    };
+    let mut i = 0;
+    let full = paired(&set, base, |b| map_corpus(&mut i, b));
+    let mut i = 0;
+    let full_system = paired(&set, hl7_parser_parse_system, |b| map_corpus(&mut i, b));
     let mut engine = Vec::new();
     for index in [false, true] {
         let mut i = 0;
-        engine.push(paired(&set, |b| {
+        engine.push(paired(&set, base, |b| {
             let name = &corpus[i % corpus.len()].1;
             i += 1;
             halong_engine(b, rules.mappings.get(name).unwrap(), index)
         }));
     }
     let one = [oru.as_slice()];
-    let oru_full = paired(&one, |b| halong_parse_map(b, oru_map));
-    let oru_engine = paired(&one, |b| halong_engine(b, oru_map, true));
+    let oru_full = paired(&one, base, |b| halong_parse_map(b, oru_map));
+    let oru_system = paired(&one, hl7_parser_parse_system, |b| {
+        halong_parse_map(b, oru_map)
+    });
+    let oru_engine = paired(&one, base, |b| halong_engine(b, oru_map, true));
     let oru_msgs = oru_full.mbps * 1e6 / oru.len() as f64;
+    let baseline = |label: &str, p: &Paired| {
+        println!("  {label:<34}{:>8.1}   1.00", p.base_mbps);
+    };
     println!();
     println!("summary (one core; ratios: median of {TURNS} alternated turns, lowest–highest)");
     println!("                                        MB/s   ratio to hl7-parser");
     println!("corpus ({} messages, {} bytes)", corpus.len(), corpus_bytes);
-    println!(
-        "  {:<34}{:>8.1}   1.00",
-        "hl7-parser 0.3 parse", full.base_mbps
-    );
+    baseline("hl7-parser 0.3 parse", &full);
     row("halong parse", &parse, "");
     row("halong parse+map", &full, "");
     row("  + records as JSON bytes", &engine[0], "");
     row("  + JSON bytes and index entries", &engine[1], "");
+    baseline("hl7-parser, system allocator", &full_system);
+    row("halong parse+map", &full_system, "");
     println!("ORU^R01 with 20 OBX ({} bytes)", oru.len());
-    println!(
-        "  {:<34}{:>8.1}   1.00",
-        "hl7-parser 0.3 parse", oru_full.base_mbps
-    );
+    baseline("hl7-parser 0.3 parse", &oru_full);
     row(
         "halong parse+map",
         &oru_full,
         &format!("   {oru_msgs:.0} messages/s"),
     );
     row("  + JSON bytes and index entries", &oru_engine, "");
+    baseline("hl7-parser, system allocator", &oru_system);
+    row("halong parse+map", &oru_system, "");
 }
