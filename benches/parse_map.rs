@@ -63,6 +63,15 @@ unsafe impl GlobalAlloc for Switch {
         }
     }
 
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if on_system() {
+            SYSTEM_LIVE.fetch_add(1, Ordering::Relaxed);
+            unsafe { System.alloc_zeroed(layout) }
+        } else {
+            unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        }
+    }
+
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         if is_system_block(p) {
             SYSTEM_LIVE.fetch_sub(1, Ordering::Relaxed);
@@ -85,11 +94,20 @@ unsafe impl GlobalAlloc for Switch {
 static ALLOC: Switch = Switch;
 
 /// `f` with this thread's allocations on the system allocator; every block it made
-/// is freed when it returns.
+/// is freed when it returns. The bench runs on one thread, so the count of system
+/// blocks is this call's.
 fn on_system_allocator<T>(f: impl FnOnce() -> T) -> T {
+    /// Back on mimalloc however `f` ends.
+    struct Back;
+    impl Drop for Back {
+        fn drop(&mut self) {
+            SYSTEM.with(|s| s.set(false));
+        }
+    }
     SYSTEM.with(|s| s.set(true));
+    let back = Back;
     let out = f();
-    SYSTEM.with(|s| s.set(false));
+    drop(back);
     assert_eq!(
         SYSTEM_LIVE.load(Ordering::Relaxed),
         0,

@@ -2173,6 +2173,17 @@ OBX|13|RP|S^Slide||http://x/y\\T\\z^^IM^MRXS\r"
     // The character is part of the document: the API's summary hides it.
     assert!(crate::telemetry::redact_values(&err.message)
         .ends_with("the data is not hexadecimal: \"…\" at character 3"));
+    // Text without a subtype and without data adds no text: no empty text attachment.
+    let out = run_shipped(
+        mdm,
+        &format!(
+            "{head}OBX|1|ED|N^Note||HIS^TEXT^^A^\rOBX|2|RP|R^Scan||http://pacs/doc/8^PACS^AP^PDF\r"
+        ),
+    );
+    assert_eq!(
+        of_type(&out, "DocumentReference")[0]["content"],
+        json!([{"attachment": {"contentType": "application/pdf", "title": "Scan", "url": "http://pacs/doc/8"}}])
+    );
     // More files than any fixed index: the text still comes last, nothing clashes.
     let pages: String = (1..=25)
         .map(|i| format!("OBX|{i}|ED|P^Page {i}||HIS^IM^JPEG^Base64^/9j/{i:02}\r"))
