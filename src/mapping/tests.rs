@@ -2053,7 +2053,10 @@ OBX|5|ED|R^Report||HIS^AP^^hex^00FF\r\
 OBX|6|ED|R^Report||HIS^AP^PDF^UU^begin\r\
 OBX|7|RP|R^Report||http://pacs/r/7^PACS^AP^PDF\r\
 OBX|8|RP|R^Report||http://pacs/r/8^^image^jpeg\r\
-OBX|9|RP|R^Report||http://pacs/r/9^^IM^MRXS\r"
+OBX|9|RP|R^Report||http://pacs/r/9^^IM^MRXS\r\
+OBX|10|ED|R^Report||HIS^IM^MRXS^Base64^AAAA\r\
+OBX|11|ED|R^Report||HIS^^MRXS^Base64^AAAA\r\
+OBX|12|RP|R^Report||http://pacs/r/12^^^MRXS\r"
         );
         let out = run_shipped(m, &message);
         let forms: Vec<&Json> = of_type(&out, "DiagnosticReport")
@@ -2075,7 +2078,13 @@ OBX|9|RP|R^Report||http://pacs/r/9^^IM^MRXS\r"
                 // standard AP^PDF too), else type/subtype as sent.
                 &json!([{"url": "http://pacs/r/7", "contentType": "application/pdf"}]),
                 &json!([{"url": "http://pacs/r/8", "contentType": "image/jpeg"}]),
-                &json!([{"url": "http://pacs/r/9", "contentType": "im/MRXS"}]),
+                &json!([{"url": "http://pacs/r/9", "contentType": "image/MRXS"}]),
+                // A subtype the table does not list: type/subtype, the type by HL7
+                // table 0191 (IM → image); without a type, bytes of no known type, and
+                // a pointer without one has none.
+                &json!([{"contentType": "image/mrxs", "data": "AAAA"}]),
+                &json!([{"contentType": "application/octet-stream", "data": "AAAA"}]),
+                &json!([{"url": "http://pacs/r/12"}]),
             ],
             "{mapping}"
         );
@@ -2128,7 +2137,7 @@ OBX|13|RP|S^Slide||http://x/y\\T\\z^^IM^MRXS\r"
             {"attachment": {"contentType": "text/plain", "title": "Plain", "data": b64("plain text")}},
             // A pointer: its address, its type by subtype from the table, else as sent.
             {"attachment": {"contentType": "application/pdf", "title": "Scan", "url": "http://pacs/doc/7"}},
-            {"attachment": {"contentType": "im/MRXS", "title": "Slide", "url": "http://x/y&z"}},
+            {"attachment": {"contentType": "image/MRXS", "title": "Slide", "url": "http://x/y&z"}},
             // Text without a subtype is text: its data (OBX-5.5), not the whole value.
             {"attachment": {"contentType": "text/plain", "title": "Tóm tắt",
                 "data": b64("Ổn định.\nHIS^AP^PDF^UU^begin\na note")}}
@@ -2155,7 +2164,7 @@ OBX|13|RP|S^Slide||http://x/y\\T\\z^^IM^MRXS\r"
             &json!({"contentType": "text/plain", "data": b64("plain text")}),
             &json!({"contentType": "text/plain", "data": b64("a note")}),
             &json!({"url": "http://pacs/doc/7", "contentType": "application/pdf"}),
-            &json!({"url": "http://x/y&z", "contentType": "im/MRXS"}),
+            &json!({"url": "http://x/y&z", "contentType": "image/MRXS"}),
         ]
     );
     // Hex that is not hex is a mapping error naming the field and the place.
