@@ -272,9 +272,7 @@ impl Builder {
             text: self.rec.text.as_str().into(),
             nodes: self.rec.nodes.as_slice().into(),
         });
-        self.rec.text.clear();
-        self.rec.nodes.clear();
-        self.pending.clear();
+        self.clear();
         record
     }
 }

@@ -226,9 +226,7 @@ impl<'a> ValueSink<'a> {
 
 impl<'a> Sink<'a> for ValueSink<'a> {
     fn text(&mut self, k: &'a str, v: Option<Cow<'a, str>>) {
-        if let Some(v) = v.and_then(trimmed) {
-            self.top().push((k, Value::Str(v)));
-        }
+        put(self.top(), k, v);
     }
 
     fn texts<I: Iterator<Item = Cow<'a, str>>>(&mut self, k: &'a str, items: I) {

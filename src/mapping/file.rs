@@ -712,7 +712,7 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
 /// segment its first path names, so it must read one.
 fn check_all_expression(cx: &mut Ctx<'_>, c: &super::expr::Call, base: usize) {
     let first = &c.args[0];
-    if first_path_or_failed_let(first).is_none() {
+    if !reads_a_path(first) {
         cx.at(
             base + c.offset,
             "the first argument of all() must read an HL7 field: a path, e.g. all(NTE-3), \
@@ -723,15 +723,14 @@ fn check_all_expression(cx: &mut Ctx<'_>, c: &super::expr::Call, base: usize) {
     }
 }
 
-/// Whether an expression reads an HL7 path, or uses a `[let]` with errors (reported
-/// where it is defined).
-fn first_path_or_failed_let(e: &Expr) -> Option<()> {
+/// Whether an expression reads an HL7 path ([`super::eval::first_path`] finds one), or
+/// uses a `[let]` with errors (reported where it is defined, not again here).
+fn reads_a_path(e: &Expr) -> bool {
     match e {
-        Expr::Path { .. } => Some(()),
-        Expr::Call(c) => c.args.iter().find_map(first_path_or_failed_let),
-        Expr::Let(l) if l.failed => Some(()),
-        Expr::Let(l) => first_path_or_failed_let(&l.expr),
-        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => None,
+        Expr::Path { .. } => true,
+        Expr::Call(c) => c.args.iter().any(reads_a_path),
+        Expr::Let(l) => l.failed || reads_a_path(&l.expr),
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => false,
     }
 }
 

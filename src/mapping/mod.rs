@@ -313,7 +313,7 @@ impl Mapping {
                 instances.push(Instance::new(ri, &rule.resource_type, seg, id, n, k + 1));
             }
         }
-        let reads = eval::Reads::new(if trace.is_some() { 0 } else { self.paths });
+        let reads = eval::Reads::new(self.paths);
         let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads)?;
         self.one_record_per_id(&instances, &out)?;
         Ok(out)
