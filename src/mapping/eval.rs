@@ -86,6 +86,7 @@ const ORC: u32 = crate::hl7::name_code("ORC");
 const OBR: u32 = crate::hl7::name_code("OBR");
 const TQ1: u32 = crate::hl7::name_code("TQ1");
 const PID: u32 = crate::hl7::name_code("PID");
+const MSH: u32 = crate::hl7::name_code("MSH");
 
 /// The value of an expression. Text borrows from the message or the mapping wherever it
 /// can (a field without escapes, a literal, a table value) and is copied only when built.
@@ -363,6 +364,54 @@ pub struct Scope<'a> {
     /// The pieces the resource being made has read, when this scope is that
     /// resource's (not a scope of `all()` or of a group's other segment).
     pub reads: Option<&'a Reads<'a>>,
+    /// What `rank()` has worked out in this run.
+    pub ranks: &'a Ranks,
+}
+
+/// The answers of `rank()` in one run: for each call (by address), the rank of each
+/// segment by its index (0: not worked out). A call works out the rank of every
+/// segment of its group at once, so an order's results cost one pass, not one each.
+#[derive(Default)]
+pub struct Ranks(std::cell::RefCell<Vec<(usize, Vec<u32>)>>);
+
+impl Ranks {
+    fn get(&self, call: usize, seg: usize) -> Option<u32> {
+        let ranks = self.0.borrow();
+        let (_, by_seg) = ranks.iter().find(|(c, _)| *c == call)?;
+        by_seg.get(seg).copied().filter(|&r| r != 0)
+    }
+
+    fn put(&self, call: usize, segments: usize, seg: usize, rank: u32) {
+        let mut ranks = self.0.borrow_mut();
+        let i = match ranks.iter().position(|(c, _)| *c == call) {
+            Some(i) => i,
+            None => {
+                ranks.push((call, vec![0; segments]));
+                ranks.len() - 1
+            }
+        };
+        ranks[i].1[seg] = rank;
+    }
+}
+
+/// A rank as a value: the small ones are not formatted.
+fn rank_value<'a>(rank: u32) -> Value<'a> {
+    const SMALL: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get((rank as usize).wrapping_sub(1)) {
+        Some(text) => Value::Num(Cow::Borrowed(text)),
+        None => Value::Num(Cow::Owned(rank.to_string())),
+    }
+}
+
+/// How high a segment stands in the groups `rank()` counts within: the message (MSH),
+/// a patient (PID), an order (ORC, OBR); every other segment stands below them.
+fn group_level(code: u32) -> u8 {
+    match code {
+        MSH => 0,
+        PID => 1,
+        ORC | OBR => 2,
+        _ => 3,
+    }
 }
 
 /// The raw pieces one resource's paths have read, by the path's number
@@ -851,6 +900,7 @@ impl<'a> Scope<'a> {
             | fid::IDENTIFIER
             | fid::CODEABLE_CONCEPT => self.call_datatype(c),
             fid::QUANTITY => self.call_quantity(c),
+            fid::RANK => self.call_rank(c),
             _ => self.call_rare(c),
         }
     }
@@ -971,6 +1021,83 @@ impl<'a> Scope<'a> {
         } else {
             Value::Absent
         })
+    }
+
+    /// `rank(SEGMENT, KEY, ...)`: the place of the context's SEGMENT (the context
+    /// segment itself, or the one a path of that name reads from it, such as an OBX's
+    /// OBR) among the segments of its type in its group (an order for an OBX, a patient
+    /// for an OBR, see [`group_level`]) whose KEYs, read with each as the context, are
+    /// the same as its own: 1 for the first, 2 for the next. A result's id built on it
+    /// stays the same when a correction resends the result alone, numbered 1.
+    #[inline(never)]
+    fn call_rank(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let Some(Expr::Path { path, .. }) = c.args.first() else {
+            return Err(failed(c, "the first argument must be a segment".into()));
+        };
+        let Some(target) = self.resolve(path) else {
+            return Ok(Value::Absent);
+        };
+        let call = std::ptr::from_ref(c) as usize;
+        if let Some(rank) = self.ranks.get(call, target) {
+            return Ok(rank_value(rank));
+        }
+        let msg = self.msg;
+        let segments = msg.segment_count();
+        let code = msg.segment_code(target);
+        let level = group_level(code);
+        let above = |i: &usize| group_level(msg.segment_code(*i)) < level;
+        let start = (0..target).rev().find(above).map_or(0, |i| i + 1);
+        let end = (target + 1..segments).find(above).unwrap_or(segments);
+        // The keys of the segments so far, one after the other.
+        let width = c.args.len() - 1;
+        let mut keys: Vec<Option<Cow<'a, str>>> = Vec::new();
+        for (n, seg) in (start..end)
+            .filter(|&i| msg.segment_code(i) == code)
+            .enumerate()
+        {
+            let rank = if width == 0 {
+                // Without keys: the place among all of the group's segments of the type.
+                n + 1
+            } else {
+                let mine = keys.len();
+                let mut at = None;
+                for k in &c.args[1..] {
+                    // A field of the segment itself (OBX-3.1 of an OBX) is read
+                    // straight from it; any other key in a scope of that segment.
+                    let key = match k {
+                        Expr::Path {
+                            path:
+                                Path {
+                                    code: want,
+                                    instance: None,
+                                    field: Some(fp),
+                                    ..
+                                },
+                            ..
+                        } if *want == code
+                            && fp.repetition != Repetition::All
+                            && self.trace.is_none() =>
+                        {
+                            match msg.raw_in(seg, fp) {
+                                None | Some("" | "\"\"") => None,
+                                Some(raw) => Some(msg.unescape(raw)),
+                            }
+                        }
+                        k => at.get_or_insert_with(|| self.at(seg)).eval(k)?.into_text(),
+                    };
+                    keys.push(key);
+                }
+                1 + keys[..mine]
+                    .chunks_exact(width)
+                    .filter(|earlier| *earlier == &keys[mine..])
+                    .count()
+            };
+            self.ranks.put(call, segments, seg, rank as u32);
+        }
+        Ok(self
+            .ranks
+            .get(call, target)
+            .map_or(Value::Absent, rank_value))
     }
 
     /// `ref(Type)` and `refs(Type)`.

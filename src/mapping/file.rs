@@ -639,6 +639,27 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                 return;
             }
             let mut args: &[Expr] = &c.args;
+            if c.name == "rank" {
+                match &c.args[0] {
+                    Expr::Path { path, offset, .. }
+                        if path.field.is_none() && path.instance.is_none() =>
+                    {
+                        if let Some(problem) = unknown_segment(&path.segment) {
+                            cx.at(base + offset, problem);
+                        }
+                    }
+                    _ => {
+                        cx.at(
+                            at,
+                            "the first argument of rank() must be a segment name, e.g. \
+                             rank(OBX, OBX-3.1, OBX-4)"
+                                .to_string(),
+                        );
+                        return;
+                    }
+                }
+                args = &c.args[1..];
+            }
             if matches!(c.name.as_str(), "lookup" | "ref" | "refs") {
                 let first = &c.args[0];
                 let (name, off) = match first {

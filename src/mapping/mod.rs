@@ -246,6 +246,7 @@ impl Mapping {
         trace: Option<&Trace>,
     ) -> Result<Vec<Record>, MapError> {
         let dt = self.dt.get();
+        let ranks = eval::Ranks::default();
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         // Resources made so far, per type (a mapping makes a handful of types).
@@ -275,6 +276,7 @@ impl Mapping {
                     resolved: eval::Resolved::default(),
                     nearest: eval::Nearest::default(),
                     reads: None,
+                    ranks: &ranks,
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -314,7 +316,7 @@ impl Mapping {
             }
         }
         let reads = eval::Reads::new(self.paths);
-        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads)?;
+        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads, &ranks)?;
         self.one_record_per_id(&instances, &out)?;
         Ok(out)
     }
@@ -365,6 +367,7 @@ impl Mapping {
         instances: &'a [Instance],
         dt: &'a datatypes::Tables<'a>,
         reads: &'a eval::Reads<'a>,
+        ranks: &'a eval::Ranks,
     ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
         let mut builder = crate::record::Builder::new();
@@ -391,6 +394,7 @@ impl Mapping {
                 nearest: eval::Nearest::default(),
                 // Without a trace: the loss report notes every read.
                 reads: trace.is_none().then_some(reads),
+                ranks,
             };
             let err = |set: &file::SetRule, message: String| MapError {
                 resource: eval::label(rule, inst.ordinal, inst.each_index),

@@ -626,6 +626,54 @@ fn an_empty_sending_facility_is_the_listeners() {
     );
 }
 
+/// `rank(SEGMENT, KEY, ...)`: the place of a segment among those of its group with the
+/// same keys, the segment named from the context (an OBX's own, its OBR); absent
+/// without that segment; its first argument must be a segment name.
+#[test]
+fn rank_counts_a_segments_place_among_its_groups_with_the_same_keys() {
+    let mapping = "[[resource]]\ntype = \"Observation\"\neach = \"OBX\"\n\
+        id = \"hash(OBR-2, OBX-1)\"\n[resource.set]\n\
+        \"valueString\" = \"concat(rank(OBR, OBR-4), '/', rank(OBX, OBX-3), '/', rank(OBX, OBX-3, OBX-4), '/', rank(PID))\"\n";
+    let out = run_inline(
+        mapping,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|R1|P|2.5\rPID|1||P1\r\
+OBR|1|A||X\rOBX|1||C||1\rOBX|2||D||2\rOBX|3||C|1|3\rNTE|1||n\rOBX|4||C|1|4\r\
+OBR|2|B||Y\rOBX|1||C||5\rOBR|3|C||X\rOBX|1||C||6\r\
+PID|2||P2\rOBR|1|D||X\rOBX|1||C||7\r",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let values: Vec<&str> = out
+        .iter()
+        .map(|r| r["valueString"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            "1/1/1/1", "1/1/1/1", "1/2/1/1", "1/3/2/1", // order A: C, D, C-1, C-1
+            "1/1/1/1", // order B (Y)
+            "2/1/1/1", // order C: the patient's second X
+            "1/1/1/2", // the second patient's first X
+        ]
+    );
+    // Without the segment: absent.
+    let out = run_inline(
+        "[[resource]]\ntype = \"Patient\"\nid = \"'p'\"\n[resource.set]\n\"gender\" = \"default(rank(OBR, OBR-4), 'none')\"\n",
+        "MSH|^~\\&|LIS|BV|||20240131||ADT^A01|R2|P|2.5\rPID|1||P1\r",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(out[0]["gender"], "none");
+    assert_eq!(
+        load_errors(
+            "[[resource]]\ntype = \"Patient\"\nid = \"hash(rank(OBX-3, OBX-4))\"\n"
+        ),
+        ["3:12: the first argument of rank() must be a segment name, e.g. rank(OBX, OBX-3.1, OBX-4)"]
+    );
+    assert_eq!(
+        load_errors("[[resource]]\ntype = \"Patient\"\nid = \"hash(rank(OBZ, OBX-4))\"\n"),
+        ["3:17: unknown segment \"OBZ\" (did you mean \"OBR\"?); a site-defined segment starts with Z"]
+    );
+}
+
 /// Two results that the id rule cannot tell apart (one code, no set IDs) are a mapping
 /// error naming both, not one record silently replacing the other (result rules are
 /// `unique`); the same record twice (a parent order named by two orders) is no
