@@ -626,6 +626,67 @@ fn an_empty_sending_facility_is_the_listeners() {
     );
 }
 
+/// A laboratory that corrects one result may send it alone, renumbered `OBX|1|`, under
+/// an order renumbered `OBR|1|`: the correction has the id of the result it corrects
+/// (and its report the report's), because ids hold a result's place among its order's
+/// results of the same code and sub-ID, not its set ID.
+#[test]
+fn a_correction_sent_alone_and_renumbered_replaces_the_result_it_corrects() {
+    let set = shipped();
+    let oru = set.get("oru_r01").expect("oru_r01");
+    let original = run_shipped(
+        oru,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|C1|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+ORC|RE|ORD1\rOBR|1|ORD1||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||5.1||||||F\r\
+ORC|RE|ORD2\rOBR|2|ORD2||CBC^Blood count^L\rOBX|1|NM|HGB^Hemoglobin^L||131||||||F\r\
+OBX|2|NM|WBC^Leukocytes^L||7.2||||||F\rOBX|3|NM|PLT^Platelets^L||250||||||F\r\
+OBX|4|ST|CMT^Comment^L||hemolysed||||||F\rOBX|5|ST|CMT^Comment^L||repeat||||||F\r",
+    );
+    let correction = run_shipped(
+        oru,
+        "MSH|^~\\&|LIS|BV|||20240201||ORU^R01|C2|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+ORC|RE|ORD2\rOBR|1|ORD2||CBC^Blood count^L\rOBX|1|NM|WBC^Leukocytes^L||8.2||||||C\r\
+OBX|2|ST|CMT^Comment^L||hemolysed||||||C\r",
+    );
+    let id_of = |out: &[Json], t: &str, code: &str| -> String {
+        let found: Vec<&Json> = of_type(out, t)
+            .into_iter()
+            .filter(|r| r["code"]["coding"][0]["code"] == code)
+            .collect();
+        assert_eq!(found.len(), 1, "{t} {code}: {found:?}");
+        found[0]["id"].as_str().expect("id").to_string()
+    };
+    assert_eq!(
+        id_of(&correction, "Observation", "WBC"),
+        id_of(&original, "Observation", "WBC")
+    );
+    assert_eq!(
+        id_of(&correction, "DiagnosticReport", "CBC"),
+        id_of(&original, "DiagnosticReport", "CBC")
+    );
+    // Two results of one code without sub-IDs are two, told apart by their place: the
+    // first comment corrected alone is still the first.
+    let comments: Vec<&Json> = of_type(&original, "Observation")
+        .into_iter()
+        .filter(|r| r["code"]["coding"][0]["code"] == "CMT")
+        .collect();
+    assert_eq!(comments.len(), 2);
+    assert_ne!(comments[0]["id"], comments[1]["id"]);
+    assert_eq!(id_of(&correction, "Observation", "CMT"), comments[0]["id"]);
+    // Results of one code in two orders never share an id; nor do two orders of one
+    // key and code in one message (the second is the second).
+    let twice = run_shipped(
+        oru,
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|C3|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+ORC|RE|ORD3\rOBR|1|ORD3||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||5.1||||||F\r\
+ORC|RE|ORD3\rOBR|2|ORD3||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||7.4||||||F\r",
+    );
+    for t in ["DiagnosticReport", "Observation"] {
+        let ids = ids_of(&twice, t);
+        assert!(ids.len() == 2 && ids[0] != ids[1], "{t}: {ids:?}");
+    }
+}
+
 /// `rank(SEGMENT, KEY, ...)`: the place of a segment among those of its group with the
 /// same keys, the segment named from the context (an OBX's own, its OBR); absent
 /// without that segment; its first argument must be a segment name.
@@ -674,20 +735,28 @@ PID|2||P2\rOBR|1|D||X\rOBX|1||C||7\r",
     );
 }
 
-/// Two results that the id rule cannot tell apart (one code, no set IDs) are a mapping
-/// error naming both, not one record silently replacing the other (result rules are
-/// `unique`); the same record twice (a parent order named by two orders) is no
-/// conflict, and rules that are not `unique` keep "the later replaces the earlier".
+/// Two resources of a `unique` rule that its id rule cannot tell apart are a mapping
+/// error naming both, not one record silently replacing the other; the same record
+/// twice (a parent order named by two orders) is no conflict, and rules that are not
+/// `unique` keep "the later replaces the earlier". The shipped result rules tell two
+/// results with one code apart by their place ($result_rank).
 #[test]
 fn two_different_records_under_one_id_are_an_error() {
     let set = shipped();
     let oru = set.get("oru_r01").expect("oru_r01");
-    let micro = msg(
-        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V1|P|2.5\rPID|1||P1^^^BV^MR\r\
+    let micro = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V1|P|2.5\rPID|1||P1^^^BV^MR\r\
 OBR|1|ORD9||600-7^Culture^LN\rOBX||ST|600-7^Bacteria identified^LN||E. coli\r\
-OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r",
-    );
-    let e = oru.run(&micro, &RunContext::default()).err();
+OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r";
+    let out = crate::record::to_values(&oru.run(&msg(micro), &RunContext::default()).unwrap());
+    let ids = ids_of(&out, "Observation");
+    assert!(ids.len() == 2 && ids[0] != ids[1], "{ids:?}");
+    // A rule whose id leaves the place out.
+    let e = run_inline(
+        "[[resource]]\ntype = \"Observation\"\nunique = true\neach = \"OBX\"\n\
+         id = \"hash(OBR-2, OBX-3.1, OBX-4)\"\n[resource.set]\n\"valueString\" = \"OBX-5\"\n",
+        micro,
+    )
+    .err();
     let e = e.unwrap_or_else(|| panic!("two results under one id were accepted"));
     assert_eq!(e.resource, "Observation #2 (OBX 2)");
     assert_eq!(e.field, "id");
@@ -699,14 +768,6 @@ OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r",
         "{}",
         e.message
     );
-    // With sub-IDs (OBX-4), two results.
-    let numbered = msg(
-        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V2|P|2.5\rPID|1||P1^^^BV^MR\r\
-OBR|1|ORD9||600-7^Culture^LN\rOBX||ST|600-7^Bacteria identified^LN|1|E. coli\r\
-OBX||ST|600-7^Bacteria identified^LN|2|Klebsiella pneumoniae\r",
-    );
-    let out = crate::record::to_values(&oru.run(&numbered, &RunContext::default()).unwrap());
-    assert_eq!(of_type(&out, "Observation").len(), 2);
     // A working diagnosis and the final one, one code, in one message: one Condition,
     // the later (its rule is not `unique`).
     let adt = set.get("adt").expect("adt");
