@@ -628,8 +628,8 @@ fn an_empty_sending_facility_is_the_listeners() {
 
 /// A laboratory that corrects one result may send it alone, renumbered `OBX|1|`, under
 /// an order renumbered `OBR|1|`: the correction has the id of the result it corrects
-/// (and its report the report's), because ids hold a result's place among its order's
-/// results of the same code and sub-ID, not its set ID.
+/// (and its report and specimen theirs), because ids hold a result's place among its
+/// order's results of the same code and sub-ID, not its set ID.
 #[test]
 fn a_correction_sent_alone_and_renumbered_replaces_the_result_it_corrects() {
     let set = shipped();
@@ -640,13 +640,14 @@ fn a_correction_sent_alone_and_renumbered_replaces_the_result_it_corrects() {
 ORC|RE|ORD1\rOBR|1|ORD1||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||5.1||||||F\r\
 ORC|RE|ORD2\rOBR|2|ORD2||CBC^Blood count^L\rOBX|1|NM|HGB^Hemoglobin^L||131||||||F\r\
 OBX|2|NM|WBC^Leukocytes^L||7.2||||||F\rOBX|3|NM|PLT^Platelets^L||250||||||F\r\
-OBX|4|ST|CMT^Comment^L||hemolysed||||||F\rOBX|5|ST|CMT^Comment^L||repeat||||||F\r",
+OBX|4|ST|CMT^Comment^L||hemolysed||||||F\rOBX|5|ST|CMT^Comment^L||repeat||||||F\r\
+SPM|1|||BLD^Blood\r",
     );
     let correction = run_shipped(
         oru,
         "MSH|^~\\&|LIS|BV|||20240201||ORU^R01|C2|P|2.5.1\rPID|1||P1^^^BV^MR\r\
 ORC|RE|ORD2\rOBR|1|ORD2||CBC^Blood count^L\rOBX|1|NM|WBC^Leukocytes^L||8.2||||||C\r\
-OBX|2|ST|CMT^Comment^L||hemolysed||||||C\r",
+OBX|2|ST|CMT^Comment^L||hemolysed||||||C\rSPM|1|||BLD^Blood\r",
     );
     let id_of = |out: &[Json], t: &str, code: &str| -> String {
         let found: Vec<&Json> = of_type(out, t)
@@ -663,6 +664,11 @@ OBX|2|ST|CMT^Comment^L||hemolysed||||||C\r",
     assert_eq!(
         id_of(&correction, "DiagnosticReport", "CBC"),
         id_of(&original, "DiagnosticReport", "CBC")
+    );
+    // So has its specimen, which has no number of its own.
+    assert_eq!(
+        ids_of(&correction, "Specimen"),
+        ids_of(&original, "Specimen")
     );
     // Two results of one code without sub-IDs are two, told apart by their place: the
     // first comment corrected alone is still the first.
