@@ -900,7 +900,7 @@ impl<'a> Scope<'a> {
             | fid::IDENTIFIER
             | fid::CODEABLE_CONCEPT => self.call_datatype(c),
             fid::QUANTITY => self.call_quantity(c),
-            fid::RANK => self.call_rank(c),
+            fid::RANK | fid::ALIKE => self.call_rank(c),
             _ => self.call_rare(c),
         }
     }
@@ -1023,12 +1023,14 @@ impl<'a> Scope<'a> {
         })
     }
 
-    /// `rank(SEGMENT, KEY, ...)`: the place of the context's SEGMENT (the context
-    /// segment itself, or the one a path of that name reads from it, such as an OBX's
-    /// OBR) among the segments of its type in its group (an order for an OBX, a patient
-    /// for an OBR, see [`group_level`]) whose KEYs, read with each as the context, are
-    /// the same as its own: 1 for the first, 2 for the next. A result's id built on it
-    /// stays the same when a correction resends the result alone, numbered 1.
+    /// `rank(SEGMENT, KEY, ...)` and `alike(SEGMENT, KEY, ...)`. The context's SEGMENT
+    /// (the context segment itself, or the one a path of that name reads from it, such
+    /// as an OBX's OBR) is compared with the segments of its type in its group (an order
+    /// for an OBX, a patient for an OBR, see [`group_level`]) by its KEYs, read with
+    /// each segment as the context. `rank` gives its place among those alike (1 for
+    /// the first, 2 for the next), `alike` how many are alike, itself included (1: no
+    /// other). An id that holds a result's set ID only when another result of its order
+    /// is alike stays the same when a correction resends the result alone, renumbered.
     #[inline(never)]
     fn call_rank(&self, c: &'a Call) -> Result<Value<'a>, String> {
         let Some(Expr::Path { path, .. }) = c.args.first() else {
@@ -1038,8 +1040,8 @@ impl<'a> Scope<'a> {
             return Ok(Value::Absent);
         };
         let call = std::ptr::from_ref(c) as usize;
-        if let Some(rank) = self.ranks.get(call, target) {
-            return Ok(rank_value(rank));
+        if let Some(n) = self.ranks.get(call, target) {
+            return Ok(rank_value(n));
         }
         let msg = self.msg;
         let segments = msg.segment_count();
@@ -1048,51 +1050,66 @@ impl<'a> Scope<'a> {
         let above = |i: &usize| group_level(msg.segment_code(*i)) < level;
         let start = (0..target).rev().find(above).map_or(0, |i| i + 1);
         let end = (target + 1..segments).find(above).unwrap_or(segments);
-        // The keys of the segments so far, one after the other.
-        let width = c.args.len() - 1;
-        let mut keys: Vec<Option<Cow<'a, str>>> = Vec::new();
-        for (n, seg) in (start..end)
+        let group: Vec<usize> = (start..end)
             .filter(|&i| msg.segment_code(i) == code)
-            .enumerate()
-        {
-            let rank = if width == 0 {
-                // Without keys: the place among all of the group's segments of the type.
-                n + 1
-            } else {
-                let mine = keys.len();
-                let mut at = None;
-                for k in &c.args[1..] {
-                    // A field of the segment itself (OBX-3.1 of an OBX) is read
-                    // straight from it; any other key in a scope of that segment.
-                    let key = match k {
-                        Expr::Path {
-                            path:
-                                Path {
-                                    code: want,
-                                    instance: None,
-                                    field: Some(fp),
-                                    ..
-                                },
-                            ..
-                        } if *want == code
-                            && fp.repetition != Repetition::All
-                            && self.trace.is_none() =>
-                        {
-                            match msg.raw_in(seg, fp) {
-                                None | Some("" | "\"\"") => None,
-                                Some(raw) => Some(msg.unescape(raw)),
-                            }
+            .collect();
+        // The keys of the group's segments, one after the other.
+        let width = c.args.len() - 1;
+        let mut keys: Vec<Option<Cow<'a, str>>> = Vec::with_capacity(group.len() * width);
+        for &seg in &group {
+            let mut at = None;
+            for k in &c.args[1..] {
+                // A field of the segment itself (OBX-3.1 of an OBX) is read straight
+                // from it; any other key in a scope of that segment.
+                let key = match k {
+                    Expr::Path {
+                        path:
+                            Path {
+                                code: want,
+                                instance: None,
+                                field: Some(fp),
+                                ..
+                            },
+                        ..
+                    } if *want == code
+                        && fp.repetition != Repetition::All
+                        && self.trace.is_none() =>
+                    {
+                        match msg.raw_in(seg, fp) {
+                            None | Some("" | "\"\"") => None,
+                            Some(raw) => Some(msg.unescape(raw)),
                         }
-                        k => at.get_or_insert_with(|| self.at(seg)).eval(k)?.into_text(),
-                    };
-                    keys.push(key);
-                }
-                1 + keys[..mine]
-                    .chunks_exact(width)
-                    .filter(|earlier| *earlier == &keys[mine..])
-                    .count()
-            };
-            self.ranks.put(call, segments, seg, rank as u32);
+                    }
+                    k => match at.get_or_insert_with(|| self.at(seg)).eval(k) {
+                        Ok(v) => v.into_text(),
+                        // Said of the segment whose key it is, not of the one asking.
+                        Err(e) if seg != target => {
+                            let nth = (0..=seg).filter(|&i| msg.segment_code(i) == code).count();
+                            return Err(failed(
+                                c,
+                                format!("the keys of {} {nth}: {e}", msg.segment_name(seg)),
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                keys.push(key);
+            }
+        }
+        // The group sorted by keys (stable: those alike stay in the order sent), then
+        // each run of those alike.
+        let key = |i: usize| &keys[i * width..(i + 1) * width];
+        let mut order: Vec<usize> = (0..group.len()).collect();
+        order.sort_by(|&a, &b| key(a).cmp(key(b)));
+        for run in order.chunk_by(|&a, &b| key(a) == key(b)) {
+            for (place, &i) in run.iter().enumerate() {
+                let n = if c.fid == fid::ALIKE {
+                    run.len()
+                } else {
+                    place + 1
+                };
+                self.ranks.put(call, segments, group[i], n as u32);
+            }
         }
         Ok(self
             .ranks

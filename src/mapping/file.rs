@@ -639,7 +639,7 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                 return;
             }
             let mut args: &[Expr] = &c.args;
-            if c.name == "rank" {
+            if matches!(c.name.as_str(), "rank" | "alike") {
                 match &c.args[0] {
                     Expr::Path { path, offset, .. }
                         if path.field.is_none() && path.instance.is_none() =>
@@ -651,9 +651,11 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                     _ => {
                         cx.at(
                             at,
-                            "the first argument of rank() must be a segment name, e.g. \
-                             rank(OBX, OBX-3.1, OBX-4)"
-                                .to_string(),
+                            format!(
+                                "the first argument of {0}() must be a segment name, e.g. \
+                                 {0}(OBX, OBX-3.1, OBX-4)",
+                                c.name
+                            ),
                         );
                         return;
                     }

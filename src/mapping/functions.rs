@@ -56,6 +56,7 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("facility", 0, Some(0)),
     f("ed_data", 2, Some(2)),
     f("rank", 1, None),
+    f("alike", 1, None),
 ];
 
 /// Standard base64 with padding (RFC 4648), for FHIR `base64Binary`.
@@ -184,6 +185,7 @@ pub mod fid {
     pub const FACILITY: u8 = 32;
     pub const ED_DATA: u8 = 33;
     pub const RANK: u8 = 34;
+    pub const ALIKE: u8 = 35;
     /// Not a function of the library (refused by validation before any run).
     pub const UNKNOWN: u8 = u8::MAX;
 }

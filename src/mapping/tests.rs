@@ -628,8 +628,8 @@ fn an_empty_sending_facility_is_the_listeners() {
 
 /// A laboratory that corrects one result may send it alone, renumbered `OBX|1|`, under
 /// an order renumbered `OBR|1|`: the correction has the id of the result it corrects
-/// (and its report and specimen theirs), because ids hold a result's place among its
-/// order's results of the same code and sub-ID, not its set ID.
+/// (and its report and specimen theirs), because ids hold a result's set ID only when
+/// another result of its order has the same code and sub-ID.
 #[test]
 fn a_correction_sent_alone_and_renumbered_replaces_the_result_it_corrects() {
     let set = shipped();
@@ -670,37 +670,65 @@ OBX|2|ST|CMT^Comment^L||hemolysed||||||C\rSPM|1|||BLD^Blood\r",
         ids_of(&correction, "Specimen"),
         ids_of(&original, "Specimen")
     );
-    // Two results of one code without sub-IDs are two, told apart by their place: the
-    // first comment corrected alone is still the first.
+    // Two results of one code without sub-IDs are two, told apart by their set IDs. One
+    // of them resent alone cannot be told from the other, so it replaces neither: it
+    // sits beside them (a result is never lost to another's correction).
     let comments: Vec<&Json> = of_type(&original, "Observation")
         .into_iter()
         .filter(|r| r["code"]["coding"][0]["code"] == "CMT")
         .collect();
     assert_eq!(comments.len(), 2);
     assert_ne!(comments[0]["id"], comments[1]["id"]);
-    assert_eq!(id_of(&correction, "Observation", "CMT"), comments[0]["id"]);
+    let resent = id_of(&correction, "Observation", "CMT");
+    assert!(comments.iter().all(|c| c["id"] != resent.as_str()));
+    // The whole order resent as it was replaces each of them.
+    let again = run_shipped(
+        oru,
+        "MSH|^~\\&|LIS|BV|||20240201||ORU^R01|C4|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+ORC|RE|ORD2\rOBR|2|ORD2||CBC^Blood count^L\rOBX|4|ST|CMT^Comment^L||hemolysed||||||C\r\
+OBX|5|ST|CMT^Comment^L||repeat||||||C\r",
+    );
+    assert_eq!(
+        ids_of(&again, "Observation"),
+        comments
+            .iter()
+            .map(|c| c["id"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
     // Results of one code in two orders never share an id; nor do two orders of one
-    // key and code in one message (the second is the second).
+    // key and code in one message (microbiology isolates under one accession number),
+    // and the second resent alone, renumbered, replaces neither.
     let twice = run_shipped(
         oru,
         "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|C3|P|2.5.1\rPID|1||P1^^^BV^MR\r\
-ORC|RE|ORD3\rOBR|1|ORD3||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||5.1||||||F\r\
-ORC|RE|ORD3\rOBR|2|ORD3||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||7.4||||||F\r",
+ORC|RE|ORD3\rOBR|1|ORD3|ACC3|600-7^Culture^LN\rOBX|1|ST|600-7^Organism^LN||E. coli\r\
+ORC|RE|ORD3\rOBR|2|ORD3|ACC3|600-7^Culture^LN\rOBX|1|ST|600-7^Organism^LN||Klebsiella\r",
+    );
+    let alone = run_shipped(
+        oru,
+        "MSH|^~\\&|LIS|BV|||20240201||ORU^R01|C5|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+ORC|RE|ORD3\rOBR|1|ORD3|ACC3|600-7^Culture^LN\rOBX|1|ST|600-7^Organism^LN||K. pneumoniae\r",
     );
     for t in ["DiagnosticReport", "Observation"] {
         let ids = ids_of(&twice, t);
         assert!(ids.len() == 2 && ids[0] != ids[1], "{t}: {ids:?}");
+        let resent = ids_of(&alone, t);
+        assert!(
+            resent.len() == 1 && !ids.contains(&resent[0]),
+            "{t}: {resent:?}"
+        );
     }
 }
 
 /// `rank(SEGMENT, KEY, ...)`: the place of a segment among those of its group with the
-/// same keys, the segment named from the context (an OBX's own, its OBR); absent
-/// without that segment; its first argument must be a segment name.
+/// same keys, and `alike(...)` how many those are, the segment named from the context
+/// (an OBX's own, its OBR); absent without that segment; its first argument must be a
+/// segment name; a key that fails is said of its own segment.
 #[test]
 fn rank_counts_a_segments_place_among_its_groups_with_the_same_keys() {
     let mapping = "[[resource]]\ntype = \"Observation\"\neach = \"OBX\"\n\
         id = \"hash(OBR-2, OBX-1)\"\n[resource.set]\n\
-        \"valueString\" = \"concat(rank(OBR, OBR-4), '/', rank(OBX, OBX-3), '/', rank(OBX, OBX-3, OBX-4), '/', rank(PID))\"\n";
+        \"valueString\" = \"concat(rank(OBR, OBR-4), '/', rank(OBX, OBX-3), '/', rank(OBX, OBX-3, OBX-4), '/', rank(PID), ' ', alike(OBX, OBX-3), '/', alike(OBR, OBR-4), '/', alike(PID))\"\n";
     let out = run_inline(
         mapping,
         "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|R1|P|2.5\rPID|1||P1\r\
@@ -716,10 +744,13 @@ PID|2||P2\rOBR|1|D||X\rOBX|1||C||7\r",
     assert_eq!(
         values,
         [
-            "1/1/1/1", "1/1/1/1", "1/2/1/1", "1/3/2/1", // order A: C, D, C-1, C-1
-            "1/1/1/1", // order B (Y)
-            "2/1/1/1", // order C: the patient's second X
-            "1/1/1/2", // the second patient's first X
+            "1/1/1/1 3/2/2", // order A: C, D, C-1, C-1
+            "1/1/1/1 1/2/2",
+            "1/2/1/1 3/2/2",
+            "1/3/2/1 3/2/2",
+            "1/1/1/1 1/1/2", // order B (Y)
+            "2/1/1/1 1/2/2", // order C: the patient's second X
+            "1/1/1/2 1/1/2", // the second patient's first X
         ]
     );
     // Without the segment: absent.
@@ -739,13 +770,34 @@ PID|2||P2\rOBR|1|D||X\rOBX|1||C||7\r",
         load_errors("[[resource]]\ntype = \"Patient\"\nid = \"hash(rank(OBZ, OBX-4))\"\n"),
         ["3:17: unknown segment \"OBZ\" (did you mean \"OBR\"?); a site-defined segment starts with Z"]
     );
+    assert_eq!(
+        load_errors("[[resource]]\ntype = \"Patient\"\nid = \"hash(alike('OBX'))\"\n"),
+        ["3:12: the first argument of alike() must be a segment name, e.g. alike(OBX, OBX-3.1, OBX-4)"]
+    );
+    // A key that fails is said of the segment whose key it is, whichever asks first.
+    let e = run_inline(
+        "[[resource]]\ntype = \"Observation\"\neach = \"OBX\"\nid = \"hash(OBX-1)\"\n\
+         [resource.set]\n\"valueString\" = \"rank(OBX, required(OBX-4, 'no sub-ID'))\"\n",
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|R3|P|2.5\rPID|1||P1\rOBR|1|A||X\r\
+OBX|1||C|1|1\rOBX|2||C|2|2\rOBX|3||C||3\r",
+    )
+    .err()
+    .unwrap_or_else(|| panic!("a key without its value was accepted"));
+    assert_eq!(
+        (e.resource.as_str(), e.field.as_str(), e.message.as_str()),
+        (
+            "Observation #1 (OBX 1)",
+            "valueString",
+            "rank(OBX, required(OBX-4, 'no sub-ID')): the keys of OBX 3: required(OBX-4, 'no sub-ID'): no sub-ID"
+        )
+    );
 }
 
 /// Two resources of a `unique` rule that its id rule cannot tell apart are a mapping
 /// error naming both, not one record silently replacing the other; the same record
 /// twice (a parent order named by two orders) is no conflict, and rules that are not
 /// `unique` keep "the later replaces the earlier". The shipped result rules tell two
-/// results with one code apart by their place ($result_rank).
+/// results with one code apart ($result_tiebreak).
 #[test]
 fn two_different_records_under_one_id_are_an_error() {
     let set = shipped();
