@@ -366,6 +366,25 @@ pub struct Scope<'a> {
     pub reads: Option<&'a Reads<'a>>,
     /// What `rank()` has worked out in this run.
     pub ranks: &'a Ranks,
+    /// The values of the run's constant `[let]` names, once worked out.
+    pub constants: &'a Constants<'a>,
+}
+
+/// What one run keeps for all its scopes.
+#[derive(Clone, Copy)]
+pub struct RunMemo<'a> {
+    pub ranks: &'a Ranks,
+    pub constants: &'a Constants<'a>,
+}
+
+/// The value of each `[let]` name numbered as one for the whole run
+/// ([`super::expr::number_lets`]; `$sender`, read for every id), once worked out.
+pub struct Constants<'a>(std::cell::RefCell<Vec<Option<Value<'a>>>>);
+
+impl<'a> Constants<'a> {
+    pub fn new(slots: usize) -> Constants<'a> {
+        Constants(std::cell::RefCell::new(vec![None; slots]))
+    }
 }
 
 /// The answers of `rank()` in one run: for each call (by address), the rank of each
@@ -829,8 +848,24 @@ impl<'a> Scope<'a> {
             Expr::Name { name, .. } => Ok(super::dicom::value(name, self.dicom)
                 .unwrap_or_else(|| Value::Str(Cow::Borrowed(name)))),
             Expr::Call(c) => self.call(c),
-            Expr::Let(l) => self.eval(&l.expr),
+            Expr::Let(l) if l.slot == super::expr::NO_SLOT => self.eval(&l.expr),
+            Expr::Let(l) => self.constant(l),
         }
+    }
+
+    /// A `[let]` name whose value is one for the whole run: worked out once (an error
+    /// is not kept: every use reports it).
+    #[inline(never)]
+    fn constant(&self, l: &'a super::expr::Let) -> Result<Value<'a>, String> {
+        let slot = l.slot as usize;
+        if let Some(Some(v)) = self.constants.0.borrow().get(slot) {
+            return Ok(v.clone());
+        }
+        let v = self.eval(&l.expr)?;
+        if let Some(kept) = self.constants.0.borrow_mut().get_mut(slot) {
+            *kept = Some(v.clone());
+        }
+        Ok(v)
     }
 
     /// Argument `i` of a call, absent when there is none.

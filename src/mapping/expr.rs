@@ -31,6 +31,43 @@ pub fn number_paths(e: &mut Expr, numbers: &mut std::collections::HashMap<String
     }
 }
 
+/// Numbers the `[let]` names used in `e` whose value is one for the whole run (see
+/// [`run_constant`]): one number per name, given out by `numbers`, the same for every
+/// expression of one mapping.
+pub fn number_lets(e: &mut Expr, numbers: &mut std::collections::HashMap<String, u32>) {
+    match e {
+        Expr::Call(c) => c.args.iter_mut().for_each(|a| number_lets(a, numbers)),
+        Expr::Let(l) => {
+            number_lets(&mut l.expr, numbers);
+            if !l.failed && run_constant(&l.expr) {
+                let next = numbers.len() as u32;
+                l.slot = *numbers.entry(l.name.clone()).or_insert(next);
+            }
+        }
+        Expr::Path { .. } | Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => {}
+    }
+}
+
+/// Whether an expression has one value for a whole run, wherever it is evaluated: it
+/// reads no segment but the message header (MSH) and calls nothing that depends on the
+/// context segment or the resources made (`ref`, `refs`, `all`, `rank`, `alike`).
+/// `facility()`, literals, lookups and DICOM attributes are the run's.
+pub fn run_constant(e: &Expr) -> bool {
+    use super::functions::fid;
+    const MSH: u32 = crate::hl7::name_code("MSH");
+    match e {
+        Expr::Path { path, .. } => path.code == MSH && path.instance.is_none(),
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Name { .. } => true,
+        Expr::Call(c) => {
+            !matches!(
+                c.fid,
+                fid::REF | fid::REFS | fid::ALL | fid::RANK | fid::ALIKE | fid::UNKNOWN
+            ) && c.args.iter().all(run_constant)
+        }
+        Expr::Let(l) => !l.failed && run_constant(&l.expr),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Expr {
     /// `offset` is kept for diagnostics about paths.
@@ -68,6 +105,10 @@ pub struct Let {
     pub offset: usize,
     /// Stands in for a `[let]` that has errors (reported where it is defined).
     pub failed: bool,
+    /// Numbered at load ([`number_lets`]) when its value is one for the whole run (it
+    /// reads the message header only): worked out at its first use and kept. Else
+    /// [`NO_SLOT`], and it is worked out wherever it is used.
+    pub slot: u32,
 }
 
 /// A file's `[let]` names, as far as an expression may use them.
@@ -293,6 +334,7 @@ impl Parser<'_> {
                 uses_ref,
                 offset: start,
                 failed,
+                slot: NO_SLOT,
             }))
         };
         match self.lets.names.get(name) {

@@ -62,6 +62,8 @@ pub struct Mapping {
     dt: eval::DatatypeTables,
     /// How many distinct paths its expressions read (see [`expr::number_paths`]).
     paths: usize,
+    /// How many of its `[let]` names have one value per run (see [`expr::number_lets`]).
+    constants: usize,
 }
 
 /// Facts about one run that go into every resource.
@@ -153,10 +155,12 @@ impl MappingSet {
                 file::load(&path, &text, &tables, &shared, &mut diags)
             {
                 let mut numbers = std::collections::HashMap::new();
+                let mut constants = std::collections::HashMap::new();
                 for r in &mut rules {
                     let exprs = r.sets.iter_mut().map(|s| &mut s.expr);
                     for e in exprs.chain([&mut r.id]).chain(r.when.as_mut()) {
                         expr::number_paths(e, &mut numbers);
+                        expr::number_lets(e, &mut constants);
                     }
                 }
                 let m = Mapping {
@@ -165,6 +169,7 @@ impl MappingSet {
                     rules,
                     dt: eval::DatatypeTables::pick(&tables),
                     paths: numbers.len(),
+                    constants: constants.len(),
                 };
                 mappings.insert(name, m);
             }
@@ -247,6 +252,7 @@ impl Mapping {
     ) -> Result<Vec<Record>, MapError> {
         let dt = self.dt.get();
         let ranks = eval::Ranks::default();
+        let constants = eval::Constants::new(self.constants);
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         // Resources made so far, per type (a mapping makes a handful of types).
@@ -277,6 +283,7 @@ impl Mapping {
                     nearest: eval::Nearest::default(),
                     reads: None,
                     ranks: &ranks,
+                    constants: &constants,
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -316,7 +323,11 @@ impl Mapping {
             }
         }
         let reads = eval::Reads::new(self.paths);
-        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads, &ranks)?;
+        let run = eval::RunMemo {
+            ranks: &ranks,
+            constants: &constants,
+        };
+        let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads, run)?;
         self.one_record_per_id(&instances, &out)?;
         Ok(out)
     }
@@ -367,7 +378,7 @@ impl Mapping {
         instances: &'a [Instance],
         dt: &'a datatypes::Tables<'a>,
         reads: &'a eval::Reads<'a>,
-        ranks: &'a eval::Ranks,
+        run: eval::RunMemo<'a>,
     ) -> Result<Vec<Record>, MapError> {
         let mut out = Vec::with_capacity(instances.len());
         let mut builder = crate::record::Builder::new();
@@ -394,7 +405,8 @@ impl Mapping {
                 nearest: eval::Nearest::default(),
                 // Without a trace: the loss report notes every read.
                 reads: trace.is_none().then_some(reads),
-                ranks,
+                ranks: run.ranks,
+                constants: run.constants,
             };
             let err = |set: &file::SetRule, message: String| MapError {
                 resource: eval::label(rule, inst.ordinal, inst.each_index),

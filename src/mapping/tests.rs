@@ -720,6 +720,91 @@ ORC|RE|ORD3\rOBR|1|ORD3|ACC3|600-7^Culture^LN\rOBX|1|ST|600-7^Organism^LN||K. pn
     }
 }
 
+/// A `[let]` name that reads only the message header (and the run's facility, tables,
+/// literals) has one value for the run and is worked out once; one that reads another
+/// segment, uses such a name or depends on the resources made is worked out where it
+/// is used, with its own context.
+#[test]
+fn a_let_of_the_header_alone_is_worked_out_once_per_run() {
+    let text = r#"
+[let]
+sent = "concat(MSH-10, '/', lookup(v2_gender, MSH-9.1, 'none'), '/', facility())"
+family = "PID-5.1"
+both = "concat($sent, ' ', $family)"
+patient = "ref(Patient)"
+[[resource]]
+type = "Patient"
+each = "PID"
+id = "hash($sent, PID-3.1)"
+[resource.set]
+"name[0].family" = "$both"
+"name[0].text" = "$sent"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash($sent, $family, OBX-1)"
+[resource.set]
+"valueString" = "$both"
+"subject" = "$patient"
+"#;
+    let dir = dir_with(text, &[("v2_gender", "code,value\nORU,lab\n")]);
+    let set = load_set(&dir);
+    let m = set.get("m").unwrap_or_else(|| panic!("no mapping m"));
+    assert_eq!(m.constants, 1, "only $sent");
+    let out = m
+        .run(
+            &msg(
+                "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|K1|P|2.5\rPID|1||P1||NGUYEN\rOBX|1||A||1\r\
+PID|2||P2||TRAN\rOBX|1||A||2\r",
+            ),
+            &RunContext {
+                facility: "F".to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = crate::record::to_values(&out);
+    let texts: Vec<(&str, &str)> = out
+        .iter()
+        .map(|r| {
+            let t = r["name"][0]["family"]
+                .as_str()
+                .or(r["valueString"].as_str())
+                .unwrap_or("-");
+            (r["resourceType"].as_str().unwrap_or("-"), t)
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("Patient", "K1/lab/F NGUYEN"),
+            ("Patient", "K1/lab/F TRAN"),
+            ("Observation", "K1/lab/F NGUYEN"),
+            ("Observation", "K1/lab/F TRAN"),
+        ]
+    );
+    assert_eq!(out[0]["name"][0]["text"], "K1/lab/F");
+    assert_eq!(
+        out[3]["subject"]["reference"],
+        format!("Patient/{}", out[1]["id"].as_str().unwrap_or("-"))
+    );
+    // The same with the loss report, which reads everything where it is used.
+    let (traced, _) = m.run_with_loss_report(
+        &msg(
+            "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|K1|P|2.5\rPID|1||P1||NGUYEN\rOBX|1||A||1\r\
+PID|2||P2||TRAN\rOBX|1||A||2\r",
+        ),
+        &RunContext {
+            facility: "F".to_string(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        crate::record::to_values(&traced.unwrap_or_else(|e| panic!("{e}"))),
+        out
+    );
+}
+
 /// `rank(SEGMENT, KEY, ...)`: the place of a segment among those of its group with the
 /// same keys, and `alike(...)` how many those are, the segment named from the context
 /// (an OBX's own, its OBR); absent without that segment; its first argument must be a
