@@ -205,25 +205,3 @@ fn every_corpus_message_maps_or_fails_cleanly() {
     println!("{mapped} of {} corpus messages mapped", files.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
-/// The corpus holds one laboratory's complete blood count twice: LAB-ORU-1 with most
-/// results preliminary, LAB-ORU-2 final, with its orders and their results sent in
-/// another order (other OBR and OBX set IDs). Every final result and report has the id
-/// of the one it completes, so the store replaces each instead of keeping both.
-#[test]
-fn a_later_report_replaces_its_earlier_results_whatever_their_set_ids() {
-    let rules = rules();
-    let ids = |name: &str, t: &str| -> std::collections::BTreeSet<String> {
-        let out = map_file(&rules, &corpus().join("messages").join(name))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        out.iter()
-            .filter(|r| r["resourceType"] == t)
-            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
-            .collect()
-    };
-    for t in ["Observation", "DiagnosticReport"] {
-        let (first, last) = (ids("LAB-ORU-1.hl7", t), ids("LAB-ORU-2.hl7", t));
-        assert!(!first.is_empty(), "{t}: none");
-        assert_eq!(first, last, "{t}");
-    }
-}

@@ -20,6 +20,30 @@ fn shipped() -> MappingSet {
     }
 }
 
+/// The shipped mappings with one table's text replaced (as an operator edits it).
+fn shipped_with_table(name: &str, text: &str) -> MappingSet {
+    let from = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"));
+    let to = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let copy = |sub: &str, ext: &str| {
+        std::fs::create_dir_all(to.path().join(sub)).unwrap_or_else(|e| panic!("{e}"));
+        for entry in std::fs::read_dir(from.join(sub)).unwrap_or_else(|e| panic!("{e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            if path.extension().is_some_and(|x| x == ext) {
+                let target = to
+                    .path()
+                    .join(sub)
+                    .join(path.file_name().unwrap_or_default());
+                std::fs::copy(&path, target).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    };
+    copy("", "toml");
+    copy("tables", "csv");
+    let table = to.path().join("tables").join(format!("{name}.csv"));
+    std::fs::write(table, text).unwrap_or_else(|e| panic!("{e}"));
+    MappingSet::load(to.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)))
+}
+
 /// A mapping directory holding `name.toml` and the given tables.
 fn dir_with(toml_text: &str, tables: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -626,62 +650,96 @@ fn an_empty_sending_facility_is_the_listeners() {
     );
 }
 
-/// A laboratory that corrects one result may send it alone, renumbered `OBX|1|`, under
-/// an order renumbered `OBR|1|`: the correction has the id of the result it corrects
-/// (and its report and specimen theirs), because ids hold a result's set ID only when
-/// another result of its order has the same code and sub-ID.
-#[test]
-fn a_correction_sent_alone_and_renumbered_replaces_the_result_it_corrects() {
-    let set = shipped();
-    let oru = set.get("oru_r01").expect("oru_r01");
-    let original = run_shipped(
-        oru,
-        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|C1|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+const CBC_ORIGINAL: &str = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|C1|P|2.5.1\rPID|1||P1^^^BV^MR\r\
 ORC|RE|ORD1\rOBR|1|ORD1||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||5.1||||||F\r\
 ORC|RE|ORD2\rOBR|2|ORD2||CBC^Blood count^L\rOBX|1|NM|HGB^Hemoglobin^L||131||||||F\r\
 OBX|2|NM|WBC^Leukocytes^L||7.2||||||F\rOBX|3|NM|PLT^Platelets^L||250||||||F\r\
 OBX|4|ST|CMT^Comment^L||hemolysed||||||F\rOBX|5|ST|CMT^Comment^L||repeat||||||F\r\
-SPM|1|||BLD^Blood\r",
-    );
-    let correction = run_shipped(
-        oru,
+SPM|1|||BLD^Blood\r";
+
+/// One result and comment corrected in a later message, alone, with the set IDs they
+/// had (`renumbered` false) or numbered from 1.
+fn cbc_correction(renumbered: bool) -> String {
+    let (obr, wbc, cmt) = if renumbered { (1, 1, 2) } else { (2, 2, 4) };
+    format!(
         "MSH|^~\\&|LIS|BV|||20240201||ORU^R01|C2|P|2.5.1\rPID|1||P1^^^BV^MR\r\
-ORC|RE|ORD2\rOBR|1|ORD2||CBC^Blood count^L\rOBX|1|NM|WBC^Leukocytes^L||8.2||||||C\r\
-OBX|2|ST|CMT^Comment^L||hemolysed||||||C\rSPM|1|||BLD^Blood\r",
-    );
-    let id_of = |out: &[Json], t: &str, code: &str| -> String {
-        let found: Vec<&Json> = of_type(out, t)
-            .into_iter()
-            .filter(|r| r["code"]["coding"][0]["code"] == code)
-            .collect();
-        assert_eq!(found.len(), 1, "{t} {code}: {found:?}");
-        found[0]["id"].as_str().expect("id").to_string()
-    };
-    assert_eq!(
-        id_of(&correction, "Observation", "WBC"),
-        id_of(&original, "Observation", "WBC")
-    );
-    assert_eq!(
-        id_of(&correction, "DiagnosticReport", "CBC"),
-        id_of(&original, "DiagnosticReport", "CBC")
-    );
-    // So has its specimen, which has no number of its own.
+ORC|RE|ORD2\rOBR|{obr}|ORD2||CBC^Blood count^L\rOBX|{wbc}|NM|WBC^Leukocytes^L||8.2||||||C\r\
+OBX|{cmt}|ST|CMT^Comment^L||hemolysed||||||C\rSPM|1|||BLD^Blood\r"
+    )
+}
+
+/// The id of the one resource of type `t` with code `code`.
+fn id_of_code(out: &[Json], t: &str, code: &str) -> String {
+    let found: Vec<&Json> = of_type(out, t)
+        .into_iter()
+        .filter(|r| r["code"]["coding"][0]["code"] == code)
+        .collect();
+    assert_eq!(found.len(), 1, "{t} {code}: {found:?}");
+    found[0]["id"].as_str().expect("id").to_string()
+}
+
+/// By default a result is known by its set IDs (and its order's): a correction that
+/// keeps them, as HL7 asks, replaces the result it corrects; one sent alone and
+/// renumbered is kept beside it, never in another's place.
+#[test]
+fn a_correction_with_the_set_ids_it_corrects_replaces_the_result() {
+    let set = shipped();
+    let oru = set.get("oru_r01").expect("oru_r01");
+    let original = run_shipped(oru, CBC_ORIGINAL);
+    let kept = run_shipped(oru, &cbc_correction(false));
+    for (t, code) in [("Observation", "WBC"), ("DiagnosticReport", "CBC")] {
+        assert_eq!(id_of_code(&kept, t, code), id_of_code(&original, t, code));
+    }
+    let comments: Vec<String> = ids_of(&original, "Observation")
+        .into_iter()
+        .filter(|id| *id == id_of_code(&kept, "Observation", "CMT"))
+        .collect();
+    assert_eq!(comments.len(), 1, "the first comment, by its set ID");
+    assert_eq!(ids_of(&kept, "Specimen"), ids_of(&original, "Specimen"));
+    let renumbered = run_shipped(oru, &cbc_correction(true));
+    let before = ids_of(&original, "Observation");
+    for id in ids_of(&renumbered, "Observation") {
+        assert!(!before.contains(&id), "{id} took another result's place");
+    }
+}
+
+/// A sender listed as `code` in tables/result_identity.csv renumbers what it corrects:
+/// its results are known by code and sub-ID, so a correction sent alone and numbered
+/// `OBR|1|`, `OBX|1|` replaces the result it corrects (and its report and specimen keep
+/// theirs). Look-alikes in one message keep their set IDs and places: one of them
+/// resent alone sits beside them, never in another's place; the whole order resent
+/// replaces each.
+#[test]
+fn a_code_senders_correction_sent_alone_and_renumbered_replaces_the_result() {
+    let set = shipped_with_table("result_identity", "code,value\nBV,code\n");
+    let oru = set.get("oru_r01").expect("oru_r01");
+    let original = run_shipped(oru, CBC_ORIGINAL);
+    let correction = run_shipped(oru, &cbc_correction(true));
+    for (t, code) in [("Observation", "WBC"), ("DiagnosticReport", "CBC")] {
+        assert_eq!(
+            id_of_code(&correction, t, code),
+            id_of_code(&original, t, code)
+        );
+    }
     assert_eq!(
         ids_of(&correction, "Specimen"),
         ids_of(&original, "Specimen")
     );
-    // Two results of one code without sub-IDs are two, told apart by their set IDs. One
-    // of them resent alone cannot be told from the other, so it replaces neither: it
-    // sits beside them (a result is never lost to another's correction).
+    // Other senders keep the set IDs.
+    let shipped = shipped();
+    let by_set_id = run_shipped(shipped.get("oru_r01").expect("oru_r01"), CBC_ORIGINAL);
+    assert_ne!(
+        id_of_code(&by_set_id, "Observation", "WBC"),
+        id_of_code(&original, "Observation", "WBC")
+    );
     let comments: Vec<&Json> = of_type(&original, "Observation")
         .into_iter()
         .filter(|r| r["code"]["coding"][0]["code"] == "CMT")
         .collect();
     assert_eq!(comments.len(), 2);
     assert_ne!(comments[0]["id"], comments[1]["id"]);
-    let resent = id_of(&correction, "Observation", "CMT");
+    let resent = id_of_code(&correction, "Observation", "CMT");
     assert!(comments.iter().all(|c| c["id"] != resent.as_str()));
-    // The whole order resent as it was replaces each of them.
     let again = run_shipped(
         oru,
         "MSH|^~\\&|LIS|BV|||20240201||ORU^R01|C4|P|2.5.1\rPID|1||P1^^^BV^MR\r\
@@ -695,9 +753,8 @@ OBX|5|ST|CMT^Comment^L||repeat||||||C\r",
             .map(|c| c["id"].as_str().unwrap_or_default())
             .collect::<Vec<_>>()
     );
-    // Results of one code in two orders never share an id; nor do two orders of one
-    // key and code in one message (microbiology isolates under one accession number),
-    // and the second resent alone, renumbered, replaces neither.
+    // Two orders of one key and code in one message (microbiology isolates under one
+    // accession number) are two; the second resent alone, renumbered, replaces neither.
     let twice = run_shipped(
         oru,
         "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|C3|P|2.5.1\rPID|1||P1^^^BV^MR\r\
@@ -718,6 +775,41 @@ ORC|RE|ORD3\rOBR|1|ORD3|ACC3|600-7^Culture^LN\rOBX|1|ST|600-7^Organism^LN||K. pn
             "{t}: {resent:?}"
         );
     }
+}
+
+/// The corpus holds one laboratory's complete blood count twice: LAB-ORU-1 with most
+/// results preliminary, LAB-ORU-2 final, its orders and their results sent in another
+/// order (other set IDs). Known by their set IDs, eight final results sit beside their
+/// preliminary versions; with the sender listed as `code`, every final result and
+/// report has the id of the one it completes.
+#[test]
+fn a_code_senders_later_report_replaces_its_earlier_results_whatever_their_set_ids() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus/fhir-converter/messages");
+    let ctx = RunContext {
+        facility: "LAB".to_string(),
+        ..Default::default()
+    };
+    let ids = |set: &MappingSet, name: &str, t: &str| -> std::collections::BTreeSet<String> {
+        let path = corpus.join(name);
+        let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let m = hl7::parse(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = set.get("oru_r01").expect("oru_r01").run(&m, &ctx);
+        let out = crate::record::to_values(&out.unwrap_or_else(|e| panic!("{name}: {e}")));
+        ids_of(&out, t).into_iter().collect()
+    };
+    let by_code = shipped_with_table("result_identity", "code,value\nLAB,code\n");
+    let by_set_id = shipped();
+    for t in ["Observation", "DiagnosticReport"] {
+        let first = ids(&by_code, "LAB-ORU-1.hl7", t);
+        assert!(!first.is_empty(), "{t}: none");
+        assert_eq!(first, ids(&by_code, "LAB-ORU-2.hl7", t), "{t}");
+    }
+    let (first, last) = (
+        ids(&by_set_id, "LAB-ORU-1.hl7", "Observation"),
+        ids(&by_set_id, "LAB-ORU-2.hl7", "Observation"),
+    );
+    assert_eq!((first.len(), first.intersection(&last).count()), (10, 2));
 }
 
 /// A `[let]` name that reads only the message header (and the run's facility, tables,
@@ -878,28 +970,20 @@ OBX|1||C|1|1\rOBX|2||C|2|2\rOBX|3||C||3\r",
     );
 }
 
-/// Two resources of a `unique` rule that its id rule cannot tell apart are a mapping
-/// error naming both, not one record silently replacing the other; the same record
-/// twice (a parent order named by two orders) is no conflict, and rules that are not
-/// `unique` keep "the later replaces the earlier". The shipped result rules tell two
-/// results with one code apart ($result_tiebreak).
+/// Two results that the id rule cannot tell apart (one code, no set IDs) are a mapping
+/// error naming both, not one record silently replacing the other (result rules are
+/// `unique`); the same record twice (a parent order named by two orders) is no
+/// conflict, and rules that are not `unique` keep "the later replaces the earlier".
 #[test]
 fn two_different_records_under_one_id_are_an_error() {
     let set = shipped();
     let oru = set.get("oru_r01").expect("oru_r01");
-    let micro = "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V1|P|2.5\rPID|1||P1^^^BV^MR\r\
+    let micro = msg(
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V1|P|2.5\rPID|1||P1^^^BV^MR\r\
 OBR|1|ORD9||600-7^Culture^LN\rOBX||ST|600-7^Bacteria identified^LN||E. coli\r\
-OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r";
-    let out = crate::record::to_values(&oru.run(&msg(micro), &RunContext::default()).unwrap());
-    let ids = ids_of(&out, "Observation");
-    assert!(ids.len() == 2 && ids[0] != ids[1], "{ids:?}");
-    // A rule whose id leaves the place out.
-    let e = run_inline(
-        "[[resource]]\ntype = \"Observation\"\nunique = true\neach = \"OBX\"\n\
-         id = \"hash(OBR-2, OBX-3.1, OBX-4)\"\n[resource.set]\n\"valueString\" = \"OBX-5\"\n",
-        micro,
-    )
-    .err();
+OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r",
+    );
+    let e = oru.run(&micro, &RunContext::default()).err();
     let e = e.unwrap_or_else(|| panic!("two results under one id were accepted"));
     assert_eq!(e.resource, "Observation #2 (OBX 2)");
     assert_eq!(e.field, "id");
@@ -911,6 +995,14 @@ OBX||ST|600-7^Bacteria identified^LN||Klebsiella pneumoniae\r";
         "{}",
         e.message
     );
+    // With sub-IDs (OBX-4), two results.
+    let numbered = msg(
+        "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|V2|P|2.5\rPID|1||P1^^^BV^MR\r\
+OBR|1|ORD9||600-7^Culture^LN\rOBX||ST|600-7^Bacteria identified^LN|1|E. coli\r\
+OBX||ST|600-7^Bacteria identified^LN|2|Klebsiella pneumoniae\r",
+    );
+    let out = crate::record::to_values(&oru.run(&numbered, &RunContext::default()).unwrap());
+    assert_eq!(of_type(&out, "Observation").len(), 2);
     // A working diagnosis and the final one, one code, in one message: one Condition,
     // the later (its rule is not `unique`).
     let adt = set.get("adt").expect("adt");
