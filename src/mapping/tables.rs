@@ -79,6 +79,16 @@ impl Table {
 
     /// Parses a table's text; problems go to `diags` with their line and column.
     pub fn parse(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Table {
+        Table::parse_values(file, text, &[], diags)
+    }
+
+    /// [`Table::parse`], with the values a row may hold (none given: any).
+    fn parse_values(
+        file: &Path,
+        text: &str,
+        allowed: &[&str],
+        diags: &mut Vec<Diagnostic>,
+    ) -> Table {
         let mut table = Table::default();
         let mut header_seen = false;
         let mut offset = 0;
@@ -110,6 +120,20 @@ impl Table {
                     continue;
                 }
             };
+            if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
+                let hint = crate::diag::did_you_mean(&value, allowed.iter().copied())
+                    .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));
+                diags.push(Diagnostic::at_offset(
+                    file,
+                    text,
+                    start,
+                    format!(
+                        "{code:?}: {value:?} is not one of {}{hint}",
+                        allowed.join(", ")
+                    ),
+                ));
+                continue;
+            }
             if table.exact.contains_key(&code) {
                 diags.push(Diagnostic::at_offset(
                     file,
@@ -192,6 +216,10 @@ fn field(line: &str, pos: usize, to_comma: bool) -> Result<(String, usize), (usi
 pub type TableMap = BTreeMap<String, Arc<Table>>;
 
 /// Every `*.csv` of `dir`, by file stem. A missing directory is no tables.
+/// Tables whose values are a rule's names, not free text: a value not listed is an
+/// error at load, not a rule silently not taken.
+const CLOSED: &[(&str, &[&str])] = &[("result_identity", &["set_id", "code"])];
+
 pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> TableMap {
     let mut tables = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -213,7 +241,12 @@ pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> TableMap {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                tables.insert(name, Arc::new(Table::parse(&path, &text, diags)));
+                let allowed = CLOSED
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(&[][..], |(_, values)| values);
+                let table = Table::parse_values(&path, &text, allowed, diags);
+                tables.insert(name, Arc::new(table));
             }
             Err(e) => diags.push(Diagnostic::whole_file(
                 &path,

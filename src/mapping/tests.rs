@@ -22,6 +22,12 @@ fn shipped() -> MappingSet {
 
 /// The shipped mappings with one table's text replaced (as an operator edits it).
 fn shipped_with_table(name: &str, text: &str) -> MappingSet {
+    let dir = shipped_dir_with_table(name, text);
+    MappingSet::load(dir.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)))
+}
+
+/// A copy of the shipped mapping directory with one table's text replaced.
+fn shipped_dir_with_table(name: &str, text: &str) -> tempfile::TempDir {
     let from = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"));
     let to = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let copy = |sub: &str, ext: &str| {
@@ -41,7 +47,7 @@ fn shipped_with_table(name: &str, text: &str) -> MappingSet {
     copy("tables", "csv");
     let table = to.path().join("tables").join(format!("{name}.csv"));
     std::fs::write(table, text).unwrap_or_else(|e| panic!("{e}"));
-    MappingSet::load(to.path()).unwrap_or_else(|d| panic!("{}", crate::diag::render(&d)))
+    to
 }
 
 /// A mapping directory holding `name.toml` and the given tables.
@@ -775,6 +781,24 @@ ORC|RE|ORD3\rOBR|1|ORD3|ACC3|600-7^Culture^LN\rOBX|1|ST|600-7^Organism^LN||K. pn
             "{t}: {resent:?}"
         );
     }
+}
+
+/// A sender's rule in tables/result_identity.csv is one of its two names: a misspelt
+/// one is an error at load, not a rule silently not taken.
+#[test]
+fn a_result_identity_rule_that_is_not_one_is_a_load_error() {
+    let dir = shipped_dir_with_table("result_identity", "code,value\nBV,code\nLAB,Code\n");
+    let errors: Vec<String> = match MappingSet::load(dir.path()) {
+        Ok(_) => panic!("a rule named Code was taken"),
+        Err(d) => d
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+            .collect(),
+    };
+    assert_eq!(
+        errors,
+        ["3:1: \"LAB\": \"Code\" is not one of set_id, code (did you mean \"code\"?)"]
+    );
 }
 
 /// The corpus holds one laboratory's complete blood count twice: LAB-ORU-1 with most
