@@ -51,7 +51,9 @@ pub fn number_lets(e: &mut Expr, numbers: &mut std::collections::HashMap<String,
 /// Whether an expression has one value for a whole run, wherever it is evaluated: it
 /// reads no segment but the message header (MSH) and calls nothing that depends on the
 /// context segment or the resources made (`ref`, `refs`, `all`, `rank`, `alike`).
-/// `facility()`, literals, lookups and DICOM attributes are the run's.
+/// `facility()`, literals, lookups and DICOM attributes are the run's. (A run maps one
+/// message; a frame holding a second MSH with no PID between is read with the first
+/// header's values.)
 pub fn run_constant(e: &Expr) -> bool {
     use super::functions::fid;
     const MSH: u32 = crate::hl7::name_code("MSH");

@@ -215,11 +215,11 @@ fn field(line: &str, pos: usize, to_comma: bool) -> Result<(String, usize), (usi
 /// table it names from load on ([`super::expr::Call::table`]).
 pub type TableMap = BTreeMap<String, Arc<Table>>;
 
-/// Every `*.csv` of `dir`, by file stem. A missing directory is no tables.
 /// Tables whose values are a rule's names, not free text: a value not listed is an
 /// error at load, not a rule silently not taken.
 const CLOSED: &[(&str, &[&str])] = &[("result_identity", &["set_id", "code"])];
 
+/// Every `*.csv` of `dir`, by file stem. A missing directory is no tables.
 pub fn load_dir(dir: &Path, diags: &mut Vec<Diagnostic>) -> TableMap {
     let mut tables = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -731,6 +731,23 @@ fn a_code_senders_correction_sent_alone_and_renumbered_replaces_the_result() {
         ids_of(&correction, "Specimen"),
         ids_of(&original, "Specimen")
     );
+    // A specimen without a number beside a numbered one is no look-alike of it: resent
+    // alone and renumbered, it keeps its id.
+    let two_specimens = |spm: &str| {
+        let text = format!(
+            "MSH|^~\\&|LIS|BV|||20240131||ORU^R01|S1|P|2.5.1\rPID|1||P1^^^BV^MR\r\
+ORC|RE|ORD4\rOBR|1|ORD4||GLU^Glucose^L\rOBX|1|NM|GLU^Glucose^L||5.1||||||F\r{spm}"
+        );
+        let out = run_shipped(oru, &text);
+        of_type(&out, "Specimen")
+            .into_iter()
+            .filter(|r| r["identifier"][0]["value"].is_null())
+            .map(|r| r["id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    let unnumbered = two_specimens("SPM|1|S77^LIS||SER^Serum\rSPM|2|||BLD^Blood\r");
+    assert_eq!(unnumbered.len(), 1);
+    assert_eq!(two_specimens("SPM|1|||BLD^Blood\r"), unnumbered);
     // Other senders keep the set IDs.
     let shipped = shipped();
     let by_set_id = run_shipped(shipped.get("oru_r01").expect("oru_r01"), CBC_ORIGINAL);
