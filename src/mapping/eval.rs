@@ -364,16 +364,16 @@ pub struct Scope<'a> {
     /// The pieces the resource being made has read, when this scope is that
     /// resource's (not a scope of `all()` or of a group's other segment).
     pub reads: Option<&'a Reads<'a>>,
-    /// What `rank()` has worked out in this run.
-    pub ranks: &'a Ranks,
-    /// The values of the run's constant `[let]` names, once worked out.
-    pub constants: &'a Constants<'a>,
+    /// What the run has worked out for all its scopes.
+    pub run: RunMemo<'a>,
 }
 
 /// What one run keeps for all its scopes.
 #[derive(Clone, Copy)]
 pub struct RunMemo<'a> {
+    /// What `rank()` and `alike()` have worked out.
     pub ranks: &'a Ranks,
+    /// The values of the run's constant `[let]` names, once worked out.
     pub constants: &'a Constants<'a>,
 }
 
@@ -410,6 +410,16 @@ impl Ranks {
             }
         };
         ranks[i].1[seg] = rank;
+    }
+}
+
+/// A field's text as mappings read it: unescaped; empty and HL7's null (`""`) are none.
+#[inline(always)]
+fn text_of<'a>(msg: &'a Message, raw: &'a str) -> Option<Cow<'a, str>> {
+    if raw.is_empty() || raw == "\"\"" {
+        None
+    } else {
+        Some(msg.unescape(raw))
     }
 }
 
@@ -858,11 +868,11 @@ impl<'a> Scope<'a> {
     #[inline(never)]
     fn constant(&self, l: &'a super::expr::Let) -> Result<Value<'a>, String> {
         let slot = l.slot as usize;
-        if let Some(Some(v)) = self.constants.0.borrow().get(slot) {
+        if let Some(Some(v)) = self.run.constants.0.borrow().get(slot) {
             return Ok(v.clone());
         }
         let v = self.eval(&l.expr)?;
-        if let Some(kept) = self.constants.0.borrow_mut().get_mut(slot) {
+        if let Some(kept) = self.run.constants.0.borrow_mut().get_mut(slot) {
             *kept = Some(v.clone());
         }
         Ok(v)
@@ -1075,7 +1085,7 @@ impl<'a> Scope<'a> {
             return Ok(Value::Absent);
         };
         let call = std::ptr::from_ref(c) as usize;
-        if let Some(n) = self.ranks.get(call, target) {
+        if let Some(n) = self.run.ranks.get(call, target) {
             return Ok(rank_value(n));
         }
         let msg = self.msg;
@@ -1110,10 +1120,7 @@ impl<'a> Scope<'a> {
                         && fp.repetition != Repetition::All
                         && self.trace.is_none() =>
                     {
-                        match msg.raw_in(seg, fp) {
-                            None | Some("" | "\"\"") => None,
-                            Some(raw) => Some(msg.unescape(raw)),
-                        }
+                        msg.raw_in(seg, fp).and_then(|raw| text_of(msg, raw))
                     }
                     k => match at.get_or_insert_with(|| self.at(seg)).eval(k) {
                         Ok(v) => v.into_text(),
@@ -1143,10 +1150,11 @@ impl<'a> Scope<'a> {
                 } else {
                     place + 1
                 };
-                self.ranks.put(call, segments, group[i], n as u32);
+                self.run.ranks.put(call, segments, group[i], n as u32);
             }
         }
         Ok(self
+            .run
             .ranks
             .get(call, target)
             .map_or(Value::Absent, rank_value))
@@ -1409,13 +1417,7 @@ impl<'a> Scope<'a> {
         }
         let d = *self.msg.delimiters();
         let msg: &'a Message = self.msg;
-        let decode = |raw: &'a str| -> Option<Cow<'a, str>> {
-            if raw.is_empty() || raw == "\"\"" {
-                None
-            } else {
-                Some(msg.unescape(raw))
-            }
-        };
+        let decode = |raw: &'a str| text_of(msg, raw);
         let split_sub = |raw: &'a str| -> Vec<Option<Cow<'a, str>>> {
             match d.subcomponent {
                 Some(sc) => raw.split(sc).map(decode).collect(),

@@ -253,6 +253,10 @@ impl Mapping {
         let dt = self.dt.get();
         let ranks = eval::Ranks::default();
         let constants = eval::Constants::new(self.constants);
+        let run = eval::RunMemo {
+            ranks: &ranks,
+            constants: &constants,
+        };
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();
         // Resources made so far, per type (a mapping makes a handful of types).
@@ -282,8 +286,7 @@ impl Mapping {
                     resolved: eval::Resolved::default(),
                     nearest: eval::Nearest::default(),
                     reads: None,
-                    ranks: &ranks,
-                    constants: &constants,
+                    run,
                 };
                 // Labels are only built for an error.
                 let err = |field: &str, message: String| MapError {
@@ -323,10 +326,6 @@ impl Mapping {
             }
         }
         let reads = eval::Reads::new(self.paths);
-        let run = eval::RunMemo {
-            ranks: &ranks,
-            constants: &constants,
-        };
         let out = self.fields(msg, dicom, ctx, trace, &instances, &dt, &reads, run)?;
         self.one_record_per_id(&instances, &out)?;
         Ok(out)
@@ -405,8 +404,7 @@ impl Mapping {
                 nearest: eval::Nearest::default(),
                 // Without a trace: the loss report notes every read.
                 reads: trace.is_none().then_some(reads),
-                ranks: run.ranks,
-                constants: run.constants,
+                run,
             };
             let err = |set: &file::SetRule, message: String| MapError {
                 resource: eval::label(rule, inst.ordinal, inst.each_index),
