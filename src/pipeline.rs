@@ -841,7 +841,7 @@ fn run_store(
             if batch.len() < STORE_BATCH && batch.iter().any(OutboxEntry::has_imaging_study) {
                 gather_more(outbox, &mut batch);
             }
-            let statuses = write_batch(store, &batch);
+            let statuses = write_batch(journal, store, &batch);
             if tx.send(Written { batch, statuses }).is_err() {
                 // The sync thread stopped (shutdown, or a failed store sync): what it
                 // did not finish stays `mapped` and is stored at the next start.
@@ -853,11 +853,14 @@ fn run_store(
 }
 
 /// Upserts a batch's records; the status of each entry (an entry whose records the
-/// store refuses is marked `error`, the others still go in).
-fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<StatusChange> {
+/// store refuses is marked `error`, the others still go in). A result the store keeps
+/// at a later stage than the entry's version (a preliminary after its final) is a step
+/// `kept` in that entry's trail.
+fn write_batch(journal: &Journal, store: &Store, batch: &[OutboxEntry]) -> Vec<StatusChange> {
     // Borrowed, not cloned: the entries stay whole for the fallback below.
     if let Ok(stats) = store.upsert_batch_encoded(batch.iter().flat_map(OutboxEntry::for_store)) {
         crate::telemetry::store_writes(stats.written);
+        note_kept(journal, batch, &stats.kept);
         return batch
             .iter()
             .map(|e| (e.journal_id, Status::Stored, None))
@@ -866,7 +869,11 @@ fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<StatusChange> {
     let mut statuses = Vec::with_capacity(batch.len());
     for e in batch {
         match store.upsert_batch_encoded(e.for_store()) {
-            Ok(_) => statuses.push((e.journal_id, Status::Stored, None)),
+            Ok(stats) => {
+                crate::telemetry::store_writes(stats.written);
+                note_kept(journal, std::slice::from_ref(e), &stats.kept);
+                statuses.push((e.journal_id, Status::Stored, None));
+            }
             Err(err) => {
                 tracing::warn!(
                     id = e.journal_id,
@@ -881,6 +888,31 @@ fn write_batch(store: &Store, batch: &[OutboxEntry]) -> Vec<StatusChange> {
         }
     }
     statuses
+}
+
+/// Records, in the trail of the entry each came from, the results the store kept
+/// instead of the entry's version (`kept`: positions over `batch`'s records in order).
+fn note_kept(journal: &Journal, batch: &[OutboxEntry], kept: &[crate::store::Kept]) {
+    let mut entries = batch.iter();
+    let (mut entry, mut start) = (entries.next(), 0);
+    for k in kept {
+        while let Some(e) = entry.filter(|e| k.position >= start + e.records.len()) {
+            start += e.records.len();
+            entry = entries.next();
+        }
+        let Some(e) = entry else {
+            return;
+        };
+        tracing::info!(
+            id = e.journal_id,
+            record = %k.reference,
+            stored = %k.stored,
+            given = %k.given,
+            "the store keeps a result at a later stage than this message's version"
+        );
+        crate::telemetry::store_kept();
+        journal.add_step(e.journal_id, "kept", Some(k.to_string()));
+    }
 }
 
 /// The `store-sync` thread: for each written batch, in order, the store's sync, then

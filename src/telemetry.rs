@@ -106,6 +106,9 @@ pub const JOURNAL_LAG: &str = "halong_journal_lag";
 pub const OUTBOX_DEPTH: &str = "halong_outbox_depth";
 /// Records written to the record store.
 pub const STORE_WRITES: &str = "halong_store_writes_total";
+/// Results and reports the store kept because the version given was at an earlier
+/// stage (a preliminary after its final).
+pub const STORE_KEPT: &str = "halong_store_kept_total";
 /// Seconds from a message's last byte to its ACK, per listener.
 pub const ACK_LATENCY: &str = "halong_ack_latency_seconds";
 /// Seconds from a message's arrival to its records being stored.
@@ -144,6 +147,10 @@ pub fn install_metrics() -> &'static metrics_exporter_prometheus::PrometheusHand
         );
         metrics::describe_gauge!(OUTBOX_DEPTH, "Outbox entries waiting for the record store.");
         metrics::describe_counter!(STORE_WRITES, "Records written to the record store.");
+        metrics::describe_counter!(
+            STORE_KEPT,
+            "Results and reports kept as stored because the version given was at an earlier stage (a preliminary after its final)."
+        );
         metrics::describe_histogram!(
             ACK_LATENCY,
             metrics::Unit::Seconds,
@@ -155,6 +162,7 @@ pub fn install_metrics() -> &'static metrics_exporter_prometheus::PrometheusHand
             "Seconds from a message's arrival to its records being stored."
         );
         metrics::counter!(STORE_WRITES).increment(0);
+        metrics::counter!(STORE_KEPT).increment(0);
         metrics::counter!(FAILED, "route" => "(none)").increment(0);
         handle
     })
@@ -197,6 +205,10 @@ pub fn route_failed(route: &str) {
 
 pub fn store_writes(n: usize) {
     metrics::counter!(STORE_WRITES).increment(n as u64);
+}
+
+pub fn store_kept() {
+    metrics::counter!(STORE_KEPT).increment(1);
 }
 
 /// Records were stored for a message received at `received_ms` (ms since the epoch).

@@ -211,6 +211,82 @@ fn updates_and_resends_never_duplicate() {
     rt.block_on(engine.shutdown());
 }
 
+/// A lab's preliminary that arrives after its final (a retry that came late, or an
+/// operator's replay of the older message) does not undo the final: the result and its
+/// report stay as finalised, the message is stored, and its trail says what was kept.
+#[test]
+fn a_late_preliminary_does_not_undo_the_final_result() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rt.block_on(start(dir.path()));
+    let mut lab = Mllp::connect(engine.listener_addr("lab").unwrap());
+    let final_cbc = String::from_utf8(sample("oru_r01_nguyen_thi_ngoc_anh_cbc.hl7")).unwrap();
+    // The same order as preliminary, sent earlier by the laboratory: another message id,
+    // the report and every result `P`, the haemoglobin not yet checked.
+    let preliminary = final_cbc
+        .replace("|LAB0001|P|2.5|", "|LAB0000|P|2.5|")
+        .replace("|||F\r", "|||P\r")
+        .replace("|||F|||", "|||P|||")
+        .replace("||13.5|g/dL|", "||9.9|g/dL|");
+    assert_eq!(preliminary.matches("|||P").count(), 5, "{preliminary}");
+    let hemoglobin = || {
+        let (_, bundle) = http_json(engine.http_addr, "/fhir/Observation?code=718-7");
+        assert_eq!(bundle["total"], 1, "{bundle}");
+        let o = &bundle["entry"][0]["resource"];
+        (o["status"].clone(), o["valueQuantity"]["value"].to_string())
+    };
+    let (ack, status) = send_and_settle(&engine, &mut lab, final_cbc.as_bytes());
+    assert_eq!((msa_code(&ack), status), ("AA".to_string(), Status::Stored));
+    assert_eq!(hemoglobin(), ("final".into(), "13.5".into()));
+
+    let (ack, status) = send_and_settle(&engine, &mut lab, preliminary.as_bytes());
+    assert_eq!((msa_code(&ack), status), ("AA".to_string(), Status::Stored));
+    assert_eq!(hemoglobin(), ("final".into(), "13.5".into()));
+    let (_, reports) = http_json(engine.http_addr, "/fhir/DiagnosticReport?code=58410-2");
+    assert_eq!(reports["entry"][0]["resource"]["status"], "final");
+    assert_eq!(engine.store.count("Observation").unwrap(), 4);
+    // Four results and the report, each named in the late message's trail.
+    let id = engine.journal.durable_id();
+    let kept: Vec<String> = engine
+        .journal
+        .trail(id)
+        .into_iter()
+        .filter(|s| s.stage == "kept")
+        .filter_map(|s| s.detail)
+        .collect();
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    assert!(kept.iter().all(|k| k.ends_with(
+        "kept as stored (final); this message's version (preliminary) is an earlier stage and was not written"
+    )));
+    assert_eq!(
+        stages(&engine, id).last().map(String::as_str),
+        Some("stored")
+    );
+    // The message browser shows the steps as they are (they quote no value).
+    let (_, one) = http_json(engine.http_addr, &format!("/api/messages/{id}"));
+    let shown: Vec<&str> = one["trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stage"] == "kept")
+        .filter_map(|s| s["detail"].as_str())
+        .collect();
+    assert_eq!(shown, kept);
+    let metrics = http_get(engine.http_addr, "/metrics").1;
+    assert!(metrics.contains("halong_store_kept_total 5"), "{metrics}");
+
+    // A correction still replaces the final.
+    let corrected = final_cbc
+        .replace("|LAB0001|P|2.5|", "|LAB0002|P|2.5|")
+        .replace(
+            "||13.5|g/dL|12.0-15.5|N|||F|",
+            "||12.9|g/dL|12.0-15.5|N|||C|",
+        );
+    send_and_settle(&engine, &mut lab, corrected.as_bytes());
+    assert_eq!(hemoglobin(), ("corrected".into(), "12.9".into()));
+    rt.block_on(engine.shutdown());
+}
+
 #[test]
 fn no_ack_when_the_journal_cannot_commit() {
     let rt = runtime();

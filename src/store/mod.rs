@@ -96,7 +96,7 @@ pub use error::{InvalidResource, StoreError};
 pub use index::{index_entries_of_record, IndexEntries};
 pub use normalize::normalize;
 pub use search::{NameMatch, PatientQuery};
-pub use upsert::UpsertStats;
+pub use upsert::{Kept, UpsertStats};
 
 /// Name of the sled tree holding records and indexes.
 pub const TREE: &str = "records";

@@ -91,7 +91,8 @@ fn upsert_then_get_round_trips() {
         stats,
         UpsertStats {
             written: 2,
-            unchanged: 0
+            unchanged: 0,
+            kept: Vec::new()
         }
     );
     assert_eq!(store.get("Patient", "p1").unwrap(), Some(p));
@@ -107,6 +108,95 @@ fn upsert_then_get_round_trips() {
     assert_eq!(store.count("Encounter").unwrap(), 0);
 }
 
+/// A lab result (or report) at `status`, with value `v`.
+fn result(rt: &str, id: &str, status: &str, v: &str) -> Value {
+    json!({"resourceType": rt, "id": id, "status": status, "code": {"text": v},
+           "subject": {"reference": "Patient/p1"}})
+}
+
+#[test]
+fn a_result_at_an_earlier_stage_never_replaces_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let text = |rt: &str, id: &str| store.get(rt, id).unwrap().unwrap()["code"]["text"].clone();
+    // Stages move forward: registered, preliminary, final, corrected; each replaces.
+    for (status, v) in [
+        ("registered", "r"),
+        ("preliminary", "p"),
+        ("final", "f"),
+        ("corrected", "c"),
+    ] {
+        let stats = store
+            .upsert_batch(&[result("Observation", "o1", status, v)])
+            .unwrap();
+        assert_eq!((stats.written, stats.kept.len()), (1, 0), "{status}");
+        assert_eq!(text("Observation", "o1"), v);
+    }
+    // A preliminary that comes after (a replay, a late retry) is kept out, and said so,
+    // while the rest of its batch is written.
+    let late = [
+        result("Observation", "o2", "final", "other"),
+        result("Observation", "o1", "preliminary", "p"),
+        result("DiagnosticReport", "d1", "partial", "d"),
+    ];
+    let stats = store.upsert_batch(&late).unwrap();
+    assert_eq!(stats.written, 2);
+    assert_eq!(
+        stats.kept,
+        [Kept {
+            position: 1,
+            reference: "Observation/o1".into(),
+            stored: "corrected".into(),
+            given: "preliminary".into(),
+        }]
+    );
+    assert_eq!(text("Observation", "o1"), "c");
+    assert_eq!(
+        stats.kept[0].to_string(),
+        "Observation/o1 kept as stored (corrected); this message's version (preliminary) is an earlier stage and was not written"
+    );
+    // Reports alike; a registered order does not undo a preliminary either.
+    store
+        .upsert_batch(&[result("DiagnosticReport", "d1", "final", "d2")])
+        .unwrap();
+    let stats = store
+        .upsert_batch(&[result("DiagnosticReport", "d1", "registered", "d3")])
+        .unwrap();
+    assert_eq!((stats.written, stats.kept.len()), (0, 1));
+    assert_eq!(text("DiagnosticReport", "d1"), "d2");
+    // One stage: the later arriving wins (a final resent as final with a new value, a
+    // correction of a correction).
+    store
+        .upsert_batch(&[result("Observation", "o1", "final", "f2")])
+        .unwrap();
+    assert_eq!(text("Observation", "o1"), "f2");
+    // Without a known status, or of another type, there is no stage: later wins.
+    store
+        .upsert_batch(&[result("Observation", "o1", "unknown", "u")])
+        .unwrap();
+    assert_eq!(text("Observation", "o1"), "u");
+    store
+        .upsert_batch(&[result("Observation", "o1", "preliminary", "p2")])
+        .unwrap();
+    assert_eq!(text("Observation", "o1"), "p2");
+    store
+        .upsert_batch(&[result("ServiceRequest", "s1", "completed", "a")])
+        .unwrap();
+    let stats = store
+        .upsert_batch(&[result("ServiceRequest", "s1", "active", "b")])
+        .unwrap();
+    assert_eq!((stats.written, stats.kept.len()), (1, 0));
+    // Within one batch the earlier version in the batch is the stored one.
+    let stats = store
+        .upsert_batch(&[
+            result("Observation", "o3", "final", "f"),
+            result("Observation", "o3", "preliminary", "p"),
+        ])
+        .unwrap();
+    assert_eq!((stats.written, stats.kept.len()), (1, 1));
+    assert_eq!(text("Observation", "o3"), "f");
+}
+
 #[test]
 fn re_upsert_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,14 +209,16 @@ fn re_upsert_is_idempotent() {
         store.upsert_batch(&batch).unwrap(),
         UpsertStats {
             written: 2,
-            unchanged: 0
+            unchanged: 0,
+            kept: Vec::new()
         }
     );
     assert_eq!(
         store.upsert_batch(&batch).unwrap(),
         UpsertStats {
             written: 0,
-            unchanged: 2
+            unchanged: 2,
+            kept: Vec::new()
         }
     );
     assert_eq!(store.count("Patient").unwrap(), 2);
@@ -136,7 +228,8 @@ fn re_upsert_is_idempotent() {
         store.upsert_batch(&[changed, batch[1].clone()]).unwrap(),
         UpsertStats {
             written: 1,
-            unchanged: 1
+            unchanged: 1,
+            kept: Vec::new()
         }
     );
     assert_eq!(store.count("Patient").unwrap(), 2);
@@ -148,7 +241,8 @@ fn re_upsert_is_idempotent() {
         store.upsert_batch(&[a, b.clone()]).unwrap(),
         UpsertStats {
             written: 2,
-            unchanged: 0
+            unchanged: 0,
+            kept: Vec::new()
         }
     );
     assert_eq!(store.count("Patient").unwrap(), 3);
@@ -1111,7 +1205,8 @@ fn a_record_again_from_a_later_message_keeps_its_index_entries() {
         store.upsert_batch(&again).unwrap(),
         UpsertStats {
             written: 2,
-            unchanged: 0
+            unchanged: 0,
+            kept: Vec::new()
         }
     );
     assert_eq!(store.get("Patient", "p1").unwrap(), Some(again[0].clone()));

@@ -57,12 +57,72 @@ impl Doc<'_> {
 use super::{decode_count, lock, Store};
 
 /// What one `upsert_batch` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpsertStats {
     /// Records inserted or replaced.
     pub written: usize,
     /// Records whose stored JSON was already byte-identical (nothing written).
     pub unchanged: usize,
+    /// Results and reports not written because the store holds them at a later stage
+    /// (see [`result_stage`]).
+    pub kept: Vec<Kept>,
+}
+
+/// A result or report the store kept instead of the version given: the stored one is
+/// at a later stage (final) than the given one (preliminary), which came late: a
+/// replay of an older message, or a sender's retry that arrived after the final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// Position of the given resource in the batch.
+    pub position: usize,
+    /// `Type/id`.
+    pub reference: String,
+    /// The stored version's status and the given one's.
+    pub stored: String,
+    pub given: String,
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} kept as stored ({}); this message's version ({}) is an earlier stage and was not written",
+            self.reference, self.stored, self.given
+        )
+    }
+}
+
+/// Where a result's or report's status stands in its life: registered (1), then
+/// preliminary or partial (2), then settled (3: final, and what follows a final:
+/// amended, corrected, appended, cancelled, entered-in-error). A version at an earlier
+/// stage than the stored one never replaces it, so a preliminary that arrives after
+/// its final (replayed, or retried late by the sender) does not undo it. Versions at
+/// one stage replace each other, the later arriving winning, as do those of any other
+/// type. `None` (no status, `unknown`, a type without this life) takes no part.
+pub fn result_stage(resource_type: &str, status: Option<&str>) -> Option<u8> {
+    if !matches!(resource_type, "Observation" | "DiagnosticReport") {
+        return None;
+    }
+    match status? {
+        "registered" => Some(1),
+        "preliminary" | "partial" => Some(2),
+        "final" | "amended" | "corrected" | "appended" | "cancelled" | "entered-in-error" => {
+            Some(SETTLED)
+        }
+        _ => None,
+    }
+}
+
+/// The last stage of [`result_stage`].
+const SETTLED: u8 = 3;
+
+/// The top-level `status` of a serialised record, read without building the record.
+fn stored_status(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: Option<String>,
+    }
+    serde_json::from_slice::<Status>(bytes).ok()?.status
 }
 
 impl Store {
@@ -174,6 +234,26 @@ impl Store {
             if previous.as_deref() == Some(&bytes[..]) {
                 stats.unchanged += 1;
                 continue;
+            }
+            if let (Some(p), Folded::Given(position)) = (&previous, f) {
+                let given_status = match &doc {
+                    Doc::Value(v) => v.get("status").and_then(Value::as_str),
+                    Doc::Record(r) => r.root().get("status").and_then(|n| n.as_str()),
+                };
+                // A settled version replaces whatever is stored: the stored one is read
+                // only for an earlier stage.
+                if let Some(given_stage) = result_stage(rt, given_status).filter(|&s| s < SETTLED) {
+                    let stored = stored_status(p);
+                    if result_stage(rt, stored.as_deref()).is_some_and(|s| s > given_stage) {
+                        stats.kept.push(Kept {
+                            position: *position,
+                            reference: format!("{rt}/{id}"),
+                            stored: stored.unwrap_or_default(),
+                            given: given_status.unwrap_or_default().to_string(),
+                        });
+                        continue;
+                    }
+                }
             }
             // The same record from a later message (a patient's Patient and Encounter
             // come again with every result): only `meta.source` differs, so its index

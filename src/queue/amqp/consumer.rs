@@ -183,11 +183,11 @@ async fn handle_batch(
 fn commit(store: &Store, values: &[Value]) -> Result<Vec<(usize, String)>, StoreError> {
     let mut refused = Vec::new();
     match store.upsert_batch(values) {
-        Ok(_) => {}
+        Ok(stats) => note_kept(&stats.kept),
         Err(StoreError::InvalidResource { .. }) => {
             for (i, v) in values.iter().enumerate() {
                 match store.upsert_batch(std::slice::from_ref(v)) {
-                    Ok(_) => {}
+                    Ok(stats) => note_kept(&stats.kept),
                     Err(StoreError::InvalidResource { problem, .. }) => {
                         refused.push((i, problem.to_string()))
                     }
@@ -199,6 +199,21 @@ fn commit(store: &Store, values: &[Value]) -> Result<Vec<(usize, String)>, Store
     }
     store.sync()?;
     Ok(refused)
+}
+
+/// Results the store kept at a later stage than the version delivered (a preliminary
+/// after its final): logged (the record's id and both statuses, no patient data) and
+/// counted.
+fn note_kept(kept: &[crate::store::Kept]) {
+    for k in kept {
+        tracing::info!(
+            record = %k.reference,
+            stored = %k.stored,
+            given = %k.given,
+            "the store keeps a result at a later stage than the version delivered"
+        );
+        crate::telemetry::store_kept();
+    }
 }
 
 fn journal_id(d: &Delivery) -> Option<i64> {
