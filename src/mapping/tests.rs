@@ -2476,6 +2476,40 @@ OBX|12|RP|R^Report||http://pacs/r/12^^^MRXS\r"
     }
 }
 
+/// A report made of one document OBX takes that OBX's status (OBX-11, HL7 table 0085),
+/// not an order's (OBR-25, table 0123, where `A` means partial and `R` preliminary): an
+/// amended pathology report is amended, so that the store lets it replace the final.
+#[test]
+fn a_document_report_takes_its_status_by_the_results_table() {
+    let set = shipped();
+    for (mapping, head) in [
+        ("oru_r01", "MSH|^~\\&|LIS|BV|||20261127||ORU^R01|R1|P|2.5\rPID|1||P1^^^BV^MR\rOBR|1|O1||X^Xray\r"),
+        ("orders", "MSH|^~\\&|HIS|BV|||20261127||ORM^O01|O1|P|2.5\rPID|1||P1^^^BV^MR\rORC|NW|O1\rOBR|1|O1||X^Xray\r"),
+        ("mdm_t02", "MSH|^~\\&|HIS|BV|||20261127||MDM^T02|M1|P|2.5\rPID|1||P1^^^BV^MR\rTXA|1|CN|TX|||||||||D1\r"),
+    ] {
+        let m = set.get(mapping).expect(mapping);
+        let mut message = head.to_string();
+        let codes = ["F", "A", "C", "R", "P", "W", "S"];
+        for (i, code) in codes.iter().enumerate() {
+            message.push_str(&format!(
+                "OBX|{}|RP|R{i}^Report||http://pacs/r/{i}^^AP^PDF||||||{code}\r",
+                i + 1
+            ));
+        }
+        let out = run_shipped(m, &message);
+        let statuses: Vec<&Json> = of_type(&out, "DiagnosticReport")
+            .iter()
+            .filter(|r| r.get("presentedForm").is_some())
+            .map(|r| &r["status"])
+            .collect();
+        assert_eq!(
+            statuses,
+            ["final", "amended", "corrected", "registered", "preliminary", "entered-in-error", "preliminary"],
+            "{mapping}"
+        );
+    }
+}
+
 /// An MDM document: every file (OBX-2 ED in Base64 or Hex, or text of a named subtype)
 /// and every pointer to one (RP) is an attachment of its own with its content type, in
 /// order; the text lines, the data of text without a subtype and anything in an
