@@ -893,26 +893,37 @@ fn write_batch(journal: &Journal, store: &Store, batch: &[OutboxEntry]) -> Vec<S
 /// Records, in the trail of the entry each came from, the results the store kept
 /// instead of the entry's version (`kept`: positions over `batch`'s records in order).
 fn note_kept(journal: &Journal, batch: &[OutboxEntry], kept: &[crate::store::Kept]) {
-    let mut entries = batch.iter();
-    let (mut entry, mut start) = (entries.next(), 0);
-    for k in kept {
-        while let Some(e) = entry.filter(|e| k.position >= start + e.records.len()) {
-            start += e.records.len();
-            entry = entries.next();
-        }
-        let Some(e) = entry else {
-            return;
-        };
+    let sizes = batch.iter().map(|e| (e.journal_id, e.records.len()));
+    for (id, k) in owners(sizes, kept) {
         tracing::info!(
-            id = e.journal_id,
+            id,
             record = %k.reference,
             stored = %k.stored,
             given = %k.given,
             "the store keeps a result at a later stage than this message's version"
         );
         crate::telemetry::store_kept();
-        journal.add_step(e.journal_id, "kept", Some(k.to_string()));
+        journal.add_step(id, "kept", Some(k.to_string()));
     }
+}
+
+/// The entry each of `kept` came from: `sizes` gives each entry's id and number of
+/// records, in the order their records were given to the store; `kept` is in that
+/// order too.
+fn owners(
+    sizes: impl Iterator<Item = (u64, usize)>,
+    kept: &[crate::store::Kept],
+) -> Vec<(u64, &crate::store::Kept)> {
+    let mut out = Vec::with_capacity(kept.len());
+    let mut kept = kept.iter().peekable();
+    let mut start = 0;
+    for (id, n) in sizes {
+        while let Some(k) = kept.next_if(|k| k.position < start + n) {
+            out.push((id, k));
+        }
+        start += n;
+    }
+    out
 }
 
 /// The `store-sync` thread: for each written batch, in order, the store's sync, then
@@ -1059,4 +1070,31 @@ fn run_publish(
         }
     }
     handle.block_on(publisher.close());
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use crate::store::Kept;
+
+    fn kept(position: usize) -> Kept {
+        Kept {
+            position,
+            reference: format!("Observation/{position}"),
+            stored: "final".into(),
+            given: "preliminary".into(),
+        }
+    }
+
+    #[test]
+    fn each_kept_result_is_told_to_the_message_it_came_from() {
+        // Three messages of 5, 0 and 3 records, then one of 2.
+        let sizes = [(10, 5), (11, 0), (12, 3), (13, 2)];
+        let k = [kept(0), kept(4), kept(5), kept(7), kept(9)];
+        let found: Vec<(u64, usize)> = super::owners(sizes.into_iter(), &k)
+            .into_iter()
+            .map(|(id, k)| (id, k.position))
+            .collect();
+        assert_eq!(found, [(10, 0), (10, 4), (12, 5), (12, 7), (13, 9)]);
+        assert!(super::owners(sizes.into_iter(), &[]).is_empty());
+    }
 }

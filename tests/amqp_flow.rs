@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use amqp_support::*;
-use common::{http_json, http_json_with, msa_code, wait_until, Mllp};
+use common::{http_get, http_json, http_json_with, msa_code, wait_until, Mllp};
 use halong::config::Config;
 use halong::engine::Engine;
 use halong::journal::Status;
@@ -275,6 +275,63 @@ async fn publish_raw(prefix: &str, routing_key: &str, body: &[u8]) {
         matches!(confirm, lapin::Confirmation::Ack(None)),
         "{confirm:?}"
     );
+}
+
+/// The central store behind RabbitMQ keeps a final result when its preliminary is
+/// delivered after it, acknowledges the delivery (it is handled, not poison) and counts it.
+#[test]
+fn the_store_consumer_keeps_a_final_result_over_a_late_preliminary() {
+    let guard = TopologyGuard::new("kept");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let engine = rt
+        .block_on(Engine::start(engine_config(
+            dir.path(),
+            &guard.prefix,
+            "store",
+        )))
+        .expect("engine starts");
+    let broker = engine.broker.clone().unwrap();
+    let (http, store) = (engine.http_addr, engine.store.clone());
+    wait_until("the consumer has declared the queues", LIMIT, || {
+        http_json(http, "/ready").0 == 200
+    });
+    let kept_total = || {
+        let (_, text) = http_get(http, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("halong_store_kept_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no halong_store_kept_total in {text}"))
+    };
+    let result = |status: &str, value: &str| {
+        json!({"resourceType": "Observation", "id": "o1", "status": status,
+               "valueString": value, "subject": {"reference": "Patient/p1"}})
+    };
+    let send = |v: Value| {
+        block_on(publish_raw(
+            &guard.prefix,
+            "Observation",
+            serde_json::to_string(&v).unwrap().as_bytes(),
+        ))
+    };
+    send(result("final", "13.5"));
+    wait_until("the final is stored", LIMIT, || {
+        broker.snapshot()["stored"] == 1
+    });
+    let before = kept_total();
+    send(result("preliminary", "9.9"));
+    wait_until("the preliminary is handled", LIMIT, || {
+        broker.snapshot()["stored"] == 2
+    });
+    let stored = store.get("Observation", "o1").unwrap().unwrap();
+    assert_eq!(
+        (stored["status"].as_str(), stored["valueString"].as_str()),
+        (Some("final"), Some("13.5"))
+    );
+    assert_eq!(kept_total() - before, 1);
+    assert_eq!(block_on(ready_count(&guard.topology().dead)), 0);
+    assert_eq!(block_on(ready_count(&guard.topology().queue)), 0);
+    rt.block_on(engine.shutdown());
 }
 
 #[test]

@@ -26,7 +26,7 @@ use super::message::{decode, Poison, HEADER_JOURNAL_ID};
 use super::publisher::connect;
 use super::state::Side;
 use super::{AmqpError, AmqpSettings, BrokerState, Topology};
-use crate::store::{Store, StoreError};
+use crate::store::{Kept, Store, StoreError};
 
 /// Most deliveries stored in one record store commit.
 pub const BATCH: usize = 256;
@@ -136,10 +136,23 @@ async fn handle_batch(
     if !good.is_empty() {
         let values: Vec<Value> = good.iter().map(|(_, v)| v.clone()).collect();
         let st = store.clone();
-        let refused = tokio::task::spawn_blocking(move || commit(&st, &values))
+        let (refused, kept) = tokio::task::spawn_blocking(move || commit(&st, &values))
             .await
             .map_err(|e| AmqpError::Store(format!("store task failed: {e}")))?
             .map_err(|e| AmqpError::Store(e.to_string()))?;
+        // Results the store kept at a later stage than the version delivered (a
+        // preliminary after its final): logged with the message they came from (the
+        // record's id and both statuses, no patient data) and counted.
+        for k in &kept {
+            tracing::info!(
+                journal_id = good.get(k.position).and_then(|(d, _)| journal_id(d)),
+                record = %k.reference,
+                stored = %k.stored,
+                given = %k.given,
+                "the store keeps a result at a later stage than the version delivered"
+            );
+            crate::telemetry::store_kept();
+        }
         if !refused.is_empty() {
             let mut kept = Vec::with_capacity(good.len());
             for (i, (d, v)) in good.into_iter().enumerate() {
@@ -179,15 +192,22 @@ async fn handle_batch(
     Ok(())
 }
 
-/// Upserts and syncs; returns the positions the store refused, with the reason.
-fn commit(store: &Store, values: &[Value]) -> Result<Vec<(usize, String)>, StoreError> {
+/// What [`commit`] did: the positions the store refused, with the reason, and the
+/// results it kept instead of the version given (positions in the values).
+type Committed = (Vec<(usize, String)>, Vec<Kept>);
+
+/// Upserts and syncs.
+fn commit(store: &Store, values: &[Value]) -> Result<Committed, StoreError> {
     let mut refused = Vec::new();
+    let mut kept = Vec::new();
     match store.upsert_batch(values) {
-        Ok(stats) => note_kept(&stats.kept),
+        Ok(stats) => kept = stats.kept,
         Err(StoreError::InvalidResource { .. }) => {
             for (i, v) in values.iter().enumerate() {
                 match store.upsert_batch(std::slice::from_ref(v)) {
-                    Ok(stats) => note_kept(&stats.kept),
+                    Ok(stats) => {
+                        kept.extend(stats.kept.into_iter().map(|k| Kept { position: i, ..k }))
+                    }
                     Err(StoreError::InvalidResource { problem, .. }) => {
                         refused.push((i, problem.to_string()))
                     }
@@ -198,22 +218,7 @@ fn commit(store: &Store, values: &[Value]) -> Result<Vec<(usize, String)>, Store
         Err(e) => return Err(e),
     }
     store.sync()?;
-    Ok(refused)
-}
-
-/// Results the store kept at a later stage than the version delivered (a preliminary
-/// after its final): logged (the record's id and both statuses, no patient data) and
-/// counted.
-fn note_kept(kept: &[crate::store::Kept]) {
-    for k in kept {
-        tracing::info!(
-            record = %k.reference,
-            stored = %k.stored,
-            given = %k.given,
-            "the store keeps a result at a later stage than the version delivered"
-        );
-        crate::telemetry::store_kept();
-    }
+    Ok((refused, kept))
 }
 
 fn journal_id(d: &Delivery) -> Option<i64> {
