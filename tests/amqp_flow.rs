@@ -277,6 +277,19 @@ async fn publish_raw(prefix: &str, routing_key: &str, body: &[u8]) {
     );
 }
 
+/// A central store (role `store`) on `prefix`'s topology, once its consumer has
+/// declared the queues.
+fn start_store(rt: &tokio::runtime::Runtime, data: &Path, prefix: &str) -> Engine {
+    let engine = rt
+        .block_on(Engine::start(engine_config(data, prefix, "store")))
+        .expect("engine starts");
+    let http = engine.http_addr;
+    wait_until("the consumer has declared the queues", LIMIT, || {
+        http_json(http, "/ready").0 == 200
+    });
+    engine
+}
+
 /// The central store behind RabbitMQ keeps a final result when its preliminary is
 /// delivered after it, acknowledges the delivery (it is handled, not poison) and counts it.
 #[test]
@@ -284,18 +297,9 @@ fn the_store_consumer_keeps_a_final_result_over_a_late_preliminary() {
     let guard = TopologyGuard::new("kept");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let engine = rt
-        .block_on(Engine::start(engine_config(
-            dir.path(),
-            &guard.prefix,
-            "store",
-        )))
-        .expect("engine starts");
+    let engine = start_store(&rt, dir.path(), &guard.prefix);
     let broker = engine.broker.clone().unwrap();
     let (http, store) = (engine.http_addr, engine.store.clone());
-    wait_until("the consumer has declared the queues", LIMIT, || {
-        http_json(http, "/ready").0 == 200
-    });
     let kept_total = || {
         let (_, text) = http_get(http, "/metrics");
         text.lines()
@@ -339,22 +343,13 @@ fn poison_messages_land_in_the_dead_letter_queue_and_the_consumer_goes_on() {
     let guard = TopologyGuard::new("poison");
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let engine = rt
-        .block_on(Engine::start(engine_config(
-            dir.path(),
-            &guard.prefix,
-            "store",
-        )))
-        .expect("engine starts");
+    let engine = start_store(&rt, dir.path(), &guard.prefix);
     assert!(
         engine.listener_addrs.is_empty(),
         "a store takes no messages in"
     );
     let broker = engine.broker.clone().unwrap();
-    let (http, store) = (engine.http_addr, engine.store.clone());
-    wait_until("the consumer has declared the queues", LIMIT, || {
-        http_json(http, "/ready").0 == 200
-    });
+    let store = engine.store.clone();
     let patient = |id: &str| json!({"resourceType": "Patient", "id": id, "gender": "female"});
     block_on(async {
         publish_raw(
