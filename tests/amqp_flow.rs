@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use amqp_support::*;
-use common::{http_get, http_json, http_json_with, msa_code, wait_until, Mllp};
+use common::{http_json, http_json_with, metric, msa_code, wait_until, Mllp};
 use halong::config::Config;
 use halong::engine::Engine;
 use halong::journal::Status;
@@ -300,13 +300,7 @@ fn the_store_consumer_keeps_a_final_result_over_a_late_preliminary() {
     let engine = start_store(&rt, dir.path(), &guard.prefix);
     let broker = engine.broker.clone().unwrap();
     let (http, store) = (engine.http_addr, engine.store.clone());
-    let kept_total = || {
-        let (_, text) = http_get(http, "/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix("halong_store_kept_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no halong_store_kept_total in {text}"))
-    };
+    let kept_total = || metric(http, "halong_store_kept_total");
     let result = |status: &str, value: &str| {
         json!({"resourceType": "Observation", "id": "o1", "status": status,
                "valueString": value, "subject": {"reference": "Patient/p1"}})

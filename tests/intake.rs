@@ -211,15 +211,6 @@ fn updates_and_resends_never_duplicate() {
     rt.block_on(engine.shutdown());
 }
 
-/// `halong_store_kept_total` as `/metrics` shows it.
-fn kept_total(engine: &halong::engine::Engine) -> u64 {
-    let (_, text) = http_get(engine.http_addr, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix("halong_store_kept_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no halong_store_kept_total in {text}"))
-}
-
 /// A lab's preliminary that arrives after its final (a retry that came late, or an
 /// operator's replay of the older message) does not undo the final: the result and its
 /// report stay as finalised, the message is stored, and its trail says what was kept.
@@ -247,8 +238,7 @@ fn a_late_preliminary_does_not_undo_the_final_result() {
     let (ack, status) = send_and_settle(&engine, &mut lab, final_cbc.as_bytes());
     assert_eq!((msa_code(&ack), status), ("AA".to_string(), Status::Stored));
     assert_eq!(hemoglobin(), ("final".into(), "13.5".into()));
-    // The counter is the process's, which other tests' engines share.
-    let kept_before = kept_total(&engine);
+    let kept_before = metric(engine.http_addr, "halong_store_kept_total");
 
     let (ack, status) = send_and_settle(&engine, &mut lab, preliminary.as_bytes());
     assert_eq!((msa_code(&ack), status), ("AA".to_string(), Status::Stored));
@@ -283,7 +273,10 @@ fn a_late_preliminary_does_not_undo_the_final_result() {
         .filter_map(|s| s["detail"].as_str())
         .collect();
     assert_eq!(shown, kept);
-    assert_eq!(kept_total(&engine) - kept_before, 5);
+    assert_eq!(
+        metric(engine.http_addr, "halong_store_kept_total") - kept_before,
+        5
+    );
 
     // A correction still replaces the final.
     let corrected = final_cbc

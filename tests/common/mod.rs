@@ -209,6 +209,16 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// The value of a metric without labels (`halong_store_kept_total`) as `/metrics` shows
+/// it. Metrics are the process's: tests that run engines side by side read differences.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 pub fn http_json(addr: SocketAddr, path_and_query: &str) -> (u16, serde_json::Value) {
     http_json_with(addr, "GET", path_and_query)
 }
