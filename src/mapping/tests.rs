@@ -2477,8 +2477,9 @@ OBX|12|RP|R^Report||http://pacs/r/12^^^MRXS\r"
 }
 
 /// A report made of one document OBX takes that OBX's status (OBX-11, HL7 table 0085),
-/// not an order's (OBR-25, table 0123, where `A` means partial and `R` preliminary): an
-/// amended pathology report is amended, so that the store lets it replace the final.
+/// not an order's (OBR-25, table 0123, where `A` means partial): an amended pathology
+/// report is amended, so that the store lets it replace the final. `R` (entered, not
+/// verified: it has values) is preliminary.
 #[test]
 fn a_document_report_takes_its_status_by_the_results_table() {
     let set = shipped();
@@ -2504,7 +2505,7 @@ fn a_document_report_takes_its_status_by_the_results_table() {
             .collect();
         assert_eq!(
             statuses,
-            ["final", "amended", "corrected", "registered", "preliminary", "entered-in-error", "preliminary"],
+            ["final", "amended", "corrected", "preliminary", "preliminary", "entered-in-error", "preliminary"],
             "{mapping}"
         );
     }

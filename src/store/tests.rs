@@ -155,7 +155,43 @@ fn a_result_at_an_earlier_stage_never_replaces_a_later_one() {
         stats.kept[0].to_string(),
         "Observation/o1 kept as stored (corrected); this message's version (preliminary) is an earlier stage and was not written"
     );
-    // Reports alike; a registered order does not undo a preliminary either.
+    // Each settled status holds against the earlier stages, and a registered version
+    // does not undo a preliminary or partial one either.
+    for (settled, late) in [
+        ("amended", "partial"),
+        ("cancelled", "preliminary"),
+        ("entered-in-error", "registered"),
+        ("appended", "preliminary"),
+    ] {
+        let id = format!("s-{settled}");
+        store
+            .upsert_batch(&[result("DiagnosticReport", &id, settled, "s")])
+            .unwrap();
+        let stats = store
+            .upsert_batch(&[result("DiagnosticReport", &id, late, "l")])
+            .unwrap();
+        assert_eq!(
+            (stats.written, stats.kept.len()),
+            (0, 1),
+            "{settled} over {late}"
+        );
+        assert_eq!(text("DiagnosticReport", &id), "s");
+    }
+    for open in ["preliminary", "partial"] {
+        store
+            .upsert_batch(&[result("DiagnosticReport", "r1", open, "o")])
+            .unwrap();
+        let stats = store
+            .upsert_batch(&[result("DiagnosticReport", "r1", "registered", "r")])
+            .unwrap();
+        assert_eq!(
+            (stats.written, stats.kept.len()),
+            (0, 1),
+            "registered over {open}"
+        );
+        assert_eq!(text("DiagnosticReport", "r1"), "o");
+    }
+    // Reports alike.
     store
         .upsert_batch(&[result("DiagnosticReport", "d1", "final", "d2")])
         .unwrap();

@@ -129,7 +129,9 @@ impl Store {
     /// Inserts or replaces every resource and updates all indexes, atomically for the
     /// whole batch. Idempotent: a resource whose serialised JSON equals the stored
     /// bytes is counted as unchanged and costs one read. The same `(type, id)` may
-    /// appear several times in a batch; the last one wins.
+    /// appear several times in a batch; the last one wins, except that a result or
+    /// report at an earlier stage than the stored one (or the batch's earlier version)
+    /// is kept out ([`result_stage`], [`UpsertStats::kept`]).
     ///
     /// Every resource needs string `resourceType` and `id` (a FHIR id,
     /// `[A-Za-z0-9\-.]{1,64}`); otherwise nothing is written and

@@ -154,14 +154,14 @@ async fn handle_batch(
             crate::telemetry::store_kept();
         }
         if !refused.is_empty() {
-            let mut kept = Vec::with_capacity(good.len());
+            let mut accepted = Vec::with_capacity(good.len());
             for (i, (d, v)) in good.into_iter().enumerate() {
                 match refused.iter().find(|(at, _)| *at == i) {
                     Some((_, why)) => poison.push((d, Poison::Refused(why.clone()))),
-                    None => kept.push((d, v)),
+                    None => accepted.push((d, v)),
                 }
             }
-            good = kept;
+            good = accepted;
         }
     }
     for (d, why) in &poison {
