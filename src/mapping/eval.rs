@@ -776,6 +776,16 @@ impl<'a> Scope<'a> {
         })
     }
 
+    /// Segment `seg` as a person counts it: its name and which of that name it is
+    /// (`OBX 3`).
+    fn segment_label(&self, seg: usize) -> String {
+        let code = self.msg.segment_code(seg);
+        let nth = (0..=seg)
+            .filter(|&i| self.msg.segment_code(i) == code)
+            .count();
+        format!("{} {nth}", self.msg.segment_name(seg))
+    }
+
     /// The same scope with segment `seg` as its context.
     fn at(&self, seg: usize) -> Scope<'a> {
         Scope {
@@ -938,6 +948,7 @@ impl<'a> Scope<'a> {
             fid::CONCAT | fid::TEMPLATE => self.call_concat(c),
             fid::LOOKUP => self.call_lookup(c),
             fid::HASH => self.call_hash(c),
+            fid::REF if c.args.len() == 3 => self.call_ref_where(c),
             fid::REF | fid::REFS => Ok(self.call_ref(c)),
             fid::HUMAN_NAME
             | fid::ADDRESS
@@ -1126,10 +1137,9 @@ impl<'a> Scope<'a> {
                         Ok(v) => v.into_text(),
                         // Said of the segment whose key it is, not of the one asking.
                         Err(e) if seg != target => {
-                            let nth = (0..=seg).filter(|&i| msg.segment_code(i) == code).count();
                             return Err(failed(
                                 c,
-                                format!("the keys of {} {nth}: {e}", msg.segment_name(seg)),
+                                format!("the keys of {}: {e}", self.segment_label(seg)),
                             ));
                         }
                         Err(e) => return Err(e),
@@ -1173,6 +1183,45 @@ impl<'a> Scope<'a> {
         } else {
             Value::List(items)
         }
+    }
+
+    /// `ref(Type, KEY, VALUE)`: the first resource of that type, of the current patient
+    /// and not made from the current segment, whose KEY, read with the segment it was
+    /// made from as the context, is VALUE, read here. A susceptibility result finds the
+    /// isolate it was tested on (OBR-26 names the isolate's OBX-3 and OBX-4). Absent when
+    /// VALUE is absent or none has it.
+    #[inline(never)]
+    fn call_ref_where(&self, c: &'a Call) -> Result<Value<'a>, String> {
+        let t = c.args.first().map_or("", name_arg);
+        let Some(want) = self.arg(c, 2)?.into_text() else {
+            return Ok(Value::Absent);
+        };
+        let instances: &'a [Instance] = self.instances;
+        for inst in instances.iter().filter(|i| i.resource_type() == t) {
+            if let Some(s) = inst.seg {
+                if Some(s) == self.seg || !self.same_patient(s) {
+                    continue;
+                }
+            }
+            let there = Scope {
+                seg: inst.seg,
+                patient: std::cell::OnceCell::new(),
+                resolved: Resolved::default(),
+                nearest: Nearest::default(),
+                reads: None,
+                ..*self
+            };
+            // Said of the segment whose key it is (a resource made without `each` reads
+            // the message's first instances, as here).
+            let key = there.eval(&c.args[1]).map_err(|e| match inst.seg {
+                Some(s) => failed(c, format!("the key of {}: {e}", self.segment_label(s))),
+                None => e,
+            })?;
+            if key.into_text().as_deref() == Some(&*want) {
+                return Ok(reference(inst));
+            }
+        }
+        Ok(Value::Absent)
     }
 
     /// The data type functions: HumanName, Address, ContactPoint, Identifier,

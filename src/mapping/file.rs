@@ -697,6 +697,15 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                             c.name
                         ),
                     );
+                } else if c.args.len() == 2 {
+                    cx.at(
+                        at,
+                        format!(
+                            "ref() takes 1 argument or 3, got 2: ref({name}) for the nearest {name}, \
+                             or ref({name}, KEY, VALUE) for the one whose KEY is VALUE, \
+                             e.g. ref(Observation, concat(OBX-3.1, '|', OBX-4), concat(OBR-26.1.1, '|', OBR-26.2))"
+                        ),
+                    );
                 } else if refs.checked && !refs.produced.contains(name) {
                     let hint = did_you_mean(name, refs.produced.iter().map(String::as_str))
                         .map_or(String::new(), |h| format!(" (did you mean {h:?}?)"));

@@ -39,7 +39,7 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f("join", 2, Some(2)),
     f("lookup", 2, Some(3)),
     f("hash", 1, None),
-    f("ref", 1, Some(1)),
+    f("ref", 1, Some(3)),
     f("refs", 1, Some(1)),
     f("required", 1, Some(2)),
     f("default", 2, Some(2)),

@@ -2634,3 +2634,137 @@ OBX|13|RP|S^Slide||http://x/y\\T\\z^^IM^MRXS\r"
     let content = &of_type(&out, "DocumentReference")[0]["content"];
     assert_eq!(content[1]["attachment"].get("title"), None);
 }
+
+/// A microbiology report: a blood culture with two isolates, and a susceptibility
+/// panel ordered on each (OBR-26 names the isolate by OBX-3 and OBX-4, OBR-29 the
+/// culture's order), each `{obr26}` / `{obr29}` filled in per variant.
+fn culture(obr29: &str) -> String {
+    let head = "MSH|^~\\&|LIS|BVDK_TINH|HALONG|SO_Y_TE|20261127100000+0700||ORU^R01^ORU_R01|MIC1|P|2.5.1\r\
+PID|1||BN000555^^^BVDK_TINH^MR||Trần^Văn^Bình||19700101|M\r\
+ORC|RE|CUL001|LABC001\r\
+OBR|1|CUL001|LABC001|600-7^Cấy máu^LN|||20261126080000+0700|||||||||||||||20261127095000+0700|||F\r\
+OBX|1|CWE|600-7^Vi khuẩn định danh^LN|1|112283007^Escherichia coli^SCT||||||F\r\
+OBX|2|CWE|600-7^Vi khuẩn định danh^LN|2|3092008^Staphylococcus aureus^SCT||||||F\r";
+    let mut s = head.to_string();
+    for (n, (sub, name)) in [("1", "Escherichia coli"), ("2", "Staphylococcus aureus")]
+        .into_iter()
+        .enumerate()
+    {
+        s.push_str(&format!(
+            "ORC|RE|SUS00{n}|LABS00{n}\r\
+OBR|{}|SUS00{n}|LABS00{n}|29576-6^Kháng sinh đồ^LN|||20261126080000+0700|||||||||||||||20261127095000+0700|||F|600-7&Vi khuẩn định danh&LN^{sub}^{name}|||{obr29}\r\
+OBX|1|ST|18864-9^Ampicillin^LN||R||||||F\r\
+OBX|2|ST|18993-6^Ciprofloxacin^LN||S||||||F\r",
+            n + 2
+        ));
+    }
+    s
+}
+
+/// Each susceptibility result says which isolate it was tested on (`derivedFrom`), so
+/// that two organisms' panels in one report are not mixed up: by the culture's order
+/// (placer or filler number in OBR-29) and the isolate's code and sub-ID (OBR-26), or by
+/// code and sub-ID alone when OBR-29 is empty; none when the isolate is not in the
+/// message.
+#[test]
+fn a_susceptibility_result_points_at_the_isolate_it_was_tested_on() {
+    let set = shipped();
+    let m = set.get("oru_r01").expect("oru_r01");
+    for obr29 in ["CUL001^LABC001", "^LABC001", ""] {
+        let out = run_shipped(m, &culture(obr29));
+        let observations = of_type(&out, "Observation");
+        let isolate = |code: &str| {
+            let o = observations
+                .iter()
+                .find(|o| o["valueCodeableConcept"]["coding"][0]["code"] == code)
+                .unwrap_or_else(|| panic!("no isolate {code}"));
+            assert_eq!(o.get("derivedFrom"), None);
+            json!([{"reference": format!("Observation/{}", o["id"].as_str().unwrap())}])
+        };
+        let (coli, aureus) = (isolate("112283007"), isolate("3092008"));
+        let from: Vec<(&str, &Json)> = observations
+            .iter()
+            .filter(|o| o.get("valueString").is_some())
+            .map(|o| (o["valueString"].as_str().unwrap(), &o["derivedFrom"]))
+            .collect();
+        assert_eq!(
+            from,
+            [("R", &coli), ("S", &coli), ("R", &aureus), ("S", &aureus)],
+            "OBR-29 {obr29:?}"
+        );
+    }
+    // The isolate not in this message: no reference, and no error.
+    let alone = culture("CUL001^LABC001")
+        .replace(
+            "OBX|1|CWE|600-7^Vi khuẩn định danh^LN|1|112283007^Escherichia coli^SCT||||||F\r",
+            "",
+        )
+        .replace(
+            "OBX|2|CWE|600-7^Vi khuẩn định danh^LN|2|3092008^Staphylococcus aureus^SCT||||||F\r",
+            "",
+        );
+    let out = run_shipped(m, &alone);
+    assert_eq!(of_type(&out, "Observation").len(), 4);
+    assert!(of_type(&out, "Observation")
+        .iter()
+        .all(|o| o.get("derivedFrom").is_none()));
+}
+
+#[test]
+fn ref_with_a_key_is_checked_at_load() {
+    let errors = load_errors(
+        r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"derivedFrom[0]" = "ref(Observation, OBX-3.1)"
+"hasMember[0]" = "ref(Observatio, OBX-3.1, OBR-26.1.1)"
+"focus[0]" = "ref(Observation, OBX-3.1, datetme(OBX-14))"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "7:21: ref() takes 1 argument or 3, got 2: ref(Observation) for the nearest Observation, or ref(Observation, KEY, VALUE) for the one whose KEY is VALUE, e.g. ref(Observation, concat(OBX-3.1, '|', OBX-4), concat(OBR-26.1.1, '|', OBR-26.2))",
+            "8:23: ref() to \"Observatio\", which this mapping does not produce (did you mean \"Observation\"?)",
+            "9:41: unknown function \"datetme\" (did you mean \"datetime\"?)",
+        ]
+    );
+}
+
+/// A key that fails names the segment whose key it is; one that reads nothing there
+/// matches nothing.
+#[test]
+fn ref_with_a_key_reads_each_candidate_in_its_own_segment() {
+    let text = r#"
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(OBX-1)"
+[resource.set]
+"hasMember[0]" = "ref(Observation, integer(OBX-5), OBX-6)"
+"#;
+    let ok = "MSH|^~\\&|A|B|||20240131||ORU^R01|1|P|2.5\rPID|1||P1\r\
+OBX|1|NM|A||10|2\rOBX|2|NM|B||2|10\rOBX|3|NM|C||7|8\r";
+    let out = run_inline(text, ok).unwrap_or_else(|e| panic!("{e:?}"));
+    let members: Vec<&Json> = out
+        .iter()
+        .map(|o| &o["hasMember"][0]["reference"])
+        .collect();
+    let id = |i: usize| json!(format!("Observation/{}", out[i]["id"].as_str().unwrap()));
+    assert_eq!(members, [&id(1), &id(0), &Json::Null]);
+    // The first result looks for 99: every other result's key is read, the third's fails.
+    let bad = ok
+        .replace("OBX|1|NM|A||10|2", "OBX|1|NM|A||10|99")
+        .replace("OBX|3|NM|C||7|8", "OBX|3|NM|C||seven|8");
+    let err = run_inline(text, &bad).unwrap_err();
+    assert_eq!(err.resource, "Observation #1 (OBX 1)");
+    assert!(
+        err.message
+            .starts_with("ref(Observation, integer(OBX-5), OBX-6): the key of OBX 3: "),
+        "{}",
+        err.message
+    );
+}
