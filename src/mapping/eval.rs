@@ -375,7 +375,19 @@ pub struct RunMemo<'a> {
     pub ranks: &'a Ranks,
     /// The values of the run's constant `[let]` names, once worked out.
     pub constants: &'a Constants<'a>,
+    /// What `ref(Type, KEY, VALUE)` has worked out.
+    pub finds: &'a Finds,
 }
+
+/// The keys of `ref(Type, KEY, VALUE)` in one run: for each call (by address), the
+/// instances of its type by their key, each list in the order they are made. Every
+/// instance's key is read once, the first time the call is made, so that a message of
+/// many results that each look for one costs a pass, not a pass each.
+#[derive(Default)]
+pub struct Finds(std::cell::RefCell<Vec<(usize, ByKey)>>);
+
+/// Instances (their indexes) by key, each list in the order they are made.
+type ByKey = std::collections::HashMap<String, Vec<usize>>;
 
 /// The value of each `[let]` name numbered as one for the whole run
 /// ([`super::expr::number_lets`]; `$sender`, read for every id), once worked out.
@@ -1186,22 +1198,44 @@ impl<'a> Scope<'a> {
     }
 
     /// `ref(Type, KEY, VALUE)`: the first resource of that type, of the current patient
-    /// and not made from the current segment, whose KEY, read with the segment it was
-    /// made from as the context, is VALUE, read here. A susceptibility result finds the
-    /// isolate it was tested on (OBR-26 names the isolate's OBX-3 and OBX-4). Absent when
-    /// VALUE is absent or none has it.
+    /// and not made from the current segment (before or after it), whose KEY, read with
+    /// the segment it was made from as the context, is VALUE, read here. A
+    /// susceptibility result finds the isolate it was tested on (OBR-26 names the
+    /// isolate's OBX-3 and OBX-4, OBR-29 its order). Absent when VALUE is absent or none
+    /// has it. Every instance's KEY is read at the call's first use ([`Finds`]), so a
+    /// KEY that fails fails the first resource that asks.
     #[inline(never)]
     fn call_ref_where(&self, c: &'a Call) -> Result<Value<'a>, String> {
-        let t = c.args.first().map_or("", name_arg);
         let Some(want) = self.arg(c, 2)?.into_text() else {
             return Ok(Value::Absent);
         };
-        let instances: &'a [Instance] = self.instances;
-        for inst in instances.iter().filter(|i| i.resource_type() == t) {
-            if let Some(s) = inst.seg {
-                if Some(s) == self.seg || !self.same_patient(s) {
-                    continue;
-                }
+        let call = std::ptr::from_ref(c) as usize;
+        if !self.run.finds.0.borrow().iter().any(|(k, _)| *k == call) {
+            let keys = self.keys_of(c)?;
+            self.run.finds.0.borrow_mut().push((call, keys));
+        }
+        let finds = self.run.finds.0.borrow();
+        let found = finds
+            .iter()
+            .find(|(k, _)| *k == call)
+            .and_then(|(_, keys)| keys.get(&*want))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.instances[i])
+            // Never the resource being made (a resource made without `each` never
+            // finds one made without `each`), nor another patient's.
+            .find(|inst| inst.seg != self.seg && inst.seg.is_none_or(|s| self.same_patient(s)));
+        Ok(found.map_or(Value::Absent, reference))
+    }
+
+    /// The key of every instance of `ref(Type, KEY, VALUE)`'s type, read with the
+    /// segment it was made from as the context: the instances by key.
+    fn keys_of(&self, c: &'a Call) -> Result<ByKey, String> {
+        let t = c.args.first().map_or("", name_arg);
+        let mut keys = ByKey::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            if inst.resource_type() != t {
+                continue;
             }
             let there = Scope {
                 seg: inst.seg,
@@ -1217,11 +1251,11 @@ impl<'a> Scope<'a> {
                 Some(s) => failed(c, format!("the key of {}: {e}", self.segment_label(s))),
                 None => e,
             })?;
-            if key.into_text().as_deref() == Some(&*want) {
-                return Ok(reference(inst));
+            if let Some(k) = key.into_text() {
+                keys.entry(k.into_owned()).or_default().push(i);
             }
         }
-        Ok(Value::Absent)
+        Ok(keys)
     }
 
     /// The data type functions: HumanName, Address, ContactPoint, Identifier,

@@ -702,7 +702,7 @@ fn check(cx: &mut Ctx<'_>, e: &Expr, base: usize, tables: &TableMap, refs: &Refs
                         at,
                         format!(
                             "ref() takes 1 argument or 3, got 2: ref({name}) for the nearest {name}, \
-                             or ref({name}, KEY, VALUE) for the one whose KEY is VALUE, \
+                             or ref({name}, key, value) for the one whose key is the value, \
                              e.g. ref(Observation, concat(OBX-3.1, '|', OBX-4), concat(OBR-26.1.1, '|', OBR-26.2))"
                         ),
                     );

@@ -253,9 +253,11 @@ impl Mapping {
         let dt = self.dt.get();
         let ranks = eval::Ranks::default();
         let constants = eval::Constants::new(self.constants);
+        let finds = eval::Finds::default();
         let run = eval::RunMemo {
             ranks: &ranks,
             constants: &constants,
+            finds: &finds,
         };
         // Pass 1: instances and ids.
         let mut instances: Vec<Instance> = Vec::new();

@@ -2635,79 +2635,147 @@ OBX|13|RP|S^Slide||http://x/y\\T\\z^^IM^MRXS\r"
     assert_eq!(content[1]["attachment"].get("title"), None);
 }
 
-/// A microbiology report: a blood culture with two isolates, and a susceptibility
-/// panel ordered on each (OBR-26 names the isolate by OBX-3 and OBX-4, OBR-29 the
-/// culture's order), each `{obr26}` / `{obr29}` filled in per variant.
-fn culture(obr29: &str) -> String {
-    let head = "MSH|^~\\&|LIS|BVDK_TINH|HALONG|SO_Y_TE|20261127100000+0700||ORU^R01^ORU_R01|MIC1|P|2.5.1\r\
-PID|1||BN000555^^^BVDK_TINH^MR||Trần^Văn^Bình||19700101|M\r\
-ORC|RE|CUL001|LABC001\r\
-OBR|1|CUL001|LABC001|600-7^Cấy máu^LN|||20261126080000+0700|||||||||||||||20261127095000+0700|||F\r\
-OBX|1|CWE|600-7^Vi khuẩn định danh^LN|1|112283007^Escherichia coli^SCT||||||F\r\
-OBX|2|CWE|600-7^Vi khuẩn định danh^LN|2|3092008^Staphylococcus aureus^SCT||||||F\r";
-    let mut s = head.to_string();
-    for (n, (sub, name)) in [("1", "Escherichia coli"), ("2", "Staphylococcus aureus")]
-        .into_iter()
-        .enumerate()
-    {
-        s.push_str(&format!(
-            "ORC|RE|SUS00{n}|LABS00{n}\r\
-OBR|{}|SUS00{n}|LABS00{n}|29576-6^Kháng sinh đồ^LN|||20261126080000+0700|||||||||||||||20261127095000+0700|||F|600-7&Vi khuẩn định danh&LN^{sub}^{name}|||{obr29}\r\
-OBX|1|ST|18864-9^Ampicillin^LN||R||||||F\r\
-OBX|2|ST|18993-6^Ciprofloxacin^LN||S||||||F\r",
-            n + 2
-        ));
+/// A culture: placer and filler number, isolates (sub-ID, organism code).
+type Culture<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A microbiology report: blood cultures (placer and filler number, isolates as
+/// OBX-4 sub-ID and organism code, all with OBX-3 600-7), then susceptibility panels,
+/// each with its ORC-8, OBR-26 (the isolate's code ^ sub-ID) and OBR-29 (the culture's
+/// placer ^ filler number), and two results (R, S).
+fn micro(cultures: &[Culture<'_>], panels: &[(&str, &str, &str)]) -> String {
+    let mut s = "MSH|^~\\&|LIS|BVDK_TINH|HALONG|SO_Y_TE|20261127100000+0700||ORU^R01^ORU_R01|MIC1|P|2.5.1\r\
+PID|1||BN000555^^^BVDK_TINH^MR||Trần^Văn^Bình||19700101|M\r"
+        .to_string();
+    let obr = |n: usize, placer: &str, filler: &str, code: &str, tail: &str| {
+        format!(
+            "ORC|RE|{placer}|{filler}\rOBR|{n}|{placer}|{filler}|{code}|||20261126080000+0700|||||||||||||||20261127095000+0700|||F{tail}\r"
+        )
+    };
+    let mut n = 0;
+    for (placer, filler, isolates) in cultures {
+        n += 1;
+        s.push_str(&obr(n, placer, filler, "600-7^Cấy máu^LN", ""));
+        for (k, (sub, organism)) in isolates.iter().enumerate() {
+            s.push_str(&format!(
+                "OBX|{}|CWE|600-7^Vi khuẩn định danh^LN|{sub}|{organism}^^SCT||||||F\r",
+                k + 1
+            ));
+        }
+    }
+    for (orc8, obr26, obr29) in panels {
+        n += 1;
+        let order = obr(
+            n,
+            &format!("SUS00{n}"),
+            &format!("LABS00{n}"),
+            "29576-6^Kháng sinh đồ^LN",
+            &format!("|600-7&Vi khuẩn định danh&LN^{obr26}|||{obr29}"),
+        );
+        s.push_str(&order.replacen('\r', &format!("|||||{orc8}\r"), 1));
+        s.push_str("OBX|1|ST|18864-9^Ampicillin^LN||R||||||F\rOBX|2|ST|18993-6^Ciprofloxacin^LN||S||||||F\r");
     }
     s
 }
 
-/// Each susceptibility result says which isolate it was tested on (`derivedFrom`), so
-/// that two organisms' panels in one report are not mixed up: by the culture's order
-/// (placer or filler number in OBR-29) and the isolate's code and sub-ID (OBR-26), or by
-/// code and sub-ID alone when OBR-29 is empty; none when the isolate is not in the
-/// message.
-#[test]
-fn a_susceptibility_result_points_at_the_isolate_it_was_tested_on() {
+/// For each susceptibility panel of `message` (in order), the isolate both its results
+/// point at (`derivedFrom`), by organism code; `-` for none.
+fn isolates_of_panels(message: &str) -> Vec<String> {
     let set = shipped();
-    let m = set.get("oru_r01").expect("oru_r01");
-    for obr29 in ["CUL001^LABC001", "^LABC001", ""] {
-        let out = run_shipped(m, &culture(obr29));
-        let observations = of_type(&out, "Observation");
-        let isolate = |code: &str| {
-            let o = observations
-                .iter()
-                .find(|o| o["valueCodeableConcept"]["coding"][0]["code"] == code)
-                .unwrap_or_else(|| panic!("no isolate {code}"));
-            assert_eq!(o.get("derivedFrom"), None);
-            json!([{"reference": format!("Observation/{}", o["id"].as_str().unwrap())}])
-        };
-        let (coli, aureus) = (isolate("112283007"), isolate("3092008"));
-        let from: Vec<(&str, &Json)> = observations
+    let out = run_shipped(set.get("oru_r01").expect("oru_r01"), message);
+    let observations = of_type(&out, "Observation");
+    let organism = |reference: &Json| {
+        observations
             .iter()
-            .filter(|o| o.get("valueString").is_some())
-            .map(|o| (o["valueString"].as_str().unwrap(), &o["derivedFrom"]))
-            .collect();
+            .find(|o| {
+                Some(format!("Observation/{}", o["id"].as_str().unwrap())).as_deref()
+                    == reference.as_str()
+            })
+            .map_or("?".to_string(), |o| {
+                o["valueCodeableConcept"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+    };
+    for o in observations
+        .iter()
+        .filter(|o| o.get("valueCodeableConcept").is_some())
+    {
         assert_eq!(
-            from,
-            [("R", &coli), ("S", &coli), ("R", &aureus), ("S", &aureus)],
-            "OBR-29 {obr29:?}"
+            o.get("derivedFrom"),
+            None,
+            "an isolate comes from no other result"
         );
     }
-    // The isolate not in this message: no reference, and no error.
-    let alone = culture("CUL001^LABC001")
-        .replace(
-            "OBX|1|CWE|600-7^Vi khuẩn định danh^LN|1|112283007^Escherichia coli^SCT||||||F\r",
-            "",
-        )
-        .replace(
-            "OBX|2|CWE|600-7^Vi khuẩn định danh^LN|2|3092008^Staphylococcus aureus^SCT||||||F\r",
-            "",
-        );
-    let out = run_shipped(m, &alone);
-    assert_eq!(of_type(&out, "Observation").len(), 4);
-    assert!(of_type(&out, "Observation")
+    let results: Vec<&&Json> = observations
         .iter()
-        .all(|o| o.get("derivedFrom").is_none()));
+        .filter(|o| o.get("valueString").is_some())
+        .collect();
+    results
+        .chunks(2)
+        .map(|pair| {
+            let [r, s] = pair else {
+                panic!("two results per panel")
+            };
+            assert_eq!(
+                (r["valueString"].as_str(), s["valueString"].as_str()),
+                (Some("R"), Some("S"))
+            );
+            assert_eq!(r.get("derivedFrom"), s.get("derivedFrom"));
+            r.get("derivedFrom")
+                .map_or("-".to_string(), |d| organism(&d[0]["reference"]))
+        })
+        .collect()
+}
+
+/// Each susceptibility result says which isolate it was tested on (`derivedFrom`), so
+/// that two organisms' panels in one report are not mixed up: the isolate named by code
+/// and sub-ID (OBR-26) under the culture named by placer or filler number (OBR-29, else
+/// ORC-8); by code and sub-ID alone only when no culture is named; none when the named
+/// isolate is not in the message.
+#[test]
+fn a_susceptibility_result_points_at_the_isolate_it_was_tested_on() {
+    let coli_and_aureus: &[(&str, &str)] = &[("1", "112283007"), ("2", "3092008")];
+    // One culture, two isolates: every way of naming the culture, and none.
+    for named in ["CUL001^LABC001", "^LABC001", "CUL001", ""] {
+        let m = micro(
+            &[("CUL001", "LABC001", coli_and_aureus)],
+            &[("", "1", named), ("", "2", named)],
+        );
+        assert_eq!(
+            isolates_of_panels(&m),
+            ["112283007", "3092008"],
+            "OBR-29 {named:?}"
+        );
+    }
+    // Two cultures whose first isolates share code and sub-ID: the culture decides, by
+    // placer number, by filler number, or in ORC-8.
+    let klebsiella: &[(&str, &str)] = &[("1", "56415008")];
+    let cultures = [
+        ("CUL001", "LABC001", coli_and_aureus),
+        ("CUL002", "LABC002", klebsiella),
+    ];
+    let m = micro(
+        &cultures,
+        &[
+            ("", "1", "CUL002^LABC002"),
+            ("", "1", "CUL002"),
+            ("", "1", "^LABC001"),
+            ("CUL002^LABC002", "1", ""),
+            ("", "1", "CUL009^LABC009"),
+        ],
+    );
+    // A culture not in the message: none, though an isolate 600-7/1 is.
+    assert_eq!(
+        isolates_of_panels(&m),
+        ["56415008", "56415008", "112283007", "56415008", "-"]
+    );
+    // The isolates not in this message: none, and no error.
+    let m = micro(
+        &[("CUL001", "LABC001", &[])],
+        &[("", "1", "CUL001^LABC001"), ("", "2", "")],
+    );
+    assert_eq!(isolates_of_panels(&m), ["-", "-"]);
 }
 
 #[test]
@@ -2727,9 +2795,34 @@ id = "hash(OBX-1)"
     assert_eq!(
         errors,
         [
-            "7:21: ref() takes 1 argument or 3, got 2: ref(Observation) for the nearest Observation, or ref(Observation, KEY, VALUE) for the one whose KEY is VALUE, e.g. ref(Observation, concat(OBX-3.1, '|', OBX-4), concat(OBR-26.1.1, '|', OBR-26.2))",
+            "7:21: ref() takes 1 argument or 3, got 2: ref(Observation) for the nearest Observation, or ref(Observation, key, value) for the one whose key is the value, e.g. ref(Observation, concat(OBX-3.1, '|', OBX-4), concat(OBR-26.1.1, '|', OBR-26.2))",
             "8:23: ref() to \"Observatio\", which this mapping does not produce (did you mean \"Observation\"?)",
             "9:41: unknown function \"datetme\" (did you mean \"datetime\"?)",
+        ]
+    );
+}
+
+/// With a key, as without, ref() cannot make an id or a condition: ids are worked out
+/// before the resources they would point at.
+#[test]
+fn ref_with_a_key_is_not_for_ids_or_conditions() {
+    let errors = load_errors(
+        r#"
+[let]
+isolate = "ref(Observation, OBX-3.1, OBR-26.1.1)"
+
+[[resource]]
+type = "Observation"
+each = "OBX"
+id = "hash(ref(Observation, OBX-3.1, OBR-26.1.1))"
+when = "exists($isolate)"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "8:12: ref() cannot be used in id or when (ids are computed before references)",
+            "9:16: $isolate calls ref() or refs(), which cannot be used in id or when (ids are computed before references)",
         ]
     );
 }
