@@ -895,14 +895,7 @@ fn write_batch(journal: &Journal, store: &Store, batch: &[OutboxEntry]) -> Vec<S
 fn note_kept(journal: &Journal, batch: &[OutboxEntry], kept: &[crate::store::Kept]) {
     let sizes = batch.iter().map(|e| (e.journal_id, e.records.len()));
     for (id, k) in owners(sizes, kept) {
-        tracing::info!(
-            id,
-            record = %k.reference,
-            stored = %k.stored,
-            given = %k.given,
-            "the store keeps a result at a later stage than this message's version"
-        );
-        crate::telemetry::store_kept();
+        crate::telemetry::store_kept(Some(id), k);
         journal.add_step(id, "kept", Some(k.to_string()));
     }
 }

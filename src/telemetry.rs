@@ -207,7 +207,17 @@ pub fn store_writes(n: usize) {
     metrics::counter!(STORE_WRITES).increment(n as u64);
 }
 
-pub fn store_kept() {
+/// The store kept a result at a later stage than the version given (a preliminary after
+/// its final), from the message `journal_id` (the sending node's, through RabbitMQ):
+/// logged with the record's id and both statuses (no patient data), and counted.
+pub fn store_kept(journal_id: Option<u64>, kept: &crate::store::Kept) {
+    tracing::info!(
+        journal_id,
+        record = %kept.reference,
+        stored = %kept.stored,
+        given = %kept.given,
+        "the store keeps a result at a later stage than this message's version"
+    );
     metrics::counter!(STORE_KEPT).increment(1);
 }
 

@@ -798,10 +798,11 @@ impl<'a> Scope<'a> {
         format!("{} {nth}", self.msg.segment_name(seg))
     }
 
-    /// The same scope with segment `seg` as its context.
-    fn at(&self, seg: usize) -> Scope<'a> {
+    /// The same scope with segment `seg` as its context (`None`: the message's first
+    /// instances, as for a resource made without `each`).
+    fn at(&self, seg: Option<usize>) -> Scope<'a> {
         Scope {
-            seg: Some(seg),
+            seg,
             patient: std::cell::OnceCell::new(),
             resolved: Resolved::default(),
             nearest: Nearest::default(),
@@ -1145,7 +1146,7 @@ impl<'a> Scope<'a> {
                     {
                         msg.raw_in(seg, fp).and_then(|raw| text_of(msg, raw))
                     }
-                    k => match at.get_or_insert_with(|| self.at(seg)).eval(k) {
+                    k => match at.get_or_insert_with(|| self.at(Some(seg))).eval(k) {
                         Ok(v) => v.into_text(),
                         // Said of the segment whose key it is, not of the one asking.
                         Err(e) if seg != target => {
@@ -1237,20 +1238,15 @@ impl<'a> Scope<'a> {
             if inst.resource_type() != t {
                 continue;
             }
-            let there = Scope {
-                seg: inst.seg,
-                patient: std::cell::OnceCell::new(),
-                resolved: Resolved::default(),
-                nearest: Nearest::default(),
-                reads: None,
-                ..*self
-            };
             // Said of the segment whose key it is (a resource made without `each` reads
             // the message's first instances, as here).
-            let key = there.eval(&c.args[1]).map_err(|e| match inst.seg {
-                Some(s) => failed(c, format!("the key of {}: {e}", self.segment_label(s))),
-                None => e,
-            })?;
+            let key = self
+                .at(inst.seg)
+                .eval(&c.args[1])
+                .map_err(|e| match inst.seg {
+                    Some(s) => failed(c, format!("the key of {}: {e}", self.segment_label(s))),
+                    None => e,
+                })?;
             if let Some(k) = key.into_text() {
                 keys.entry(k.into_owned()).or_default().push(i);
             }
@@ -1454,7 +1450,7 @@ impl<'a> Scope<'a> {
                 let default = arg(2)?;
                 let mut items = Vec::new();
                 for seg in self.instances_of(path) {
-                    let at = self.at(seg);
+                    let at = self.at(Some(seg));
                     // `all(PATH, CONDITION)`: only the segments where the condition,
                     // read with that segment as the context, holds.
                     if let Some(condition) = c.args.get(1) {

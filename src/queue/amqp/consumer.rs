@@ -141,17 +141,10 @@ async fn handle_batch(
             .map_err(|e| AmqpError::Store(format!("store task failed: {e}")))?
             .map_err(|e| AmqpError::Store(e.to_string()))?;
         // Results the store kept at a later stage than the version delivered (a
-        // preliminary after its final): logged with the message they came from (the
-        // record's id and both statuses, no patient data) and counted.
+        // preliminary after its final), with the message they came from.
         for k in &kept {
-            tracing::info!(
-                journal_id = good.get(k.position).and_then(|(d, _)| journal_id(d)),
-                record = %k.reference,
-                stored = %k.stored,
-                given = %k.given,
-                "the store keeps a result at a later stage than the version delivered"
-            );
-            crate::telemetry::store_kept();
+            let from = good.get(k.position).and_then(|(d, _)| journal_id(d));
+            crate::telemetry::store_kept(from.and_then(|n| u64::try_from(n).ok()), k);
         }
         if !refused.is_empty() {
             let mut accepted = Vec::with_capacity(good.len());
